@@ -1,0 +1,333 @@
+"""Figures of a run or an evaluation (matplotlib, Agg canvas; nothing is shown) and fast numpy mask overlays.
+
+Every ``plot_*`` / ``save_*`` function writes a PNG and returns its ``Path``. Figures are built on
+``matplotlib.figure.Figure`` directly, not ``pyplot``, so they hold no global state and are safe in a web
+server.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from medlens.errors import MedlensError
+
+logger = logging.getLogger(__name__)
+
+# Label colours (RGB) for labels 1, 2, ...: lesion green first, then a qualitative palette (tab10-like).
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (0, 230, 64),
+    (255, 64, 64),
+    (40, 120, 255),
+    (255, 200, 0),
+    (200, 60, 255),
+    (0, 220, 220),
+    (255, 128, 0),
+    (160, 255, 120),
+    (255, 105, 180),
+    (150, 150, 150),
+)
+
+
+def _save(fig: Figure, out_png: str | Path) -> Path:
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ training curves
+def _read_metrics_csv(metrics_csv: str | Path) -> dict[str, np.ndarray]:
+    path = Path(metrics_csv)
+    try:
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise MedlensError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not rows:
+        raise MedlensError(f"cannot plot {path}: no epoch rows")
+
+    def number(value: str | None) -> float:
+        try:
+            return float(value) if value not in (None, "") else math.nan
+        except ValueError:
+            return math.nan
+
+    return {key: np.array([number(r.get(key)) for r in rows]) for key in rows[0] if key is not None}
+
+
+def _plot_series(ax, x: np.ndarray, y: np.ndarray, label: str) -> None:
+    ok = ~np.isnan(y)
+    if ok.any():
+        ax.plot(x[ok], y[ok], marker="o" if ok.sum() < 30 else None, markersize=3, label=label)
+
+
+def plot_training_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
+    """Three panels from a run's ``metrics.csv``: train/val loss, validation metrics (``val_*`` other than
+    ``val_loss``) and learning rate (log scale). Missing columns leave their panel empty; empty cells are
+    skipped."""
+    data = _read_metrics_csv(metrics_csv)
+    epochs = data.get("epoch", np.arange(1, len(next(iter(data.values()))) + 1, dtype=float))
+    fig = Figure(figsize=(13, 3.8))
+    ax_loss, ax_metric, ax_lr = fig.subplots(1, 3)
+    for key in ("train_loss", "val_loss"):
+        if key in data:
+            _plot_series(ax_loss, epochs, data[key], key)
+    for key in sorted(k for k in data if k.startswith("val_") and k != "val_loss"):
+        _plot_series(ax_metric, epochs, data[key], key)
+    if "lr" in data:
+        _plot_series(ax_lr, epochs, data["lr"], "lr")
+        if np.nanmin(np.append(data["lr"], np.inf)) > 0:
+            ax_lr.set_yscale("log")
+    for ax, title in ((ax_loss, "loss"), (ax_metric, "validation"), (ax_lr, "learning rate")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    return _save(fig, out_png)
+
+
+# ------------------------------------------------------------------------------------------ classification
+def plot_confusion_matrix(
+    cm: Sequence[Sequence[int]] | np.ndarray,
+    classes: Sequence[str],
+    out_png: str | Path,
+    normalize: bool = True,
+) -> Path:
+    """Confusion matrix (rows = true class). ``normalize`` colours by row fraction (recall); cells show
+    counts (and the fraction)."""
+    counts = np.asarray(cm, dtype=np.float64)
+    if counts.shape != (len(classes), len(classes)):
+        raise MedlensError(f"confusion matrix of shape {counts.shape} does not match {len(classes)} classes")
+    rows = counts.sum(axis=1, keepdims=True)
+    shown = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0) if normalize else counts
+    size = 2.5 + 0.6 * len(classes)
+    fig = Figure(figsize=(size + 1, size))
+    ax = fig.subplots()
+    image = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else max(shown.max(), 1))
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ticks = np.arange(len(classes))
+    ax.set_xticks(ticks, labels=list(classes), rotation=45, ha="right")
+    ax.set_yticks(ticks, labels=list(classes))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = (1.0 if normalize else shown.max()) / 2
+    for i, j in np.ndindex(counts.shape):
+        text = f"{int(counts[i, j])}\n{shown[i, j]:.0%}" if normalize else f"{int(counts[i, j])}"
+        color = "white" if shown[i, j] > threshold else "black"
+        ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
+    ax.set_title("confusion matrix" + (" (row-normalised)" if normalize else ""))
+    return _save(fig, out_png)
+
+
+def plot_roc_curves(
+    y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], out_png: str | Path
+) -> Path:
+    """One-vs-rest ROC curve per class with its AUC (binary: the positive class only).
+
+    ``y_true`` ``(N,)`` int, ``probs`` ``(N, K)`` float."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    y_true, probs = np.asarray(y_true).reshape(-1), np.asarray(probs, dtype=np.float64)
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    for c in [1] if len(classes) == 2 else range(len(classes)):
+        positives = y_true == c
+        if positives.all() or not positives.any():
+            logger.info("ROC of class %s skipped: it is absent from (or all of) the labels", classes[c])
+            continue
+        fpr, tpr, _ = roc_curve(positives, probs[:, c])
+        ax.plot(fpr, tpr, label=f"{classes[c]} (AUC {roc_auc_score(positives, probs[:, c]):.3f})")
+    ax.set_xlabel("1 - specificity (false positive rate)")
+    ax.set_ylabel("sensitivity (true positive rate)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("ROC curves")
+    return _save(fig, out_png)
+
+
+def plot_reliability_diagram(
+    probs: np.ndarray, y_true: np.ndarray, out_png: str | Path, n_bins: int = 15
+) -> Path:
+    """Reliability diagram (top-label accuracy per confidence bin vs the diagonal, gap shaded, ECE in the
+    title) above a histogram of confidences."""
+    from medlens.evaluation.calibration import reliability_curve
+
+    curve = reliability_curve(probs, y_true, n_bins)
+    centers = (curve.edges[:-1] + curve.edges[1:]) / 2
+    width = 1.0 / n_bins
+    filled = curve.counts > 0
+    fig = Figure(figsize=(5, 6))
+    ax, ax_hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.bar(centers[filled], curve.accuracy[filled], width=width, edgecolor="black", label="accuracy")
+    gap_bottom = np.minimum(curve.accuracy, curve.confidence)[filled]
+    gap_height = np.abs(curve.accuracy - curve.confidence)[filled]
+    ax.bar(centers[filled], gap_height, bottom=gap_bottom, width=width, color="red", alpha=0.3, label="gap")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"reliability (ECE {curve.ece:.3f})")
+    ax_hist.bar(centers, curve.counts, width=width, edgecolor="black", color="grey")
+    ax_hist.set_xlabel("confidence")
+    ax_hist.set_ylabel("count")
+    ax_hist.set_xlim(0, 1)
+    return _save(fig, out_png)
+
+
+# ------------------------------------------------------------------------------------------ overlays
+def _rgb(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise MedlensError(f"overlay needs a uint8 image, got {image.dtype}")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise MedlensError(f"overlay needs an (H, W, C) image with C in 1, 3, 4; got shape {image.shape}")
+    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[..., :3]
+
+
+def _boundary(region: np.ndarray, thickness: int = 1) -> np.ndarray:
+    """Inner boundary band (``thickness`` px) of a bool ``(H, W)`` region; outside the image is background."""
+    core = region
+    for _ in range(max(1, thickness)):
+        padded = np.pad(core, 1, constant_values=False)
+        core = core & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return region & ~core
+
+
+def _draw_region(
+    out: np.ndarray, region: np.ndarray, color: Sequence[int], alpha: float, thickness: int | None
+) -> None:
+    """Blend ``color`` into ``out`` ``(H, W, 3)`` uint8 where ``region``, in place, through a per-channel
+    256-entry look-up table (integer rounding, ~4x faster than blending the region's pixels in float), then
+    draw the region's boundary opaque unless ``thickness`` is None."""
+    a = round(alpha * 256)
+    levels = np.arange(256, dtype=np.int32)
+    for c in range(3):
+        lut = ((levels * (256 - a) + int(color[c]) * a + 128) >> 8).astype(np.uint8)
+        np.copyto(out[..., c], np.take(lut, out[..., c]), where=region)
+    if thickness is not None:
+        out[_boundary(region, thickness)] = color
+
+
+def overlay_mask(
+    image: np.ndarray,
+    mask: np.ndarray,
+    alpha: float = 0.45,
+    colors: tuple[int, int, int] | Sequence[tuple[int, int, int]] | None = None,
+    contour: bool = True,
+    thickness: int | None = None,
+) -> np.ndarray:
+    """Blend a mask over an image and draw its contours (numpy only, ~30 ms for a 1920x1080 image).
+
+    Args:
+        image: ``(H, W, C)`` (or ``(H, W)``) uint8, C in {1, 3, 4}.
+        mask: ``(H, W)`` labels (0 = background, k > 0 drawn in ``colors[k - 1]``; bool is label 1) or
+            ``(H, W, K)`` 0/1 multi-label (channel k drawn in ``colors[k]``, later channels on top).
+        alpha: fill opacity; contours are drawn opaque when ``contour``.
+        colors: one RGB colour or a list of them; default :data:`PALETTE`.
+        contour: draw each region's inner boundary; ``thickness`` in pixels, default
+            ``max(1, min(H, W) // 300)`` so that contours stay visible on large images.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB.
+    """
+    rgb = _rgb(image)
+    mask = np.asarray(mask)
+    if mask.shape[:2] != rgb.shape[:2] or mask.ndim not in (2, 3):
+        raise MedlensError(f"mask of shape {mask.shape} does not match image of shape {rgb.shape}")
+    if colors is None:
+        palette = list(PALETTE)
+    elif len(colors) == 3 and all(np.isscalar(c) for c in colors):
+        palette = [tuple(colors)]  # type: ignore[list-item]
+    else:
+        palette = [tuple(c) for c in colors]  # type: ignore[union-attr]
+    width = (thickness if thickness is not None else max(1, min(rgb.shape[:2]) // 300)) if contour else None
+    out = rgb.copy()
+    if mask.ndim == 3:
+        for k in range(mask.shape[2]):
+            _draw_region(out, mask[..., k] > 0, palette[k % len(palette)], alpha, width)
+        return out
+    if mask.dtype == bool:
+        _draw_region(out, mask, palette[0], alpha, width)
+        return out
+    if not np.issubdtype(mask.dtype, np.integer) or (mask.size and mask.min() < 0):
+        raise MedlensError(f"mask must hold integer labels >= 0, got dtype {mask.dtype}")
+    counts = np.bincount(mask.ravel()) if mask.size else np.zeros(1, np.int64)  # O(n), unlike np.unique
+    for k in np.flatnonzero(counts[1:]) + 1:
+        _draw_region(out, mask == k, palette[(k - 1) % len(palette)], alpha, width)
+    return out
+
+
+def save_case_grid(
+    cases: Sequence[tuple[np.ndarray, np.ndarray | None, np.ndarray, str]],
+    out_png: str | Path,
+    alpha: float = 0.45,
+) -> Path:
+    """One row per case: image | ground truth (green) | prediction (blue) | both contours.
+
+    ``cases``: ``(image HWC uint8, gt_mask (H, W) or None, pred_mask (H, W), title)``, e.g. the worst and best
+    images of an evaluation ranked by Dice.
+    """
+    if not cases:
+        raise MedlensError(f"cannot write {out_png}: no cases to show")
+    green, blue = PALETTE[0], PALETTE[2]  # blue contrasts with red/brown colonoscopy and dermoscopy images
+    fig = Figure(figsize=(12, 3.1 * len(cases)))
+    axes = np.asarray(fig.subplots(len(cases), 4, squeeze=False))
+    for row, (image, gt, pred, title) in zip(axes, cases, strict=True):
+        panels = [_rgb(image)]
+        panels.append(overlay_mask(image, gt, alpha, green) if gt is not None else _rgb(image))
+        panels.append(overlay_mask(image, pred, alpha, blue))
+        both = overlay_mask(image, np.asarray(pred) > 0, 0.0, blue)
+        if gt is not None:
+            edge = _boundary(np.asarray(gt) > 0, max(1, min(both.shape[:2]) // 300))
+            both[edge] = green
+        panels.append(both)
+        for ax, panel, name in zip(
+            row, panels, ("image", "ground truth", "prediction", "contours"), strict=True
+        ):
+            ax.imshow(panel)
+            ax.set_axis_off()
+            ax.set_title(f"{title}\n{name}" if name == "image" else name, fontsize=9)
+    return _save(fig, out_png)
+
+
+# ------------------------------------------------------------------------------------------ history
+def plot_label_counts_over_time(
+    records: Iterable[tuple[datetime | date | str, str]], out_png: str | Path, title: str = "analyses per day"
+) -> Path:
+    """Stacked daily counts of labels, e.g. from the history store: ``records`` = ``(timestamp, label)`` pairs
+    (timestamps as ``datetime``/``date`` or ISO strings)."""
+    counts: Counter[tuple[date, str]] = Counter()
+    for stamp, label in records:
+        when = datetime.fromisoformat(stamp) if isinstance(stamp, str) else stamp
+        counts[(when.date() if isinstance(when, datetime) else when, str(label))] += 1
+    fig = Figure(figsize=(8, 3.5))
+    ax = fig.subplots()
+    days = sorted({d for d, _ in counts})
+    labels = sorted({lab for _, lab in counts})
+    bottom = np.zeros(len(days))
+    for label in labels:
+        values = np.array([counts[(d, label)] for d in days], dtype=float)
+        ax.bar(days, values, bottom=bottom, label=label)
+        bottom += values
+    if labels:
+        ax.legend(fontsize=8)
+    ax.set_ylabel("count")
+    ax.set_title(title)
+    fig.autofmt_xdate()
+    return _save(fig, out_png)

@@ -1,0 +1,248 @@
+"""Grad-CAM heat maps (MONAI ``monai.visualize.GradCAM``) for timm classifiers and smp segmentation models.
+
+The target layer defaults to the last spatial feature map of the backbone: a forward pass with hooks finds,
+once per model structure, the last module (in completion order) whose output is a 4-D tensor with a spatial
+size above 1x1 and that runs once per forward, i.e. the outermost module holding the last feature map before
+global pooling (``layer4`` of a ResNet, ``bn2`` of an EfficientNet/MobileNetV2, ``stages`` of a ConvNeXt,
+``features`` of a DenseNet). ``nn.Identity`` modules are never chosen.
+
+Segmentation models (anything with an ``encoder`` and a ``segmentation_head``, as in smp) are explained
+through a wrapper that returns ``(B, K)`` scores: for each class the mean logit over the pixels predicted as
+that class (sigmoid > 0.5 for one output channel, arg-max otherwise; all pixels when none is predicted). The
+gradient of that score asks "what in the encoder's last stage made the predicted region this class"; the
+target layer is the encoder's last stage. Logits, not probabilities, are averaged so that gradients do not
+vanish where the sigmoid/softmax saturates (as in Seg-Grad-CAM, Vinogradova et al. 2020).
+
+The model is left as it was: its train/eval mode, ``requires_grad`` flags, parameter ``.grad`` tensors, hooks
+and ``inplace`` flags are restored, since MONAI's ``ModelWithHooks`` keeps no hook handles and zeroes the
+gradients.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medlens.errors import MedlensError
+
+logger = logging.getLogger(__name__)
+
+_LAYER_CACHE: dict[tuple[type, int], str] = {}
+_DISCOVERY_SIZE = 128  # side of the dummy input used to find the target layer (stride-32 maps are then 4x4)
+
+
+def _is_segmentation(model: nn.Module) -> bool:
+    return hasattr(model, "encoder") and hasattr(model, "segmentation_head")
+
+
+class SegmentationScores(nn.Module):
+    """Wrap a segmentation model so it returns ``(B, K)`` scores: per class, the mean logit over the pixels
+    predicted as that class (all pixels when none is). Input ``(B, C, H, W)`` float; the wrapped model must
+    return ``(B, K, H, W)`` logits (K = 1 for binary, sigmoid)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        if logits.shape[1] == 1:
+            masks = (logits > 0).to(logits.dtype)  # sigmoid(l) > 0.5
+        else:
+            masks = F.one_hot(logits.argmax(dim=1), logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
+        area = masks.flatten(2).sum(-1)
+        region_mean = (logits * masks).flatten(2).sum(-1) / area.clamp(min=1)
+        return torch.where(area > 0, region_mean, logits.flatten(2).mean(-1))
+
+
+def find_target_layer(
+    model: nn.Module, in_channels: int = 3, size: int | tuple[int, int] = _DISCOVERY_SIZE
+) -> str:
+    """Name of the last spatial feature layer (see the module docstring); cached per model structure.
+
+    The search runs one forward pass of a zero ``(1, in_channels, *size)`` input with hooks. For a
+    segmentation model (smp) it runs over ``model.encoder`` and the name carries the ``encoder.`` prefix.
+    Raises ``MedlensError`` when the pass fails or no module yields a spatial 4-D output.
+    """
+    prefix, root = ("encoder.", model.encoder) if _is_segmentation(model) else ("", model)
+    names = [name for name, _ in root.named_modules()]
+    key = (type(model), hash(tuple(names)))
+    if key not in _LAYER_CACHE:
+        _LAYER_CACHE[key] = prefix + _discover(root, in_channels, size)
+        logger.debug("Grad-CAM target layer of %s: %s", type(model).__name__, _LAYER_CACHE[key])
+    return _LAYER_CACHE[key]
+
+
+def _discover(root: nn.Module, in_channels: int, size: int | tuple[int, int]) -> str:
+    order: list[str] = []
+    calls: dict[str, int] = {}
+    spatial: set[str] = set()
+
+    def hook(name: str):
+        def _hook(_module: nn.Module, _inputs: tuple, output: object) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            order.append(name)
+            if (
+                isinstance(output, torch.Tensor)
+                and output.ndim == 4
+                and output.shape[-2] * output.shape[-1] > 1
+            ):
+                spatial.add(name)
+
+        return _hook
+
+    handles = [
+        module.register_forward_hook(hook(name))
+        for name, module in root.named_modules()
+        if name and not isinstance(module, nn.Identity)
+    ]
+    was_training = root.training
+    try:
+        root.eval()
+        device = next((p.device for p in root.parameters()), torch.device("cpu"))
+        height, width = (size, size) if isinstance(size, int) else size
+        with torch.no_grad():
+            root(torch.zeros(1, in_channels, height, width, device=device))
+    except Exception as exc:  # a model that rejects the dummy input: say which, keep the cause
+        raise MedlensError(f"cannot find a Grad-CAM layer in {type(root).__name__}: {exc}") from exc
+    finally:
+        root.train(was_training)
+        for handle in handles:
+            handle.remove()
+    candidates = [name for name in order if name in spatial and calls[name] == 1]
+    if not candidates:
+        raise MedlensError(f"cannot find a spatial feature layer for Grad-CAM in {type(root).__name__}")
+    return candidates[-1]
+
+
+@contextmanager
+def _preserved(model: nn.Module, layer: nn.Module) -> Iterator[None]:
+    """Restore mode, requires_grad, .grad, the target layer's hooks and ``inplace`` flag after Grad-CAM."""
+    params = list(model.parameters())
+    state = [(p.requires_grad, p.grad) for p in params]
+    forward_hooks, backward_hooks = dict(layer._forward_hooks), dict(layer._backward_hooks)
+    full_backward = layer._is_full_backward_hook
+    inplace = layer.__dict__.get("inplace")
+    training = model.training
+    try:
+        for p in params:
+            p.requires_grad_(False)  # gradients flow to the activations through the input; no parameter grads
+        yield
+    finally:
+        model.train(training)
+        for p, (requires_grad, grad) in zip(params, state, strict=True):
+            p.requires_grad_(requires_grad)
+            p.grad = grad
+        # MONAI's ModelWithHooks registers hooks without keeping handles: put the hook dicts back as they were
+        layer._forward_hooks.clear()
+        layer._forward_hooks.update(forward_hooks)
+        layer._backward_hooks.clear()
+        layer._backward_hooks.update(backward_hooks)
+        layer._is_full_backward_hook = full_backward
+        if inplace is not None:
+            layer.inplace = inplace
+
+
+def _normalise(cam: torch.Tensor) -> torch.Tensor:
+    """Min-max scale each map of ``(B, 1, H, W)`` to 0..1 (all-zero where the map is constant).
+
+    MONAI's default post-processing maps (min, max) to (1, 0), i.e. flips the map, so ours replaces it."""
+    flat = cam.flatten(1)
+    low, high = flat.min(1).values, flat.max(1).values
+    span = (high - low).view(-1, 1, 1, 1)
+    return torch.where(span > 0, (cam - low.view(-1, 1, 1, 1)) / span.clamp(min=1e-12), torch.zeros_like(cam))
+
+
+def _default_class(model: nn.Module, x: torch.Tensor) -> int:
+    """Class to explain when none is given: arg-max for classifiers; for segmentation the foreground class
+    with the largest predicted area (channel 0 for a binary model)."""
+    with torch.no_grad():
+        logits = model(x)
+    if not _is_segmentation(model):
+        return int(logits[0].argmax())
+    if logits.shape[1] == 1:
+        return 0
+    areas = torch.bincount(logits[0].argmax(0).flatten(), minlength=logits.shape[1])[1:]
+    return int(areas.argmax()) + 1
+
+
+def gradcam(
+    model: nn.Module, x: torch.Tensor, target_layer: str | None = None, class_index: int | None = None
+) -> np.ndarray:
+    """Grad-CAM of one image.
+
+    Args:
+        model: a classifier returning ``(B, K)`` logits or a segmentation model (smp) returning
+            ``(B, K, H, W)`` logits.
+        x: ``(1, C, H, W)`` float tensor, normalised as the model expects, on the model's device.
+        target_layer: module name (``dict(model.named_modules())`` key); ``None`` = :func:`find_target_layer`.
+        class_index: class to explain; ``None`` = the predicted class (see ``_default_class``).
+
+    Returns:
+        ``(H, W)`` float32 heat map in 0..1 at the input's size (bilinear up-sampling of the layer's map).
+    """
+    from monai.visualize import GradCAM
+
+    if x.ndim != 4 or x.shape[0] != 1:
+        raise MedlensError(f"Grad-CAM needs a (1, C, H, W) tensor, got shape {tuple(x.shape)}")
+    side = min(x.shape[-2:])  # discover on the input's own size (fixed-size models), unless it is tiny
+    size = (int(x.shape[-2]), int(x.shape[-1])) if side >= 64 else _DISCOVERY_SIZE
+    target_layer = target_layer or find_target_layer(model, in_channels=x.shape[1], size=size)
+    modules = dict(model.named_modules())
+    if target_layer not in modules:
+        raise MedlensError(
+            f"Grad-CAM target layer {target_layer!r} is not a module of {type(model).__name__}"
+        )
+    segmentation = _is_segmentation(model)
+    wrapped = SegmentationScores(model) if segmentation else model
+    with _preserved(model, modules[target_layer]), torch.inference_mode(False), torch.enable_grad():
+        model.eval()
+        x = x.detach().clone()
+        x = (x if x.is_floating_point() else x.float()).requires_grad_(True)
+        index = class_index if class_index is not None else _default_class(model, x)
+        cam_fn = GradCAM(
+            nn_module=wrapped,
+            target_layers=("model." if segmentation else "") + target_layer,
+            postprocessing=_normalise,
+        )
+        cam = cam_fn(x, class_idx=index)
+    return cam[0, 0].detach().cpu().numpy().astype(np.float32)
+
+
+def _jet_lut() -> np.ndarray:
+    from matplotlib import colormaps
+
+    return (colormaps["jet"](np.linspace(0.0, 1.0, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
+
+
+def gradcam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend a jet-coloured heat map over an image.
+
+    Args:
+        image: ``(H, W, C)`` or ``(H, W)`` uint8, C in {1, 3}.
+        cam: ``(h, w)`` float in 0..1 (resized bilinearly to ``(H, W)`` when it differs).
+        alpha: heat-map opacity.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB.
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise MedlensError(
+            f"Grad-CAM overlay needs an (H, W, C) uint8 image, got {image.dtype} {image.shape}"
+        )
+    rgb = image if image.ndim == 3 else image[..., None]
+    rgb = np.repeat(rgb, 3, axis=2) if rgb.shape[2] == 1 else rgb[..., :3]
+    cam = np.nan_to_num(np.asarray(cam, dtype=np.float32))
+    if cam.shape != rgb.shape[:2]:
+        resized = F.interpolate(torch.from_numpy(cam)[None, None], size=rgb.shape[:2], mode="bilinear")
+        cam = resized[0, 0].numpy()
+    heat = _jet_lut()[np.clip(cam * 255 + 0.5, 0, 255).astype(np.uint8)]
+    out = (1 - alpha) * rgb.astype(np.float32) + alpha * heat.astype(np.float32)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
