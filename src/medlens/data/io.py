@@ -6,125 +6,61 @@ reason.
 
 Images come back as ``numpy.uint8`` arrays ``(H, W, C)`` with ``C`` in ``{1, 3}`` ("HWC uint8"); masks as raw
 ``(H, W)`` ``uint8`` values. DICOM patient fields are never logged.
+
+This module is the public API: the DICOM code lives in :mod:`medlens.data.dicom` and the shared source
+handling in :mod:`medlens.data._common`; their public names are re-exported here.
 """
 
 from __future__ import annotations
 
-import io
 import logging
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from medlens.data._common import (
+    MAX_PIXELS,
+    ImageInfo,
+    ImageRecord,
+    Source,
+    check_pixels,
+    max_pixels_limit,
+    open_source,
+    scale_to_uint8,
+    sniff_format,
+)
+from medlens.data.dicom import deidentify, dicom_spacing_mm, probe_dicom_fp, read_dicom, read_dicom_fp
 from medlens.errors import ImageReadError
 
-if TYPE_CHECKING:
-    import pydicom
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_PIXELS",
+    "ImageInfo",
+    "ImageReadError",
+    "ImageRecord",
+    "Source",
+    "convert_channels",
+    "deidentify",
+    "dicom_spacing_mm",
+    "load_image",
+    "max_pixels_limit",
+    "probe_image",
+    "read_dicom",
+    "read_image",
+    "read_mask",
+    "read_mask_with_format",
+    "robust_scale_to_uint8",
+    "scale_to_uint8",
+    "sniff_format",
+]
 
 logger = logging.getLogger(__name__)
 
-MAX_PIXELS: int = 64_000_000  # decompression-bomb guard; env MEDLENS_MAX_PIXELS overrides
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
-
-Source = str | Path | bytes | bytearray | memoryview
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "bmp": "BMP"}
 _EXIF_ORIENTATION = 0x0112
 _SWAPPED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that turn the image by 90 degrees
-
-
-@dataclass
-class ImageRecord:
-    """A decoded image with what is known about its source."""
-
-    array: np.ndarray  # (H, W, C) uint8, C in {1, 3}
-    spacing_mm: tuple[float, float] | None  # (row, col) pixel spacing when known
-    source_format: str  # "png", "jpeg", "tiff", "bmp", "dicom"
-    dicom: pydicom.Dataset | None = None  # the source dataset without PixelData; never logged
-
-    def __repr__(self) -> str:  # keep the DICOM dataset (patient fields) out of logs and tracebacks
-        shape = tuple(self.array.shape)
-        return f"ImageRecord(shape={shape}, format={self.source_format!r}, spacing_mm={self.spacing_mm})"
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """Header facts of an image file, read without decoding the pixels (see :func:`probe_image`)."""
-
-    width: int  # after EXIF orientation
-    height: int
-    source_format: str
-    mode: str  # PIL mode ("L", "RGB", "I;16", ...) or "DICOM"
-
-
-def max_pixels_limit(override: int | None = None) -> int:
-    """The pixel-count limit: ``override``, else env ``MEDLENS_MAX_PIXELS``, else :data:`MAX_PIXELS`."""
-    if override is not None:
-        return int(override)
-    env = os.environ.get("MEDLENS_MAX_PIXELS")
-    return int(float(env)) if env else MAX_PIXELS
-
-
-def sniff_format(head: bytes) -> str | None:
-    """Guess the file type from its first 132 bytes: "png", "jpeg", "tiff", "bmp", "dicom" or None."""
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return "tiff"
-    if head.startswith(b"BM") and len(head) >= 26:
-        return "bmp"
-    if head[128:132] == b"DICM":
-        return "dicom"
-    # DICOM without the 128-byte preamble starts with a group 0x0002 or 0x0008 tag (little endian)
-    if head[:2] in (b"\x02\x00", b"\x08\x00") and head[3:4] == b"\x00":
-        return "dicom"
-    return None
-
-
-def _source_name(source: Source) -> str:
-    return str(source) if isinstance(source, str | Path) else "<upload>"
-
-
-@contextmanager
-def _open_source(source: Source) -> Iterator[tuple[IO[bytes], str, str]]:
-    """Yield ``(binary file object, display name, sniffed format)``; raises ImageReadError when unusable."""
-    name = _source_name(source)
-    if isinstance(source, str | Path):
-        path = Path(source)
-        if not path.exists():
-            raise ImageReadError(name, "file not found")
-        if path.is_dir():
-            raise ImageReadError(name, "is a directory, not an image file")
-        fp: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed in the finally below
-    else:
-        fp = io.BytesIO(bytes(source))
-    try:
-        head = fp.read(132)
-        if not head:
-            raise ImageReadError(name, "empty file")
-        fmt = sniff_format(head)
-        if fmt is None:
-            raise ImageReadError(name, "unknown file type (not PNG, JPEG, TIFF, BMP or DICOM)")
-        fp.seek(0)
-        yield fp, name, fmt
-    finally:
-        fp.close()
-
-
-def _check_pixels(name: str, width: int, height: int, limit: int) -> None:
-    if width <= 0 or height <= 0:
-        raise ImageReadError(name, f"invalid image size {width}x{height}")
-    if width * height > limit:
-        raise ImageReadError(
-            name, f"{width}x{height} pixels exceeds the limit of {limit} pixels (MEDLENS_MAX_PIXELS)"
-        )
 
 
 def _open_pil(fp: IO[bytes], name: str, fmt: str, limit: int) -> Image.Image:
@@ -139,7 +75,7 @@ def _open_pil(fp: IO[bytes], name: str, fmt: str, limit: int) -> Image.Image:
         im = factory(fp, name)
     except (SyntaxError, OSError, ValueError, IndexError, TypeError, EOFError) as e:
         raise ImageReadError(name, f"corrupt or unsupported {fmt.upper()} header ({e})") from e
-    _check_pixels(name, im.size[0], im.size[1], limit)
+    check_pixels(name, im.size[0], im.size[1], limit)
     n_frames = getattr(im, "n_frames", 1)
     if fmt == "tiff" and n_frames > 1:
         raise ImageReadError(
@@ -159,20 +95,6 @@ def _decode(im: Image.Image, name: str, fmt: str) -> Image.Image:
     except Exception as e:  # a broken EXIF block must not make a readable image unreadable
         logger.warning("ignoring unreadable EXIF orientation in %s (%s)", name, e)
         return im
-
-
-def scale_to_uint8(arr: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
-    """Map ``arr`` linearly from ``[lo, hi]`` (default: its min/max) to ``uint8`` 0..255, clipping outside.
-
-    A constant image becomes all zeros.
-    """
-    arr = np.asarray(arr, dtype=np.float64)
-    lo = float(np.min(arr)) if lo is None else float(lo)
-    hi = float(np.max(arr)) if hi is None else float(hi)
-    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    out = (arr - lo) * (255.0 / (hi - lo))
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def robust_scale_to_uint8(arr: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
@@ -233,9 +155,9 @@ def read_image(source: Source, channels: int | None = None, max_pixels: int | No
     :func:`read_dicom`.
     """
     limit = max_pixels_limit(max_pixels)
-    with _open_source(source) as (fp, name, fmt):
+    with open_source(source) as (fp, name, fmt):
         if fmt == "dicom":
-            record = _read_dicom_fp(fp, name, limit)
+            record = read_dicom_fp(fp, name, limit)
         else:
             im = _decode(_open_pil(fp, name, fmt, limit), name, fmt)
             record = ImageRecord(_pil_to_hwc(im), _pil_spacing_mm(im), fmt, None)
@@ -275,7 +197,7 @@ def read_mask(path: Source) -> np.ndarray:
 def read_mask_with_format(path: Source, max_pixels: int | None = None) -> tuple[np.ndarray, str]:
     """:func:`read_mask` plus the sniffed file format (JPEG masks are lossy and need thresholding)."""
     limit = max_pixels_limit(max_pixels)
-    with _open_source(path) as (fp, name, fmt):
+    with open_source(path) as (fp, name, fmt):
         if fmt == "dicom":
             raise ImageReadError(name, "DICOM masks are not supported; save the mask as PNG")
         im = _decode(_open_pil(fp, name, fmt, limit), name, fmt)
@@ -309,9 +231,9 @@ def probe_image(source: Source, verify: bool = False, max_pixels: int | None = N
     which catches truncated and corrupt files.
     """
     limit = max_pixels_limit(max_pixels)
-    with _open_source(source) as (fp, name, fmt):
+    with open_source(source) as (fp, name, fmt):
         if fmt == "dicom":
-            return _probe_dicom(fp, name, limit, verify)
+            return probe_dicom_fp(fp, name, limit, verify)
         im = _open_pil(fp, name, fmt, limit)
         (width, height), mode = im.size, im.mode
         if verify:
@@ -339,209 +261,3 @@ def _verify_pil(im: Image.Image, name: str, fmt: str) -> None:
         im.load()
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as e:
         raise ImageReadError(name, f"corrupt or truncated {fmt.upper()} data ({e})") from e
-
-
-# ------------------------------------------------------------------------------------------------------ DICOM
-_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-
-
-def read_dicom(source: Source, max_pixels: int | None = None) -> ImageRecord:
-    """Read a single-frame DICOM image to an :class:`ImageRecord` (array (H, W, 1) or (H, W, 3) uint8).
-
-    Grey images: modality LUT / rescale slope+intercept, then the first VOI LUT or window centre/width (else
-    the min/max of the rescaled values) maps to 0..255; MONOCHROME1 is inverted so that bright means dense as
-    usual. Colour (RGB/YBR) images are converted to RGB. ``record.dicom`` keeps the dataset without pixel
-    data.
-    """
-    limit = max_pixels_limit(max_pixels)
-    with _open_source(source) as (fp, name, fmt):
-        if fmt != "dicom":
-            raise ImageReadError(name, f"not a DICOM file (looks like {fmt.upper()})")
-        return _read_dicom_fp(fp, name, limit)
-
-
-def _dcmread(fp: IO[bytes], name: str, stop_before_pixels: bool = False) -> pydicom.Dataset:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        ds = pydicom.dcmread(fp, force=True, stop_before_pixels=stop_before_pixels)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as e:
-        raise ImageReadError(name, f"not a valid DICOM file ({type(e).__name__})") from e
-    if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
-        _set_transfer_syntax(ds)
-    return ds
-
-
-def _set_transfer_syntax(ds: pydicom.Dataset) -> None:
-    """Raw DICOM without file meta (old files): record the encoding pydicom detected so pixels can decode."""
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
-    implicit, little = getattr(ds, "original_encoding", (True, True))
-    if not hasattr(ds, "file_meta"):
-        ds.file_meta = FileMetaDataset()
-    syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
-    ds.file_meta.TransferSyntaxUID = syntax
-
-
-def _dicom_geometry(ds: pydicom.Dataset, name: str, limit: int, need_pixels: bool = True) -> None:
-    if need_pixels and not any(k in ds for k in _PIXEL_KEYWORDS):
-        raise ImageReadError(name, "DICOM file has no pixel data (PixelData element missing)")
-    if "Rows" not in ds or "Columns" not in ds:
-        raise ImageReadError(name, "DICOM file has no Rows/Columns")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise ImageReadError(
-            name, f"multi-frame DICOM ({frames} frames) is not supported; use one 2D image per file"
-        )
-    _check_pixels(name, int(ds.Columns), int(ds.Rows), limit)
-
-
-def _probe_dicom(fp: IO[bytes], name: str, limit: int, verify: bool) -> ImageInfo:
-    ds = _dcmread(fp, name, stop_before_pixels=not verify)
-    _dicom_geometry(ds, name, limit, need_pixels=verify)
-    if verify:
-        _dicom_pixels(ds, name)
-    return ImageInfo(int(ds.Columns), int(ds.Rows), "dicom", "DICOM")
-
-
-def _dicom_pixels(ds: pydicom.Dataset, name: str) -> np.ndarray:
-    try:
-        return np.asarray(ds.pixel_array)
-    except Exception as e:  # pydicom raises many types for unsupported or broken pixel data
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise ImageReadError(name, f"cannot decode DICOM pixel data (transfer syntax {syntax}): {e}") from e
-
-
-def _read_dicom_fp(fp: IO[bytes], name: str, limit: int) -> ImageRecord:
-    ds = _dcmread(fp, name)
-    _dicom_geometry(ds, name, limit)
-    pixels = _dicom_pixels(ds, name)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if samples == 3 or pixels.ndim == 3:
-        arr = pixels if pixels.dtype == np.uint8 else scale_to_uint8(pixels)
-    else:
-        arr = _dicom_grey_to_uint8(pixels, ds, name)[..., None]
-    return ImageRecord(np.ascontiguousarray(arr), dicom_spacing_mm(ds), "dicom", _without_pixels(ds))
-
-
-def _dicom_grey_to_uint8(pixels: np.ndarray, ds: pydicom.Dataset, name: str) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
-
-    values = apply_modality_lut(pixels, ds)
-    out: np.ndarray | None = None
-    try:
-        if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
-            lut = apply_voi(_lut_inputs(ds.VOILUTSequence[0]), ds, index=0)  # the table, decoded by pydicom
-            out = scale_to_uint8(apply_voi(values, ds, index=0), lut.min(), lut.max())
-        elif "WindowCenter" in ds and "WindowWidth" in ds:
-            lo, hi = _window_output_range(ds)
-            out = scale_to_uint8(apply_windowing(values, ds, index=0), lo, hi)
-    except (ValueError, TypeError, IndexError, AttributeError) as e:
-        logger.warning("ignoring invalid VOI LUT / window in %s (%s); using min/max", name, e)
-        out = None
-    if out is None:
-        out = scale_to_uint8(values)
-    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME1":
-        out = 255 - out
-    return out
-
-
-def _lut_inputs(item: Any) -> np.ndarray:
-    """Every input value a LUT maps (PS3.3 C.11.1.1.1: entries, first mapped value; 0 entries means 65536)."""
-    entries, first = int(item.LUTDescriptor[0]) or 65536, int(item.LUTDescriptor[1])
-    return np.arange(first, first + entries)
-
-
-def _window_output_range(ds: pydicom.Dataset) -> tuple[float, float]:
-    """Output range of pydicom's ``apply_windowing`` (PS3.3 C.11.2.1.2): the modality-LUT output range."""
-    if ds.get("ModalityLUTSequence"):
-        return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
-    bits = int(ds.BitsStored)
-    if int(ds.get("PixelRepresentation", 0)) == 0:
-        lo, hi = 0.0, float(2**bits - 1)
-    else:
-        lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
-    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
-        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
-        lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
-    return lo, hi
-
-
-def dicom_spacing_mm(ds: pydicom.Dataset) -> tuple[float, float] | None:
-    """(row, col) pixel spacing in mm from PixelSpacing, else ImagerPixelSpacing, else None."""
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        value: Any = ds.get(keyword)
-        if value is not None:
-            try:
-                row, col = (float(v) for v in value)
-            except (TypeError, ValueError):
-                continue
-            if row > 0 and col > 0:
-                return (row, col)
-    return None
-
-
-def _without_pixels(ds: pydicom.Dataset) -> pydicom.Dataset:
-    """A shallow copy of ``ds`` without the pixel data elements (keeps file meta for SEG references)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-
-    ref = Dataset()
-    for elem in ds:
-        if elem.keyword not in _PIXEL_KEYWORDS:
-            ref.add(elem)
-    ref.file_meta = FileMetaDataset(getattr(ds, "file_meta", Dataset()))
-    ref.preamble = getattr(ds, "preamble", None)
-    return ref
-
-
-_KEEP_PATIENT_KEYWORDS = {"PatientOrientation", "PatientPosition"}  # image geometry, not identity
-# fmt: off
-_REMOVE_KEYWORDS = {
-    "OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames", "ReferringPhysicianName",
-    "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers", "InstitutionName",
-    "InstitutionAddress", "InstitutionalDepartmentName", "StationName", "AccessionNumber",
-    "MedicalRecordLocator", "ResponsiblePerson", "ResponsibleOrganization", "PersonName", "PersonAddress",
-    "PersonTelephoneNumbers", "MilitaryRank", "BranchOfService", "EthnicGroup", "Occupation",
-    "CountryOfResidence", "RegionOfResidence", "MedicalAlerts", "Allergies", "AdditionalPatientHistory",
-    "PregnancyStatus", "DeviceSerialNumber"
-}
-# fmt: on
-
-
-def _is_identifying(elem: Any) -> bool:
-    keyword = elem.keyword or ""
-    if elem.tag.is_private or elem.VR == "PN":
-        return True
-    if keyword in _KEEP_PATIENT_KEYWORDS:
-        return False
-    return (
-        keyword.startswith("Patient")
-        or ("Patient" in keyword and keyword.endswith(("ID", "IDs", "Name", "Names")))
-        or keyword.endswith(("PhysicianName", "PhysiciansName", "OperatorsName", "PhysiciansOfRecord"))
-        or keyword in _REMOVE_KEYWORDS
-    )
-
-
-def deidentify(ds: pydicom.Dataset) -> pydicom.Dataset:
-    """A deep copy of ``ds`` without patient/person identifiers, also inside sequences.
-
-    Removed: every element whose keyword starts with "Patient" (except the geometry elements
-    PatientOrientation and PatientPosition), every person-name (PN) element (physicians, operators...), other
-    patient IDs/names, institution, station, accession number and similar fields, and all private tags.
-    PatientIdentityRemoved is set to "YES". Dates and UIDs are kept (they are needed to reference the source
-    images).
-    """
-    import copy
-
-    out = copy.deepcopy(ds)
-
-    def _strip(dataset: Any, elem: Any) -> None:
-        if _is_identifying(elem):
-            del dataset[elem.tag]
-
-    out.walk(_strip)
-    out.PatientIdentityRemoved = "YES"
-    out.DeidentificationMethod = "medlens: patient/person identifiers and private tags removed"
-    return out
