@@ -1,0 +1,162 @@
+"""Segmentation-guided classification inputs: a lesion-centred crop, the mask as an extra channel, or both.
+
+The same function feeds the trainer (inputs cached once before training, with ``guide_bundle`` /
+``guide_mode``) and the pipeline (``classifier.guided``), so a classifier sees at inference exactly what it
+was trained on. Everything here is deterministic.
+
+Modes (`GUIDE_MODES`):
+
+- ``"crop"``: a square crop centred on the bounding box of the largest predicted region, its side the box's
+  longer side plus a `DEFAULT_MARGIN` (25%) margin on each side; the square is shifted to stay inside the
+  image when it fits and padded with zeros where it does not. The whole image is used when nothing is found.
+- ``"channel"``: the whole image with the predicted mask (0/255) appended as an extra channel (RGB -> 4
+  channels, grey -> 2 channels).
+- ``"both"``: the crop, with the cropped mask appended.
+
+Outputs are resized to ``size`` ``(H, W)``: images with area-averaging (PIL ``BOX``) when shrinking and
+bilinear when enlarging, masks with nearest neighbour.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from medlens.errors import UnknownNameError
+from medlens.inference.postprocess import bounding_box, keep_largest_component
+
+logger = logging.getLogger(__name__)
+
+GUIDE_MODES = ("crop", "channel", "both")
+DEFAULT_MARGIN = 0.25
+
+
+class MaskPredictor(Protocol):
+    """Anything with ``predict(image HWC uint8) -> (H, W) uint8 label mask`` (a `SegmentationPredictor`)."""
+
+    def predict(self, image: np.ndarray) -> np.ndarray: ...
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` if it is a guide mode, else `UnknownNameError` listing the valid ones."""
+    if mode not in GUIDE_MODES:
+        raise UnknownNameError("guide mode", str(mode), GUIDE_MODES)
+    return mode
+
+
+def guide_channels(in_channels: int, mode: str) -> int:
+    """Channels a classifier receives for images of ``in_channels`` channels under guide ``mode``."""
+    return in_channels + (1 if check_mode(mode) in ("channel", "both") else 0)
+
+
+def crop_box(mask: np.ndarray, margin: float = DEFAULT_MARGIN) -> tuple[int, int, int] | None:
+    """Square crop ``(top, left, side)`` around the largest region of ``mask`` ``(H, W)``; None when empty.
+
+    ``top``/``left`` may be negative and ``top + side`` may pass the image edge only when the square is larger
+    than the image along that axis (the rest is padded).
+    """
+    box = bounding_box(keep_largest_component(mask > 0))
+    if box is None:
+        return None
+    x0, y0, x1, y1 = box
+    h, w = mask.shape[:2]
+    side = round(max(x1 - x0, y1 - y0) * (1.0 + 2.0 * margin))
+    side = max(1, min(side, max(h, w)))
+    cy, cx = (y0 + y1) / 2.0, (x0 + x1) / 2.0
+
+    def place(centre: float, extent: int) -> int:
+        start = round(centre - side / 2.0)
+        if side <= extent:  # shift inside the image
+            return int(min(max(start, 0), extent - side))
+        return round((extent - side) / 2.0)  # larger than the image: centre it, pad both sides
+
+    return place(cy, h), place(cx, w), side
+
+
+def _crop(array: np.ndarray, top: int, left: int, side: int) -> np.ndarray:
+    """Square ``side`` crop of ``(H, W[, C])`` at ``(top, left)``, zero-padded outside the image."""
+    h, w = array.shape[:2]
+    out = np.zeros((side, side, *array.shape[2:]), dtype=array.dtype)
+    r0, c0 = max(top, 0), max(left, 0)
+    r1, c1 = min(top + side, h), min(left + side, w)
+    out[r0 - top : r1 - top, c0 - left : c1 - left] = array[r0:r1, c0:c1]
+    return out
+
+
+def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """Resize ``(H, W)`` or ``(H, W, C)`` uint8 to ``size`` ``(H, W)``."""
+    if array.shape[:2] == tuple(size):
+        return array
+    shrink = array.shape[0] >= size[0] and array.shape[1] >= size[1]
+    method = Image.NEAREST if nearest else (Image.BOX if shrink else Image.BILINEAR)
+    chans = [array] if array.ndim == 2 else [array[..., c] for c in range(array.shape[2])]
+    out = [np.asarray(Image.fromarray(c).resize((size[1], size[0]), method)) for c in chans]
+    return out[0] if array.ndim == 2 else np.stack(out, axis=-1)
+
+
+def guide_one(
+    image: np.ndarray, mask: np.ndarray, mode: str, size: tuple[int, int], margin: float = DEFAULT_MARGIN
+) -> np.ndarray:
+    """Guided input of one image.
+
+    Args:
+        image: ``(H, W, C)`` uint8, ``C`` in {1, 3} (a ``(H, W)`` array is taken as one channel).
+        mask: ``(H, W)`` uint8 predicted mask (non-zero = region).
+        mode: one of `GUIDE_MODES`.
+        size: output ``(H, W)``.
+    Returns:
+        ``(size[0], size[1], C)`` uint8 for ``"crop"``, ``(size[0], size[1], C + 1)`` for the other modes.
+    """
+    check_mode(mode)
+    image = image[..., None] if image.ndim == 2 else image
+    if mask.shape[:2] != image.shape[:2]:
+        raise ValueError(f"mask shape {mask.shape[:2]} does not match image shape {image.shape[:2]}")
+    fg = (np.asarray(mask) > 0).astype(np.uint8) * 255
+    if mode in ("crop", "both"):
+        box = crop_box(fg, margin)
+        if box is not None:
+            image, fg = _crop(image, *box), _crop(fg, *box)
+    out = _resize(image, size)
+    out = out[..., None] if out.ndim == 2 else out
+    if mode == "crop":
+        return np.ascontiguousarray(out)
+    return np.concatenate([out, _resize(fg, size, nearest=True)[..., None]], axis=-1)
+
+
+def guide_inputs(
+    images: Sequence[np.ndarray],
+    seg: MaskPredictor | None,
+    mode: str,
+    size: tuple[int, int],
+    masks: Sequence[np.ndarray] | None = None,
+    margin: float = DEFAULT_MARGIN,
+) -> list[np.ndarray]:
+    """Segmentation-guided classification inputs for a list of images.
+
+    Args:
+        images: ``(H, W, C)`` uint8 images (sizes may differ).
+        seg: segmentation predictor giving each image's ``(H, W)`` mask; may be None when ``masks`` are given.
+        mode: ``"crop"``, ``"channel"`` or ``"both"`` (`UnknownNameError` otherwise).
+        size: output ``(H, W)``, usually the classifier's input size.
+        masks: precomputed masks (e.g. the pipeline's post-processed segmentation); skips ``seg``.
+        margin: crop margin per side as a fraction of the region's longer side.
+    Returns:
+        One ``(size[0], size[1], C')`` uint8 array per image, ``C'`` = ``C`` (crop) or ``C + 1``.
+    """
+    check_mode(mode)
+    if masks is None:
+        if seg is None:
+            raise ValueError("guide_inputs needs a segmentation predictor or precomputed masks")
+        masks = [seg.predict(img) for img in images]
+    if len(masks) != len(images):
+        raise ValueError(f"{len(images)} images but {len(masks)} masks")
+    empty = sum(1 for m in masks if not np.any(m))
+    if empty and mode in ("crop", "both"):
+        logger.info(
+            "guided inputs: no region found in %d of %d images; using the whole image", empty, len(images)
+        )
+    return [guide_one(img, m, mode, tuple(size), margin) for img, m in zip(images, masks, strict=True)]

@@ -1,0 +1,669 @@
+"""Analysis pipelines: segment -> features -> classify -> Grad-CAM -> advice, defined by a YAML file.
+
+Shipped pipelines live in ``medlens/pipelines/*.yaml``; more (or same-name overrides) in
+``<models_dir>/pipelines``. Schema (unknown keys raise `ConfigError` naming the file)::
+
+    name: skin                      # required, unique
+    title: Skin lesion (dermoscopy)
+    description: ...
+    modality: dermoscopy
+    segmenter:                      # optional; a bundle folder (or bundle name) under models_dir
+      bundle: skin-seg
+      postprocess: {fill_holes: true, largest_component: true, min_size_px: 0}
+      structure: skin_lesion        # DICOM SEG property type (lesion, skin_lesion, polyp, lung)
+      gradcam: false                # Grad-CAM of the segmenter when there is no classifier
+    classifier:                     # optional (at least one of segmenter / classifier)
+      bundle: skin-cls
+      guided: crop                  # false | crop | channel | both; left out: as the bundle was trained
+      gradcam: true
+    features: [area, asymmetry, border, colour, diameter]     # names from medlens.inference.features
+    advice: {rules: [...], default: "...", notice: "..."}      # see medlens.inference.advice
+    scope: {expect: colour, min_probability: 0.35, max_uncertainty: 0.1, require_region: true}
+
+``Pipeline.analyze`` returns an `Analysis`; every stage is timed in ``timings_ms``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from medlens.data.io import ImageRecord
+from medlens.errors import BundleError, ConfigError, MedlensError, UnknownNameError
+from medlens.evaluation.plots import overlay_mask
+from medlens.inference.advice import (
+    AdviceConfig,
+    AdviceContext,
+    ScopeConfig,
+    check_confidence,
+    check_modality,
+    check_region,
+    out_of_scope_text,
+)
+from medlens.inference.bundle import Bundle, is_bundle, list_bundles
+from medlens.inference.dicom_seg import segment_types
+from medlens.inference.features import compute_features, get_feature
+from medlens.inference.guided import GUIDE_MODES, crop_box, guide_one
+from medlens.inference.postprocess import apply_postprocess, area_fraction, connected_components
+from medlens.inference.predictor import ClassificationPredictor, SegmentationPredictor, probs_to_mask
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION_KEYS = {"name", "title", "description", "modality"}
+TOP_KEYS = DESCRIPTION_KEYS | {"segmenter", "classifier", "features", "advice", "scope"}
+SEGMENTER_KEYS = {"bundle", "postprocess", "structure", "gradcam"}
+POSTPROCESS_KEYS = {"fill_holes", "largest_component", "min_size_px"}
+CLASSIFIER_KEYS = {"bundle", "guided", "gradcam"}
+
+
+# ---------------------------------------------------------------------------------------------------- config
+@dataclass
+class SegmenterConfig:
+    bundle: str
+    fill_holes: bool = False
+    largest_component: bool = False
+    min_size_px: int = 0
+    structure: str = "lesion"
+    gradcam: bool = False
+
+
+@dataclass
+class ClassifierConfig:
+    bundle: str
+    guided: str | bool | None = None  # a guide mode, False = not guided, None = as the bundle's spec says
+    gradcam: bool = True
+
+
+@dataclass
+class PipelineConfig:
+    """A validated pipeline YAML."""
+
+    name: str
+    title: str
+    description: str = ""
+    modality: str = ""
+    segmenter: SegmenterConfig | None = None
+    classifier: ClassifierConfig | None = None
+    features: list[str] = field(default_factory=list)
+    advice: AdviceConfig = field(default_factory=AdviceConfig)
+    scope: ScopeConfig = field(default_factory=ScopeConfig)
+    source: str = "<pipeline>"
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str = "<pipeline>") -> PipelineConfig:
+        """Validate a parsed YAML mapping; `ConfigError` naming ``source`` and the bad key otherwise."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: a pipeline file must be a mapping, got {type(raw).__name__}")
+        _check_keys(raw, TOP_KEYS, source, "pipeline")
+        name = raw.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{source}: 'name' is required")
+        seg = _segmenter(raw.get("segmenter"), source)
+        clf = _classifier(raw.get("classifier"), source)
+        if seg is None and clf is None:
+            raise ConfigError(f"{source}: a pipeline needs a 'segmenter', a 'classifier' or both")
+        if clf is not None and clf.guided and seg is None:
+            raise ConfigError(f"{source}: classifier.guided={clf.guided!r} needs a segmenter")
+        features = raw.get("features") or []
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            raise ConfigError(f"{source}: 'features' must be a list of feature names")
+        for f in features:
+            try:
+                get_feature(f)
+            except UnknownNameError as e:
+                raise ConfigError(f"{source}: {e}") from e
+        if features and seg is None:
+            raise ConfigError(f"{source}: 'features' are computed on the segmentation; add a segmenter")
+        scope = ScopeConfig.from_dict(raw.get("scope"), source)
+        if not scope.modality_name:
+            scope.modality_name = str(raw.get("modality") or "")
+        return cls(
+            name=name.strip(),
+            title=str(raw.get("title") or name),
+            description=str(raw.get("description") or "").strip(),
+            modality=str(raw.get("modality") or ""),
+            segmenter=seg,
+            classifier=clf,
+            features=list(features),
+            advice=AdviceConfig.from_dict(raw.get("advice"), source),
+            scope=scope,
+            source=source,
+        )
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PipelineConfig:
+        """Read and validate a pipeline YAML file."""
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"cannot read pipeline file {path}: {e}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from e
+        return cls.from_dict(raw, str(path))
+
+
+def _check_keys(raw: dict, allowed: set[str], source: str, where: str) -> None:
+    unknown = set(raw) - allowed
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) in {where}: {', '.join(sorted(map(str, unknown)))}; "
+            f"valid: {', '.join(sorted(allowed))}"
+        )
+
+
+def _bundle_name(raw: dict, source: str, where: str) -> str:
+    bundle = raw.get("bundle")
+    if not isinstance(bundle, str) or not bundle.strip():
+        raise ConfigError(f"{source}: {where}.bundle (a bundle name) is required")
+    return bundle.strip()
+
+
+def _segmenter(raw: Any, source: str) -> SegmenterConfig | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: 'segmenter' must be a mapping")
+    _check_keys(raw, SEGMENTER_KEYS, source, "segmenter")
+    post = raw.get("postprocess") or {}
+    if not isinstance(post, dict):
+        raise ConfigError(f"{source}: segmenter.postprocess must be a mapping")
+    _check_keys(post, POSTPROCESS_KEYS, source, "segmenter.postprocess")
+    min_size = post.get("min_size_px", 0)
+    if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
+        raise ConfigError(f"{source}: segmenter.postprocess.min_size_px must be an integer >= 0")
+    structure = str(raw.get("structure", "lesion"))
+    if structure not in segment_types():
+        raise ConfigError(f"{source}: segmenter.structure must be one of {', '.join(segment_types())}")
+    return SegmenterConfig(
+        bundle=_bundle_name(raw, source, "segmenter"),
+        fill_holes=bool(post.get("fill_holes", False)),
+        largest_component=bool(post.get("largest_component", False)),
+        min_size_px=min_size,
+        structure=structure,
+        gradcam=bool(raw.get("gradcam", False)),
+    )
+
+
+def _classifier(raw: Any, source: str) -> ClassifierConfig | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: 'classifier' must be a mapping")
+    _check_keys(raw, CLASSIFIER_KEYS, source, "classifier")
+    guided = raw.get("guided")
+    if guided is not None and guided is not False and guided not in GUIDE_MODES:
+        raise ConfigError(f"{source}: classifier.guided must be false or one of {', '.join(GUIDE_MODES)}")
+    return ClassifierConfig(
+        bundle=_bundle_name(raw, source, "classifier"),
+        guided=guided,
+        gradcam=bool(raw.get("gradcam", True)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- result
+@dataclass
+class Analysis:
+    """The result of one `Pipeline.analyze` call.
+
+    Arrays (never in `to_dict`): ``mask`` ``(H, W)`` uint8 labels (binary 0/1) at the image's size,
+    ``overlay`` and ``gradcam`` ``(H, W, 3)`` uint8 RGB. ``probabilities`` are calibrated (flip-TTA mean);
+    ``uncertainty`` is the flip-TTA standard deviation of the predicted class's probability or, without a
+    classifier, ``segmentation_uncertainty`` (the segmenter's mean TTA standard deviation over the predicted
+    region); None without TTA. ``label`` is None when out of scope (``scope_reason`` says why).
+    """
+
+    id: str | None
+    pipeline: str
+    image_size: tuple[int, int]
+    mask: np.ndarray | None
+    overlay: np.ndarray | None
+    area_fraction: float | None
+    components: list[dict]
+    label: str | None
+    probabilities: dict[str, float]
+    uncertainty: float | None
+    out_of_scope: bool
+    features: dict
+    recommendation: str
+    notice: str
+    gradcam: np.ndarray | None
+    timings_ms: dict[str, float]
+    scope_reason: str | None = None
+    segmentation_uncertainty: float | None = None
+
+    @property
+    def probability(self) -> float | None:
+        """Calibrated probability of ``label`` (None without a label)."""
+        return self.probabilities.get(self.label) if self.label is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe summary: every field but the arrays, plus ``probability`` and ``has_<array>`` flags."""
+        out = {k: v for k, v in self.__dict__.items() if k not in ("mask", "overlay", "gradcam")}
+        out.update(
+            probability=self.probability,
+            has_mask=self.mask is not None,
+            has_overlay=self.overlay is not None,
+            has_gradcam=self.gradcam is not None,
+        )
+        return json_safe(out)
+
+    def mask_png(self) -> bytes | None:
+        """The mask as PNG bytes (binary 0/255, multi-class labels as they are), or None."""
+        return None if self.mask is None else png_bytes(viewable_mask(self.mask))
+
+    def overlay_png(self) -> bytes | None:
+        """The segmentation overlay as PNG bytes, or None."""
+        return None if self.overlay is None else png_bytes(self.overlay)
+
+    def gradcam_png(self) -> bytes | None:
+        """The Grad-CAM overlay as PNG bytes, or None."""
+        return None if self.gradcam is None else png_bytes(self.gradcam)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with numpy scalars, tuples and non-finite floats made plain JSON types (arrays refused)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        raise TypeError("arrays are not part of an analysis summary")
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def viewable_mask(mask: np.ndarray) -> np.ndarray:
+    """``(H, W)`` uint8 mask for display: binary 0/1 -> 0/255; label masks unchanged."""
+    mask = np.asarray(mask, dtype=np.uint8)
+    return mask * 255 if mask.max(initial=0) <= 1 else mask
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """``(H, W)`` or ``(H, W, 3)`` uint8 -> PNG file bytes."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+class StageTimer:
+    """Wall-clock milliseconds per stage (stages that did not run stay 0.0) plus ``total``."""
+
+    STAGES = ("preprocess", "segment", "features", "classify", "gradcam", "advice")
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.ms = dict.fromkeys(self.STAGES, 0.0)
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - t0) * 1000.0
+
+    def finish(self) -> dict[str, float]:
+        out = {k: round(v, 2) for k, v in self.ms.items()}
+        out["total"] = round((time.perf_counter() - self.start) * 1000.0, 2)
+        return out
+
+
+def as_image(image: np.ndarray | ImageRecord) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """``(HWC uint8 array with C in {1, 3}, spacing_mm or None)`` from an array or an `ImageRecord`.
+
+    ``(H, W)`` arrays gain a channel axis and RGBA loses its alpha; anything else raises `MedlensError`.
+    """
+    if isinstance(image, ImageRecord):
+        arr, spacing = image.array, image.spacing_mm
+    else:
+        arr, spacing = image, None
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or 0 in arr.shape:
+        raise MedlensError(
+            f"expected an (H, W, C) uint8 image with C in 1, 3, 4; got {arr.dtype} {arr.shape}"
+        )
+    return np.ascontiguousarray(arr[..., :3]), spacing
+
+
+def enhance_contrast(image: np.ndarray, clip_limit: float = 0.01) -> np.ndarray:
+    """CLAHE (skimage ``equalize_adapthist``) of ``(H, W, C)`` uint8; for RGB on the Lab lightness only."""
+    from skimage.color import lab2rgb, rgb2lab
+    from skimage.exposure import equalize_adapthist
+
+    if image.shape[2] == 1:
+        out = equalize_adapthist(image[..., 0], clip_limit=clip_limit)[..., None]
+    else:
+        lab = rgb2lab(image)
+        lab[..., 0] = equalize_adapthist(lab[..., 0] / 100.0, clip_limit=clip_limit) * 100.0
+        out = lab2rgb(lab)
+    return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def find_bundle(models_dir: str | Path, name: str) -> Path:
+    """``models_dir/<name>`` when it is a bundle, else the bundle under ``models_dir`` named ``name`` in its
+    bundle.json; `BundleError` when there is none."""
+    models_dir = Path(models_dir)
+    if is_bundle(models_dir / name):
+        return models_dir / name
+    for bundle in list_bundles(models_dir):
+        if bundle.name == name:
+            return bundle.path
+    raise BundleError(f"bundle {name!r} not found in {models_dir} (make it with `medlens bundle`)")
+
+
+def _cam_on_image(cam: np.ndarray, box: tuple[int, int, int] | None, shape: tuple[int, int]) -> np.ndarray:
+    """A Grad-CAM map of a square crop ``box = (top, left, side)`` placed back on an image of ``shape``."""
+    from PIL import Image
+
+    if box is None:
+        return cam
+    top, left, side = box
+    resized = np.asarray(Image.fromarray(cam.astype(np.float32)).resize((side, side), Image.BILINEAR))
+    out = np.zeros(shape, np.float32)
+    r0, c0, r1, c1 = max(top, 0), max(left, 0), min(top + side, shape[0]), min(left + side, shape[1])
+    out[r0:r1, c0:c1] = resized[r0 - top : r1 - top, c0 - left : c1 - left]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- pipeline
+class Pipeline:
+    """A segmenter and/or classifier with features, advice and out-of-scope checks (see the module docstring).
+
+    Not thread-safe (Grad-CAM hooks the model): serialise calls per pipeline.
+    """
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        segmenter: SegmentationPredictor | None = None,
+        classifier: ClassificationPredictor | None = None,
+    ) -> None:
+        self.config, self.segmenter, self.classifier = config, segmenter, classifier
+        seg_ok = (config.segmenter is None) == (segmenter is None)
+        clf_ok = (config.classifier is None) == (classifier is None)
+        if not (seg_ok and clf_ok):
+            raise ConfigError(f"{config.source}: the predictors given do not match the pipeline's models")
+        if segmenter is not None and segmenter.mode == "multilabel":
+            raise ConfigError(
+                f"{config.source}: pipelines take binary or multi-class segmenters, not multi-label"
+            )
+        self.guide_mode = self._resolve_guide()
+
+    @classmethod
+    def from_yaml(
+        cls, path: str | Path, models_dir: str | Path = "models", runtime: str = "torch", device: str = "cpu"
+    ) -> Pipeline:
+        """Load a pipeline YAML and its bundles from ``models_dir`` (`BundleError` when one is missing)."""
+        return cls.from_config(PipelineConfig.from_yaml(path), models_dir, runtime, device)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: PipelineConfig,
+        models_dir: str | Path = "models",
+        runtime: str = "torch",
+        device: str = "cpu",
+    ) -> Pipeline:
+        """Build the predictors a validated config names, from the bundles in ``models_dir``."""
+
+        def load(name: str) -> Bundle:
+            try:
+                return Bundle.load(find_bundle(models_dir, name))
+            except BundleError as e:
+                raise BundleError(f"pipeline {config.name!r} ({config.source}): {e}") from e
+
+        seg = clf = None
+        if config.segmenter is not None:
+            seg = SegmentationPredictor(load(config.segmenter.bundle), runtime=runtime, device=device)
+        if config.classifier is not None:
+            clf = ClassificationPredictor(load(config.classifier.bundle), runtime=runtime, device=device)
+        return cls(config, seg, clf)
+
+    # -- description ----------------------------------------------------------------------------------------
+    name = property(lambda self: self.config.name)
+    title = property(lambda self: self.config.title)
+    description = property(lambda self: self.config.description)
+    modality = property(lambda self: self.config.modality)
+
+    @property
+    def classes(self) -> list[str]:
+        """The classifier's classes ([] without a classifier)."""
+        return self.classifier.classes if self.classifier is not None else []
+
+    @property
+    def structure(self) -> str:
+        """DICOM SEG segment type of the segmentation (see `medlens.inference.dicom_seg.segment_types`)."""
+        return self.config.segmenter.structure if self.config.segmenter else "lesion"
+
+    def info(self) -> dict[str, Any]:
+        """JSON-safe description for listings (API, UI)."""
+        cfg = self.config
+        return {
+            "name": cfg.name,
+            "title": cfg.title,
+            "description": cfg.description,
+            "modality": cfg.modality,
+            "segmenter": cfg.segmenter.bundle if cfg.segmenter else None,
+            "classifier": cfg.classifier.bundle if cfg.classifier else None,
+            "classes": self.classes,
+            "guided": self.guide_mode,
+            "features": list(cfg.features),
+            "notice": cfg.advice.notice,
+        }
+
+    def _resolve_guide(self) -> str | None:
+        """The guide mode: the YAML's ``classifier.guided`` if given, else the classifier spec's ``guide``."""
+        if self.classifier is None or self.config.classifier is None:
+            return None
+        src, cfg = self.config.source, self.config.classifier
+        guide = self.classifier.spec.get("guide")
+        trained = guide.get("mode") if isinstance(guide, dict) else guide
+        mode = trained if cfg.guided is None else (cfg.guided or None)
+        if trained is not None and mode != trained:
+            raise ConfigError(
+                f"{src}: classifier.guided is {mode!r} but {cfg.bundle} was trained with {trained!r}"
+            )
+        if mode is None:
+            return None
+        if self.segmenter is None:
+            raise ConfigError(
+                f"{src}: the classifier {cfg.bundle} needs guided inputs ({mode}); add a segmenter"
+            )
+        in_ch = int(self.classifier.spec.get("in_channels", 3))
+        if mode in ("channel", "both") and in_ch not in (2, 4):
+            raise ConfigError(
+                f"{src}: guided={mode!r} adds a mask channel but {cfg.bundle} takes {in_ch} channels"
+            )
+        trained_with = Path(str(guide.get("bundle") or "")).name if isinstance(guide, dict) else ""
+        if trained_with and trained_with != self.config.segmenter.bundle:
+            logger.warning("%s: %s was trained on masks of %s, not of the pipeline's segmenter %s",
+                           src, cfg.bundle, trained_with, self.config.segmenter.bundle)  # fmt: skip
+        return mode
+
+    # -- analysis -------------------------------------------------------------------------------------------
+    def analyze(
+        self, image: np.ndarray | ImageRecord, clahe: bool = False, gradcam: bool = True, tta: bool = True
+    ) -> Analysis:
+        """Analyse one image.
+
+        Args:
+            image: ``(H, W, C)`` uint8 (C in 1, 3, 4) or an `ImageRecord` (its DICOM pixel spacing gives mm).
+            clahe: contrast-enhance (CLAHE) the image the models see; features and overlays use the original.
+            gradcam: compute the Grad-CAM overlay when the pipeline enables it.
+            tta: flip test-time augmentation, which also yields the uncertainty.
+        """
+        timer = StageTimer()
+        with timer("preprocess"):
+            original, spacing = as_image(image)
+            work = enhance_contrast(original) if clahe else original
+            reason = check_modality(original, self.config.scope)
+        result = Analysis(
+            id=None, pipeline=self.name, image_size=(int(original.shape[0]), int(original.shape[1])),
+            mask=None, overlay=None, area_fraction=None, components=[], label=None, probabilities={},
+            uncertainty=None, out_of_scope=False, features={}, recommendation="",
+            notice=self.config.advice.notice, gradcam=None, timings_ms={},
+        )  # fmt: skip
+        if reason is None:
+            reason = self._run_models(result, original, work, spacing, gradcam, tta, timer)
+        with timer("advice"):
+            self._conclude(result, reason)
+        result.timings_ms = timer.finish()
+        logger.info(
+            "pipeline %s: label=%s out_of_scope=%s in %.0f ms",
+            self.name, result.label, result.out_of_scope, result.timings_ms["total"],
+        )  # fmt: skip
+        return result
+
+    def _run_models(self, result: Analysis, original: np.ndarray, work: np.ndarray, spacing: Any,
+                    want_cam: bool, tta: bool, timer: StageTimer) -> str | None:  # fmt: skip
+        """Segment, describe, classify and explain; returns an out-of-scope reason or None."""
+        reason, raw_mask, cls_input = None, None, work
+        if self.segmenter is not None:
+            with timer("segment"):
+                raw_mask = self._segment(result, original, work, tta)
+            reason = check_region(result.area_fraction, self.config.scope)
+            with timer("features"):
+                result.features = compute_features(
+                    self.config.features, original, result.mask, spacing, classes=self.segmenter.classes
+                )
+        if self.classifier is not None:
+            with timer("classify"):
+                if self.guide_mode is not None:
+                    cls_input = guide_one(work, raw_mask, self.guide_mode, self.classifier.input_size)
+                self._classify(result, cls_input, tta)
+            top = max(result.probabilities.values()) if result.probabilities else None
+            reason = reason or check_confidence(top, result.uncertainty, self.config.scope)
+        else:
+            result.uncertainty = result.segmentation_uncertainty
+        if want_cam and reason is None:
+            with timer("gradcam"):
+                result.gradcam = self._gradcam(result, original, work, cls_input, raw_mask)
+        return reason
+
+    def _segment(self, result: Analysis, original: np.ndarray, work: np.ndarray, tta: bool) -> np.ndarray:
+        """Fill mask, area, components, overlay, TTA uncertainty; return the mask before post-processing."""
+        seg = self.segmenter
+        if tta:
+            prob, _, result.segmentation_uncertainty = seg.predict_with_uncertainty(work)
+        else:
+            prob = seg.predict_proba([work])[0]
+        raw = probs_to_mask(prob, seg.spec)
+        post = self.config.segmenter
+        mask = apply_postprocess(raw, post.fill_holes, post.largest_component, post.min_size_px)
+        result.mask, result.area_fraction = mask, area_fraction(mask)
+        result.components = connected_components(mask > 0)
+        result.overlay = overlay_mask(original, mask)
+        return raw
+
+    def _classify(self, result: Analysis, x: np.ndarray, tta: bool) -> None:
+        """Calibrated probabilities, label and, with ``tta``, the flip-TTA uncertainty.
+
+        TTA views are run here rather than by the predictor so that their spread is kept: the uncertainty is
+        the standard deviation over the identity, horizontal and vertical flip views of the probability of the
+        predicted class (0 = the views agree).
+        """
+        clf = self.classifier
+        views = [x, x[:, ::-1], x[::-1]] if tta else [x]
+        per_view = clf.predict_proba([np.ascontiguousarray(v) for v in views])  # (V, K)
+        probs = per_view.mean(axis=0, keepdims=True)
+        result.probabilities = {c: float(p) for c, p in zip(clf.classes, probs[0], strict=True)}
+        result.label = clf.decide(probs)[0]
+        if tta:
+            result.uncertainty = float(per_view[:, clf.classes.index(result.label)].std())
+
+    def _gradcam(self, result: Analysis, original: np.ndarray, work: np.ndarray, cls_input: np.ndarray,
+                 raw_mask: np.ndarray | None) -> np.ndarray | None:  # fmt: skip
+        """Grad-CAM overlay on the original image: the classifier's predicted class, else the segmenter."""
+        from medlens.inference.explain import gradcam, gradcam_overlay
+
+        cfg = self.config
+        if self.classifier is not None and cfg.classifier.gradcam:
+            x = self.classifier.preprocess([cls_input])
+            cam = gradcam(self.classifier.model, x, class_index=self.classes.index(result.label))
+            box = crop_box(raw_mask) if self.guide_mode in ("crop", "both") else None
+            cam = _cam_on_image(cam, box, original.shape[:2])
+        elif self.segmenter is not None and cfg.segmenter.gradcam and self.classifier is None:
+            cam = gradcam(self.segmenter.model, self.segmenter.preprocess([work]))
+        else:
+            return None
+        return gradcam_overlay(original, cam)
+
+    def _conclude(self, result: Analysis, reason: str | None) -> None:
+        """Out-of-scope verdict, or the advice text."""
+        result.out_of_scope, result.scope_reason = reason is not None, reason
+        if reason is not None:
+            result.label = None
+            result.recommendation = out_of_scope_text(reason, self.title)
+            return
+        ctx = AdviceContext(
+            label=result.label,
+            probability=result.probability,
+            probabilities=result.probabilities,
+            uncertainty=result.uncertainty,
+            features=result.features,
+            region_found=None if self.segmenter is None else bool(result.area_fraction),
+        )
+        result.recommendation = self.config.advice.advise(ctx)
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+def shipped_pipeline_files() -> list[Path]:
+    """The pipeline YAMLs shipped in ``medlens/pipelines``."""
+    root = resources.files("medlens") / "pipelines"
+    return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith((".yaml", ".yml")))
+
+
+def load_pipeline_configs(models_dir: str | Path = "models") -> dict[str, PipelineConfig]:
+    """Validated configs by name: shipped ones, then ``<models_dir>/pipelines/*.yaml`` (same name replaces).
+
+    A broken shipped file raises; a broken user file is logged and skipped.
+    """
+    user_dir = Path(models_dir) / "pipelines"
+    user = sorted([*user_dir.glob("*.yaml"), *user_dir.glob("*.yml")]) if user_dir.is_dir() else []
+    configs: dict[str, PipelineConfig] = {}
+    for path in shipped_pipeline_files() + user:
+        try:
+            cfg = PipelineConfig.from_yaml(path)
+        except ConfigError as e:
+            if path not in user:
+                raise
+            logger.error("skipping pipeline file: %s", e)
+            continue
+        if cfg.name in configs:
+            logger.info("pipeline %r from %s replaces %s", cfg.name, path, configs[cfg.name].source)
+        configs[cfg.name] = cfg
+    return configs
+
+
+def load_pipelines(
+    models_dir: str | Path = "models", runtime: str = "torch", device: str = "cpu"
+) -> dict[str, Pipeline]:
+    """Every pipeline (see `load_pipeline_configs`) whose bundles load from ``models_dir``; others are skipped
+    with a logged warning (missing bundle, wrong task, guide mismatch)."""
+    out: dict[str, Pipeline] = {}
+    for name, cfg in load_pipeline_configs(models_dir).items():
+        try:
+            out[name] = Pipeline.from_config(cfg, models_dir, runtime, device)
+        except MedlensError as e:
+            logger.warning("pipeline %r skipped: %s", name, e)
+    logger.info("pipelines loaded from %s: %s", models_dir, ", ".join(out) or "none")
+    return out

@@ -1,0 +1,121 @@
+"""Advice rules (first match wins, default), the mandatory notice and the out-of-scope checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medlens.errors import ConfigError
+from medlens.inference.advice import (
+    DEFAULT_NOTICE,
+    AdviceConfig,
+    AdviceContext,
+    ScopeConfig,
+    check_confidence,
+    check_modality,
+    check_region,
+    ensure_notice,
+    image_chroma,
+)
+
+RULES = {
+    "notice": "Research tool, not a diagnosis. Talk to a doctor.",
+    "default": "Nothing of concern recognised.",
+    "rules": [
+        {"when": {"label_in": ["mel", "bcc", "akiec"], "prob_gte": 0.3}, "say": "High concern."},
+        {"when": {"class_prob_gte": {"mel": 0.2}}, "say": "Some melanoma probability."},
+        {"when": {"uncertainty_gte": 0.2}, "say": "Unsure."},
+        {"when": {"feature_gte": {"diameter_mm": 6.0}, "feature_lt": {"asymmetry": 0.5}}, "say": "Large."},
+        {"when": {"region_found": False}, "say": "Nothing found."},
+        {"when": {"label_not_in": ["nv"], "prob_lt": 0.5}, "say": "Other, low probability."},
+    ],
+}
+
+
+@pytest.fixture()
+def cfg() -> AdviceConfig:
+    return AdviceConfig.from_dict(RULES, "skin.yaml")
+
+
+def test_first_matching_rule_wins(cfg):
+    ctx = AdviceContext(label="mel", probability=0.35, probabilities={"mel": 0.35}, uncertainty=0.5)
+    assert cfg.advise(ctx) == "High concern."  # also matches later rules: the first wins
+    assert cfg.advise(AdviceContext(label="mel", probability=0.25, probabilities={"mel": 0.25})) == (
+        "Some melanoma probability."
+    )
+    assert cfg.advise(
+        AdviceContext(label="nv", probability=0.9, probabilities={"mel": 0.05}, uncertainty=0.25)
+    ) == ("Unsure.")
+
+
+def test_feature_conditions_all_must_hold_and_missing_values_never_match(cfg):
+    base = {"label": "nv", "probability": 0.9, "probabilities": {"mel": 0.01}, "uncertainty": 0.01}
+    assert cfg.advise(AdviceContext(**base, features={"diameter_mm": 7.0, "asymmetry": 0.1})) == "Large."
+    assert cfg.advise(AdviceContext(**base, features={"diameter_mm": 7.0, "asymmetry": 0.9})) == cfg.default
+    assert cfg.advise(AdviceContext(**base, features={"diameter_mm": None, "asymmetry": 0.1})) == cfg.default
+    assert cfg.advise(AdviceContext(**base, features={})) == cfg.default
+    assert cfg.advise(AdviceContext(**base, region_found=False)) == "Nothing found."
+    assert cfg.advise(AdviceContext(label="bkl", probability=0.4)) == "Other, low probability."
+    assert cfg.advise(AdviceContext()) == "Nothing of concern recognised."  # no classifier, no features
+
+
+def test_notice_is_mandatory():
+    assert AdviceConfig.from_dict({}).notice == DEFAULT_NOTICE
+    assert AdviceConfig.from_dict({"notice": ""}).notice == DEFAULT_NOTICE
+    custom = ensure_notice("For demonstration only.")
+    assert custom.startswith("Research tool, not a diagnosis.") and custom.endswith("For demonstration only.")
+    assert AdviceConfig.from_dict(RULES).notice == RULES["notice"]
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"rules": [{"when": {"label_is": "mel"}, "say": "x"}]}, "unknown condition 'label_is'"),
+        ({"rules": [{"when": {"prob_gte": "high"}, "say": "x"}]}, "bad value"),
+        ({"rules": [{"when": {"label_in": "mel"}, "say": "x"}]}, "bad value"),
+        ({"rules": [{"when": {}, "text": "x"}]}, "'when'"),
+        ({"rules": "x"}, "must be a list"),
+        ({"notes": "x"}, "unknown key"),
+    ],
+)
+def test_bad_rules_raise_config_error_naming_the_file(bad, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        AdviceConfig.from_dict(bad, "my.yaml")
+    assert "my.yaml" in str(err.value)
+
+
+def test_modality_check_by_chroma():
+    grey = np.repeat(np.random.default_rng(0).integers(0, 255, (32, 32, 1), dtype=np.uint8), 3, axis=2)
+    colour = np.zeros((32, 32, 3), np.uint8)
+    colour[..., 0], colour[..., 1], colour[..., 2] = 180, 120, 100  # skin-like
+    assert image_chroma(grey) == 0.0 and image_chroma(grey[..., :1]) == 0.0
+    assert image_chroma(colour) == pytest.approx(80.0)
+    skin = ScopeConfig(expect="colour", modality_name="dermoscopy")
+    xray = ScopeConfig(expect="grayscale")
+    assert "grayscale" in check_modality(grey, skin) and "dermoscopy" in check_modality(grey, skin)
+    assert check_modality(colour, skin) is None
+    assert "colour" in check_modality(colour, xray) and check_modality(grey, xray) is None
+    assert check_modality(grey, ScopeConfig()) is None
+
+
+def test_confidence_and_region_checks():
+    scope = ScopeConfig(
+        min_probability=0.5, max_uncertainty=0.1, require_region=True, min_region_fraction=0.01
+    )
+    assert check_confidence(0.4, 0.2, scope) is not None  # low probability and high uncertainty
+    assert check_confidence(0.4, 0.05, scope) is None  # low probability but stable under TTA
+    assert check_confidence(0.6, 0.3, scope) is None
+    assert check_confidence(0.4, None, scope) is not None  # no TTA: the floor alone decides
+    assert check_confidence(0.1, 0.5, ScopeConfig()) is None  # no floor configured
+    assert check_region(0.0, scope) is not None and check_region(0.005, scope) is not None
+    assert check_region(0.2, scope) is None and check_region(0.0, ScopeConfig()) is None
+
+
+def test_scope_config_validation():
+    assert ScopeConfig.from_dict({"expect": "grayscale", "chroma_threshold": 5}).chroma_threshold == 5
+    with pytest.raises(ConfigError, match="unknown key"):
+        ScopeConfig.from_dict({"expected": "colour"}, "x.yaml")
+    with pytest.raises(ConfigError, match="expect"):
+        ScopeConfig.from_dict({"expect": "rgb"}, "x.yaml")
+    with pytest.raises(ConfigError, match="min_probability"):
+        ScopeConfig.from_dict({"min_probability": "low"}, "x.yaml")

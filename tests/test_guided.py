@@ -1,0 +1,97 @@
+"""Segmentation-guided inputs: crop centred on the predicted region, mask channel, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medlens.errors import UnknownNameError
+from medlens.inference.guided import crop_box, guide_channels, guide_inputs, guide_one
+
+
+class FixedMaskPredictor:
+    """Stands in for a SegmentationPredictor: a fixed rectangle (or nothing) per image."""
+
+    def __init__(self, box: tuple[int, int, int, int] | None) -> None:
+        self.box, self.calls = box, 0
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        m = np.zeros(image.shape[:2], np.uint8)
+        if self.box is not None:
+            r0, c0, r1, c1 = self.box
+            m[r0:r1, c0:c1] = 1
+        return m
+
+
+def gradient_image(h: int = 60, w: int = 80) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    return np.stack([yy * 4 % 256, xx * 3 % 256, (yy + xx) % 256], -1).astype(np.uint8)
+
+
+def test_crop_box_is_square_centred_with_margin_and_inside_the_image():
+    m = np.zeros((60, 80), np.uint8)
+    m[20:30, 30:50] = 1  # 10 x 20 box centred at (25, 40)
+    top, left, side = crop_box(m)
+    assert side == 30  # 20 * (1 + 2 * 0.25)
+    assert (top + side / 2, left + side / 2) == (25, 40)
+    m2 = np.zeros((60, 80), np.uint8)
+    m2[0:8, 72:80] = 1  # corner lesion: the square is shifted inside the image
+    top, left, side = crop_box(m2)
+    assert side == 12 and top == 0 and left == 80 - 12
+    assert crop_box(np.zeros((5, 5), np.uint8)) is None
+
+
+def test_crop_keeps_only_the_largest_region_and_matches_manual_crop():
+    img = gradient_image()
+    m = np.zeros((60, 80), np.uint8)
+    m[20:30, 30:50] = 1
+    m[55:57, 2:4] = 1  # speck, ignored
+    out = guide_one(img, m, "crop", (30, 30))
+    np.testing.assert_array_equal(out, img[10:40, 25:55])  # same size: no resampling
+
+
+def test_modes_shapes_and_mask_channel():
+    img = gradient_image()
+    seg = FixedMaskPredictor((20, 30, 30, 50))
+    crop, chan, both = (guide_inputs([img], seg, mode, (32, 32))[0] for mode in ("crop", "channel", "both"))
+    assert crop.shape == (32, 32, 3) and chan.shape == (32, 32, 4) and both.shape == (32, 32, 4)
+    assert crop.dtype == chan.dtype == both.dtype == np.uint8
+    assert set(np.unique(chan[..., 3])) == {0, 255}
+    # in "both" the lesion fills the centre of the crop: its share is (20*10)/(30*30) of the crop
+    assert (both[..., 3] > 0).mean() == pytest.approx(200 / 900, abs=0.05)
+    assert both[16, 16, 3] == 255 and both[0, 0, 3] == 0
+    grey = gradient_image()[..., :1]
+    assert guide_inputs([grey], seg, "channel", (16, 16))[0].shape == (16, 16, 2)
+    assert guide_channels(3, "crop") == 3 and guide_channels(1, "both") == 2
+
+
+def test_nothing_found_uses_whole_image_and_is_deterministic():
+    img = gradient_image()
+    seg = FixedMaskPredictor(None)
+    a = guide_inputs([img, img], seg, "crop", (30, 40))
+    b = guide_inputs([img, img], seg, "crop", (30, 40))
+    assert seg.calls == 4
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[0], a[1])
+    whole = guide_inputs([img], None, "both", (60, 80), masks=[np.zeros((60, 80), np.uint8)])[0]
+    np.testing.assert_array_equal(whole[..., :3], img)
+    assert not whole[..., 3].any()
+
+
+def test_lesion_larger_than_image_is_padded_not_distorted():
+    img = np.full((20, 40, 3), 200, np.uint8)
+    m = np.ones((20, 40), np.uint8)  # side = min(40 * 1.5, 40) = 40 > image height 20
+    out = guide_one(img, m, "both", (40, 40))
+    assert out.shape == (40, 40, 4)
+    assert (out[:10, :, :3] == 0).all() and (out[10:30, :, :3] == 200).all() and (out[30:, :, :3] == 0).all()
+
+
+def test_bad_mode_and_bad_inputs():
+    img = gradient_image()
+    with pytest.raises(UnknownNameError, match="crop"):
+        guide_inputs([img], FixedMaskPredictor(None), "zoom", (8, 8))
+    with pytest.raises(ValueError, match="predictor"):
+        guide_inputs([img], None, "crop", (8, 8))
+    with pytest.raises(ValueError, match="does not match"):
+        guide_one(img, np.zeros((5, 5), np.uint8), "crop", (8, 8))
