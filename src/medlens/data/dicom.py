@@ -231,5 +231,5 @@ def deidentify(ds: pydicom.Dataset) -> pydicom.Dataset:
 
     out.walk(_strip)
     out.PatientIdentityRemoved = "YES"
-    out.DeidentificationMethod = "medlens: patient/person identifiers and private tags removed"
+    out.DeidentificationMethod = "medlens: patient identifiers and private tags removed"
     return out

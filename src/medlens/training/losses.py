@@ -1,0 +1,276 @@
+"""Loss functions: one factory, :func:`create_loss`, over segmentation_models_pytorch losses and torch.
+
+Inputs are logits. Targets per task/mode:
+
+- segmentation ``binary``: logits ``(B, 1, H, W)``; target ``(B, 1, H, W)`` or ``(B, H, W)``, float or
+  uint8 0/1.
+- segmentation ``multiclass``: logits ``(B, K, H, W)``; target ``(B, H, W)`` integer labels (any int dtype).
+- segmentation ``multilabel``: logits ``(B, K, H, W)``; target ``(B, K, H, W)`` 0/1, float or uint8.
+- classification: logits ``(B, K)``; target ``(B,)`` integer labels or ``(B, K)`` float probabilities (soft
+  targets from mixup / cutmix / label smoothing).
+
+``class_weights`` (length ``K``; for binary segmentation ``[background, foreground]``) weight the
+cross-entropy / BCE terms and the per-class Dice/Tversky/focal terms.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from segmentation_models_pytorch import losses as smp_losses
+from torch import nn
+
+from medlens.errors import ConfigError, UnknownNameError
+
+logger = logging.getLogger(__name__)
+
+SEGMENTATION_LOSSES = ("dice_ce", "dice", "focal", "tversky")
+CLASSIFICATION_LOSSES = ("ce", "focal")
+SEGMENTATION_MODES = ("binary", "multiclass", "multilabel")
+# ``pos_weight`` (the plan's foreground weight) is accepted by every segmentation loss so that a trainer can
+# always pass it; only the BCE of "dice_ce" and binary "focal" (as alpha) use it.
+_SEG_KWARGS = {
+    "dice_ce": {"dice_weight", "ce_weight", "ignore_index", "smooth", "log_loss", "pos_weight"},
+    "dice": {"ignore_index", "smooth", "log_loss", "pos_weight"},
+    "focal": {"gamma", "alpha", "ignore_index", "normalized", "pos_weight"},
+    "tversky": {"alpha", "beta", "gamma", "ignore_index", "smooth", "log_loss", "pos_weight"},
+}
+_CLS_KWARGS = {"ce": {"label_smoothing"}, "focal": {"gamma", "label_smoothing"}}
+
+
+def create_loss(
+    name: str,
+    task: str,
+    mode: str = "binary",
+    class_weights: Sequence[float] | None = None,
+    **kw: Any,
+) -> nn.Module:
+    """Build a loss ``module(logits, target) -> scalar``.
+
+    Segmentation names: ``"dice_ce"`` (BCE + Dice for binary/multi-label, CE + Dice for multi-class; kw
+    ``dice_weight``, ``ce_weight``), ``"dice"``, ``"focal"`` (kw ``gamma``, ``alpha``), ``"tversky"`` (kw
+    ``alpha`` = false-positive weight, default 0.3, ``beta`` = false-negative weight, default 0.7, ``gamma``).
+    ``pos_weight`` (binary / multi-label BCE weight of positives, e.g. the plan's) overrides the one derived
+    from ``class_weights`` in ``"dice_ce"``, becomes ``alpha = pw / (1 + pw)`` in binary ``"focal"`` and is
+    ignored by ``"dice"`` / ``"tversky"``.
+    Classification names: ``"ce"`` (kw ``label_smoothing``), ``"focal"`` (kw ``gamma``, ``label_smoothing``).
+    ``ignore_index`` works for segmentation. Wrong names raise UnknownNameError; unknown keyword arguments
+    raise ConfigError.
+    """
+    weights = None if class_weights is None else [float(w) for w in class_weights]
+    if task == "segmentation":
+        if name not in SEGMENTATION_LOSSES:
+            raise UnknownNameError("segmentation loss", name, SEGMENTATION_LOSSES)
+        if mode not in SEGMENTATION_MODES:
+            raise UnknownNameError("segmentation mode", mode, SEGMENTATION_MODES)
+        _check_kwargs(name, kw, _SEG_KWARGS[name])
+        return SegmentationLoss(_segmentation_loss(name, mode, weights, kw), mode)
+    if task == "classification":
+        if name not in CLASSIFICATION_LOSSES:
+            raise UnknownNameError("classification loss", name, CLASSIFICATION_LOSSES)
+        _check_kwargs(name, kw, _CLS_KWARGS[name])
+        smoothing = float(kw.get("label_smoothing", 0.0))
+        if name == "ce":
+            return SoftTargetCrossEntropy(weights, smoothing)
+        return MulticlassFocalLoss(weights, gamma=float(kw.get("gamma", 2.0)), label_smoothing=smoothing)
+    raise UnknownNameError("task", task, ("segmentation", "classification"))
+
+
+def _check_kwargs(name: str, kw: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(kw) - allowed)
+    if unknown:
+        raise ConfigError(f"loss {name!r}: unknown option(s) {unknown}; valid: {sorted(allowed)}")
+
+
+def _segmentation_loss(name: str, mode: str, weights: list[float] | None, kw: dict[str, Any]) -> nn.Module:
+    per_class = None if mode == "binary" else weights  # smp's Dice/Tversky/focal take class weights for K > 1
+    if mode == "binary" and weights is not None and len(weights) != 2:
+        raise ConfigError(
+            f"loss {name!r}: binary class_weights must be [background, foreground], got {weights}"
+        )
+    common = {k: kw[k] for k in ("ignore_index", "smooth", "log_loss") if k in kw}
+    if name == "dice":
+        return smp_losses.DiceLoss(mode, class_weights=per_class, **common)
+    if name == "tversky":
+        return smp_losses.TverskyLoss(
+            mode,
+            class_weights=per_class,
+            alpha=float(kw.get("alpha", 0.3)),
+            beta=float(kw.get("beta", 0.7)),
+            gamma=float(kw.get("gamma", 1.0)),
+            **common,
+        )
+    if name == "focal":
+        alpha = kw.get("alpha")
+        if alpha is None and mode == "binary" and kw.get("pos_weight"):
+            alpha = float(kw["pos_weight"]) / (1.0 + float(kw["pos_weight"]))
+        elif alpha is None and mode == "binary" and weights is not None:
+            alpha = weights[1] / (weights[0] + weights[1])  # focal alpha = weight of the positive class
+        return smp_losses.FocalLoss(
+            mode,
+            alpha=alpha,
+            gamma=float(kw.get("gamma", 2.0)),
+            ignore_index=kw.get("ignore_index"),
+            normalized=bool(kw.get("normalized", False)),
+            class_weights=per_class,
+        )
+    return DiceCELoss(
+        mode,
+        weights,
+        dice_weight=float(kw.get("dice_weight", 1.0)),
+        ce_weight=float(kw.get("ce_weight", 1.0)),
+        pos_weight=kw.get("pos_weight"),
+        **common,
+    )
+
+
+class DiceCELoss(nn.Module):
+    """``ce_weight * (BCE or CE) + dice_weight * Dice`` (nnU-Net's default segmentation loss).
+
+    Binary: BCE-with-logits (``pos_weight``, else ``w_fg / w_bg`` from class weights) + soft Dice of the
+    foreground.
+    Multi-class: softmax cross-entropy (class-weighted) + soft Dice over all K channels. Multi-label:
+    per-channel BCE (channel-weighted) + per-channel soft Dice. Dice terms come from ``smp.losses.DiceLoss``.
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        class_weights: Sequence[float] | None = None,
+        dice_weight: float = 1.0,
+        ce_weight: float = 1.0,
+        ignore_index: int | None = None,
+        smooth: float = 0.0,
+        log_loss: bool = False,
+        pos_weight: float | Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if mode == "multiclass" and pos_weight is not None:
+            logger.debug("dice_ce: pos_weight has no meaning for multi-class softmax; ignored")
+            pos_weight = None
+        self.mode, self.dice_weight, self.ce_weight = mode, dice_weight, ce_weight
+        self.ignore_index = ignore_index
+        per_class = None if mode == "binary" else class_weights
+        self.dice = smp_losses.DiceLoss(
+            mode, class_weights=per_class, ignore_index=ignore_index, smooth=smooth, log_loss=log_loss
+        )
+        weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("class_weights", weights)
+        if pos_weight is None and weights is not None and mode == "binary":
+            pos_weight = float(weights[1] / weights[0])
+        pw = (
+            None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float32).reshape(1, -1, 1, 1)
+        )
+        self.register_buffer("pos_weight", pw)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``logits`` float ``(B, 1|K, H, W)``; ``target`` as prepared by :class:`SegmentationLoss`."""
+        return self.ce_weight * self._ce(logits, target) + self.dice_weight * self.dice(logits, target)
+
+    def _ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        w = self.class_weights
+        if self.mode == "multiclass":
+            ignore = -100 if self.ignore_index is None else self.ignore_index
+            return F.cross_entropy(logits, target, weight=w, ignore_index=ignore)
+        weight = w.reshape(1, -1, 1, 1) if w is not None and self.mode == "multilabel" else None
+        loss = F.binary_cross_entropy_with_logits(
+            logits, target.clamp(0, 1), weight=weight, pos_weight=self.pos_weight, reduction="none"
+        )
+        if self.ignore_index is None:
+            return loss.mean()
+        keep = (target != self.ignore_index).to(loss.dtype)
+        return (loss * keep).sum() / keep.sum().clamp_min(1.0)
+
+
+class SegmentationLoss(nn.Module):
+    """Cast targets for the wrapped loss: binary/multi-label ``float``, multi-class ``int64 (B, H, W)``."""
+
+    def __init__(self, loss: nn.Module, mode: str) -> None:
+        super().__init__()
+        self.loss, self.mode = loss, mode
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``logits`` float ``(B, C, H, W)``; ``target`` ``(B, 1, H, W)``/``(B, H, W)``/``(B, K, H, W)``."""
+        if self.mode == "multiclass":
+            if target.ndim == 4 and target.shape[1] == 1:
+                target = target[:, 0]
+            target = target.long()
+        else:
+            if self.mode == "binary" and target.ndim == 3:
+                target = target.unsqueeze(1)
+            target = target.to(logits.dtype)
+        if target.shape[0] != logits.shape[0] or target.shape[-2:] != logits.shape[-2:]:
+            raise ConfigError(
+                f"loss: target shape {tuple(target.shape)} does not fit logits {tuple(logits.shape)}"
+            )
+        return self.loss(logits, target)
+
+
+def _soft_targets(target: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(B,)`` integer labels or ``(B, K)`` probabilities -> ``(B, K)`` float probabilities."""
+    if target.ndim == 2 and target.is_floating_point():
+        return target.to(dtype)
+    return F.one_hot(target.long(), num_classes).to(dtype)
+
+
+class SoftTargetCrossEntropy(nn.Module):
+    """Softmax cross-entropy for hard ``(B,)`` or soft ``(B, K)`` targets; class weights, label smoothing.
+
+    Wraps ``F.cross_entropy``, which takes class-probability targets natively. With hard targets and class
+    weights the mean is weighted (divided by the summed weights of the targets), as in torch.
+    """
+
+    def __init__(self, class_weights: Sequence[float] | None = None, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.label_smoothing = label_smoothing
+        weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("class_weights", weights)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``logits`` float ``(B, K)``; ``target`` int ``(B,)`` or float ``(B, K)``."""
+        if not (target.ndim == 2 and target.is_floating_point()):
+            target = target.long()
+        else:
+            target = target.to(logits.dtype)
+        return F.cross_entropy(
+            logits, target, weight=self.class_weights, label_smoothing=self.label_smoothing
+        )
+
+
+class MulticlassFocalLoss(nn.Module):
+    """Softmax focal loss ``-sum_k w_k (1 - p_k)^gamma y_k log p_k`` (Lin et al. 2017), ``(B, K)`` logits.
+
+    Hand-written because neither library covers mixup/cutmix: kornia's ``focal_loss`` takes only integer
+    targets and divides by ``K`` under ``"mean"``; smp's ``FocalLoss`` is one-vs-rest sigmoid. Accepts
+    hard ``(B,)`` or soft ``(B, K)`` targets, per-class weights ``w`` and label smoothing. Reduction is the
+    weighted mean ``sum_i loss_i / sum_i sum_k w_k y_ik``, so with ``gamma=0`` and hard targets it equals
+    ``F.cross_entropy(logits, target, weight=w)``.
+    """
+
+    def __init__(
+        self, class_weights: Sequence[float] | None = None, gamma: float = 2.0, label_smoothing: float = 0.0
+    ) -> None:
+        super().__init__()
+        if gamma < 0:
+            raise ConfigError(f"loss 'focal': gamma must be >= 0, got {gamma}")
+        self.gamma, self.label_smoothing = gamma, label_smoothing
+        weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("class_weights", weights)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``logits`` float ``(B, K)``; ``target`` int ``(B,)`` or float ``(B, K)``."""
+        num_classes = logits.shape[1]
+        y = _soft_targets(target, num_classes, logits.dtype)
+        if self.label_smoothing > 0:
+            y = y * (1.0 - self.label_smoothing) + self.label_smoothing / num_classes
+        log_p = F.log_softmax(logits, dim=1)
+        w = torch.ones(num_classes, device=logits.device, dtype=logits.dtype)
+        if self.class_weights is not None:
+            w = self.class_weights.to(logits.dtype)
+        focal = (1.0 - log_p.exp()).pow(self.gamma)
+        loss = -(w * focal * y * log_p).sum(dim=1)
+        return loss.sum() / (y * w).sum().clamp_min(torch.finfo(logits.dtype).eps)
