@@ -1,1 +1,27 @@
-"""medlens.app."""
+"""medlens.app: the web app (FastAPI REST API under /api/v1 + Gradio UI at /) and its history store.
+
+Entry points: :func:`medlens.app.api.create_app` (the ASGI app), :func:`medlens.app.server.serve` (uvicorn),
+:class:`medlens.app.service.AnalysisService` (what API and UI share), :class:`medlens.app.store.HistoryStore`.
+Submodules are imported lazily so that ``import medlens.app`` pulls in neither torch nor Gradio.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["AnalysisService", "HistoryStore", "create_app", "serve"]
+
+_LAZY = {
+    "create_app": "medlens.app.api",
+    "serve": "medlens.app.server",
+    "AnalysisService": "medlens.app.service",
+    "HistoryStore": "medlens.app.store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'medlens.app' has no attribute {name!r}")

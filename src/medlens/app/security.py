@@ -1,0 +1,259 @@
+"""Security and robustness of the web app: bearer token, binding rule, upload limits, header sniffing,
+headers, and a last-resort error handler that answers 500 with an error id and no stack trace.
+
+The middlewares are plain ASGI (not ``BaseHTTPMiddleware``) so that they stream, cost nothing per request, and
+also cover the mounted Gradio app.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import secrets
+import uuid
+import warnings
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import HTTPException, Request, UploadFile
+from PIL import Image
+
+from medlens.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+DEFAULT_MAX_UPLOAD_MB = 20.0
+MULTIPART_SLACK_BYTES = 64 * 1024  # boundaries and form fields around the file in a multipart body
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost", "[::1]"})
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+)
+
+
+# ------------------------------------------------------------------------------------------------ settings
+def max_upload_bytes(max_upload_mb: float | None = None) -> int:
+    """Upload limit in bytes: the argument, else ``MEDLENS_MAX_UPLOAD_MB``, else 20 MB."""
+    if max_upload_mb is None:
+        raw = os.environ.get("MEDLENS_MAX_UPLOAD_MB", "")
+        try:
+            max_upload_mb = float(raw) if raw else DEFAULT_MAX_UPLOAD_MB
+        except ValueError as exc:
+            raise ConfigError(f"MEDLENS_MAX_UPLOAD_MB must be a number of megabytes, got {raw!r}") from exc
+    if max_upload_mb <= 0:
+        raise ConfigError(f"the upload limit must be positive, got {max_upload_mb} MB")
+    return int(max_upload_mb * 1024 * 1024)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server reachable from this machine only."""
+    host = host.strip().lower()
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def check_binding(host: str, token: str | None, insecure: bool = False) -> None:
+    """Refuse to listen beyond loopback without a token (ConfigError) unless ``insecure`` is set."""
+    if is_loopback(host) or token or insecure:
+        if not is_loopback(host) and not token:
+            logger.warning("listening on %s WITHOUT a token: anyone who can reach it can use it", host)
+        return
+    raise ConfigError(
+        f"refusing to listen on {host!r} without a token: anyone on the network could read the analyses. "
+        "Set MEDLENS_API_TOKEN (or pass --token), bind 127.0.0.1, or pass --insecure if something else "
+        "(a reverse proxy, a firewall) controls access."
+    )
+
+
+# ------------------------------------------------------------------------------------------------ token
+def token_matches(presented: str | None, token: str) -> bool:
+    """Constant-time comparison of a presented secret with the configured token."""
+    if not presented:
+        return False
+    return secrets.compare_digest(presented.encode("utf-8"), token.encode("utf-8"))
+
+
+def bearer_dependency(token: str | None) -> Callable[[Request], None]:
+    """FastAPI dependency requiring ``Authorization: Bearer <token>`` (401 otherwise); no-op without token."""
+
+    def require_bearer(request: Request) -> None:
+        if not token:
+            return
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token_matches(presented.strip(), token):
+            raise HTTPException(
+                status_code=401,
+                detail="missing or invalid bearer token (send 'Authorization: Bearer <token>')",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return require_bearer
+
+
+def gradio_auth(token: str) -> Callable[[str, str], bool]:
+    """A Gradio ``auth`` callable: any user name, the token as password (constant-time)."""
+
+    def check(_username: str, password: str) -> bool:
+        return token_matches(password, token)
+
+    return check
+
+
+# ------------------------------------------------------------------------------------------------ uploads
+async def read_upload(upload: UploadFile, limit: int, chunk_size: int = 1024 * 1024) -> bytes:
+    """Read an upload in chunks; 413 as soon as it exceeds ``limit`` bytes, 422 when it is empty."""
+    chunks, size = [], 0
+    while chunk := await upload.read(chunk_size):
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(status_code=413, detail=too_large_message(limit))
+        chunks.append(chunk)
+    if size == 0:
+        raise HTTPException(status_code=422, detail="cannot read <upload>: empty file")
+    return b"".join(chunks)
+
+
+def too_large_message(limit: int) -> str:
+    return f"upload too large: the limit is {limit / 1024 / 1024:g} MB (MEDLENS_MAX_UPLOAD_MB)"
+
+
+def declared_pixels(data: bytes) -> int | None:
+    """Pixel count that a raster header declares (PNG, JPEG, TIFF, BMP...), without decoding the pixels.
+
+    Cheap guard in front of ``read_image`` so that a decompression bomb is refused before any allocation.
+    None when Pillow does not recognise the header (DICOM, text...): ``read_image`` decides then.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+        except Image.DecompressionBombError:
+            return 2**63 - 1  # Pillow itself refuses it: far beyond any limit
+        except Exception:
+            return None
+    return int(width) * int(height)
+
+
+def check_declared_pixels(data: bytes, max_pixels: int) -> None:
+    """413 when the header declares more than ``max_pixels`` pixels."""
+    n = declared_pixels(data)
+    if n is not None and n > max_pixels:
+        raise HTTPException(
+            status_code=413,
+            detail=f"cannot read <upload>: image too large ({n} pixels declared; the limit is {max_pixels})",
+        )
+
+
+# ------------------------------------------------------------------------------------------------ middlewares
+async def send_json(send: Send, status: int, payload: dict[str, Any], headers: list | None = None) -> None:
+    body = json.dumps(payload).encode("utf-8")
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *(headers or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over ``max_body`` bytes with 413: at once from Content-Length, else while streaming."""
+
+    def __init__(self, app: ASGIApp, max_body: int, message: str | None = None) -> None:
+        self.app, self.max_body = app, max_body
+        self.message = message or f"request body too large: the limit is {max_body} bytes"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            await send_json(send, 413, {"detail": self.message}, [(b"connection", b"close")])
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise HTTPException(status_code=413, detail=self.message)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+class SecurityHeadersMiddleware:
+    """Add nosniff, referrer and framing headers to every response; ``no-store`` on API responses."""
+
+    def __init__(self, app: ASGIApp, frame_ancestors: str | None = "'self'") -> None:
+        self.app = app
+        self.headers = list(SECURITY_HEADERS)
+        if frame_ancestors:
+            self.headers.append((b"content-security-policy", f"frame-ancestors {frame_ancestors}".encode()))
+            if frame_ancestors.strip() == "'self'":
+                self.headers.append((b"x-frame-options", b"SAMEORIGIN"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        is_api = (path[len(root) :] if root and path.startswith(root) else path).startswith("/api/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                present = {k.lower() for k, _ in headers}
+                headers += [(k, v) for k, v in self.headers if k not in present]
+                if is_api and b"cache-control" not in present:
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class ErrorIdMiddleware:
+    """Answer any unhandled exception with 500 ``{"detail": "internal error", "id": <error id>}``.
+
+    The traceback is logged server-side under that id; the client never sees it. Pixel data never reaches the
+    log because only the exception and its traceback are logged, not local variables.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except HTTPException as exc:  # raised outside a route (e.g. by BodyLimitMiddleware's receive)
+            if not started:
+                await send_json(send, exc.status_code, {"detail": exc.detail})
+        except Exception:
+            error_id = uuid.uuid4().hex[:12]
+            logger.exception("internal error %s on %s %s", error_id, scope.get("method"), scope.get("path"))
+            if not started:
+                await send_json(send, 500, {"detail": "internal error", "id": error_id})

@@ -1,0 +1,280 @@
+"""The service layer that the REST API and the Gradio UI share: bytes in, stored analysis out.
+
+``AnalysisService.analyze_bytes`` decodes an upload (type sniffed from content by ``read_image``), runs one
+pipeline under that pipeline's lock (Grad-CAM hooks make a pipeline unsafe to share between threads), and
+stores the de-identified pixels, mask, overlay, Grad-CAM and result in the
+:class:`~medlens.app.store.HistoryStore`. It is synchronous and blocking: the API calls it through
+``run_in_threadpool``, Gradio runs it in its workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medlens.app.store import HistoryStore
+from medlens.errors import MedlensError, UnknownNameError
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_ORDER = ("skin", "polyp", "chest-xray")
+PLOT_FILES = ("confusion_matrix.png", "roc.png", "reliability.png", "curves.png")
+_ARRAY_FIELDS = {"mask", "overlay", "gradcam"}
+
+
+class NoPipelineError(MedlensError):
+    """No pipeline is loaded (the models folder holds no bundles)."""
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with numpy scalars/arrays, tuples, Paths and NaN turned into plain JSON types."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist()) if value.size <= 64 else None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def analysis_result(analysis: Any) -> dict[str, Any]:
+    """The JSON-safe result of an ``Analysis`` (no arrays): its ``to_dict()`` plus the contract fields."""
+    base = analysis.to_dict() if hasattr(analysis, "to_dict") else {}
+    if is_dataclass(analysis):
+        base.update(
+            {f.name: getattr(analysis, f.name) for f in fields(analysis) if f.name not in _ARRAY_FIELDS}
+        )
+    for name in _ARRAY_FIELDS:
+        base.pop(name, None)
+    base["probabilities"] = {str(k): float(v) for k, v in (analysis.probabilities or {}).items()}
+    return jsonable(base)
+
+
+def mask_to_png_array(mask: np.ndarray | None) -> np.ndarray | None:
+    """A mask as a viewable uint8 PNG array: binary (H, W) 0/1 -> 0/255, multi-label (H, W, K) -> labels."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.ndim == 3:  # multi-label 0/1 channels -> 1 + index of the last positive channel, 0 = background
+        mask = ((mask > 0) * np.arange(1, mask.shape[2] + 1, dtype=np.uint16)).max(axis=2)
+    mask = mask.astype(np.uint8)
+    return mask * 255 if mask.max(initial=0) <= 1 else mask
+
+
+def _plots(folder: Path) -> dict[str, Path]:
+    """Evaluation plots shipped in a bundle folder (or its ``plots/``), by file name."""
+    found = {}
+    for name in PLOT_FILES:
+        for candidate in (folder / name, folder / "plots" / name):
+            if candidate.is_file():
+                found[name] = candidate
+                break
+    return found
+
+
+def discover_bundles(models_dir: str | Path | None) -> list[dict[str, Any]]:
+    """Bundles under ``models_dir`` (``list_bundles``; weights are not loaded) as ``{"name", "folder", "task",
+    "classes", "input_size", "metrics", "created", "version", "path", "plots": {file name: path}}``."""
+    if models_dir is None or not Path(models_dir).is_dir():
+        return []
+    from medlens.inference.bundle import list_bundles
+
+    infos = []
+    for bundle in list_bundles(models_dir):
+        spec = bundle.spec
+        infos.append(
+            {
+                "name": bundle.name,
+                "folder": bundle.path.name,
+                "task": spec.get("task"),
+                "classes": spec.get("classes"),
+                "input_size": spec.get("input_size"),
+                "metrics": jsonable(bundle.metrics),
+                "created": bundle.created or None,
+                "version": bundle.medlens_version or None,
+                "path": bundle.path,
+                "plots": _plots(bundle.path),
+            }
+        )
+    return infos
+
+
+class AnalysisService:
+    """Analyse uploads with the loaded pipelines and keep the history.
+
+    Args:
+        pipelines: name -> object with ``analyze(image, clahe=..., gradcam=...) -> Analysis`` (``Pipeline``).
+        store: the history store.
+        models_dir: folder of bundles, for :meth:`models` and the dashboard.
+        max_pixels: decompression-bomb limit handed to ``read_image`` (None = its default).
+    """
+
+    def __init__(
+        self,
+        pipelines: Mapping[str, Any],
+        store: HistoryStore,
+        models_dir: str | Path | None = None,
+        max_pixels: int | None = None,
+    ) -> None:
+        self.pipelines = dict(pipelines)
+        self.store = store
+        self.models_dir = Path(models_dir) if models_dir is not None else None
+        self.max_pixels = max_pixels
+        self._locks = {name: threading.Lock() for name in self.pipelines}
+        self.bundles = discover_bundles(self.models_dir)
+
+    @property
+    def pipeline_names(self) -> list[str]:
+        """Loaded pipeline names, the shipped ones first."""
+        known = [n for n in PIPELINE_ORDER if n in self.pipelines]
+        return known + sorted(n for n in self.pipelines if n not in PIPELINE_ORDER)
+
+    def resolve_pipeline(self, name: str | None) -> str:
+        """``name`` if loaded, the first loaded pipeline if ``name`` is empty; UnknownNameError otherwise."""
+        if not self.pipelines:
+            where = self.models_dir if self.models_dir is not None else "the models folder"
+            raise NoPipelineError(f"no pipeline is available: {where} holds no usable bundles")
+        if not name:
+            return self.pipeline_names[0]
+        if name not in self.pipelines:
+            raise UnknownNameError("pipeline", name, self.pipeline_names)
+        return name
+
+    def analyze_bytes(
+        self, data: bytes, pipeline: str | None = None, clahe: bool = False, gradcam: bool = True
+    ) -> dict[str, Any]:
+        """Decode ``data``, analyse it with ``pipeline`` and store it; returns the stored record.
+
+        Raises ImageReadError (unreadable, unknown type, too many pixels, DICOM without pixels),
+        UnknownNameError (pipeline), NoPipelineError.
+        """
+        from medlens.data.io import read_image  # imported here: keeps `import medlens.app` light
+
+        name = self.resolve_pipeline(pipeline)
+        t0 = time.perf_counter()
+        image = read_image(data, max_pixels=self.max_pixels)
+        t1 = time.perf_counter()
+        with self._locks[name]:
+            analysis = self.pipelines[name].analyze(image, clahe=clahe, gradcam=gradcam)
+        t2 = time.perf_counter()
+        result = analysis_result(analysis)
+        result["pipeline"] = name
+        result["clahe"] = bool(clahe)
+        result["timings_ms"] = {
+            "decode": round((t1 - t0) * 1000, 1),
+            **{k: round(float(v), 1) for k, v in (analysis.timings_ms or {}).items()},
+            "analysis": round((t2 - t1) * 1000, 1),
+        }
+        record = self.store.add(
+            pipeline=name,
+            label=analysis.label,
+            probabilities=result["probabilities"],
+            features=result.get("features") or {},
+            result=result,
+            pictures={
+                "image": image.array,  # pixels only: never the DICOM header, never the client's file name
+                "mask": mask_to_png_array(analysis.mask),
+                "overlay": analysis.overlay,
+                "gradcam": analysis.gradcam,
+            },
+            source_format=image.source_format,
+        )
+        total = (time.perf_counter() - t0) * 1000
+        logger.info("analysis %s: pipeline %s, label %s, %.0f ms", record["id"], name, analysis.label, total)
+        return record
+
+    # ------------------------------------------------------------------------------------------ history
+    def get(self, analysis_id: str) -> dict[str, Any] | None:
+        return self.store.get(analysis_id)
+
+    def list(self, page: int = 1, page_size: int = 20, pipeline: str | None = None, label: str | None = None):
+        """(records of the page, total) newest first; see :meth:`HistoryStore.list`."""
+        return self.store.list(page=page, page_size=page_size, pipeline=pipeline, label=label)
+
+    def delete(self, analysis_id: str) -> bool:
+        return self.store.delete(analysis_id)
+
+    def file_path(self, analysis_id: str, kind: str) -> Path | None:
+        return self.store.file_path(analysis_id, kind)
+
+    # ------------------------------------------------------------------------------------------ models
+    def models(self) -> dict[str, Any]:
+        """``{"pipelines": [...], "bundles": [...]}`` with each bundle's validation metrics (JSON-safe)."""
+        pipelines = []
+        for name in self.pipeline_names:
+            p = self.pipelines[name]
+            info = p.info() if callable(getattr(p, "info", None)) else {}
+            described = info.get("description", getattr(p, "description", ""))
+            pipelines.append(jsonable({**info, "name": name, "description": described or ""}))
+        bundles = [
+            {**{k: v for k, v in b.items() if k not in ("path", "plots")}, "plots": sorted(b["plots"])}
+            for b in self.bundles
+        ]
+        return {"pipelines": pipelines, "bundles": bundles}
+
+    def plot_path(self, bundle: str, plot: str) -> Path | None:
+        """A bundle's evaluation plot (one of :data:`PLOT_FILES`) if present; names, never client paths."""
+        for info in self.bundles:
+            if bundle in (info["name"], info["folder"]) and plot in info["plots"]:
+                return info["plots"][plot] if info["plots"][plot].is_file() else None
+        return None
+
+    # ------------------------------------------------------------------------------------------ views
+    @staticmethod
+    def to_view(record: Mapping[str, Any], base: str = "/api/v1") -> dict[str, Any]:
+        """The API's JSON for a stored record; picture URLs under ``base`` (include a proxy's root_path)."""
+        result, files = record["result"], record["files"]
+        url = f"{base}/analyses/{record['id']}"
+
+        def link(kind: str) -> str | None:
+            return f"{url}/{'thumbnail' if kind == 'thumb' else kind}" if files.get(kind) else None
+
+        segmentation = None
+        if files.get("mask") or result.get("area_fraction") is not None:
+            segmentation = {
+                "mask_url": link("mask"),
+                "overlay_url": link("overlay"),
+                "area_fraction": result.get("area_fraction"),
+                "components": result.get("components") or [],
+            }
+        classification = None
+        if record.get("probabilities"):
+            classification = {"label": record["label"], "probabilities": record["probabilities"]}
+        return {
+            "id": record["id"],
+            "created": record["created"],
+            "pipeline": record["pipeline"],
+            "source_format": record["source_format"],
+            "image_size": result.get("image_size"),
+            "clahe": result.get("clahe", False),
+            "image_url": link("image"),
+            "thumbnail_url": link("thumb"),
+            "segmentation": segmentation,
+            "classification": classification,
+            "features": record.get("features") or {},
+            "recommendation": result.get("recommendation", ""),
+            "notice": result.get("notice", ""),
+            "uncertainty": result.get("uncertainty"),
+            "out_of_scope": bool(result.get("out_of_scope", False)),
+            "scope_reason": result.get("scope_reason"),
+            "gradcam_url": link("gradcam"),
+            "timings": result.get("timings_ms") or {},
+        }
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,111 @@
+"""The UI without a browser: render helpers, the Gradio event handlers on the shared service, the login."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medlens.app import render
+from medlens.app.service import AnalysisService
+from medlens.app.store import HistoryStore
+from tests.helpers_app import FakePipeline, bomb_png, png_bytes, rgb_image
+
+
+def test_blend_colours_inside_the_mask_only():
+    image = np.full((20, 20), 100, np.uint8)
+    mask = np.zeros((20, 20), np.uint8)
+    mask[5:15, 5:15] = 255
+    none = render.blend(image, mask, 0.0)
+    full = render.blend(image, mask, 1.0)
+    assert none.shape == (20, 20, 3) and none.dtype == np.uint8
+    assert (none[0, 0] == 100).all() and (full[0, 0] == 100).all()  # outside untouched
+    assert (none[10, 10] == 100).all()  # opacity 0: inside shows the image (outline aside)
+    assert (full[10, 10] == render.PALETTE[0]).all()
+    assert (none[5, 10] == render.PALETTE[0]).all()  # the outline is always drawn
+    assert (render.blend(image, None) == 100).all()
+    labels = np.zeros((20, 20), np.uint8)
+    labels[:5], labels[-5:] = 1, 2
+    two = render.blend(np.zeros((20, 20, 3), np.uint8), labels, 1.0)
+    assert (two[2, 2] == render.PALETTE[0]).all() and (two[17, 2] == render.PALETTE[1]).all()
+
+
+def test_tables_and_advice():
+    frame = render.table({"area": 0.123456, "nested": {"a": 1, "b": [1, 2]}, "none": None})
+    assert list(frame["feature"]) == ["area", "nested.a", "nested.b", "none"]
+    assert list(frame["value"]) == ["0.1235", "1", "[1, 2]", ""]
+    metrics = render.metrics_table(
+        {"dice": 0.8, "confusion_matrix": [[1, 2], [3, 4]], "per_class": {"a": {"f1": 1}}}
+    )
+    assert list(metrics["metric"]) == ["dice", "per_class.a.f1"]
+    record = {"label": "mel", "result": {"out_of_scope": True, "scope_reason": "looks like a chest X-ray",
+              "uncertainty": 0.2, "recommendation": "See a dermatologist.",
+              "notice": "Research tool, not a diagnosis. Ask a doctor."}}  # fmt: skip
+    text = render.advice_markdown(record)
+    assert text.count("Research tool, not a diagnosis.") == 1 and "Ask a doctor." in text
+    assert "looks like a chest X-ray" in text and "See a dermatologist." in text
+    table = render.pipelines_table([{"name": "skin", "classes": ["a", "b"], "segmenter": None}])
+    assert table.to_dict("records") == [{"name": "skin", "segmenter": "—", "classes": "a, b"}]
+    counts = render.label_counts_frame(
+        [{"day": "2024-01-01", "pipeline": "skin", "label": "nv", "count": 2},
+         {"day": "2024-01-01", "pipeline": "polyp", "label": "(none)", "count": 1}]
+    )  # fmt: skip
+    assert set(counts["label"]) == {"skin / nv", "polyp / (none)"} and counts["count"].sum() == 3
+
+
+@pytest.fixture()
+def handlers(tmp_path):
+    pytest.importorskip("gradio")
+    from medlens.app.ui import UiHandlers
+
+    service = AnalysisService({"skin": FakePipeline("skin")}, HistoryStore(tmp_path / "home"))
+    yield UiHandlers(service, max_file_size=50_000, max_pixels=10_000)
+    service.close()
+
+
+def test_ui_handlers_analyse_reblend_history_compare_delete(handlers, tmp_path):
+    import gradio as gr
+
+    upload = tmp_path / "upload.bin"
+    upload.write_bytes(png_bytes(rgb_image(40)))
+    original, overlay, probs, gradcam, features, advice, mask_file, analysis_id = handlers.analyze(
+        str(upload), "skin", False, 0.5
+    )
+    assert (
+        original.endswith(".png") and overlay.shape == (40, 40, 3) and set(probs) == {"benign", "malignant"}
+    )
+    assert gradcam is not None and "mean_intensity" in set(features["feature"])
+    assert "Recommendation" in advice and mask_file.endswith(f"medlens-mask-{analysis_id[:12]}.png")
+    assert not np.array_equal(handlers.overlay(analysis_id, 0.0), handlers.overlay(analysis_id, 1.0))
+    items, ids, *_ = handlers.history("all", "all")
+    assert ids == [analysis_id] and len(items) == 1
+    assert handlers.history("all", "no-such-label")[1] == []
+    panel = handlers.panel(analysis_id)
+    assert panel[2] == probs and "skin" in panel[4]
+    assert handlers.delete(analysis_id)[0] is None
+    assert handlers.service.get(analysis_id) is None and handlers.panel(analysis_id)[0] is None
+
+    for data, words in ((b"", "empty"), (b"x" * 60_000, "too large"), (bomb_png(200, 200), "too large"),
+                        (b"plain text", "&lt;upload&gt;")):  # fmt: skip
+        upload.write_bytes(data)
+        with pytest.raises(gr.Error, match=words):
+            handlers.analyze(str(upload), "skin", False, 0.5)
+    with pytest.raises(gr.Error, match="Upload an image"):
+        handlers.analyze(None, "skin", False, 0.5)
+    assert handlers.service.store.count() == 0
+
+
+def test_ui_is_mounted_at_root_and_asks_for_a_login_with_a_token(tmp_path):
+    pytest.importorskip("gradio")
+    from fastapi.testclient import TestClient
+
+    from medlens.app.api import create_app
+
+    app = create_app(tmp_path / "models", tmp_path / "home", token="tok", pipelines={"skin": FakePipeline()})
+    with TestClient(app) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/config").status_code == 401
+        assert client.post("/login", data={"username": "me", "password": "nope"}).status_code >= 400
+        assert client.post("/login", data={"username": "me", "password": "tok"}).json() == {"success": True}
+        assert client.get("/config").status_code == 200
+        assert client.get("/api/v1/models").status_code == 401  # the API still wants the bearer token
+    assert app.state.demo is not None
