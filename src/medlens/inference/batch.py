@@ -1,0 +1,362 @@
+"""Batch prediction over files and folders, with a model (plain) or a full pipeline.
+
+Plain mode (``model`` = run folder or bundle) writes per image into ``out``:
+
+- segmentation: ``<stem>_mask.png`` (0/255 for binary, class labels for multi-class, one
+  ``<stem>_mask_<class>.png`` per label for multi-label), ``<stem>_overlay.png`` and ``<stem>.json`` (image
+  size, area fraction, bounding box, connected components, model name, post-processing, TTA uncertainty);
+- classification: ``<stem>.json`` (label, probabilities, uncertainty with TTA).
+
+Pipeline mode (``model`` = a pipeline name under ``models_dir`` or a pipeline YAML) writes ``<stem>.json``
+(``Analysis.to_dict()``), ``<stem>_mask.png``, ``<stem>_overlay.png`` and ``<stem>_gradcam.png``.
+
+Both write ``summary.csv``: one row per input with ``status`` ok/error; unreadable files are reported there
+with the reason and skipped, never fatal. ``<stem>`` is the file's path relative to the folder given, with
+``/`` turned into ``__`` so that files of the same name in different sub-folders do not collide.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from medlens.errors import ImageReadError, MedlensError, UnknownNameError
+from medlens.inference.bundle import is_bundle, is_run_folder
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "summary.csv"
+_RED = (230, 40, 40)
+
+
+# ---------------------------------------------------------------------------------- inputs and outputs
+def _is_candidate(path: Path) -> bool:
+    from medlens.data.io import IMAGE_EXTENSIONS
+
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in (*IMAGE_EXTENSIONS, "")
+
+
+def collect_inputs(inputs: str | Path | Iterable[str | Path]) -> list[tuple[Path, str]]:
+    """``(file, output stem)`` for every input file and every image file under input folders (recursive,
+    sorted; extension-less files are kept because DICOM often has none). Missing paths are kept so that they
+    are reported in the summary."""
+    items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+    found: list[tuple[Path, str]] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            files = sorted(p for p in item.rglob("*") if _is_candidate(p) and not _hidden(p, item))
+            found += [(p, p.relative_to(item).with_suffix("").as_posix().replace("/", "__")) for p in files]
+        else:
+            found.append((item, item.stem))
+    seen: dict[str, int] = {}
+    unique = []
+    for path, stem in found:
+        seen[stem] = seen.get(stem, 0) + 1
+        unique.append((path, stem if seen[stem] == 1 else f"{stem}_{seen[stem]}"))
+    return unique
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    from medlens.evaluation.metrics import to_jsonable
+
+    path.write_text(json.dumps(to_jsonable(payload), indent=2) + "\n")
+
+
+def _save_png(path: Path, array: np.ndarray) -> str:
+    array = np.asarray(array)
+    Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array).save(path)
+    return path.name
+
+
+def _write_summary(path: Path, rows: list[dict[str, Any]]) -> Path:
+    fields = ["id", "source", "status", "error"]
+    for row in rows:
+        fields.extend(k for k in row if k not in fields)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _read(path: Path):
+    from medlens.data.io import read_image
+
+    if not path.exists():
+        raise ImageReadError(path, "file not found")
+    return read_image(path)
+
+
+# ---------------------------------------------------------------------------------- plain: segmentation
+def _mask_payload(mask: np.ndarray, classes: Sequence[str], mode: str) -> dict[str, Any]:
+    """Area fraction, bounding box and components of a ``(H, W)`` mask (+ per class for label masks)."""
+    from medlens.inference.postprocess import area_fraction, bounding_box, connected_components
+
+    fg = mask.max(axis=-1) if mask.ndim == 3 else mask
+    payload: dict[str, Any] = {
+        "area_fraction": area_fraction(fg),
+        "bbox": bounding_box(fg),
+        "components": connected_components(fg),
+    }
+    payload["n_components"] = len(payload["components"])
+    if mode != "binary":
+        planes = (
+            {k: mask[..., k] for k in range(mask.shape[-1])}
+            if mask.ndim == 3
+            else {k: mask == k for k in range(1, len(classes))}
+        )
+        names = {k: classes[k] if k < len(classes) else str(k) for k in planes}
+        if mask.ndim == 3 and len(classes) != mask.shape[-1]:
+            names = {k: str(k) for k in planes}
+        payload["per_class"] = {
+            names[k]: {
+                "area_fraction": area_fraction(p),
+                "bbox": bounding_box(p),
+                "n_components": len(connected_components(p)),
+            }
+            for k, p in planes.items()
+        }
+    return payload
+
+
+def _postprocess(mask: np.ndarray, options: dict[str, Any]) -> np.ndarray:
+    from medlens.inference.postprocess import apply_postprocess
+
+    kw = {
+        "fill": options["fill_holes"],
+        "largest": options["largest_component"],
+        "min_size": options["min_size"],
+    }
+    if mask.ndim == 3:  # multi-label: each label on its own
+        return np.stack([apply_postprocess(mask[..., k], **kw) for k in range(mask.shape[-1])], axis=-1)
+    return apply_postprocess(mask, **kw)
+
+
+def _write_segmentation(predictor, stem: str, image: np.ndarray, prob, unc, out: Path, options) -> dict:
+    from medlens.evaluation.plots import overlay_mask
+    from medlens.inference.predictor import probs_to_mask
+
+    mask = _postprocess(probs_to_mask(prob, predictor.spec), options)
+    mode, classes = predictor.mode, predictor.classes
+    files = {}
+    if mask.ndim == 3:
+        for k in range(mask.shape[-1]):
+            name = classes[k] if len(classes) == mask.shape[-1] else str(k)
+            files[f"mask_{name}"] = _save_png(out / f"{stem}_mask_{name}.png", mask[..., k] * 255)
+    else:
+        files["mask"] = _save_png(out / f"{stem}_mask.png", mask * 255 if mode == "binary" else mask)
+    files["overlay"] = _save_png(
+        out / f"{stem}_overlay.png", overlay_mask(image, mask, colors=_RED if mode == "binary" else None)
+    )
+    payload = {
+        "id": stem,
+        "model": predictor.name,
+        "task": "segmentation",
+        "mode": mode,
+        "classes": classes,
+        "image_size": list(image.shape[:2]),
+        "threshold": predictor.spec.get("threshold"),
+        **_mask_payload(mask, classes, mode),
+        "postprocess": options,
+        "uncertainty": unc,
+        "files": files,
+    }
+    _write_json(out / f"{stem}.json", payload)
+    return {
+        "area_fraction": payload["area_fraction"],
+        "n_components": payload["n_components"],
+        "uncertainty": unc,
+        **files,
+        "json": f"{stem}.json",
+    }
+
+
+def _predict_segmentation(predictor, batch, out: Path, options: dict) -> list[dict]:
+    images = [image for _, _, image in batch]
+    if predictor.tta:
+        results = [(p, u) for p, _, u in predictor.predict_batch_with_uncertainty(images)]
+    else:
+        results = [(p, None) for p in predictor.predict_proba(images)]
+    return [
+        _write_segmentation(predictor, stem, image, prob, unc, out, options)
+        for (_, stem, image), (prob, unc) in zip(batch, results, strict=True)
+    ]
+
+
+# ---------------------------------------------------------------------------------- plain: classification
+def _predict_classification(predictor, batch, out: Path, options: dict) -> list[dict]:
+    images = predictor.guided_inputs([image for _, _, image in batch])
+    if predictor.tta:
+        probs, uncertainty = predictor.predict_with_uncertainty(images)
+    else:
+        probs, uncertainty = predictor.predict_proba(images), [None] * len(images)
+    rows = []
+    for (_, stem, image), p, label, unc in zip(
+        batch, probs, predictor.decide(probs), uncertainty, strict=True
+    ):
+        probabilities = {c: float(v) for c, v in zip(predictor.classes, p, strict=True)}
+        payload = {
+            "id": stem,
+            "model": predictor.name,
+            "task": "classification",
+            "label": label,
+            "probabilities": probabilities,
+            "uncertainty": unc,
+            "image_size": list(image.shape[:2]),
+            "decision": predictor.spec.get("decision"),
+            "temperature": predictor.temperature,
+        }
+        _write_json(out / f"{stem}.json", payload)
+        rows.append(
+            {
+                "label": label,
+                "confidence": max(probabilities.values()),
+                "uncertainty": unc,
+                **{f"prob_{c}": v for c, v in probabilities.items()},
+                "json": f"{stem}.json",
+            }
+        )
+    return rows
+
+
+def _run_plain(
+    model, inputs, out: Path, runtime: str, tta: bool, batch_size: int, options: dict
+) -> list[dict]:
+    from medlens.inference.predictor import create_predictor
+
+    predictor = create_predictor(model, runtime=runtime, tta=tta, batch_size=batch_size)
+    handler = _predict_segmentation if predictor.task == "segmentation" else _predict_classification
+    rows: dict[int, dict] = {}  # by input position, so that the summary keeps the input order
+    batch, positions = [], []
+    for n, (path, stem) in enumerate(inputs, 1):
+        try:
+            batch.append((path, stem, _read(path).array))
+            positions.append(n)
+        except ImageReadError as exc:
+            logger.warning("skipping %s: %s", path, exc.reason)
+            rows[n] = {"id": stem, "source": str(path), "status": "error", "error": exc.reason}
+        if len(batch) == batch_size or (n == len(inputs) and batch):
+            results = handler(predictor, batch, out, options)
+            for pos, (p, s, _), result in zip(positions, batch, results, strict=True):
+                rows[pos] = {"id": s, "source": str(p), "status": "ok", "error": "", **result}
+            batch, positions = [], []
+            logger.info("predicted %d / %d images", n, len(inputs))
+    return [rows[k] for k in sorted(rows)]
+
+
+# ---------------------------------------------------------------------------------- pipeline mode
+def _load_pipeline(model: str | Path, models_dir: str | Path, runtime: str):
+    """A pipeline from a YAML path, or by name among the shipped and ``<models_dir>/pipelines`` ones; only the
+    chosen pipeline's bundles are loaded."""
+    from medlens.inference.pipeline import Pipeline, load_pipeline_configs
+
+    path = Path(model)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        if not path.is_file():
+            raise MedlensError(f"pipeline file {path} does not exist")
+        return Pipeline.from_yaml(path, models_dir=models_dir, runtime=runtime)
+    configs = load_pipeline_configs(models_dir)
+    if str(model) not in configs:
+        raise UnknownNameError(
+            "model (run folder, bundle, pipeline name or pipeline YAML)", str(model), configs
+        )
+    return Pipeline.from_config(configs[str(model)], models_dir, runtime)
+
+
+def _write_analysis(analysis, stem: str, source: Path, out: Path) -> dict:
+    files = {}
+    for key, png in (
+        ("mask", analysis.mask_png()),
+        ("overlay", analysis.overlay_png()),
+        ("gradcam", analysis.gradcam_png()),
+    ):
+        if png is not None:
+            (out / f"{stem}_{key}.png").write_bytes(png)
+            files[key] = f"{stem}_{key}.png"
+    _write_json(out / f"{stem}.json", {**analysis.to_dict(), "source": str(source), "files": files})
+    return {
+        "label": analysis.label,
+        "probability": analysis.probability,
+        "area_fraction": analysis.area_fraction,
+        "uncertainty": analysis.uncertainty,
+        "out_of_scope": analysis.out_of_scope,
+        **files,
+        "json": f"{stem}.json",
+    }
+
+
+def _run_pipeline(model, inputs, out: Path, models_dir, runtime: str) -> list[dict]:
+    pipeline = _load_pipeline(model, models_dir, runtime)
+    rows = []
+    for n, (path, stem) in enumerate(inputs, 1):
+        row = {"id": stem, "source": str(path)}
+        try:
+            analysis = pipeline.analyze(_read(path), gradcam=True)  # the pipeline's own TTA setting
+        except ImageReadError as exc:
+            logger.warning("skipping %s: %s", path, exc.reason)
+            rows.append({**row, "status": "error", "error": exc.reason})
+            continue
+        analysis.id = analysis.id or stem
+        rows.append({**row, "status": "ok", "error": "", **_write_analysis(analysis, stem, path, out)})
+        if n % 50 == 0:
+            logger.info("analysed %d / %d images", n, len(inputs))
+    return rows
+
+
+# ---------------------------------------------------------------------------------- entry point
+def _is_model_source(model: str | Path) -> bool:
+    path = Path(model)
+    return is_bundle(path) or is_run_folder(path) or (path.is_file() and path.suffix in (".pt", ".pth"))
+
+
+def predict_paths(
+    model: str | Path,
+    inputs: str | Path | Sequence[str | Path],
+    out: str | Path,
+    runtime: str = "torch",
+    tta: bool = False,
+    fill_holes: bool = False,
+    largest_component: bool = False,
+    batch_size: int = 8,
+    models_dir: str | Path = "models",
+    *,
+    min_size: int = 0,
+) -> Path:
+    """Predict every image in ``inputs`` (files and/or folders, recursive) and write the results to ``out``.
+
+    Args:
+        model: run folder or bundle (plain prediction), or a pipeline name / pipeline YAML (full analysis).
+        runtime: ``"torch"`` or ``"onnx"`` (both modes).
+        tta: flip test-time augmentation; adds an ``uncertainty`` per image (plain mode; pipelines always
+            use TTA, which their uncertainty and out-of-scope checks need).
+        fill_holes, largest_component, min_size: mask post-processing (plain segmentation).
+        batch_size: images per forward pass (plain mode).
+        models_dir: where pipelines and their bundles live (pipeline mode).
+
+    Returns:
+        The path of ``out/summary.csv`` (one row per input; unreadable files have ``status`` "error").
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = collect_inputs(inputs)
+    if not files:
+        raise MedlensError(f"no images found in {inputs}")
+    options = {"fill_holes": fill_holes, "largest_component": largest_component, "min_size": min_size}
+    if _is_model_source(model):
+        rows = _run_plain(model, files, out, runtime, tta, max(1, batch_size), options)
+    else:
+        rows = _run_pipeline(model, files, out, models_dir, runtime)
+    n_bad = sum(r["status"] != "ok" for r in rows)
+    logger.info("%d images predicted, %d unreadable; results in %s", len(rows) - n_bad, n_bad, out)
+    return _write_summary(out / SUMMARY_FILE, rows)

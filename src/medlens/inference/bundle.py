@@ -1,0 +1,502 @@
+"""Model bundles: a versioned, self-describing folder that a predictor can load without any training code.
+
+Layout (format version 1)::
+
+    <bundle>/
+      bundle.json        {"format_version": 1, "name", "spec": model_spec, "metrics", "training", "created",
+                          "medlens_version", "files": {relative path: sha256}}
+      model.safetensors  weights (parameters fp16 or fp32; loaded as fp32)
+      README.md          model card: data, split, metrics + CIs, intended use, limitations, how to reproduce
+      config.yaml plan.json fingerprint.json val_metrics.json metrics.csv curves.png plots/  (if present)
+      model.onnx         optional, written by medlens.inference.export
+
+Loading imports only ``medlens.models.factory`` and ``safetensors``: no ``medlens.training``, no network.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medlens.errors import BundleError
+
+logger = logging.getLogger(__name__)
+
+BUNDLE_FORMAT_VERSION = 1
+BUNDLE_JSON = "bundle.json"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "README.md"
+ONNX_FILE = "model.onnx"
+RUN_SPEC = "model_spec.json"
+RUN_CHECKPOINT = Path("checkpoints") / "best.pt"
+# Run-folder files copied into a bundle when present (provenance for the model card and for re-training).
+_RUN_EXTRAS = (
+    "config.yaml",
+    "plan.json",
+    "fingerprint.json",
+    "val_metrics.json",
+    "metrics.csv",
+    "curves.png",
+)
+# Parameter prefixes left by DistributedDataParallel and torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"cannot read {path}: {exc}") from exc
+
+
+def build_from_spec(spec: dict) -> nn.Module:
+    """Instantiate the (untrained) network a ``model_spec`` describes, with no pretrained weights."""
+    from medlens.models.factory import create_model
+
+    missing = [k for k in ("task", "arch", "in_channels", "num_classes") if k not in spec]
+    if missing:
+        raise BundleError(f"model spec lacks {missing}")
+    return create_model(
+        spec["task"],
+        arch=spec["arch"],
+        encoder=spec.get("encoder") or "resnet34",
+        in_channels=int(spec["in_channels"]),
+        num_classes=int(spec["num_classes"]),
+        pretrained=False,
+        **(spec.get("model_kwargs") or {}),
+    )
+
+
+def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip DDP / torch.compile prefixes from parameter names."""
+    out = {}
+    for key, value in state.items():
+        for prefix in _WRAPPER_PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[key] = value
+    return out
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> nn.Module:
+    try:
+        model.load_state_dict(clean_state_dict(state), strict=True)
+    except RuntimeError as exc:
+        raise BundleError(f"weights in {source} do not fit the model its spec describes: {exc}") from exc
+    return model.float().eval()
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle description; weights are read only by :meth:`build_model` (lazy)."""
+
+    path: Path
+    name: str
+    spec: dict
+    metrics: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    created: str = ""
+    medlens_version: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Bundle:
+        """Read ``bundle.json``; BundleError on a missing file, unknown format version or missing weights."""
+        path = Path(path)
+        meta_path = path / BUNDLE_JSON
+        if not meta_path.is_file():
+            raise BundleError(f"{path} is not a medlens bundle: {BUNDLE_JSON} is missing")
+        meta = _read_json(meta_path)
+        version = meta.get("format_version")
+        if version != BUNDLE_FORMAT_VERSION:
+            shown = "missing" if version is None else repr(version)
+            raise BundleError(
+                f"{meta_path}: format_version {shown} is not supported by this medlens "
+                f"(it reads version {BUNDLE_FORMAT_VERSION}); re-create the bundle with `medlens bundle` "
+                "or upgrade medlens"
+            )
+        if not isinstance(meta.get("spec"), dict):
+            raise BundleError(f"{meta_path}: the 'spec' section is missing")
+        if not (path / WEIGHTS_FILE).is_file():
+            raise BundleError(f"{path}: {WEIGHTS_FILE} is missing")
+        return cls(
+            path=path,
+            name=str(meta.get("name") or path.name),
+            spec=meta["spec"],
+            metrics=meta.get("metrics") or {},
+            training=meta.get("training") or {},
+            created=str(meta.get("created", "")),
+            medlens_version=str(meta.get("medlens_version", "")),
+            files=dict(meta.get("files") or {}),
+        )
+
+    @property
+    def task(self) -> str:
+        return str(self.spec["task"])
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / WEIGHTS_FILE
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / ONNX_FILE
+
+    def verify(self) -> None:
+        """Check the files listed in ``bundle.json`` against their sha256; BundleError names a bad one."""
+        for rel, expected in self.files.items():
+            file = self.path / rel
+            if not file.is_file():
+                raise BundleError(f"{self.path}: {rel} is listed in {BUNDLE_JSON} but missing")
+            if sha256_file(file) != expected:
+                raise BundleError(f"{file}: sha256 does not match {BUNDLE_JSON} (file changed or corrupt)")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights as fp32 tensors (fp16 storage is widened); checks the sha256 when recorded."""
+        from safetensors.torch import load_file
+
+        expected = self.files.get(WEIGHTS_FILE)
+        if expected and sha256_file(self.weights_path) != expected:
+            raise BundleError(
+                f"{self.weights_path}: sha256 does not match {BUNDLE_JSON} (file changed or corrupt)"
+            )
+        try:
+            state = load_file(str(self.weights_path), device="cpu")
+        except Exception as exc:  # safetensors raises its own error types
+            raise BundleError(f"cannot read {self.weights_path}: {exc}") from exc
+        return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+    def build_model(self) -> nn.Module:
+        """The network in eval mode, fp32, weights loaded, on CPU."""
+        return _load_into(build_from_spec(self.spec), self.state_dict(), self.weights_path)
+
+    def register_file(self, rel: str) -> None:
+        """Record (or refresh) the sha256 of a file added after creation, e.g. ``model.onnx``."""
+        self.files[rel] = sha256_file(self.path / rel)
+        meta = _read_json(self.path / BUNDLE_JSON)
+        meta["files"] = self.files
+        (self.path / BUNDLE_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def is_bundle(path: str | Path) -> bool:
+    return (Path(path) / BUNDLE_JSON).is_file()
+
+
+def is_run_folder(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / RUN_SPEC).is_file() and (path / RUN_CHECKPOINT).is_file()
+
+
+def list_bundles(models_dir: str | Path) -> list[Bundle]:
+    """Bundles directly under ``models_dir`` (sorted by folder name); broken ones are logged and left out."""
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        return []
+    found = []
+    for sub in sorted(p for p in models_dir.iterdir() if p.is_dir() and is_bundle(p)):
+        try:
+            found.append(Bundle.load(sub))
+        except BundleError as exc:
+            logger.warning("skipping bundle: %s", exc)
+    return found
+
+
+def _read_checkpoint(path: Path) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle / zip errors come in many types
+        raise BundleError(f"cannot read checkpoint {path}: {exc}") from exc
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
+        return ckpt
+    raise BundleError(f"{path}: expected a checkpoint dict with a 'model' state dict")
+
+
+def read_run(run_dir: str | Path) -> tuple[dict, dict]:
+    """``(spec, checkpoint)`` of a training run folder; BundleError naming the missing file."""
+    run_dir = Path(run_dir)
+    for rel in (RUN_SPEC, RUN_CHECKPOINT):
+        if not (run_dir / rel).is_file():
+            raise BundleError(f"{run_dir} is not a medlens run folder: {rel} is missing")
+    return _read_json(run_dir / RUN_SPEC), _read_checkpoint(run_dir / RUN_CHECKPOINT)
+
+
+def load_model_source(path: str | Path | Bundle) -> tuple[nn.Module, dict]:
+    """``(model in eval mode, spec)`` from a bundle, a run folder or a checkpoint file inside a run folder."""
+    if isinstance(path, Bundle):
+        return path.build_model(), path.spec
+    path = Path(path)
+    if is_bundle(path):
+        bundle = Bundle.load(path)
+        return bundle.build_model(), bundle.spec
+    if path.is_file() and path.suffix in (".pt", ".pth"):
+        ckpt = _read_checkpoint(path)
+        run_spec = path.parent.parent / RUN_SPEC  # the run's final spec (with calibration) comes first
+        spec = _read_json(run_spec) if run_spec.is_file() else ckpt.get("model_spec")
+        if not spec:
+            raise BundleError(f"{path}: no model_spec in the checkpoint and no {run_spec}")
+        return _load_into(build_from_spec(spec), ckpt["model"], path), spec
+    if path.is_dir() and (path / RUN_SPEC).is_file():
+        spec, ckpt = read_run(path)
+        return _load_into(build_from_spec(spec), ckpt["model"], path / RUN_CHECKPOINT), spec
+    raise BundleError(
+        f"{path} is neither a bundle ({BUNDLE_JSON}) nor a run folder "
+        f"({RUN_SPEC} + {RUN_CHECKPOINT.as_posix()})"
+    )
+
+
+def read_spec(source: str | Path | Bundle) -> dict:
+    """The model spec of a bundle, run folder or checkpoint file, without loading any weights."""
+    if isinstance(source, Bundle):
+        return source.spec
+    path = Path(source)
+    if is_bundle(path):
+        return Bundle.load(path).spec
+    if path.is_file() and path.suffix in (".pt", ".pth"):
+        run_spec = path.parent.parent / RUN_SPEC
+        return _read_json(run_spec) if run_spec.is_file() else _read_checkpoint(path).get("model_spec") or {}
+    if (path / RUN_SPEC).is_file():
+        return _read_json(path / RUN_SPEC)
+    raise BundleError(f"{path} is neither a bundle ({BUNDLE_JSON}) nor a run folder ({RUN_SPEC})")
+
+
+def source_name(path: str | Path | Bundle) -> str:
+    """A display name for a model source: the bundle name or the run folder name."""
+    if isinstance(path, Bundle):
+        return path.name
+    path = Path(path)
+    if is_bundle(path):
+        return str(_read_json(path / BUNDLE_JSON).get("name") or path.name)
+    return path.parent.parent.name if path.is_file() else path.name
+
+
+def _storage_state(state: dict[str, torch.Tensor], fp16: bool) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in clean_state_dict(state).items():
+        value = value.detach().cpu()
+        # Normalisation statistics keep fp32: a running variance near 1e-5 loses its precision in fp16.
+        if fp16 and value.is_floating_point() and not key.endswith(("running_mean", "running_var")):
+            value = value.half()
+        out[key] = value.contiguous().clone()
+    return out
+
+
+def _training_summary(run_dir: Path, ckpt: dict) -> dict:
+    import yaml
+
+    config: dict = {}
+    if (run_dir / "config.yaml").is_file():
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    data = config.get("data") or {}
+    splits = _read_json(run_dir / "split.json") if (run_dir / "split.json").is_file() else {}
+    epochs = None
+    if (run_dir / "metrics.csv").is_file():
+        epochs = max(0, len((run_dir / "metrics.csv").read_text().strip().splitlines()) - 1)
+    return {
+        "run_name": run_dir.name,
+        "data_roots": [r for r in [data.get("root"), *(data.get("extra_roots") or [])] if r],
+        "split_sizes": {k: len(v) for k, v in splits.items() if isinstance(v, list)},
+        "epochs_trained": epochs,
+        "best_epoch": ckpt.get("epoch"),
+        "best_score": ckpt.get("best_score"),
+        "config": config,
+    }
+
+
+def _copy_extras(run_dir: Path, out_dir: Path) -> None:
+    for rel in _RUN_EXTRAS:
+        if (run_dir / rel).is_file():
+            shutil.copy2(run_dir / rel, out_dir / rel)
+    if (run_dir / "plots").is_dir():
+        shutil.copytree(run_dir / "plots", out_dir / "plots", dirs_exist_ok=True)
+
+
+_DEFAULT_INTENDED_USE = (
+    "Research and teaching: {task} of 2D images like those it was trained on ({data}). It is not a medical "
+    "device and must not be used to diagnose, treat or triage patients; a clinician reads every image."
+)
+_DEFAULT_LIMITATIONS = (
+    "- Validated only on the validation split listed above, drawn from the same source as the training data; "
+    "expect lower accuracy on other scanners, clinics, populations and image qualities.\n"
+    "- Images are resized to {size} without keeping the aspect ratio; very small structures may be lost.\n"
+    "- Confidence intervals are bootstrap intervals over images of one split and do not cover data shift."
+)
+
+
+def _metric_rows(metrics: dict) -> list[tuple[str, float | int, tuple[float, float] | None]]:
+    """Scalar metrics + CIs: flat ``x``, ``x_ci_low``, ``x_ci_high`` (``x_mean`` -> ``x_ci_*``) or nested."""
+    rows = []
+    for key, value in metrics.items():
+        if key.endswith(("_ci_low", "_ci_high")):
+            continue
+        if isinstance(value, dict) and isinstance(value.get("mean", value.get("value")), int | float):
+            ci = value.get("ci") or [value.get("ci_low"), value.get("ci_high")]
+            value = value.get("mean", value.get("value"))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            base = key[: -len("_mean")] if key.endswith("_mean") else key
+            ci = [
+                metrics.get(f"{base}_ci_low", metrics.get(f"{key}_ci_low")),
+                metrics.get(f"{base}_ci_high", metrics.get(f"{key}_ci_high")),
+            ]
+        else:
+            continue
+        has_ci = isinstance(ci, list | tuple) and len(ci) == 2 and all(isinstance(c, int | float) for c in ci)
+        rows.append((key, value, (float(ci[0]), float(ci[1])) if has_ci else None))
+    return rows
+
+
+def _fmt(value: float | int) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.4f}"
+
+
+def _card_sections(meta: dict) -> dict[str, str]:
+    spec, training = meta["spec"], meta["training"]
+    size = "x".join(str(s) for s in spec.get("input_size", []))
+    data = ", ".join(training.get("data_roots") or []) or "unrecorded data"
+    sections = {
+        "Description": (
+            f"A medlens {spec['task']} model ({spec.get('mode', '')}): `{spec['arch']}`"
+            + (f" with a `{spec['encoder']}` encoder" if spec["task"] == "segmentation" else "")
+            + f", input {size}, {spec['in_channels']} channel(s). "
+            + f"Classes: {', '.join(spec.get('classes', []))}."
+        ),
+        "Intended use": _DEFAULT_INTENDED_USE.format(task=spec["task"], data=data),
+    }
+    splits = ", ".join(f"{k} {v}" for k, v in (training.get("split_sizes") or {}).items()) or "unrecorded"
+    sections["Data"] = (
+        f"- Data: {data}\n- Split (images): {splits}\n"
+        f"- Epochs trained: {training.get('epochs_trained')}; best epoch: {training.get('best_epoch')}\n"
+        f"- Normalisation: mean {spec.get('mean')}, std {spec.get('std')}"
+    )
+    rows = _metric_rows(meta.get("metrics") or {})
+    table = ["| metric | value | 95% CI |", "|---|---|---|"] + [
+        f"| {k} | {_fmt(v)} | " + (f"{_fmt(ci[0])} – {_fmt(ci[1])} |" if ci else "– |") for k, v, ci in rows
+    ]
+    sections["Validation metrics"] = "\n".join(table) if rows else "No validation metrics were recorded."
+    sections["Limitations"] = _DEFAULT_LIMITATIONS.format(size=size or "the input size")
+    sections["Reproduce"] = _reproduce_section(meta)
+    return sections
+
+
+def _reproduce_section(meta: dict) -> str:
+    import yaml
+
+    training, name = meta["training"], meta["name"]
+    config = training.get("config") or {}
+    run = config.get("run_name") or training.get("run_name")
+    out = config.get("out_dir") or "runs"
+    data = (training.get("data_roots") or ["DATA"])[0]
+    lines = [
+        "```bash",
+        "medlens train --config config.yaml",
+        f"medlens bundle {out}/{run} --out models/{name}",
+        f"medlens evaluate models/{name} {data} --out eval/{name}",
+        "```",
+    ]
+    if config:
+        lines += [
+            "",
+            "`config.yaml` (copied into this bundle):",
+            "",
+            "```yaml",
+            yaml.safe_dump(config, sort_keys=False).rstrip(),
+            "```",
+        ]
+    return "\n".join(lines)
+
+
+def write_model_card(path: Path, meta: dict, card: dict | str | None = None) -> None:
+    """Write the README.md model card; ``card`` (section -> markdown dict, or markdown) extends it."""
+    sections = _card_sections(meta)
+    if isinstance(card, dict):
+        sections.update({str(k): str(v) for k, v in card.items()})
+    elif isinstance(card, str) and card.strip():
+        sections["Notes"] = card.strip()
+    head = [
+        f"# {meta['name']}",
+        "",
+        f"medlens {meta['medlens_version']}, bundle format "
+        f"{meta['format_version']}, created {meta['created']}.",
+        "",
+    ]
+    body = [f"## {title}\n\n{text.strip()}\n" for title, text in sections.items()]
+    path.write_text("\n".join(head + body))
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir``; an older bundle there is replaced (its own files only), other content refused."""
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not is_bundle(out_dir):
+            raise BundleError(
+                f"{out_dir} exists, is not empty and is not a bundle; refusing to write into it"
+            )
+        try:
+            old = json.loads((out_dir / BUNDLE_JSON).read_text()).get("files") or {}
+        except (OSError, json.JSONDecodeError, AttributeError):
+            old = {}
+        for rel in [*old, ONNX_FILE, BUNDLE_JSON]:
+            (out_dir / rel).unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def make_bundle(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    name: str | None = None,
+    fp16: bool = True,
+    card: dict | str | None = None,
+) -> Path:
+    """Package a training run folder as a bundle in ``out_dir`` (the bundle folder itself) and return it.
+
+    ``name`` defaults to ``out_dir``'s folder name. ``card``: extra model-card content, either markdown
+    appended as a section or a dict of section title -> markdown that replaces/extends the generated sections
+    (keys such as ``"Intended use"``, ``"Limitations"``, ``"Description"``).
+    """
+    from safetensors.torch import save_file
+
+    import medlens
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    spec, ckpt = read_run(run_dir)
+    name = name or out_dir.name
+    _prepare_out_dir(out_dir)
+    # Fail before writing anything when the checkpoint does not fit its spec.
+    _load_into(build_from_spec(spec), ckpt["model"], run_dir / RUN_CHECKPOINT)
+    save_file(
+        _storage_state(ckpt["model"], fp16),
+        str(out_dir / WEIGHTS_FILE),
+        metadata={"format_version": str(BUNDLE_FORMAT_VERSION), "dtype": "float16" if fp16 else "float32"},
+    )
+    _copy_extras(run_dir, out_dir)
+    metrics = _read_json(run_dir / "val_metrics.json") if (run_dir / "val_metrics.json").is_file() else {}
+    meta = {
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "name": name,
+        "spec": spec,
+        "metrics": metrics,
+        "training": _training_summary(run_dir, ckpt),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "medlens_version": medlens.__version__,
+    }
+    write_model_card(out_dir / CARD_FILE, meta, card)
+    files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p.name != BUNDLE_JSON)
+    meta["files"] = {p.relative_to(out_dir).as_posix(): sha256_file(p) for p in files}
+    (out_dir / BUNDLE_JSON).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    logger.info("bundle %r written to %s (%d files)", name, out_dir, len(files))
+    return out_dir

@@ -1,0 +1,434 @@
+"""Predictors: images in, probabilities / masks / labels out, from a run folder or a bundle.
+
+Both runtimes (``"torch"`` and ``"onnx"``) share every step but the forward pass: :func:`preprocess`
+(channels per spec, resize to the spec's input size with the training cache's own
+:func:`medlens.data.cache.resize_image`, 0..1, normalise by the spec's mean/std), optional flip test-time
+augmentation (identity, horizontal and vertical flip, probabilities averaged), temperature scaling for
+classifiers, and resizing probabilities back to each image's own size (bilinear) before thresholding.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medlens.errors import BundleError, MedlensError, UnknownNameError
+from medlens.inference.bundle import (
+    Bundle,
+    is_bundle,
+    is_run_folder,
+    load_model_source,
+    read_spec,
+    source_name,
+)
+
+logger = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "onnx")
+# Flip dims of the TTA views over (B, C, H, W): identity, horizontal flip, vertical flip.
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,))
+Source = str | Path | Bundle
+
+
+# ---------------------------------------------------------------------------------- shared pre-processing
+def ensure_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """``(H, W)`` or ``(H, W, C)`` uint8 -> ``(H, W, channels)`` uint8 (ITU-R 601 luma for RGB -> grey,
+    grey repeated for grey -> RGB, alpha dropped). Images with ``channels`` channels pass unchanged."""
+    from medlens.data.io import convert_channels
+
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.dtype != np.uint8:
+        raise MedlensError(f"expected an (H, W, C) uint8 image, got shape {image.shape} dtype {image.dtype}")
+    if image.shape[2] == channels:
+        return image
+    if image.shape[2] == 4:
+        image = image[..., :3]
+    if image.shape[2] not in (1, 3) or channels not in (1, 3):
+        raise MedlensError(
+            f"cannot convert a {image.shape[2]}-channel image to the {channels} the model expects"
+        )
+    return convert_channels(image, channels)
+
+
+def resize_image(image: np.ndarray, size: Sequence[int]) -> torch.Tensor:
+    """``(H, W, C)`` uint8 -> ``(C, h, w)`` uint8 tensor at ``size = (h, w)``, resized by the training cache's
+    function (PIL antialiased bilinear) so that the model sees at inference the pixels it was trained on."""
+    from medlens.data.cache import resize_image as cache_resize
+
+    resized = cache_resize(image, (int(size[0]), int(size[1])))
+    if resized.ndim == 2:
+        resized = resized[..., None]
+    if not resized.flags.writeable or not resized.flags.c_contiguous:  # PIL-backed arrays are read-only
+        resized = np.array(resized, copy=True, order="C")
+    return torch.from_numpy(resized).permute(2, 0, 1)
+
+
+def normalise(x: torch.Tensor, spec: dict) -> torch.Tensor:
+    """uint8 ``(B, C, H, W)`` -> float32 ``(B, C, H, W)``: ``(x / 255 - mean) / std`` per channel."""
+    c = x.shape[1]
+    mean = torch.as_tensor(spec.get("mean") or [0.0] * c, dtype=torch.float32)
+    std = torch.as_tensor(spec.get("std") or [1.0] * c, dtype=torch.float32)
+    mean, std = mean.expand(c) if mean.numel() == 1 else mean, std.expand(c) if std.numel() == 1 else std
+    return (x.float() / 255.0 - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
+
+
+def preprocess(images: Sequence[np.ndarray], spec: dict) -> torch.Tensor:
+    """A list of HWC uint8 images of any sizes -> float32 ``(B, C, H, W)`` at the spec's ``input_size``."""
+    size, channels = spec["input_size"], int(spec["in_channels"])
+    batch = torch.stack([resize_image(ensure_channels(img, channels), size) for img in images])
+    return normalise(batch, spec)
+
+
+# ---------------------------------------------------------------------------------- runtimes
+class TorchRunner:
+    """Forward pass of a torch model: float32 ``(B, C, H, W)`` -> float32 logits on CPU."""
+
+    def __init__(self, model: nn.Module, device: str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(x.to(self.device)).float().cpu()
+
+
+class OnnxRunner:
+    """Forward pass of an ONNX model through ONNX Runtime (CPU, or CUDA when asked and available)."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or default_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        feed = {self.input_name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
+        return torch.from_numpy(self.session.run(None, feed)[0]).float()
+
+
+def run_views(
+    runner: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    activate: Callable[[torch.Tensor], torch.Tensor],
+    tta: bool,
+    spatial: bool,
+) -> torch.Tensor:
+    """Activated outputs of every TTA view, stacked ``(V, B, ...)``; ``spatial`` outputs are flipped back."""
+    outs = []
+    for dims in TTA_FLIPS if tta else TTA_FLIPS[:1]:
+        y = activate(runner(x.flip(dims) if dims else x))
+        outs.append(y.flip(dims) if dims and spatial else y)
+    return torch.stack(outs)
+
+
+def default_threads() -> int:
+    """CPU threads for inference: ``$MEDLENS_NUM_THREADS`` when set, else ``os.cpu_count()``."""
+    env = os.environ.get("MEDLENS_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return os.cpu_count() or 1
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+# ---------------------------------------------------------------------------------- base predictor
+class _Predictor:
+    task = ""
+
+    def __init__(
+        self,
+        source: Source,
+        runtime: str = "torch",
+        device: str = "cpu",
+        tta: bool = False,
+        batch_size: int = 8,
+        num_threads: int | None = None,
+    ) -> None:
+        if runtime not in RUNTIMES:
+            raise UnknownNameError("runtime", runtime, RUNTIMES)
+        self.source = source if isinstance(source, Bundle) else Path(source)
+        if not isinstance(self.source, Bundle) and is_bundle(self.source):
+            self.source = Bundle.load(self.source)
+        self.spec: dict = read_spec(self.source)
+        if self.spec.get("task") != self.task:
+            raise MedlensError(
+                f"{source}: a {self.spec.get('task')} model cannot serve a {self.task} predictor"
+            )
+        self.name = source_name(self.source)
+        self.runtime, self.device = runtime, resolve_device(device)
+        self.tta, self.batch_size = tta, batch_size
+        self.threads = num_threads or default_threads()
+        self._model: nn.Module | None = None
+        self._guide: SegmentationPredictor | None = None
+        if runtime == "torch":
+            if torch.get_num_threads() != self.threads:
+                torch.set_num_threads(self.threads)
+            self.runner: Callable[[torch.Tensor], torch.Tensor] = TorchRunner(self.model, self.device)
+        else:
+            from medlens.inference.export import ensure_onnx
+
+            self.runner = OnnxRunner(ensure_onnx(self.source), self.device, self.threads)
+        logger.info(
+            "%s predictor %r ready (runtime %s, device %s)", self.task, self.name, runtime, self.device
+        )
+
+    @property
+    def model(self) -> nn.Module:
+        """The torch model (eval, fp32; on ``device`` with the torch runtime, CPU with ONNX), loaded lazily
+        and available with either runtime (Grad-CAM needs it)."""
+        if self._model is None:
+            self._model, _ = load_model_source(self.source)
+        return self._model
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.spec.get("classes") or [])
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        h, w = self.spec["input_size"]
+        return int(h), int(w)
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """HWC uint8 images -> float32 ``(B, C, H, W)`` model input (see :func:`preprocess`)."""
+        return preprocess(images, self.spec)
+
+    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _views(self, images: Sequence[np.ndarray], tta: bool, spatial: bool) -> torch.Tensor:
+        return run_views(self.runner, self.preprocess(images), self._activate, tta, spatial)
+
+    def _chunks(self, images: Sequence[np.ndarray]) -> list[Sequence[np.ndarray]]:
+        images = [images] if isinstance(images, np.ndarray) else list(images)
+        step = max(1, self.batch_size)
+        return [images[i : i + step] for i in range(0, len(images), step)]
+
+
+# ---------------------------------------------------------------------------------- segmentation
+def resize_probs(prob: torch.Tensor, size: Sequence[int]) -> np.ndarray:
+    """``(K, h, w)`` probabilities -> float32 numpy ``(K, H, W)`` at ``size`` (bilinear, antialiased)."""
+    if tuple(prob.shape[-2:]) != tuple(size):
+        prob = F.interpolate(
+            prob[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True
+        )[0]
+    return prob.clamp_(0.0, 1.0).numpy().astype(np.float32, copy=False)
+
+
+def probs_to_mask(prob: np.ndarray, spec: dict) -> np.ndarray:
+    """Probabilities -> uint8 mask: binary ``(H, W)`` -> 0/1 at ``spec["threshold"]``; multi-class
+    ``(K, H, W)`` -> ``(H, W)`` arg-max labels; multi-label ``(K, H, W)`` -> ``(H, W, K)`` 0/1."""
+    mode, threshold = spec.get("mode", "binary"), spec.get("threshold")
+    threshold = 0.5 if threshold is None else float(threshold)
+    if mode == "multiclass":
+        return prob.argmax(axis=0).astype(np.uint8)
+    if mode == "multilabel":
+        return np.moveaxis(prob >= threshold, 0, -1).astype(np.uint8)
+    return (prob >= threshold).astype(np.uint8)
+
+
+class SegmentationPredictor(_Predictor):
+    """Segmentation from a run folder or bundle.
+
+    ``predict_proba`` gives per image ``(H, W)`` (binary) or ``(K, H, W)`` (multi-class / multi-label) float32
+    probabilities at the image's own size; ``predict`` the uint8 mask (see :func:`probs_to_mask`).
+    """
+
+    task = "segmentation"
+
+    @property
+    def mode(self) -> str:
+        return str(self.spec.get("mode", "binary"))
+
+    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.softmax(dim=1) if self.mode == "multiclass" else logits.sigmoid()
+
+    def _predict(
+        self, images: Sequence[np.ndarray], tta: bool, with_std: bool, sizes: Sequence[Sequence[int]] | None
+    ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        out: list[tuple[np.ndarray, np.ndarray | None]] = []
+        for chunk in self._chunks(images):
+            views = self._views(chunk, tta, spatial=True)  # (V, B, K, h, w)
+            mean, std = views.mean(0), views.std(0, correction=0) if with_std else None
+            for i, img in enumerate(chunk):
+                size = sizes[len(out)] if sizes is not None else np.asarray(img).shape[:2]
+                prob = resize_probs(mean[i], size)
+                spread = resize_probs(std[i], size) if std is not None else None
+                if self.mode == "binary":
+                    prob, spread = prob[0], spread[0] if spread is not None else None
+                out.append((prob, spread))
+        return out
+
+    def predict_proba(
+        self, images: Sequence[np.ndarray], sizes: Sequence[Sequence[int]] | None = None
+    ) -> list[np.ndarray]:
+        """Probabilities per image at its own size (or at ``sizes[i] = (H, W)`` when given), float32."""
+        return [p for p, _ in self._predict(images, self.tta, False, sizes)]
+
+    def predict_masks(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """uint8 masks per image at its own size (batched)."""
+        return [probs_to_mask(p, self.spec) for p in self.predict_proba(images)]
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """``(H, W)`` uint8 label mask (binary 0/1) of one HWC uint8 image, at the image's size."""
+        return self.predict_masks([image])[0]
+
+    def predict_batch_with_uncertainty(
+        self, images: Sequence[np.ndarray]
+    ) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        """:meth:`predict_with_uncertainty` for a list of images, batched."""
+        out = []
+        for prob, std in self._predict(images, True, True, None):
+            assert std is not None
+            out.append((prob, std, self._uncertainty(prob, std)))
+        return out
+
+    def _uncertainty(self, prob: np.ndarray, std: np.ndarray) -> float:
+        fg = prob if prob.ndim == 2 else (1.0 - prob[0] if self.mode == "multiclass" else prob.max(axis=0))
+        spread = std if std.ndim == 2 else std.max(axis=0)
+        region = fg > 0.1
+        return float(spread[region].mean() if region.any() else spread.mean())
+
+    def predict_with_uncertainty(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """Flip-TTA prediction of one image: ``(prob, tta_std_map, uncertainty)``.
+
+        ``prob`` and ``tta_std_map`` have :meth:`predict_proba`'s shape; ``uncertainty`` is the mean TTA
+        standard deviation over the pixels any view could call foreground (mean foreground probability > 0.1),
+        or over the whole image when there are none. TTA runs even if the predictor has ``tta=False``.
+        """
+        return self.predict_batch_with_uncertainty([image])[0]
+
+
+# ---------------------------------------------------------------------------------- classification
+def apply_decision(probs: np.ndarray, classes: Sequence[str], decision: object) -> np.ndarray:
+    """Predicted class indices ``(N,)`` from ``(N, K)`` probabilities and a spec ``decision``.
+
+    ``decision``: None -> arg-max; a number ``t`` -> class 1 (the positive class of a binary model) when its
+    probability >= t, else the arg-max of the others; a dict ``{"positive_class" (or "class"): name,
+    "threshold": t}`` (as training writes for a target sensitivity) -> that class when its probability >= t.
+    """
+    probs = np.asarray(probs)
+    if decision is None:
+        return probs.argmax(axis=1)
+    if isinstance(decision, dict):
+        name = next((decision[k] for k in ("positive_class", "class", "positive") if k in decision), None)
+        if name not in classes or "threshold" not in decision:
+            raise MedlensError(f"decision {decision} needs a 'class' among {list(classes)} and a 'threshold'")
+        index, threshold = list(classes).index(name), float(decision["threshold"])
+    else:
+        index, threshold = 1, float(decision)
+    others = probs.copy()
+    others[:, index] = -np.inf
+    return np.where(probs[:, index] >= threshold, index, others.argmax(axis=1))
+
+
+class ClassificationPredictor(_Predictor):
+    """Classification from a run folder or bundle; probabilities are temperature-calibrated."""
+
+    task = "classification"
+
+    @property
+    def temperature(self) -> float:
+        return float(self.spec.get("temperature") or 1.0)
+
+    def _guide_source(self) -> Path:
+        """The segmentation bundle of a guided classifier: the spec's path as given, else a sibling folder."""
+        raw = Path(self.spec["guide"]["bundle"])
+        home = self.source.path if isinstance(self.source, Bundle) else Path(self.source)
+        for candidate in (raw, home.parent / raw.name, home.parent / raw):
+            if is_bundle(candidate) or is_run_folder(candidate):
+                return candidate
+        raise BundleError(
+            f"{self.name}: the segmentation bundle {raw} that guides this classifier (spec 'guide') was not "
+            f"found as given nor beside {home}"
+        )
+
+    def guided_inputs(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Raw HWC uint8 images -> the inputs a segmentation-guided classifier was trained on (lesion crop
+        and/or mask channel from the spec's ``guide`` bundle, see :mod:`medlens.inference.guided`); images
+        pass unchanged when the spec has no ``guide``. Pipelines guide with their own segmentation instead."""
+        guide = self.spec.get("guide")
+        if not guide:
+            return list(images)
+        from medlens.inference.guided import guide_inputs
+
+        if self._guide is None:
+            self._guide = SegmentationPredictor(
+                self._guide_source(), self.runtime, self.device, num_threads=self.threads
+            )
+        base = int(self.spec["in_channels"]) - (1 if guide["mode"] in ("channel", "both") else 0)
+        return guide_inputs(
+            [ensure_channels(i, base) for i in images], self._guide, guide["mode"], self.input_size
+        )
+
+    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] == 1:  # a single-logit binary head: p(positive) = sigmoid
+            p = (logits / self.temperature).sigmoid()
+            return torch.cat([1 - p, p], dim=1)
+        return (logits / self.temperature).softmax(dim=1)
+
+    def _probs(self, images: Sequence[np.ndarray], tta: bool) -> tuple[np.ndarray, np.ndarray]:
+        means, stds = [], []
+        for chunk in self._chunks(images):
+            views = self._views(chunk, tta, spatial=False)  # (V, B, K)
+            means.append(views.mean(0))
+            stds.append(views.std(0, correction=0))
+        k = len(self.classes) or int(self.spec["num_classes"])
+        if not means:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.float32)
+        return torch.cat(means).numpy(), torch.cat(stds).numpy()
+
+    def predict_proba(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """float32 ``(N, K)`` calibrated probabilities (flip-TTA averaged when the predictor has ``tta``)."""
+        return self._probs(images, self.tta)[0]
+
+    def decide(self, probs: np.ndarray) -> list[str]:
+        """Labels from probabilities with the spec's decision rule (see :func:`apply_decision`)."""
+        return [self.classes[i] for i in apply_decision(probs, self.classes, self.spec.get("decision"))]
+
+    def predict_label(self, images: Sequence[np.ndarray]) -> list[str]:
+        """One label per image, using the spec's decision threshold when it has one."""
+        return self.decide(self.predict_proba(images))
+
+    def predict(self, image: np.ndarray) -> str:
+        """The label of one HWC uint8 image."""
+        return self.predict_label([image])[0]
+
+    def predict_with_uncertainty(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Flip-TTA ``(probs (N, K), uncertainty (N,))``; uncertainty = normalised entropy of the mean
+        probabilities (0 = certain, 1 = uniform)."""
+        probs = self._probs(images, True)[0]
+        k = probs.shape[1]
+        entropy = -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(axis=1)
+        return probs, (entropy / np.log(k) if k > 1 else np.zeros(len(probs))).astype(np.float32)
+
+
+def create_predictor(
+    source: Source, runtime: str = "torch", device: str = "cpu", tta: bool = False, batch_size: int = 8
+) -> SegmentationPredictor | ClassificationPredictor:
+    """The predictor matching the model's task (from its spec)."""
+    task = read_spec(source if isinstance(source, Bundle) else Path(source)).get("task")
+    cls = {"segmentation": SegmentationPredictor, "classification": ClassificationPredictor}.get(task)
+    if cls is None:
+        raise MedlensError(f"{source}: unknown task {task!r} in the model spec")
+    return cls(source, runtime=runtime, device=device, tta=tta, batch_size=batch_size)

@@ -1,0 +1,123 @@
+"""predict_paths(): plain segmentation / classification outputs, bad files reported, pipeline mode."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medlens.errors import UnknownNameError
+from medlens.inference.batch import collect_inputs, predict_paths
+from tests.helpers_inference import make_tiny_bundle
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDLENS_NUM_THREADS", "1")
+        before = torch.get_num_threads()
+        yield
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("batch")
+
+
+@pytest.fixture(scope="module")
+def seg_bundle(root: Path) -> Path:
+    return make_tiny_bundle(root, "segmentation", name="tiny-seg")
+
+
+@pytest.fixture(scope="module")
+def cls_bundle(root: Path) -> Path:
+    return make_tiny_bundle(root, "classification", name="tiny-cls", onnx=True)
+
+
+@pytest.fixture(scope="module")
+def inputs(root: Path) -> Path:
+    """Three readable images (one grey, one in a sub-folder), one corrupt file and one non-image file."""
+    folder = root / "inputs"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 256, (30, 30), dtype=np.uint8)).save(folder / "b.jpg")
+    Image.fromarray(rng.integers(0, 256, (36, 28, 3), dtype=np.uint8)).save(folder / "sub" / "a.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def _summary(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_collect_inputs_is_recursive_sorted_and_collision_free(inputs: Path):
+    found = collect_inputs([inputs, inputs / "a.png"])
+    assert [stem for _, stem in found] == ["a", "b", "broken", "sub__a", "a_2"]
+
+
+def test_plain_segmentation_writes_masks_overlays_and_json(seg_bundle: Path, inputs: Path, tmp_path: Path):
+    summary = predict_paths(
+        seg_bundle, [inputs], tmp_path, batch_size=2, tta=True, fill_holes=True, largest_component=True
+    )
+    rows = {r["id"]: r for r in _summary(summary)}
+    assert set(rows) == {"a", "b", "broken", "sub__a"}
+    assert rows["broken"]["status"] == "error" and rows["broken"]["source"].endswith("broken.png")
+    assert "PNG" in rows["broken"]["error"]  # the reason is reported
+    for stem, shape in (("a", (40, 50)), ("b", (30, 30)), ("sub__a", (36, 28))):
+        assert rows[stem]["status"] == "ok"
+        mask = np.asarray(Image.open(tmp_path / f"{stem}_mask.png"))
+        assert mask.shape == shape and set(np.unique(mask)) <= {0, 255}
+        overlay = np.asarray(Image.open(tmp_path / f"{stem}_overlay.png"))
+        assert overlay.shape == (*shape, 3)
+        info = json.loads((tmp_path / f"{stem}.json").read_text())
+        assert info["image_size"] == list(shape) and info["model"] == "tiny-seg"
+        assert info["area_fraction"] == pytest.approx((mask > 0).mean())
+        assert info["n_components"] == len(info["components"]) <= 1  # largest component kept
+        assert info["uncertainty"] is not None and info["postprocess"]["fill_holes"] is True
+    assert not (tmp_path / "broken_mask.png").exists()
+
+
+def test_plain_classification_and_onnx_runtime(cls_bundle: Path, inputs: Path, tmp_path: Path):
+    summary = predict_paths(cls_bundle, [inputs / "a.png", inputs / "b.jpg"], tmp_path, runtime="onnx")
+    rows = _summary(summary)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    info = json.loads((tmp_path / "a.json").read_text())
+    assert info["label"] in ("benign", "malignant")
+    assert sum(info["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert float(rows[0]["confidence"]) == pytest.approx(max(info["probabilities"].values()))
+
+
+def test_missing_input_is_reported_not_fatal(seg_bundle: Path, inputs: Path, tmp_path: Path):
+    rows = _summary(predict_paths(seg_bundle, [inputs / "a.png", inputs / "gone.png"], tmp_path))
+    assert [(r["id"], r["status"]) for r in rows] == [("a", "ok"), ("gone", "error")]
+    assert "not found" in rows[1]["error"]
+
+
+def test_pipeline_mode_by_name_and_yaml(seg_bundle: Path, cls_bundle: Path, inputs: Path, tmp_path: Path):
+    models = seg_bundle.parent
+    (models / "pipelines").mkdir(exist_ok=True)
+    yaml_path = models / "pipelines" / "tiny.yaml"
+    yaml_path.write_text(
+        "name: tiny\nsegmenter:\n  bundle: tiny-seg\nclassifier:\n  bundle: tiny-cls\n  gradcam: true\n"
+    )
+    summary = predict_paths("tiny", [inputs / "a.png", inputs / "broken.png"], tmp_path, models_dir=models)
+    rows = _summary(summary)
+    assert [r["status"] for r in rows] == ["ok", "error"]
+    info = json.loads((tmp_path / "a.json").read_text())
+    assert info["pipeline"] == "tiny" and info["id"] == "a" and info["source"].endswith("a.png")
+    assert (tmp_path / "a_mask.png").is_file() and (tmp_path / "a_overlay.png").is_file()
+    if not info["out_of_scope"]:
+        assert (tmp_path / "a_gradcam.png").is_file()
+    again = predict_paths(yaml_path, [inputs / "b.jpg"], tmp_path / "by-yaml", models_dir=models)
+    assert _summary(again)[0]["status"] == "ok"
+    with pytest.raises(UnknownNameError, match="tiny"):
+        predict_paths("no-such-pipeline", [inputs / "a.png"], tmp_path / "x", models_dir=models)

@@ -1,0 +1,163 @@
+"""evaluate(): segmentation and classification reports, scoring at the mask size, runtimes agree, bad data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medlens.data.io import read_image, read_mask
+from medlens.errors import DatasetError
+from medlens.evaluation.evaluate import evaluate
+from medlens.evaluation.metrics import dice
+from medlens.inference.predictor import SegmentationPredictor
+from tests.helpers_inference import make_tiny_bundle
+
+SEG_KEYS = ("dice", "iou", "sensitivity", "specificity", "precision", "pixel_accuracy", "hd95")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDLENS_NUM_THREADS", "1")
+        before = torch.get_num_threads()
+        yield
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("eval-models")
+
+
+@pytest.fixture(scope="module")
+def seg_bundle(models: Path) -> Path:
+    return make_tiny_bundle(models, "segmentation", onnx=True)
+
+
+@pytest.fixture(scope="module")
+def cls_bundle(models: Path) -> Path:
+    return make_tiny_bundle(models, "classification")
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_segmentation_report(seg_bundle: Path, synthetic_seg: Path, tmp_path: Path):
+    out = tmp_path / "report"
+    metrics = evaluate(seg_bundle, synthetic_seg, out, batch_size=5)
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in SEG_KEYS:
+        for suffix in ("_mean", "_ci_low", "_ci_high"):
+            assert f"{key}{suffix}" in saved
+    assert saved["n_images"] == metrics["n_images"] == 12
+    assert saved["dice_ci_low"] <= saved["dice_mean"] <= saved["dice_ci_high"]
+    rows = _rows(out / "per_image.csv")
+    assert len(rows) == 12 and {"id", "dice", "hd95", "image"} <= set(rows[0])
+    assert np.mean([float(r["dice"]) for r in rows]) == pytest.approx(saved["dice_mean"])
+    for name in ("worst_cases.png", "best_cases.png"):
+        assert (out / name).stat().st_size > 0
+    overlays = sorted(p.name for p in (out / "overlays").glob("*.png"))
+    assert len(overlays) == 8 and overlays[0].startswith("best1_")
+    worst = min(rows, key=lambda r: float(r["dice"]))
+    assert (out / "overlays" / f"worst1_{worst['id']}.png").is_file()
+    # one image scored by hand: predicted at the model's input size, compared at the mask's own size
+    first = rows[0]
+    image = read_image(synthetic_seg / "images" / f"{first['id']}.png").array
+    pred = SegmentationPredictor(seg_bundle).predict(image)
+    target = read_mask(synthetic_seg / "masks" / f"{first['id']}.png") > 0
+    assert pred.shape == target.shape == (48, 48)
+    assert float(first["dice"]) == pytest.approx(dice(pred > 0, target))
+
+
+def test_onnx_and_torch_give_the_same_metrics(seg_bundle: Path, tmp_path: Path):
+    from tests.conftest import make_synthetic_segmentation
+
+    data = make_synthetic_segmentation(tmp_path / "small", n=4, size=40)
+    by_torch = evaluate(seg_bundle, data, tmp_path / "torch", n_cases=0)
+    by_onnx = evaluate(seg_bundle, data, tmp_path / "onnx", runtime="onnx", n_cases=0)
+    assert not (tmp_path / "onnx" / "worst_cases.png").exists()
+    assert by_onnx["runtime"] == "onnx"
+    for key in SEG_KEYS:
+        assert by_onnx[f"{key}_mean"] == pytest.approx(by_torch[f"{key}_mean"], abs=1e-4)
+
+
+def test_classification_report(cls_bundle: Path, synthetic_cls: Path, tmp_path: Path):
+    out = tmp_path / "cls-report"
+    metrics = evaluate(cls_bundle, synthetic_cls, out, tta=True)
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in (
+        "accuracy",
+        "balanced_accuracy",
+        "auc_macro",
+        "ece",
+        "brier",
+        "per_class",
+        "confusion_matrix",
+    ):
+        assert key in saved
+    assert saved["n_images"] == metrics["n_images"] == 16 and saved["tta"] is True
+    rows = _rows(out / "predictions.csv")
+    assert len(rows) == 16 and {"prob_benign", "prob_malignant", "label", "pred"} <= set(rows[0])
+    assert np.mean([r["label"] == r["pred"] for r in rows]) == pytest.approx(saved["accuracy"])
+    assert np.asarray(saved["confusion_matrix"]).sum() == 16
+    for name in ("confusion_matrix.png", "roc.png", "reliability.png"):
+        assert (out / name).stat().st_size > 0
+
+
+def _csv_classification_set(root: Path, labels: list[str]) -> Path:
+    (root / "images").mkdir(parents=True)
+    lines = ["id,label,age,site"]
+    for i, label in enumerate(labels):
+        Image.fromarray(np.full((36, 36, 3), 40 * i, np.uint8)).save(root / "images" / f"im{i}.png")
+        lines.append(f"im{i},{label},{30 + i},back")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_labels_csv_layout_and_unknown_classes(cls_bundle: Path, tmp_path: Path):
+    good = _csv_classification_set(tmp_path / "good", ["benign", "malignant", "benign"])
+    assert evaluate(cls_bundle, good, tmp_path / "r1")["n_images"] == 3
+    bad = _csv_classification_set(tmp_path / "bad", ["benign", "melanoma", "nevus"])
+    with pytest.raises(DatasetError, match=r"\['melanoma', 'nevus'\]"):
+        evaluate(cls_bundle, bad, tmp_path / "r2")
+
+
+def test_bad_images_fail_or_are_skipped(seg_bundle: Path, tmp_path: Path):
+    from tests.conftest import make_synthetic_segmentation
+
+    data = make_synthetic_segmentation(tmp_path / "data", n=3, size=32)
+    (data / "images" / "case001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(DatasetError, match="case001"):
+        evaluate(seg_bundle, data, tmp_path / "strict")
+    metrics = evaluate(seg_bundle, data, tmp_path / "lenient", skip_bad=True, n_cases=0)
+    assert metrics["n_images"] == 2
+    assert any("case001" in s["file"] for s in metrics["skipped"])
+    shutil.rmtree(data / "masks")
+    with pytest.raises(DatasetError):
+        evaluate(seg_bundle, data, tmp_path / "no-masks")
+
+
+def test_real_colonoscopy_frames_are_scored_at_their_own_size(
+    seg_bundle: Path, shared_datasets: Path, tmp_path
+):
+    source = shared_datasets / "cvc_clinicdb"
+    data = tmp_path / "cvc"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    for i in ("1", "2", "3"):
+        shutil.copy(source / "images" / f"{i}.jpg", data / "images")
+        shutil.copy(source / "masks" / f"{i}.png", data / "masks")
+    metrics = evaluate(seg_bundle, data, tmp_path / "report", n_cases=1)
+    rows = _rows(tmp_path / "report" / "per_image.csv")
+    assert metrics["n_images"] == 3 and len(rows) == 3
+    assert {(r["height"], r["width"]) for r in rows} == {("288", "384")}
+    assert all(0 <= float(r["dice"]) <= 1 and float(r["target_fraction"]) > 0 for r in rows)

@@ -1,0 +1,220 @@
+"""Predictors: pre-processing as in training, resizing back, TTA, calibration, decisions, ONNX parity."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medlens.data.cache import resize_image as cache_resize
+from medlens.errors import BundleError, MedlensError, UnknownNameError
+from medlens.inference.bundle import load_model_source
+from medlens.inference.predictor import (
+    ClassificationPredictor,
+    SegmentationPredictor,
+    apply_decision,
+    create_predictor,
+    ensure_channels,
+    preprocess,
+    probs_to_mask,
+)
+from tests.helpers_inference import make_tiny_bundle, make_tiny_run
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDLENS_NUM_THREADS", "1")
+        before = torch.get_num_threads()
+        yield
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tmp_models(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("predictor")
+
+
+@pytest.fixture(scope="module")
+def seg_bundle(tmp_models: Path) -> Path:
+    return make_tiny_bundle(tmp_models, "segmentation", onnx=True)
+
+
+@pytest.fixture(scope="module")
+def cls_bundle(tmp_models: Path) -> Path:
+    return make_tiny_bundle(tmp_models, "classification")
+
+
+@pytest.fixture(scope="module")
+def images() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [
+        rng.integers(0, 256, (48, 64, 3), dtype=np.uint8),
+        rng.integers(0, 256, (20, 30, 3), dtype=np.uint8),
+        rng.integers(0, 256, (32, 32, 1), dtype=np.uint8),
+    ]
+
+
+def test_ensure_channels_conversions():
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[..., 0] = 100
+    assert ensure_channels(rgb, 1).shape == (2, 2, 1)
+    assert ensure_channels(rgb, 1)[0, 0, 0] == round(0.299 * 100)
+    grey = np.full((2, 2), 7, np.uint8)
+    assert ensure_channels(grey, 3).tolist() == [[[7, 7, 7]] * 2] * 2
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    assert ensure_channels(rgba, 3).shape == (2, 2, 3)
+    with pytest.raises(MedlensError, match="uint8"):
+        ensure_channels(np.zeros((2, 2, 3), np.float32), 3)
+
+
+def test_preprocess_matches_the_training_cache_and_normalises():
+    spec = {"input_size": [16, 24], "in_channels": 3, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.1]}
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    x = preprocess([img, np.full((10, 10, 3), 255, np.uint8)], spec)
+    assert x.shape == (2, 3, 16, 24) and x.dtype == torch.float32
+    cached = cache_resize(img, (16, 24)).astype(np.float32) / 255.0
+    expected = (cached - np.array(spec["mean"])) / np.array(spec["std"])
+    np.testing.assert_allclose(x[0].permute(1, 2, 0).numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(x[1, 2].numpy(), (1.0 - 0.3) / 0.1, rtol=1e-5)
+
+
+def test_segmentation_probabilities_come_back_at_each_image_size(seg_bundle: Path, images):
+    predictor = SegmentationPredictor(seg_bundle, batch_size=2)
+    probs = predictor.predict_proba(images)
+    assert [p.shape for p in probs] == [(48, 64), (20, 30), (32, 32)]
+    assert all(p.dtype == np.float32 and p.min() >= 0 and p.max() <= 1 for p in probs)
+    one_by_one = [predictor.predict_proba([img])[0] for img in images]
+    for a, b in zip(probs, one_by_one, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    mask = predictor.predict(images[0])
+    assert mask.shape == (48, 64) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+    np.testing.assert_array_equal(mask, probs[0] >= 0.5)
+    sized = predictor.predict_proba(images[:1], sizes=[(10, 12)])[0]
+    assert sized.shape == (10, 12)
+
+
+def test_probabilities_equal_the_model_output_resized(seg_bundle: Path, images):
+    predictor = SegmentationPredictor(seg_bundle)
+    model, spec = load_model_source(seg_bundle)
+    with torch.inference_mode():
+        logits = model(preprocess(images[:1], spec))
+    expected = torch.nn.functional.interpolate(
+        logits.sigmoid(), size=(48, 64), mode="bilinear", antialias=True
+    )
+    np.testing.assert_allclose(predictor.predict_proba(images[:1])[0], expected[0, 0].numpy(), atol=1e-5)
+
+
+def test_threshold_comes_from_the_spec(tmp_path: Path, images):
+    run = make_tiny_run(tmp_path, "segmentation", threshold=0.0)
+    assert SegmentationPredictor(run).predict(images[0]).all()
+    spec = json.loads((run / "model_spec.json").read_text())
+    spec["threshold"] = 1.01
+    (run / "model_spec.json").write_text(json.dumps(spec))
+    assert not SegmentationPredictor(run).predict(images[0]).any()
+
+
+def test_flip_tta_averages_the_flipped_views(seg_bundle: Path, images):
+    predictor = SegmentationPredictor(seg_bundle, tta=True)
+    model, spec = load_model_source(seg_bundle)
+    x = preprocess(images[2:], spec)
+    with torch.inference_mode():
+        views = [model(x).sigmoid(), model(x.flip(3)).sigmoid().flip(3), model(x.flip(2)).sigmoid().flip(2)]
+    expected = torch.stack(views).mean(0)[0, 0].numpy()  # the image is already 32x32: no resizing
+    np.testing.assert_allclose(predictor.predict_proba(images[2:])[0], expected, atol=1e-5)
+    prob, std, uncertainty = SegmentationPredictor(seg_bundle).predict_with_uncertainty(images[2])
+    np.testing.assert_allclose(prob, expected, atol=1e-5)
+    np.testing.assert_allclose(std, torch.stack(views).std(0, correction=0)[0, 0].numpy(), atol=1e-5)
+    assert isinstance(uncertainty, float) and 0 < uncertainty < 0.5
+
+
+def test_multiclass_and_multilabel_masks():
+    prob = np.zeros((3, 2, 2), np.float32)
+    prob[2, 0, 0] = prob[1, 1, 1] = 1.0
+    assert probs_to_mask(prob, {"mode": "multiclass"}).tolist() == [[2, 0], [0, 1]]
+    multi = probs_to_mask(prob, {"mode": "multilabel", "threshold": 0.5})
+    assert multi.shape == (2, 2, 3) and multi[0, 0].tolist() == [0, 0, 1]
+
+
+def test_classification_temperature_and_decision(tmp_path: Path, images):
+    run = make_tiny_run(tmp_path, "classification", temperature=2.0)
+    predictor = ClassificationPredictor(run, tta=False)
+    probs = predictor.predict_proba(images)
+    assert probs.shape == (3, 2) and np.allclose(probs.sum(1), 1.0, atol=1e-6)
+    model, spec = load_model_source(run)
+    with torch.inference_mode():
+        expected = (model(preprocess(images, spec)) / 2.0).softmax(1).numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    assert predictor.predict_label(images) == [predictor.classes[i] for i in probs.argmax(1)]
+    spec["decision"] = {"class": "malignant", "threshold": 0.0}
+    (run / "model_spec.json").write_text(json.dumps(spec))
+    assert ClassificationPredictor(run).predict_label(images) == ["malignant"] * 3
+    _, uncertainty = predictor.predict_with_uncertainty(images)
+    assert uncertainty.shape == (3,) and ((uncertainty >= 0) & (uncertainty <= 1)).all()
+
+
+def test_apply_decision_rules():
+    probs = np.array([[0.7, 0.3], [0.9, 0.1], [0.2, 0.8]])
+    classes = ["normal", "pneumonia"]
+    assert apply_decision(probs, classes, None).tolist() == [0, 0, 1]
+    assert apply_decision(probs, classes, 0.25).tolist() == [1, 0, 1]
+    assert apply_decision(probs, classes, {"class": "normal", "threshold": 0.8}).tolist() == [1, 0, 1]
+    trained = {"positive_class": "pneumonia", "threshold": 0.05, "target_sensitivity": 0.95}
+    assert apply_decision(probs, classes, trained).tolist() == [1, 1, 1]
+    with pytest.raises(MedlensError, match="threshold"):
+        apply_decision(probs, classes, {"class": "absent", "threshold": 0.5})
+
+
+def test_onnx_runtime_matches_torch(seg_bundle: Path, cls_bundle: Path, images):
+    assert not (cls_bundle / "model.onnx").exists()
+    for cls, bundle in ((SegmentationPredictor, seg_bundle), (ClassificationPredictor, cls_bundle)):
+        torch_pred = cls(bundle, tta=True)
+        onnx_pred = cls(bundle, runtime="onnx", tta=True)
+        assert (bundle / "model.onnx").is_file()  # the classifier's is exported on first use, beside it
+        a, b = torch_pred.predict_proba(images), onnx_pred.predict_proba(images)
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_allclose(x, y, atol=1e-4)
+    seg_onnx = SegmentationPredictor(seg_bundle, runtime="onnx")
+    assert seg_onnx.model is not None  # the torch model stays available (Grad-CAM)
+
+
+def test_read_only_bundles_export_into_the_cache(cls_bundle: Path, tmp_path: Path, monkeypatch):
+    from medlens.inference import export
+
+    copy = Path(shutil.copytree(cls_bundle, tmp_path / "ro", ignore=shutil.ignore_patterns("model.onnx")))
+    monkeypatch.setenv("MEDLENS_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(export.os, "access", lambda *a, **k: False)
+    path = export.ensure_onnx(copy)
+    assert path.parent == tmp_path / "home" / "onnx-cache" and path.is_file()
+    assert not (copy / "model.onnx").exists()
+    assert export.ensure_onnx(copy) == path  # reused, not exported again
+
+
+def test_bad_runtime_and_wrong_task(seg_bundle: Path, cls_bundle: Path):
+    with pytest.raises(UnknownNameError, match="tensorrt"):
+        SegmentationPredictor(seg_bundle, runtime="tensorrt")
+    with pytest.raises(MedlensError, match="classification model"):
+        SegmentationPredictor(cls_bundle)
+    assert isinstance(create_predictor(cls_bundle), ClassificationPredictor)
+
+
+def test_guided_classifier_builds_its_inputs_from_the_guide_bundle(seg_bundle: Path, tmp_path: Path, images):
+    guide = {"bundle": str(seg_bundle), "mode": "channel"}
+    run = make_tiny_run(tmp_path, "classification", in_channels=4, guide=guide)
+    predictor = ClassificationPredictor(run)
+    guided = predictor.guided_inputs(images)
+    assert [g.shape for g in guided] == [(32, 32, 4)] * 3
+    expected_mask = SegmentationPredictor(seg_bundle).predict(images[2])  # 32x32 already: no resizing
+    np.testing.assert_array_equal(guided[2][..., 3], expected_mask * 255)
+    np.testing.assert_array_equal(guided[2][..., :3], np.repeat(images[2], 3, axis=2))
+    assert predictor.predict_proba(guided).shape == (3, 2)
+    spec = json.loads((run / "model_spec.json").read_text())
+    spec["guide"]["bundle"] = "moved/elsewhere"
+    (run / "model_spec.json").write_text(json.dumps(spec))
+    with pytest.raises(BundleError, match="moved/elsewhere"):
+        ClassificationPredictor(run).guided_inputs(images)
