@@ -1,10 +1,9 @@
 """Grad-CAM heat maps (MONAI ``monai.visualize.GradCAM``) for timm classifiers and smp segmentation models.
 
-The target layer defaults to the last spatial feature map of the backbone: a forward pass with hooks finds,
-once per model structure, the last module (in completion order) whose output is a 4-D tensor with a spatial
-size above 1x1 and that runs once per forward, i.e. the outermost module holding the last feature map before
-global pooling (``layer4`` of a ResNet, ``bn2`` of an EfficientNet/MobileNetV2, ``stages`` of a ConvNeXt,
-``features`` of a DenseNet). ``nn.Identity`` modules are never chosen.
+The target layer defaults to the last spatial feature map of the backbone, found once per model structure by
+`medlens.models.factory.gradcam_target_layer_name` (``find_target_layer`` here is the same function): the
+outermost module, run once per forward, holding the last feature map before global pooling (``layer4`` of a
+ResNet, ``bn2`` of an EfficientNet/MobileNetV2, ``stages`` of a ConvNeXt, ``features`` of a DenseNet).
 
 Segmentation models (anything with an ``encoder`` and a ``segmentation_head``, as in smp) are explained
 through a wrapper that returns ``(B, K)`` scores: for each class the mean logit over the pixels predicted as
@@ -20,7 +19,6 @@ gradients.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,11 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from medlens.errors import MedlensError
+from medlens.models.factory import gradcam_target_layer_name
 
-logger = logging.getLogger(__name__)
-
-_LAYER_CACHE: dict[tuple[type, int], str] = {}
-_DISCOVERY_SIZE = 128  # side of the dummy input used to find the target layer (stride-32 maps are then 4x4)
+#: the last spatial feature layer's name: an alias of the factory's (model, in_channels=None, size=None)
+find_target_layer = gradcam_target_layer_name
 
 
 def _is_segmentation(model: nn.Module) -> bool:
@@ -59,66 +56,6 @@ class SegmentationScores(nn.Module):
         area = masks.flatten(2).sum(-1)
         region_mean = (logits * masks).flatten(2).sum(-1) / area.clamp(min=1)
         return torch.where(area > 0, region_mean, logits.flatten(2).mean(-1))
-
-
-def find_target_layer(
-    model: nn.Module, in_channels: int = 3, size: int | tuple[int, int] = _DISCOVERY_SIZE
-) -> str:
-    """Name of the last spatial feature layer (see the module docstring); cached per model structure.
-
-    The search runs one forward pass of a zero ``(1, in_channels, *size)`` input with hooks. For a
-    segmentation model (smp) it runs over ``model.encoder`` and the name carries the ``encoder.`` prefix.
-    Raises ``MedlensError`` when the pass fails or no module yields a spatial 4-D output.
-    """
-    prefix, root = ("encoder.", model.encoder) if _is_segmentation(model) else ("", model)
-    names = [name for name, _ in root.named_modules()]
-    key = (type(model), hash(tuple(names)))
-    if key not in _LAYER_CACHE:
-        _LAYER_CACHE[key] = prefix + _discover(root, in_channels, size)
-        logger.debug("Grad-CAM target layer of %s: %s", type(model).__name__, _LAYER_CACHE[key])
-    return _LAYER_CACHE[key]
-
-
-def _discover(root: nn.Module, in_channels: int, size: int | tuple[int, int]) -> str:
-    order: list[str] = []
-    calls: dict[str, int] = {}
-    spatial: set[str] = set()
-
-    def hook(name: str):
-        def _hook(_module: nn.Module, _inputs: tuple, output: object) -> None:
-            calls[name] = calls.get(name, 0) + 1
-            order.append(name)
-            if (
-                isinstance(output, torch.Tensor)
-                and output.ndim == 4
-                and output.shape[-2] * output.shape[-1] > 1
-            ):
-                spatial.add(name)
-
-        return _hook
-
-    handles = [
-        module.register_forward_hook(hook(name))
-        for name, module in root.named_modules()
-        if name and not isinstance(module, nn.Identity)
-    ]
-    was_training = root.training
-    try:
-        root.eval()
-        device = next((p.device for p in root.parameters()), torch.device("cpu"))
-        height, width = (size, size) if isinstance(size, int) else size
-        with torch.no_grad():
-            root(torch.zeros(1, in_channels, height, width, device=device))
-    except Exception as exc:  # a model that rejects the dummy input: say which, keep the cause
-        raise MedlensError(f"cannot find a Grad-CAM layer in {type(root).__name__}: {exc}") from exc
-    finally:
-        root.train(was_training)
-        for handle in handles:
-            handle.remove()
-    candidates = [name for name in order if name in spatial and calls[name] == 1]
-    if not candidates:
-        raise MedlensError(f"cannot find a spatial feature layer for Grad-CAM in {type(root).__name__}")
-    return candidates[-1]
 
 
 @contextmanager
@@ -192,7 +129,7 @@ def gradcam(
     if x.ndim != 4 or x.shape[0] != 1:
         raise MedlensError(f"Grad-CAM needs a (1, C, H, W) tensor, got shape {tuple(x.shape)}")
     side = min(x.shape[-2:])  # discover on the input's own size (fixed-size models), unless it is tiny
-    size = (int(x.shape[-2]), int(x.shape[-1])) if side >= 64 else _DISCOVERY_SIZE
+    size = (int(x.shape[-2]), int(x.shape[-1])) if side >= 64 else None
     target_layer = target_layer or find_target_layer(model, in_channels=x.shape[1], size=size)
     modules = dict(model.named_modules())
     if target_layer not in modules:

@@ -1,304 +1,64 @@
 """Analysis pipelines: segment -> features -> classify -> Grad-CAM -> advice, defined by a YAML file.
 
-Shipped pipelines live in ``medlens/pipelines/*.yaml``; more (or same-name overrides) in
-``<models_dir>/pipelines``. Schema (unknown keys raise `ConfigError` naming the file)::
-
-    name: skin                      # required, unique
-    title: Skin lesion (dermoscopy)
-    description: ...
-    modality: dermoscopy
-    segmenter:                      # optional; a bundle folder (or bundle name) under models_dir
-      bundle: skin-seg
-      postprocess: {fill_holes: true, largest_component: true, min_size_px: 0}
-      structure: skin_lesion        # DICOM SEG property type (lesion, skin_lesion, polyp, lung)
-      gradcam: false                # Grad-CAM of the segmenter when there is no classifier
-    classifier:                     # optional (at least one of segmenter / classifier)
-      bundle: skin-cls
-      guided: crop                  # false | crop | channel | both; left out: as the bundle was trained
-      gradcam: true
-    features: [area, asymmetry, border, colour, diameter]     # names from medlens.inference.features
-    advice: {rules: [...], default: "...", notice: "..."}      # see medlens.inference.advice
-    scope: {expect: colour, min_probability: 0.35, max_uncertainty: 0.1, require_region: true}
-
-``Pipeline.analyze`` returns an `Analysis`; every stage is timed in ``timings_ms``.
+The YAML schema, its validation (`PipelineConfig`) and the loading of shipped and user files live in
+`medlens.inference.pipeline_config`; the result type `Analysis` in `medlens.inference.analysis`. Both are
+re-exported here. ``Pipeline.analyze`` returns an `Analysis`; every stage is timed in ``timings_ms``.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from medlens.data.io import ImageRecord
-from medlens.errors import BundleError, ConfigError, MedlensError, UnknownNameError
+from medlens.errors import BundleError, ConfigError, MedlensError
 from medlens.evaluation.plots import overlay_mask
 from medlens.inference.advice import (
-    AdviceConfig,
     AdviceContext,
-    ScopeConfig,
     check_confidence,
     check_modality,
     check_region,
     out_of_scope_text,
 )
+from medlens.inference.analysis import Analysis, json_safe, png_bytes, viewable_mask
 from medlens.inference.bundle import Bundle, is_bundle, list_bundles
-from medlens.inference.dicom_seg import segment_types
-from medlens.inference.features import compute_features, get_feature
-from medlens.inference.guided import GUIDE_MODES, crop_box, guide_one
+from medlens.inference.features import compute_features
+from medlens.inference.guided import crop_box, guide_one
+from medlens.inference.pipeline_config import (
+    ClassifierConfig,
+    PipelineConfig,
+    SegmenterConfig,
+    load_pipeline_configs,
+    shipped_pipeline_files,
+)
 from medlens.inference.postprocess import apply_postprocess, area_fraction, connected_components
 from medlens.inference.predictor import ClassificationPredictor, SegmentationPredictor, probs_to_mask
 
+__all__ = [
+    "Analysis",
+    "ClassifierConfig",
+    "Pipeline",
+    "PipelineConfig",
+    "SegmenterConfig",
+    "StageTimer",
+    "as_image",
+    "enhance_contrast",
+    "find_bundle",
+    "json_safe",
+    "load_pipeline_configs",
+    "load_pipelines",
+    "png_bytes",
+    "shipped_pipeline_files",
+    "viewable_mask",
+]
+
 logger = logging.getLogger(__name__)
-
-DESCRIPTION_KEYS = {"name", "title", "description", "modality"}
-TOP_KEYS = DESCRIPTION_KEYS | {"segmenter", "classifier", "features", "advice", "scope"}
-SEGMENTER_KEYS = {"bundle", "postprocess", "structure", "gradcam"}
-POSTPROCESS_KEYS = {"fill_holes", "largest_component", "min_size_px"}
-CLASSIFIER_KEYS = {"bundle", "guided", "gradcam"}
-
-
-# ---------------------------------------------------------------------------------------------------- config
-@dataclass
-class SegmenterConfig:
-    bundle: str
-    fill_holes: bool = False
-    largest_component: bool = False
-    min_size_px: int = 0
-    structure: str = "lesion"
-    gradcam: bool = False
-
-
-@dataclass
-class ClassifierConfig:
-    bundle: str
-    guided: str | bool | None = None  # a guide mode, False = not guided, None = as the bundle's spec says
-    gradcam: bool = True
-
-
-@dataclass
-class PipelineConfig:
-    """A validated pipeline YAML."""
-
-    name: str
-    title: str
-    description: str = ""
-    modality: str = ""
-    segmenter: SegmenterConfig | None = None
-    classifier: ClassifierConfig | None = None
-    features: list[str] = field(default_factory=list)
-    advice: AdviceConfig = field(default_factory=AdviceConfig)
-    scope: ScopeConfig = field(default_factory=ScopeConfig)
-    source: str = "<pipeline>"
-
-    @classmethod
-    def from_dict(cls, raw: Any, source: str = "<pipeline>") -> PipelineConfig:
-        """Validate a parsed YAML mapping; `ConfigError` naming ``source`` and the bad key otherwise."""
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{source}: a pipeline file must be a mapping, got {type(raw).__name__}")
-        _check_keys(raw, TOP_KEYS, source, "pipeline")
-        name = raw.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise ConfigError(f"{source}: 'name' is required")
-        seg = _segmenter(raw.get("segmenter"), source)
-        clf = _classifier(raw.get("classifier"), source)
-        if seg is None and clf is None:
-            raise ConfigError(f"{source}: a pipeline needs a 'segmenter', a 'classifier' or both")
-        if clf is not None and clf.guided and seg is None:
-            raise ConfigError(f"{source}: classifier.guided={clf.guided!r} needs a segmenter")
-        features = raw.get("features") or []
-        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
-            raise ConfigError(f"{source}: 'features' must be a list of feature names")
-        for f in features:
-            try:
-                get_feature(f)
-            except UnknownNameError as e:
-                raise ConfigError(f"{source}: {e}") from e
-        if features and seg is None:
-            raise ConfigError(f"{source}: 'features' are computed on the segmentation; add a segmenter")
-        scope = ScopeConfig.from_dict(raw.get("scope"), source)
-        if not scope.modality_name:
-            scope.modality_name = str(raw.get("modality") or "")
-        return cls(
-            name=name.strip(),
-            title=str(raw.get("title") or name),
-            description=str(raw.get("description") or "").strip(),
-            modality=str(raw.get("modality") or ""),
-            segmenter=seg,
-            classifier=clf,
-            features=list(features),
-            advice=AdviceConfig.from_dict(raw.get("advice"), source),
-            scope=scope,
-            source=source,
-        )
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> PipelineConfig:
-        """Read and validate a pipeline YAML file."""
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as e:
-            raise ConfigError(f"cannot read pipeline file {path}: {e}") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from e
-        return cls.from_dict(raw, str(path))
-
-
-def _check_keys(raw: dict, allowed: set[str], source: str, where: str) -> None:
-    unknown = set(raw) - allowed
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown key(s) in {where}: {', '.join(sorted(map(str, unknown)))}; "
-            f"valid: {', '.join(sorted(allowed))}"
-        )
-
-
-def _bundle_name(raw: dict, source: str, where: str) -> str:
-    bundle = raw.get("bundle")
-    if not isinstance(bundle, str) or not bundle.strip():
-        raise ConfigError(f"{source}: {where}.bundle (a bundle name) is required")
-    return bundle.strip()
-
-
-def _segmenter(raw: Any, source: str) -> SegmenterConfig | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: 'segmenter' must be a mapping")
-    _check_keys(raw, SEGMENTER_KEYS, source, "segmenter")
-    post = raw.get("postprocess") or {}
-    if not isinstance(post, dict):
-        raise ConfigError(f"{source}: segmenter.postprocess must be a mapping")
-    _check_keys(post, POSTPROCESS_KEYS, source, "segmenter.postprocess")
-    min_size = post.get("min_size_px", 0)
-    if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
-        raise ConfigError(f"{source}: segmenter.postprocess.min_size_px must be an integer >= 0")
-    structure = str(raw.get("structure", "lesion"))
-    if structure not in segment_types():
-        raise ConfigError(f"{source}: segmenter.structure must be one of {', '.join(segment_types())}")
-    return SegmenterConfig(
-        bundle=_bundle_name(raw, source, "segmenter"),
-        fill_holes=bool(post.get("fill_holes", False)),
-        largest_component=bool(post.get("largest_component", False)),
-        min_size_px=min_size,
-        structure=structure,
-        gradcam=bool(raw.get("gradcam", False)),
-    )
-
-
-def _classifier(raw: Any, source: str) -> ClassifierConfig | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: 'classifier' must be a mapping")
-    _check_keys(raw, CLASSIFIER_KEYS, source, "classifier")
-    guided = raw.get("guided")
-    if guided is not None and guided is not False and guided not in GUIDE_MODES:
-        raise ConfigError(f"{source}: classifier.guided must be false or one of {', '.join(GUIDE_MODES)}")
-    return ClassifierConfig(
-        bundle=_bundle_name(raw, source, "classifier"),
-        guided=guided,
-        gradcam=bool(raw.get("gradcam", True)),
-    )
-
-
-# ---------------------------------------------------------------------------------------------------- result
-@dataclass
-class Analysis:
-    """The result of one `Pipeline.analyze` call.
-
-    Arrays (never in `to_dict`): ``mask`` ``(H, W)`` uint8 labels (binary 0/1) at the image's size,
-    ``overlay`` and ``gradcam`` ``(H, W, 3)`` uint8 RGB. ``probabilities`` are calibrated (flip-TTA mean);
-    ``uncertainty`` is the flip-TTA standard deviation of the predicted class's probability or, without a
-    classifier, ``segmentation_uncertainty`` (the segmenter's mean TTA standard deviation over the predicted
-    region); None without TTA. ``label`` is None when out of scope (``scope_reason`` says why).
-    """
-
-    id: str | None
-    pipeline: str
-    image_size: tuple[int, int]
-    mask: np.ndarray | None
-    overlay: np.ndarray | None
-    area_fraction: float | None
-    components: list[dict]
-    label: str | None
-    probabilities: dict[str, float]
-    uncertainty: float | None
-    out_of_scope: bool
-    features: dict
-    recommendation: str
-    notice: str
-    gradcam: np.ndarray | None
-    timings_ms: dict[str, float]
-    scope_reason: str | None = None
-    segmentation_uncertainty: float | None = None
-
-    @property
-    def probability(self) -> float | None:
-        """Calibrated probability of ``label`` (None without a label)."""
-        return self.probabilities.get(self.label) if self.label is not None else None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe summary: every field but the arrays, plus ``probability`` and ``has_<array>`` flags."""
-        out = {k: v for k, v in self.__dict__.items() if k not in ("mask", "overlay", "gradcam")}
-        out.update(
-            probability=self.probability,
-            has_mask=self.mask is not None,
-            has_overlay=self.overlay is not None,
-            has_gradcam=self.gradcam is not None,
-        )
-        return json_safe(out)
-
-    def mask_png(self) -> bytes | None:
-        """The mask as PNG bytes (binary 0/255, multi-class labels as they are), or None."""
-        return None if self.mask is None else png_bytes(viewable_mask(self.mask))
-
-    def overlay_png(self) -> bytes | None:
-        """The segmentation overlay as PNG bytes, or None."""
-        return None if self.overlay is None else png_bytes(self.overlay)
-
-    def gradcam_png(self) -> bytes | None:
-        """The Grad-CAM overlay as PNG bytes, or None."""
-        return None if self.gradcam is None else png_bytes(self.gradcam)
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with numpy scalars, tuples and non-finite floats made plain JSON types (arrays refused)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        raise TypeError("arrays are not part of an analysis summary")
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
-def viewable_mask(mask: np.ndarray) -> np.ndarray:
-    """``(H, W)`` uint8 mask for display: binary 0/1 -> 0/255; label masks unchanged."""
-    mask = np.asarray(mask, dtype=np.uint8)
-    return mask * 255 if mask.max(initial=0) <= 1 else mask
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    """``(H, W)`` or ``(H, W, 3)`` uint8 -> PNG file bytes."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -626,34 +386,6 @@ class Pipeline:
 
 
 # ---------------------------------------------------------------------------------------------------- loading
-def shipped_pipeline_files() -> list[Path]:
-    """The pipeline YAMLs shipped in ``medlens/pipelines``."""
-    root = resources.files("medlens") / "pipelines"
-    return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith((".yaml", ".yml")))
-
-
-def load_pipeline_configs(models_dir: str | Path = "models") -> dict[str, PipelineConfig]:
-    """Validated configs by name: shipped ones, then ``<models_dir>/pipelines/*.yaml`` (same name replaces).
-
-    A broken shipped file raises; a broken user file is logged and skipped.
-    """
-    user_dir = Path(models_dir) / "pipelines"
-    user = sorted([*user_dir.glob("*.yaml"), *user_dir.glob("*.yml")]) if user_dir.is_dir() else []
-    configs: dict[str, PipelineConfig] = {}
-    for path in shipped_pipeline_files() + user:
-        try:
-            cfg = PipelineConfig.from_yaml(path)
-        except ConfigError as e:
-            if path not in user:
-                raise
-            logger.error("skipping pipeline file: %s", e)
-            continue
-        if cfg.name in configs:
-            logger.info("pipeline %r from %s replaces %s", cfg.name, path, configs[cfg.name].source)
-        configs[cfg.name] = cfg
-    return configs
-
-
 def load_pipelines(
     models_dir: str | Path = "models", runtime: str = "torch", device: str = "cpu"
 ) -> dict[str, Pipeline]:
