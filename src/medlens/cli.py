@@ -1,0 +1,332 @@
+"""Command line: ``medlens plan|train|evaluate|predict|bundle|export|serve|models``.
+
+Thin on purpose: each command parses its flags and calls one API function (imported lazily, so ``medlens
+    --help``
+stays fast). Bad input (``MedlensError``) prints ``error: <message>`` on stderr and exits with status 2;
+``--verbose`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from medlens import __version__
+from medlens.errors import MedlensError
+
+log = logging.getLogger("medlens")
+
+EXIT_BAD_INPUT = 2
+
+
+def _existing(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise MedlensError(f"{path}: {what} not found")
+    return p
+
+
+def _echo(text: str) -> None:
+    """Command output on stdout (rank 0 only under torchrun)."""
+    if os.environ.get("RANK", "0") == "0":
+        sys.stdout.write(text + "\n")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from medlens.data.fingerprint import plan_dataset
+
+    root = _existing(args.data, "data folder")
+    plan = plan_dataset(root, task=args.task, mode=args.mode, out=args.out, skip_bad=args.skip_bad)
+    _echo(json.dumps(dataclasses.asdict(plan), indent=2))
+    return 0
+
+
+def _input_size(text: str) -> str:
+    parts = [p for p in text.lower().replace("x", ",").split(",") if p.strip()]
+    try:
+        size = [int(p) for p in parts]
+    except ValueError:
+        raise MedlensError(f"--input-size: expected N or HxW (e.g. 256 or 256x320), got {text!r}") from None
+    if len(size) not in (1, 2):
+        raise MedlensError(f"--input-size: expected N or HxW (e.g. 256 or 256x320), got {text!r}")
+    return str(size * 2 if len(size) == 1 else size)
+
+
+def _train_overrides(args: argparse.Namespace) -> list[str]:
+    flags = {
+        "data.root": args.data,
+        "data.task": args.task,
+        "data.mode": args.mode,
+        "data.skip_bad": "true" if args.skip_bad else None,
+        "data.input_size": _input_size(args.input_size) if args.input_size else None,
+        "model.arch": args.arch,
+        "model.encoder": args.encoder,
+        "model.pretrained": args.pretrained,
+        "optim.lr": args.lr,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "out_dir": args.out,
+        "run_name": args.name,
+    }
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    return overrides + list(args.set or [])
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from medlens.config import load_config
+    from medlens.training.trainer import train
+
+    config, resume_dir = args.config, None
+    if args.resume:
+        resume_dir = _existing(args.resume, "run folder")
+        config = config or str(resume_dir / "config.yaml")
+        if not Path(config).is_file():
+            raise MedlensError(f"{resume_dir}: not a run folder (no config.yaml)")
+    if args.data:
+        _existing(args.data, "data folder")
+    overrides = _train_overrides(args)
+    if resume_dir is not None:
+        overrides += [f"out_dir={resume_dir.resolve().parent}", f"run_name={resume_dir.name}"]
+    cfg = load_config(config, overrides)
+    if not cfg.data.root:
+        raise MedlensError("no data folder: give DATA or data.root in --config")
+    run_dir = train(cfg, resume=resume_dir is not None)
+    _echo(str(run_dir))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from medlens.evaluation.evaluate import evaluate
+
+    _existing(args.model, "model (run folder or bundle)")
+    _existing(args.data, "data folder")
+    metrics = evaluate(
+        args.model,
+        args.data,
+        args.out,
+        runtime=args.runtime,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        skip_bad=args.skip_bad,
+    )
+    summary = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+    _echo(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from medlens.inference.batch import predict_paths
+
+    for item in args.inputs:
+        _existing(item, "input")
+    summary = predict_paths(
+        args.model,
+        args.inputs,
+        args.out,
+        runtime=args.runtime,
+        tta=args.tta,
+        fill_holes=args.fill_holes,
+        largest_component=args.largest_component,
+        batch_size=args.batch_size,
+        models_dir=args.models_dir,
+    )
+    _echo(str(summary))
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from medlens.inference.bundle import make_bundle
+
+    run = _existing(args.run, "run folder")
+    _echo(str(make_bundle(run, args.out, name=args.name, fp16=not args.fp32)))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from medlens.inference.export import export_onnx
+
+    bundle = _existing(args.bundle, "bundle")
+    result = export_onnx(bundle, out=args.out, opset=args.opset, check=not args.no_check)
+    _echo(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.items()}, indent=2))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from medlens.app.server import serve
+
+    serve(
+        host=args.host,
+        port=args.port,
+        models_dir=args.models_dir,
+        home=args.home,
+        token=args.token,
+        insecure=args.insecure,
+    )
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from medlens.inference.bundle import list_bundles
+    from medlens.inference.pipeline_config import load_pipeline_configs
+
+    models_dir = _existing(args.models_dir, "models folder")
+    bundles = list_bundles(models_dir)
+    lines = [f"bundles in {models_dir}:", *([_bundle_line(b) for b in bundles] or ["  (none)"])]
+    names = {b.path.name for b in bundles} | {b.name for b in bundles}
+    lines.append("pipelines:")
+    for name, cfg in sorted(load_pipeline_configs(models_dir).items()):
+        needed = [part.bundle for part in (cfg.segmenter, cfg.classifier) if part is not None]
+        missing = [b for b in needed if Path(b).name not in names and not Path(b).is_dir()]
+        state = "ready" if not missing else f"missing bundle(s): {', '.join(missing)}"
+        lines.append(f"  {name:<24} {state:<40} {cfg.title}")
+    _echo("\n".join(lines))
+    return 0
+
+
+def _bundle_line(bundle: Any) -> str:
+    spec = bundle.spec
+    net = str(spec.get("arch", "?")) + (f"/{spec['encoder']}" if spec.get("encoder") else "")
+    key = "dice" if spec.get("task") == "segmentation" else "balanced_accuracy"
+    score = bundle.metrics.get(key)
+    shown = f"{key} {score:.3f}" if isinstance(score, (int, float)) else ""
+    return f"  {bundle.name:<24} {spec.get('task', '?'):<15} {net:<28} {shown}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medlens", description="Segment and classify 2D medical images.")
+    parser.add_argument("--version", action="version", version=f"medlens {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "plan", help="inspect a data set and write its plan (input size, batch, loss, normalisation)"
+    )
+    p.add_argument("data", help="data folder")
+    p.add_argument("--task", default="segmentation", choices=["segmentation", "classification"])
+    p.add_argument("--mode", default="binary", choices=["binary", "multiclass", "multilabel"])
+    p.add_argument("--out", help="folder for plan.json and fingerprint.json")
+    p.add_argument(
+        "--skip-bad", action="store_true", help="skip unreadable/mismatched items instead of failing"
+    )
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("train", help="train a model; writes a self-contained run folder")
+    p.add_argument("data", nargs="?", help="data folder (or data.root in --config)")
+    p.add_argument("--config", help="YAML config (e.g. configs/polyp.yaml)")
+    p.add_argument("--task", choices=["segmentation", "classification"])
+    p.add_argument("--mode", choices=["binary", "multiclass", "multilabel"])
+    p.add_argument("--arch", help="smp architecture (unet, unetplusplus, ...) or timm classifier name")
+    p.add_argument("--encoder", help="segmentation encoder (resnet34, mobilenet_v2, ...)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--input-size", help="N or HxW")
+    p.add_argument("--lr", type=float)
+    p.add_argument(
+        "--pretrained",
+        nargs="?",
+        const="true",
+        help="encoder weights: flag alone / 'offline' = local hub cache, or a state-dict file",
+    )
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--out", help="parent folder of run folders (default runs)")
+    p.add_argument("--name", help="run folder name")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from checkpoints/last.pt")
+    p.add_argument("--skip-bad", action="store_true", help="skip bad items (logged) instead of failing")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        metavar="KEY=VALUE",
+        action="extend",
+        help="config overrides, e.g. optim.lr=3e-4 augment.vflip=0.5",
+    )
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run folder or bundle on a labelled data set")
+    p.add_argument("model", help="run folder or bundle")
+    p.add_argument("data", help="data folder")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
+    p.add_argument("--tta", action="store_true", help="test-time augmentation (flips)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--skip-bad", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict images with a model or a pipeline")
+    p.add_argument("model", help="run folder, bundle, pipeline name or pipeline YAML")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="images or folders")
+    p.add_argument("--out", required=True)
+    p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
+    p.add_argument("--tta", action="store_true")
+    p.add_argument("--fill-holes", action="store_true")
+    p.add_argument("--largest-component", action="store_true")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--models-dir", default="models")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("bundle", help="package a run folder as a versioned bundle")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--out", required=True, help="the bundle folder to write (e.g. models/polyp-unet)")
+    p.add_argument("--name")
+    p.add_argument("--fp32", action="store_true", help="keep float32 weights (default float16)")
+    p.set_defaults(func=cmd_bundle)
+
+    p = sub.add_parser("export", help="export a bundle to ONNX (with a parity check)")
+    p.add_argument("bundle")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", help="output file (default <bundle>/model.onnx)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="serve the web app (FastAPI + Gradio)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--models-dir", default="models")
+    p.add_argument("--home", help="data folder for history (default MEDLENS_HOME or ~/.medlens)")
+    p.add_argument("--token", help="API token required on every request")
+    p.add_argument("--insecure", action="store_true", help="allow a non-local host without a token")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("models", help="list the bundles and pipelines in a models folder")
+    p.add_argument("--models-dir", default="models")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    main_rank = os.environ.get("RANK", "0") == "0"
+    level = logging.DEBUG if verbose else (logging.INFO if main_rank else logging.WARNING)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    if not verbose:
+        for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "timm"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``medlens`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except (MedlensError, FileNotFoundError) as e:
+        if args.verbose:
+            raise
+        sys.stderr.write(f"error: {e}\n")
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

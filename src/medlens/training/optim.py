@@ -1,0 +1,56 @@
+"""Optimizer, device and mixed-precision choices of a run (all from the config)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medlens.config import OptimConfig
+from medlens.errors import ConfigError
+from medlens.training.distributed import DistInfo
+
+
+def create_optimizer(net: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD (Nesterov) over four groups: backbone / head x decayed / not decayed.
+
+    The backbone (pretrained part: smp encoder or timm body) runs at ``lr * backbone_lr_mult``, the head at
+    ``lr``; norms and biases (parameters with ``ndim <= 1``) get no weight decay, as in timm's
+    ``param_groups_weight_decay``.
+    """
+    from medlens.models.factory import backbone_parameters, head_parameters
+
+    groups = []
+    for name, params, lr in (
+        ("backbone", backbone_parameters(net), cfg.lr * cfg.backbone_lr_mult),
+        ("head", head_parameters(net), cfg.lr),
+    ):
+        decay, no_decay = [p for p in params if p.ndim > 1], [p for p in params if p.ndim <= 1]
+        groups.append({"name": name, "params": decay, "lr": lr, "weight_decay": cfg.weight_decay})
+        groups.append({"name": f"{name}_no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0})
+    groups = [g for g in groups if g["params"]]
+    if cfg.name.lower() == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def resolve_device(name: str, dist: DistInfo) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; under torchrun each rank gets ``cuda:LOCAL_RANK``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested but CUDA is not available; use device=cpu")
+    if name == "cuda" and dist.enabled:
+        name = f"cuda:{dist.local_rank}"
+    return torch.device(name)
+
+
+def amp_dtype(amp: bool | str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: bf16 on CUDA (fp16 when asked or bf16 is unsupported); on CPU bf16 only with ``amp:
+    bf16``."""
+    if amp is False:
+        return None
+    if device.type == "cuda":
+        if amp == "fp16" or not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+    return torch.bfloat16 if amp == "bf16" and device.type == "cpu" else None

@@ -1,0 +1,242 @@
+"""Data side of a run (nnU-Net's "plan and preprocess"): discover, fingerprint, plan, split, cache.
+
+Rank 0 runs :func:`prepare_run` and writes ``fingerprint.json``, ``plan.json`` and ``split.json`` into the run
+folder (on ``--resume`` it reads them back instead, so the split never changes); every rank then caches its
+copy of the train/val images with :func:`cache_split`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medlens.config import TrainConfig
+from medlens.data.augment import AugmentConfig
+from medlens.data.cache import CachedData, build_cache
+from medlens.data.fingerprint import Plan, fingerprint, load_plan, make_plan, save_plan
+from medlens.data.layout import DatasetIndex, discover, merge_indexes
+from medlens.data.splits import load_splits, make_splits, save_splits
+from medlens.errors import ConfigError, DatasetError
+
+log = logging.getLogger(__name__)
+
+GUIDE_CHUNK = 64  # images decoded at once for segmentation-guided inputs (bounds memory on large sets)
+
+
+@dataclass
+class RunData:
+    """What training needs from the data: the merged index, the resolved plan and the split."""
+
+    index: DatasetIndex
+    plan: Plan
+    splits: dict[str, list[str]]
+
+
+def discover_all(cfg: TrainConfig) -> DatasetIndex:
+    """``data.root`` plus ``data.extra_roots`` as one index; with extra roots every group is prefixed by its
+    root."""
+    d = cfg.data
+    roots = [d.root, *d.extra_roots]
+    indexes = []
+    for root in roots:
+        index = discover(
+            root,
+            task=d.task,
+            mode=d.mode,
+            mask_dirs=d.mask_dirs,
+            label_column=d.label_column,
+            group_column=d.group_column,
+            classes=d.classes,
+            skip_bad=d.skip_bad,
+            num_workers=cfg.num_workers or None,
+        )
+        if len(roots) > 1:  # keep groups apart across sources (video 1 of one set is not video 1 of another)
+            for item in index.items:
+                item.group = (
+                    f"{index.root.name}:{item.group if item.group is not None else 'item:' + item.id}"
+                )
+        log.info(
+            "data %s: %d items%s",
+            index.root,
+            len(index),
+            f", {len(index.skipped)} skipped" * bool(index.skipped),
+        )
+        indexes.append(index)
+    return merge_indexes(indexes) if len(indexes) > 1 else indexes[0]
+
+
+def resolve_plan(plan: Plan, cfg: TrainConfig) -> Plan:
+    """The plan with the config's explicit choices applied (input size, channels, batch size, loss, guide
+    channel)."""
+    d = cfg.data
+    changes: dict = {}
+    if d.input_size is not None:
+        changes["input_size"] = (int(d.input_size[0]), int(d.input_size[1]))
+    if d.in_channels is not None and d.in_channels != plan.in_channels:
+        changes["in_channels"] = d.in_channels
+        changes["mean"] = _fit(plan.mean, d.in_channels)
+        changes["std"] = _fit(plan.std, d.in_channels)
+    if cfg.batch_size is not None:
+        changes["batch_size"] = cfg.batch_size
+    if cfg.loss is not None:
+        changes["loss"] = cfg.loss
+    if changes:
+        changes["notes"] = [*plan.notes, "set by the config: " + ", ".join(sorted(changes))]
+    plan = dataclasses.replace(plan, **changes)
+    if cfg.guide_bundle and cfg.guide_mode in (
+        "channel",
+        "both",
+    ):  # the mask (0..1) rides as an extra channel
+        plan = dataclasses.replace(
+            plan, in_channels=plan.in_channels + 1, mean=[*plan.mean, 0.0], std=[*plan.std, 1.0]
+        )
+    return plan
+
+
+def resolve_config(cfg: TrainConfig, plan: Plan, run_dir: Path) -> TrainConfig:
+    """A copy of ``cfg`` with the plan's choices filled in, so that config.yaml reproduces the run exactly."""
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data))
+    guide_channel = 1 if cfg.guide_bundle and cfg.guide_mode in ("channel", "both") else 0
+    cfg.run_name = run_dir.name
+    cfg.data.input_size = [int(s) for s in plan.input_size]
+    cfg.data.in_channels = int(plan.in_channels) - guide_channel  # resolve_plan adds the guide channel again
+    cfg.batch_size = int(plan.batch_size)
+    cfg.loss = plan.loss
+    cfg.augment = resolve_augment(cfg, plan)
+    return cfg
+
+
+def _fit(values: list[float], n: int) -> list[float]:
+    """Per-channel statistics for ``n`` channels (grey <-> RGB)."""
+    if len(values) == n:
+        return list(values)
+    mean = float(np.mean(values))
+    return [mean] * n
+
+
+def resolve_augment(cfg: TrainConfig, plan: Plan) -> AugmentConfig:
+    """Augmentation: the plan's suggestions (e.g. vertical flips for dermoscopy) fill fields left at their
+    defaults."""
+    defaults, current = AugmentConfig(), dataclasses.asdict(cfg.augment)
+    known = {f.name for f in dataclasses.fields(AugmentConfig)}
+    merged = {
+        k: v for k, v in (plan.augment or {}).items() if k in known and current[k] == getattr(defaults, k)
+    }
+    return dataclasses.replace(
+        cfg.augment, **{k: tuple(v) if isinstance(v, list) else v for k, v in merged.items()}
+    )
+
+
+def prepare_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> RunData:
+    """Discover, plan and split (or, on resume, read plan.json and split.json back); writes the JSON files."""
+    index = discover_all(cfg)
+    if len(index) == 0:
+        raise DatasetError(f"{cfg.data.root}: no usable items")
+    if resume and (run_dir / "split.json").is_file() and (run_dir / "plan.json").is_file():
+        plan, splits = load_plan(run_dir / "plan.json"), load_splits(run_dir / "split.json")
+        missing = [i for side in ("train", "val") for i in splits[side] if i not in set(index.ids)]
+        if missing:
+            raise DatasetError(
+                f"{run_dir / 'split.json'}: {len(missing)} ids are no longer in the data, e.g. {missing[0]!r}"
+            )
+        log.info("resume: reusing plan.json and split.json of %s", run_dir)
+        return RunData(index, plan, splits)
+    fp = fingerprint(index, seed=cfg.data.split_seed)
+    (run_dir / "fingerprint.json").write_text(json.dumps(fp, indent=2, default=_json_default) + "\n")
+    mode = "multiclass" if cfg.data.task == "classification" else cfg.data.mode
+    plan = resolve_plan(make_plan(fp, cfg.data.task, mode), cfg)
+    save_plan(plan, run_dir / "plan.json")
+    splits = make_splits(index, cfg.data.val_fraction, cfg.data.test_fraction, seed=cfg.data.split_seed)
+    save_splits(splits, run_dir / "split.json")
+    return RunData(index, plan, splits)
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def cache_split(run: RunData, side: str, cfg: TrainConfig, device: torch.device) -> CachedData:
+    """The ``side`` split as uint8 tensors at the plan's input size: on ``device`` when it is a GPU and the
+    cache takes under half of its free memory, else on the CPU. Segmentation-guided inputs when
+    ``cfg.guide_bundle``."""
+    ids = run.splits[side]
+    if not ids:
+        raise DatasetError(f"{cfg.data.root}: the {side} split is empty; raise data.val_fraction or add data")
+    size = tuple(run.plan.input_size)
+    if cfg.guide_bundle:
+        cached = _guided_cache(run, ids, cfg, device)
+    else:
+        cached = build_cache(run.index, ids, size, run.plan.in_channels, num_workers=cfg.num_workers)
+    nbytes = (
+        cached.images.numel() * cached.images.element_size()
+        + cached.targets.numel() * cached.targets.element_size()
+    )
+    if device.type == "cuda" and nbytes < 0.5 * torch.cuda.mem_get_info(device)[0]:
+        cached = CachedData(cached.images.to(device), cached.targets.to(device), cached.ids)
+    log.info(
+        "cached %s split: %d images at %dx%d (%.1f MB on %s)",
+        side,
+        len(ids),
+        size[0],
+        size[1],
+        nbytes / 1e6,
+        cached.images.device,
+    )
+    return cached
+
+
+def _guided_cache(run: RunData, ids: list[str], cfg: TrainConfig, device: torch.device) -> CachedData:
+    """Images turned into segmentation-guided inputs (crop / mask channel) by the bundle in
+    ``cfg.guide_bundle``."""
+    from medlens.data.io import load_image
+    from medlens.inference.guided import guide_inputs
+    from medlens.inference.predictor import SegmentationPredictor
+
+    if run.index.task != "classification":
+        raise ConfigError("guide_bundle: segmentation-guided inputs are for classification runs")
+    if not Path(cfg.guide_bundle).exists():
+        raise ConfigError(f"guide_bundle: {cfg.guide_bundle} not found")
+    seg = SegmentationPredictor(cfg.guide_bundle, device=str(device), num_threads=torch.get_num_threads())
+    base_channels = run.plan.in_channels - (1 if cfg.guide_mode in ("channel", "both") else 0)
+    size = tuple(run.plan.input_size)
+    chunks, items = [], [run.index.get(i) for i in ids]
+    for start in range(0, len(items), GUIDE_CHUNK):
+        images = [
+            load_image(item.image, channels=base_channels) for item in items[start : start + GUIDE_CHUNK]
+        ]
+        arrays = guide_inputs(images, seg, cfg.guide_mode, size)
+        chunks.append(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous())
+    targets = torch.tensor([run.index.class_index(item) for item in items], dtype=torch.int64)
+    log.info("guided inputs (%s) from %s for %d images", cfg.guide_mode, cfg.guide_bundle, len(items))
+    return CachedData(torch.cat(chunks), targets, list(ids))
+
+
+def model_spec(cfg: TrainConfig, plan: Plan) -> dict:
+    """``model_spec.json``: everything a predictor needs to rebuild and feed the network."""
+    seg = plan.task == "segmentation"
+    return {
+        "task": plan.task,
+        "mode": plan.mode,
+        "arch": cfg.model.arch,
+        "encoder": cfg.model.encoder if seg else None,
+        "in_channels": int(plan.in_channels),
+        "num_classes": int(plan.num_classes),
+        "classes": list(plan.classes),
+        "input_size": [int(s) for s in plan.input_size],
+        "mean": [float(m) for m in plan.mean],
+        "std": [float(s) for s in plan.std],
+        "threshold": 0.5,
+        "temperature": 1.0,
+        "decision": None,
+        "guide": {"bundle": str(cfg.guide_bundle), "mode": cfg.guide_mode} if cfg.guide_bundle else None,
+    }

@@ -1,0 +1,511 @@
+"""The trainer: ``fit()`` reads like the algorithm and calls short hooks (nnU-Net style).
+
+One class trains segmentation and classification. Hyper-parameters come from the ``TrainConfig`` only; a
+variant overrides one hook. The run folder it writes is self-contained (see docs/ARCHITECTURE.md, "Run
+folder").
+
+Data path: the train/val splits are cached once as uint8 tensors at the input size (on the GPU when they fit);
+each step indexes a batch out of the cache, converts it to float, augments it (kornia) and normalises it on
+the training device, so no DataLoader or per-step image decoding is involved.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from medlens.config import TrainConfig, save_config, validate_config
+from medlens.errors import DatasetError, MedlensError
+from medlens.training import batches, distributed
+from medlens.training.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from medlens.training.distributed import DistInfo
+from medlens.training.optim import amp_dtype, create_optimizer, resolve_device
+from medlens.training.prepare import RunData, cache_split, model_spec, prepare_run, resolve_config
+from medlens.training.runfolder import BEST, LAST, make_run_dir, write_json, write_metrics_csv
+from medlens.training.schedule import create_scheduler
+from medlens.training.validation import (
+    balanced_accuracy,
+    classification_report,
+    dice_iou,
+    segmentation_report,
+)
+
+log = logging.getLogger(__name__)
+
+# curves.png is redrawn at most this often during training (matplotlib takes ~1 s), and always at the end
+PLOT_EVERY_S = 30.0
+
+
+class Trainer:
+    """Train the model a ``TrainConfig`` describes and write its run folder.
+
+    Args:
+        cfg: the configuration (copied; resolved values from the plan are filled in and saved as config.yaml).
+        dist: this process's place in a torchrun job (single process by default).
+        resume: continue ``<out_dir>/<run_name>`` from ``checkpoints/last.pt``.
+    """
+
+    def __init__(self, cfg: TrainConfig, dist: DistInfo | None = None, resume: bool = False) -> None:
+        self.cfg = validate_config(copy.deepcopy(cfg))
+        self.dist = dist or DistInfo()
+        self.resume = resume
+        self.device = resolve_device(self.cfg.device, self.dist)
+        self.task = self.cfg.data.task
+        self.score_key = "val_dice" if self.task == "segmentation" else "val_balanced_accuracy"
+        self.epoch = 0  # completed epochs
+        self.best_score, self.best_epoch, self.bad_epochs = -math.inf, 0, 0
+        self.history: list[dict[str, float]] = []
+        self.stop_reason: str | None = None
+        self.frozen = False
+        self.last_plot = -math.inf
+
+    # ---------------------------------------------------------------------------------------- the algorithm
+    def fit(self) -> Path:
+        """Train until ``epochs``, early stopping or the time budget; returns the run folder."""
+        self.on_train_start()
+        while self.epoch < self.cfg.epochs and self.stop_reason is None:
+            self.on_epoch_start()
+            train_stats = self.train_epoch()
+            val_stats = self.validate() if self.validation_due() else {}
+            self.on_epoch_end(train_stats, val_stats)
+        self.on_train_end()
+        return self.run_dir
+
+    # ------------------------------------------------------------------------------------------------- hooks
+    def on_train_start(self) -> None:
+        """Run folder and data, then network, optimizer, schedule, loss, augmentation; resume state if
+        asked."""
+        seed_everything(self.cfg.seed)  # the same initial weights on every rank
+        self.setup_data()
+        self.build_sampler()
+        self.build_model()
+        self.build_optimizer()
+        self.build_loss()
+        self.build_augmenter()
+        if self.resume:
+            self.load_state(load_checkpoint(self.run_dir / LAST))
+        if self.dist.rank:  # every rank draws its own augmentations
+            seed_everything(self.cfg.seed + 1000 * self.epoch + self.dist.rank)
+        self.set_frozen(self.epoch < self.cfg.freeze_epochs)
+        self.start_time = time.monotonic()
+        size = "x".join(map(str, self.plan.input_size))
+        procs = f", {self.dist.world_size} processes" if self.dist.enabled else ""
+        log.info("training %s on %s%s: %d train / %d val images at %s, batch %d x %d steps, %s", self.task,
+                 self.device, procs, len(self.train_data.ids), len(self.val_data.ids), size, self.batch_size,
+                 self.steps_per_epoch, self.amp_dtype or "fp32")  # fmt: skip
+
+    def setup_data(self) -> None:
+        """Run folder, plan and split (rank 0, shared with all ranks), resolved config.yaml + model_spec.json,
+        and the train/val caches."""
+        self.run_dir: Path = self.on_main(lambda: make_run_dir(self.cfg, self.resume))
+        self.data: RunData = self.on_main(lambda: prepare_run(self.cfg, self.run_dir, self.resume))
+        self.plan = self.data.plan
+        self.cfg = resolve_config(self.cfg, self.plan, self.run_dir)
+        self.spec = model_spec(self.cfg, self.plan)
+        if self.dist.is_main:
+            save_config(self.cfg, self.run_dir / "config.yaml")
+            write_json(self.run_dir / "model_spec.json", self.spec)
+        self.train_data = cache_split(self.data, "train", self.cfg, self.device)
+        self.val_data = cache_split(self.data, "val", self.cfg, self.device)
+
+    def on_epoch_start(self) -> None:
+        """Two-stage fine-tuning: the backbone thaws after ``freeze_epochs``."""
+        self.epoch_start = time.monotonic()
+        if self.frozen != (self.epoch < self.cfg.freeze_epochs):
+            self.set_frozen(not self.frozen)
+
+    def train_epoch(self) -> dict[str, float]:
+        """One epoch of ``steps_per_epoch`` optimizer steps; returns ``train_loss`` (and ``train_dice``)."""
+        self.model.train()
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)
+        bar = tqdm(
+            self.sampler.epoch(self.epoch),
+            desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+            leave=False,
+            dynamic_ncols=True,
+            disable=None if self.dist.is_main else True,
+        )
+        steps = 0
+        for steps, idx in enumerate(bar, start=1):
+            loss, dice = self.train_step(idx)
+            totals += torch.stack([loss.double(), dice.double()])
+            if steps % 10 == 1 or steps == self.steps_per_epoch:
+                loss_avg, dice_avg = (totals / steps).tolist()
+                bar.set_postfix(
+                    loss=f"{loss_avg:.4f}", **({"dice": f"{dice_avg:.3f}"} if self.is_seg else {})
+                )
+            if self.time_is_up():
+                self.stop_reason = f"time budget of {self.cfg.max_time_minutes} min reached"
+                break
+        bar.close()
+        loss_sum, dice_sum, count = distributed.all_reduce_sum(
+            [*totals.tolist(), steps], self.dist, self.device
+        )
+        stats = {"train_loss": loss_sum / max(count, 1)}
+        if self.is_seg:
+            stats["train_dice"] = dice_sum / max(count, 1)
+        return stats
+
+    def train_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, loss, backward, clip, step (optimizer + LR schedule). Returns detached (loss, batch
+        Dice)."""
+        x, y = self.get_batch(self.train_data, idx, augment=True)
+        target = y
+        if not self.is_seg and (self.cfg.mixup > 0 or self.cfg.cutmix > 0):
+            x, target = batches.mix_batch(x, y, self.plan.num_classes, self.cfg.mixup, self.cfg.cutmix)
+        with self.autocast():
+            logits = self.model(x)
+        loss = self.loss_fn(logits.float(), target)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.optim.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        with torch.no_grad():
+            dice = dice_iou(logits.detach(), y, self.plan.mode)[0].mean() if self.is_seg else torch.zeros(())
+        return loss.detach(), dice.to(self.device)
+
+    def validate(self) -> dict[str, float]:
+        """Validation loss and score on the whole val split (sharded over ranks, then gathered)."""
+        out = self.predict_split(self.val_data, distributed_=True)
+        stats = {"val_loss": out["loss"]}
+        if self.is_seg:
+            stats.update(val_dice=float(out["dice"].mean()), val_iou=float(out["iou"].mean()))
+        else:
+            y, pred = out["targets"].numpy(), out["logits"].argmax(1).numpy()
+            stats.update(
+                val_balanced_accuracy=balanced_accuracy(y, pred), val_accuracy=float((y == pred).mean())
+            )
+        return stats
+
+    def on_epoch_end(self, train_stats: dict[str, float], val_stats: dict[str, float]) -> None:
+        """Record the epoch, keep the best, save checkpoints, write metrics.csv + curves.png, decide to
+        stop."""
+        self.epoch += 1
+        lr = max(g["lr"] for g in self.optimizer.param_groups)
+        row = {
+            "epoch": self.epoch,
+            "lr": lr,
+            **train_stats,
+            **val_stats,
+            "time_s": round(time.monotonic() - self.epoch_start, 2),
+        }
+        self.history.append(row)
+        improved = bool(val_stats) and val_stats[self.score_key] > self.best_score
+        if improved:
+            self.best_score, self.best_epoch, self.bad_epochs = val_stats[self.score_key], self.epoch, 0
+        elif val_stats:
+            self.bad_epochs += 1
+        self.save_checkpoint(best=improved)
+        if self.dist.is_main:
+            self.write_metrics(plot=time.monotonic() - self.last_plot >= PLOT_EVERY_S)
+        self.log_epoch(row)
+        patience = self.cfg.early_stopping_patience
+        if patience and self.bad_epochs >= patience and self.stop_reason is None:
+            self.stop_reason = f"early stopping: no better {self.score_key} for {patience} validations"
+
+    def on_train_end(self) -> None:
+        """Best checkpoint -> final validation metrics (+ calibration for classification), model_spec.json."""
+        if self.stop_reason:
+            log.info("stopped after epoch %d: %s", self.epoch, self.stop_reason)
+        if self.dist.enabled:
+            if not distributed.parameters_in_sync(self.net, self.dist):
+                raise MedlensError("distributed training: model weights differ across ranks")
+            log.info("weights identical on all %d ranks", self.dist.world_size)
+        if self.dist.is_main:
+            self.write_metrics(plot=True)
+            self.final_report()
+        distributed.barrier(self.dist)
+        log.info("run folder: %s (best %s %.4f at epoch %d)", self.run_dir, self.score_key, self.best_score,
+                 self.best_epoch)  # fmt: skip
+
+    # ----------------------------------------------------------------------------------------------- helpers
+    @property
+    def is_seg(self) -> bool:
+        return self.task == "segmentation"
+
+    def on_main(self, fn: Any) -> Any:
+        """Run ``fn`` on rank 0 and hand its result (or its error, as a MedlensError) to every rank."""
+        if not self.dist.enabled:
+            return fn()
+        result: Any = None
+        if self.dist.is_main:
+            try:
+                result = ("ok", fn())
+            except Exception as e:
+                distributed.broadcast_object(("error", str(e)), self.dist)
+                raise
+        result = distributed.broadcast_object(result, self.dist)
+        if result[0] == "error":
+            raise MedlensError(f"rank 0 failed: {result[1]}")
+        return result[1]
+
+    def build_model(self) -> None:
+        """The network (plain: ``self.net``) on the device, NHWC when asked; pretrained weights on a fresh
+        run."""
+        from medlens.models.factory import create_model
+
+        self.net = create_model(
+            self.task,
+            arch=self.cfg.model.arch,
+            encoder=self.cfg.model.encoder,
+            in_channels=self.plan.in_channels,
+            num_classes=self.plan.num_classes,
+            pretrained=False if self.resume else self.cfg.model.pretrained,
+        ).to(self.device)
+        if self.cfg.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.amp_dtype = amp_dtype(self.cfg.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.set_float32_matmul_precision("high")
+
+    def build_sampler(self) -> None:
+        """Per-rank batch size and steps per epoch; class-balanced sampling for classification when asked."""
+        n, world = len(self.train_data.ids), self.dist.world_size
+        self.batch_size = min(int(self.plan.batch_size), n // world)
+        if self.batch_size < 2:
+            raise DatasetError(
+                f"{self.cfg.data.root}: {n} training images are too few for {world} process(es)"
+            )
+        self.steps_per_epoch = self.cfg.steps_per_epoch or max(1, n // (self.batch_size * world))
+        weights = None
+        if self.cfg.balanced_sampling and not self.is_seg:
+            weights = batches.balanced_weights(self.train_data.targets, self.plan.num_classes)
+        self.sampler = batches.IndexSampler(
+            n, self.batch_size, self.steps_per_epoch, self.cfg.seed, self.dist.rank, world, weights
+        )
+
+    def build_optimizer(self) -> None:
+        """Optimizer (backbone/head groups) and the per-step warm-up + cosine/poly schedule."""
+        o = self.cfg.optim
+        self.optimizer = create_optimizer(self.net, o)
+        warmup = round(o.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = create_scheduler(self.optimizer, o.schedule, self.cfg.epochs * self.steps_per_epoch,
+                                          warmup, o.final_lr_ratio, o.poly_power)  # fmt: skip
+
+    def build_loss(self) -> None:
+        """``create_loss`` with the plan's loss; class weights unless balanced sampling already evens
+        classes."""
+        from medlens.training.losses import create_loss
+
+        weights = self.plan.class_weights
+        kw: dict[str, Any] = {}
+        if self.is_seg:
+            if self.plan.pos_weight:
+                kw["pos_weight"] = self.plan.pos_weight
+        else:
+            if not self.cfg.class_weighted_loss or self.cfg.balanced_sampling:
+                weights = None
+            kw["label_smoothing"] = self.cfg.label_smoothing
+        self.loss_fn = create_loss(self.plan.loss, self.task, self.plan.mode, class_weights=weights, **kw).to(
+            self.device
+        )
+
+    def build_augmenter(self) -> None:
+        from medlens.data.augment import GpuAugmenter
+
+        self.augmenter = GpuAugmenter(self.cfg.augment, self.task)
+        self.mean = torch.tensor(self.plan.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(self.plan.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+
+    def set_frozen(self, frozen: bool) -> None:
+        """Freeze/thaw the backbone and (re)wrap the network (DDP must see the final set of trainable
+        weights)."""
+        from medlens.models.factory import freeze_backbone
+
+        if frozen or self.frozen:
+            freeze_backbone(self.net, frozen)
+            state = "frozen: training the head only" if frozen else "unfrozen"
+            log.info("backbone %s (epoch %d)", state, self.epoch + 1)
+        self.frozen = frozen
+        model = distributed.wrap_model(self.net, self.dist, self.device)
+        self.model = torch.compile(model) if self.cfg.compile else model
+
+    def get_batch(self, data: Any, idx: torch.Tensor, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached samples ``idx`` -> normalised float ``(B, C, H, W)`` on the device and their targets."""
+        idx = idx.to(data.images.device)
+        x = batches.to_float(data.images[idx], self.device)
+        y = data.targets[idx]
+        y = batches.seg_targets(y, self.plan.mode, self.device) if self.is_seg else y.to(self.device)
+        if augment:
+            x, y = self.augment(x, y)
+        return batches.normalize(x, self.mean, self.std, self.cfg.channels_last), y
+
+    def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """GpuAugmenter on 0..1 images; a guide mask channel moves with the image but gets no photometric
+        change."""
+        if self.is_seg:
+            return self.augmenter(x, y)
+        if self.spec["guide"] and self.spec["guide"]["mode"] in ("channel", "both"):
+            if not hasattr(self, "guide_augmenter"):
+                from medlens.data.augment import GpuAugmenter
+
+                self.guide_augmenter = GpuAugmenter(self.cfg.augment, "segmentation")
+            image, mask = self.guide_augmenter(x[:, :-1], x[:, -1:])
+            return torch.cat([image, mask.float()], dim=1), y
+        return self.augmenter(x, None)[0], y
+
+    def autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    @torch.no_grad()
+    def predict_split(self, data: Any, distributed_: bool) -> dict[str, Any]:
+        """Loss and per-sample outputs over a cached split with the plain network in eval mode.
+
+        Returns ``{"loss": float, "dice": (N,), "iou": (N,)}`` (segmentation) or ``{"loss", "logits": (N, K)
+        float32, "targets": (N,) int64}`` (classification) as CPU tensors; ``distributed_`` shards the split
+        over the ranks and gathers the outputs (every rank gets all of them).
+        """
+        self.net.eval()
+        info = self.dist if distributed_ else DistInfo()
+        outs: dict[str, list[torch.Tensor]] = defaultdict(list)
+        loss_sum = 0.0
+        for idx in torch.arange(len(data.ids))[info.rank :: info.world_size].split(2 * self.batch_size):
+            x, y = self.get_batch(data, idx, augment=False)
+            with self.autocast():
+                logits = self.net(x).float()
+            loss_sum += float(self.loss_fn(logits, y)) * len(idx)
+            if self.is_seg:
+                dice, iou = dice_iou(logits, y, self.plan.mode)
+                outs["dice"].append(dice.cpu())
+                outs["iou"].append(iou.cpu())
+            else:
+                outs["logits"].append(logits.cpu())
+                outs["targets"].append(y.cpu())
+        self.net.train()
+        empty = {"dice": torch.zeros(0), "iou": torch.zeros(0), "targets": torch.zeros(0, dtype=torch.int64),
+                 "logits": torch.zeros(0, self.plan.num_classes)}  # fmt: skip
+        keys = ("dice", "iou") if self.is_seg else ("logits", "targets")
+        local = {k: torch.cat(outs[k]) if outs[k] else empty[k] for k in keys}
+        loss_sum, count = distributed.all_reduce_sum([loss_sum, len(local[keys[0]])], info, self.device)
+        return {
+            "loss": loss_sum / max(count, 1),
+            **{k: distributed.gather_tensors(v, info) for k, v in local.items()},
+        }
+
+    def time_is_up(self) -> bool:
+        budget = self.cfg.max_time_minutes
+        late = budget is not None and time.monotonic() - self.start_time > 60.0 * budget
+        return distributed.any_rank(late, self.dist, self.device) if budget is not None else False
+
+    def validation_due(self) -> bool:
+        e = self.epoch + 1
+        return e % self.cfg.val_every == 0 or e >= self.cfg.epochs or self.stop_reason is not None
+
+    # ---------------------------------------------------------------------------------------- state and files
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": distributed.unwrap_model(self.net).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+            "rng": rng_state(),
+            "model_spec": self.spec,
+        }
+
+    def load_state(self, ckpt: dict[str, Any]) -> None:
+        """Restore a last.pt (``--resume``); the schedule is stretched if ``epochs`` grew."""
+        self.net.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        for fn in self.scheduler.lr_lambdas:
+            fn.total_steps = self.cfg.epochs * self.steps_per_epoch
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.best_score = int(ckpt["epoch"]), float(ckpt["best_score"])
+        self.best_epoch, self.bad_epochs = int(ckpt["best_epoch"]), int(ckpt["bad_epochs"])
+        self.history = [dict(r) for r in ckpt["history"]][: self.epoch]
+        if self.dist.is_main:
+            set_rng_state(ckpt["rng"])
+        log.info("resumed %s after epoch %d (best %s %.4f at epoch %d)", self.run_dir, self.epoch,
+                 self.score_key, self.best_score, self.best_epoch)  # fmt: skip
+
+    def save_checkpoint(self, best: bool) -> None:
+        """``checkpoints/last.pt`` (full state) every epoch and ``best.pt`` (weights + spec) on improvement;
+        rank 0 only, atomic writes."""
+        if not self.dist.is_main:
+            return
+        state = self.state_dict()
+        save_checkpoint(state, self.run_dir / LAST)
+        if best:  # the deployable weights; resuming always starts from last.pt, so no optimizer state here
+            keep = ("model", "epoch", "best_score", "best_epoch", "model_spec")
+            save_checkpoint({k: state[k] for k in keep}, self.run_dir / BEST)
+
+    def write_metrics(self, plot: bool) -> None:
+        """metrics.csv and, when ``plot``, curves.png."""
+        from medlens.evaluation.plots import plot_training_curves
+
+        write_metrics_csv(self.history, self.run_dir / "metrics.csv")
+        if plot:
+            plot_training_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
+            self.last_plot = time.monotonic()
+
+    def log_epoch(self, row: dict[str, float]) -> None:
+        shown = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("train_", "val_")))
+        log.info("epoch %d/%d: %s (best %.4f @ %d) lr %.2e %.1f s", row["epoch"], self.cfg.epochs, shown,
+                 self.best_score, self.best_epoch, row["lr"], row["time_s"])  # fmt: skip
+
+    def final_report(self) -> None:
+        """Evaluate best.pt on the val split; classification: calibrate and set the decision threshold."""
+        best = load_checkpoint(self.run_dir / BEST)
+        self.net.load_state_dict(best["model"])
+        out = self.predict_split(self.val_data, distributed_=False)
+        if self.is_seg:
+            metrics = segmentation_report(out["dice"].numpy(), out["iou"].numpy(), self.spec["threshold"])
+        else:
+            c = self.cfg
+            update, metrics = classification_report(out["logits"].numpy(), out["targets"].numpy(),
+                                                    self.plan.classes, c.calibrate, c.target_sensitivity,
+                                                    c.positive_class)  # fmt: skip
+            self.spec.update(update)
+            save_checkpoint({**best, "model_spec": self.spec}, self.run_dir / BEST)
+        metrics.update(split="val", best_epoch=self.best_epoch, epochs_trained=self.epoch,
+                       val_loss=out["loss"], input_size=list(self.plan.input_size),
+                       stop_reason=self.stop_reason)  # fmt: skip
+        write_json(self.run_dir / "model_spec.json", self.spec)
+        write_json(self.run_dir / "val_metrics.json", metrics)
+        key = "dice" if self.is_seg else "balanced_accuracy"
+        log.info("best checkpoint (epoch %d) on %d val images: %s %.4f", self.best_epoch,
+                 len(self.val_data.ids), key, metrics[key])  # fmt: skip
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Train ``cfg`` (one process, or every rank of a torchrun job) and return the run folder."""
+    info = distributed.init_distributed(cfg.device)
+    try:
+        run_dir = Trainer(cfg, info, resume=resume).fit()
+    except BaseException:
+        distributed.cleanup(info, wait=False)
+        raise
+    distributed.cleanup(info)
+    return run_dir
+
+
+__all__ = ["Trainer", "train"]

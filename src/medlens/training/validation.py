@@ -1,0 +1,166 @@
+"""Validation scores during training and the final report of the best checkpoint (with calibration).
+
+Per-epoch Dice/IoU are computed on the training device, vectorised over the batch:
+``monai.metrics.compute_dice`` gives the same numbers but costs ~6 s of import on every ``medlens train``; the
+empty-empty = 1 convention matches ``medlens.evaluation.metrics.dice``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import torch
+
+from medlens.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+NEGATIVE_NAMES = (
+    "normal",
+    "benign",
+    "negative",
+    "healthy",
+    "nevus",
+    "nv",
+    "no",
+    "none",
+    "absent",
+    "0",
+    "false",
+)
+
+
+def binarize(logits: torch.Tensor, mode: str, threshold: float = 0.5) -> tuple[torch.Tensor, bool]:
+    """Logits -> boolean per-class maps ``(B, K', H, W)`` and whether channel 0 is background
+    (multi-class)."""
+    if mode == "multiclass":
+        labels = logits.argmax(dim=1)
+        return torch.nn.functional.one_hot(labels, logits.shape[1]).permute(0, 3, 1, 2).bool(), True
+    return logits.float().sigmoid() > threshold, False
+
+
+def target_maps(targets: torch.Tensor, mode: str, num_classes: int) -> torch.Tensor:
+    """Loss targets -> boolean ``(B, K', H, W)``: binary/multilabel ``(B, K, H, W)``; multiclass one-hot of
+    ``(B, H, W)``."""
+    if mode == "multiclass":
+        return torch.nn.functional.one_hot(targets.long(), num_classes).permute(0, 3, 1, 2).bool()
+    return targets > 0.5
+
+
+def dice_iou(
+    logits: torch.Tensor, targets: torch.Tensor, mode: str, threshold: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image Dice and IoU ``(B,)`` float32, averaged over foreground classes; empty prediction and target
+    -> 1.
+
+    Args:
+        logits: ``(B, K, H, W)`` model output.
+        targets: binary/multilabel ``(B, K, H, W)`` float 0/1; multiclass ``(B, H, W)`` int labels.
+    """
+    pred, has_background = binarize(logits, mode, threshold)
+    true = target_maps(targets, mode, logits.shape[1])
+    if has_background and pred.shape[1] > 1:
+        pred, true = pred[:, 1:], true[:, 1:]
+    inter = (pred & true).sum(dim=(2, 3)).float()
+    total = pred.sum(dim=(2, 3)).float() + true.sum(dim=(2, 3)).float()
+    union = total - inter
+    empty = total == 0
+    dice = torch.where(empty, torch.ones_like(inter), 2 * inter / total.clamp(min=1))
+    iou = torch.where(empty, torch.ones_like(inter), inter / union.clamp(min=1))
+    return dice.mean(dim=1), iou.mean(dim=1)
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean recall over the classes present in ``y_true`` (ISIC 2018 Task 3 metric)."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return float(balanced_accuracy_score(y_true, y_pred))
+
+
+def segmentation_report(dice: np.ndarray, iou: np.ndarray, threshold: float) -> dict:
+    """Mean per-image Dice (with its bootstrap 95% CI) and IoU of the validation images, ``(N,)`` each."""
+    from medlens.evaluation.metrics import bootstrap_ci
+
+    low, high = bootstrap_ci(dice)
+    return {"dice": float(dice.mean()), "dice_ci_low": low, "dice_ci_high": high, "iou": float(iou.mean()),
+            "n_images": len(dice), "threshold": float(threshold)}  # fmt: skip
+
+
+def positive_class(classes: list[str], configured: str | None) -> str:
+    """The positive class of a binary task: ``configured``, else the one not named like "normal"/"benign"."""
+    if configured is not None:
+        if configured not in classes:
+            raise ConfigError(f"positive_class: {configured!r} is not a class; classes: {', '.join(classes)}")
+        return configured
+    negatives = [c for c in classes if c.lower() in NEGATIVE_NAMES]
+    if len(negatives) == 1:
+        return next(c for c in classes if c not in negatives)
+    log.warning(
+        "positive class not obvious among %s; using %r (set positive_class to choose)", classes, classes[1]
+    )
+    return classes[1]
+
+
+def classification_report(
+    logits: np.ndarray,
+    y_true: np.ndarray,
+    classes: list[str],
+    calibrate: bool,
+    target_sensitivity: float | None,
+    configured_positive: str | None,
+) -> tuple[dict, dict]:
+    """Calibrate the best checkpoint's validation logits and report on them.
+
+    Args:
+        logits: ``(N, K)`` float validation logits. y_true: ``(N,)`` int class indices.
+
+    Returns:
+        ``(spec_update, metrics)``: ``{"temperature", "decision"}`` for ``model_spec.json`` and the
+        ``val_metrics.json`` content (``classification_metrics`` of the calibrated probabilities, plus the
+        uncalibrated ECE/Brier and, with a decision threshold, its validation sensitivity/specificity).
+    """
+    from medlens.evaluation.calibration import (
+        apply_temperature,
+        brier_score,
+        expected_calibration_error,
+        fit_temperature,
+        threshold_for_sensitivity,
+    )
+    from medlens.evaluation.metrics import classification_metrics
+
+    temperature = float(fit_temperature(logits, y_true)) if calibrate else 1.0
+    raw = apply_temperature(logits, 1.0)
+    probs = apply_temperature(logits, temperature)
+    metrics = classification_metrics(y_true, probs, classes)
+    metrics.update(
+        temperature=temperature,
+        calibrated_on="val",
+        ece_uncalibrated=expected_calibration_error(raw, y_true),
+        brier_uncalibrated=brier_score(raw, y_true),
+    )
+    decision = None
+    if target_sensitivity is not None and len(classes) == 2:
+        pos = positive_class(classes, configured_positive)
+        k = classes.index(pos)
+        y_pos = (y_true == k).astype(np.int64)
+        threshold = float(threshold_for_sensitivity(probs[:, k], y_pos, target_sensitivity))
+        decision = {
+            "positive_class": pos,
+            "threshold": threshold,
+            "target_sensitivity": float(target_sensitivity),
+        }
+        called = probs[:, k] >= threshold
+        metrics["decision"] = {
+            **decision,
+            "val_sensitivity": float(called[y_pos == 1].mean()),
+            "val_specificity": float((~called[y_pos == 0]).mean()) if (y_pos == 0).any() else None,
+        }
+    elif target_sensitivity is not None:
+        log.warning(
+            "target_sensitivity is for binary tasks; %d classes here, no decision threshold set", len(classes)
+        )
+    return {"temperature": temperature, "decision": decision}, metrics

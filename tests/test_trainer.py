@@ -1,0 +1,351 @@
+"""Trainer: run folder, resume, classification extras (calibration, decision, two-stage, mixup, balanced
+sampling), early stopping, time budget, real-data smoke run; plus the helpers (schedule, sampler, Dice,
+checkpoints).
+
+Tiny on purpose: 32-64 px images, resnet18 / mobilenet_v2 from scratch, 1-3 epochs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from medlens.config import load_config
+from medlens.errors import ConfigError, MedlensError
+from medlens.evaluation.metrics import dice as np_dice
+from medlens.evaluation.metrics import iou as np_iou
+from medlens.training import batches
+from medlens.training.checkpoint import load_checkpoint, rng_state, seed_everything, set_rng_state
+from medlens.training.optim import amp_dtype
+from medlens.training.schedule import WarmupDecay
+from medlens.training.trainer import train
+from medlens.training.validation import classification_report, dice_iou, positive_class
+from tests.conftest import make_synthetic_classification, make_synthetic_segmentation
+
+RUN_FILES = (
+    "config.yaml",
+    "plan.json",
+    "fingerprint.json",
+    "split.json",
+    "metrics.csv",
+    "curves.png",
+    "model_spec.json",
+    "val_metrics.json",
+    "checkpoints/best.pt",
+    "checkpoints/last.pt",
+)
+
+
+def seg_config(root: Path, out: Path, *extra: str):
+    return load_config(
+        None,
+        [
+            f"data.root={root}",
+            f"out_dir={out}",
+            "data.input_size=[32,32]",
+            "model.arch=unet",
+            "model.encoder=resnet18",
+            "batch_size=4",
+            "device=cpu",
+            *extra,
+        ],
+    )
+
+
+def cls_config(root: Path, out: Path, *extra: str):
+    return load_config(
+        None,
+        [
+            f"data.root={root}",
+            f"out_dir={out}",
+            "data.task=classification",
+            "data.input_size=[32,32]",
+            "model.arch=resnet18",
+            "batch_size=4",
+            "device=cpu",
+            "data.val_fraction=0.25",
+            *extra,
+        ],
+    )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from a second thread, and on a shared, busy machine two threads wait on each
+    other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def read_rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One 2-epoch segmentation run shared by the tests that only read it."""
+    tmp = tmp_path_factory.mktemp("segrun")
+    root = make_synthetic_segmentation(tmp / "seg")
+    return train(seg_config(root, tmp / "runs", "epochs=2", "run_name=seg"))
+
+
+# ------------------------------------------------------------------------------------------ training runs
+def test_segmentation_run_folder_is_complete(seg_run: Path) -> None:
+    for rel in RUN_FILES:
+        assert (seg_run / rel).is_file(), rel
+    rows = read_rows(seg_run)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert {"lr", "train_loss", "val_loss", "val_dice", "val_iou"} <= set(rows[0])
+    spec = json.loads((seg_run / "model_spec.json").read_text())
+    assert spec["task"] == "segmentation" and spec["arch"] == "unet" and spec["encoder"] == "resnet18"
+    assert (
+        spec["input_size"] == [32, 32]
+        and spec["num_classes"] == 1
+        and len(spec["mean"]) == spec["in_channels"]
+    )
+    metrics = json.loads((seg_run / "val_metrics.json").read_text())
+    best = load_checkpoint(seg_run / "checkpoints" / "best.pt")
+    assert metrics["best_epoch"] == best["epoch"] and 0.0 <= metrics["dice"] <= 1.0
+    assert metrics["dice"] == pytest.approx(float(rows[best["epoch"] - 1]["val_dice"]), abs=1e-5)
+    split = json.loads((seg_run / "split.json").read_text())
+    assert len(split["train"]) + len(split["val"]) == 12 and not set(split["train"]) & set(split["val"])
+    saved = yaml.safe_load((seg_run / "config.yaml").read_text())
+    assert saved["data"]["input_size"] == [32, 32] and saved["batch_size"] == 4 and saved["loss"] == "dice_ce"
+    assert saved["run_name"] == "seg"
+
+
+def test_checkpoints_load_into_a_fresh_model(seg_run: Path) -> None:
+    from medlens.inference.bundle import load_model_source
+
+    model, spec = load_model_source(seg_run)
+    with torch.no_grad():
+        out = model(torch.zeros(1, spec["in_channels"], 32, 32))
+    assert out.shape == (1, 1, 32, 32)
+    last = torch.load(seg_run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 2 and {"optimizer", "scheduler", "rng", "history"} <= set(last)
+
+
+def test_resume_continues_from_last_epoch(seg_run: Path, tmp_path: Path) -> None:
+    run = shutil.copytree(seg_run, tmp_path / "runs" / "seg")
+    before = read_rows(run)
+    cfg = load_config(run / "config.yaml", ["epochs=3", f"out_dir={tmp_path / 'runs'}"])
+    assert train(cfg, resume=True) == run
+    rows = read_rows(run)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert rows[:2] == before  # history restored from last.pt, not retrained
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 3
+    assert json.loads((run / "split.json").read_text()) == json.loads((seg_run / "split.json").read_text())
+
+
+def test_existing_run_is_not_overwritten_and_resume_needs_a_checkpoint(seg_run: Path, tmp_path: Path) -> None:
+    cfg = load_config(seg_run / "config.yaml", [f"out_dir={seg_run.parent}"])
+    with pytest.raises(ConfigError, match="already exists"):
+        train(cfg)
+    with pytest.raises(MedlensError, match=r"no checkpoints/last\.pt"):
+        train(load_config(seg_run / "config.yaml", [f"out_dir={tmp_path}"]), resume=True)
+
+
+def test_classification_calibration_decision_two_stage_mixup(synthetic_cls: Path, tmp_path: Path) -> None:
+    cfg = cls_config(
+        synthetic_cls,
+        tmp_path,
+        "epochs=2",
+        "run_name=cls",
+        "target_sensitivity=0.9",
+        "freeze_epochs=1",
+        "mixup=0.4",
+        "cutmix=0.4",
+        "balanced_sampling=true",
+        "label_smoothing=0.1",
+        "optim.backbone_lr_mult=0.1",
+    )
+    run = train(cfg)
+    for rel in RUN_FILES:
+        assert (run / rel).is_file(), rel
+    spec = json.loads((run / "model_spec.json").read_text())
+    assert spec["task"] == "classification" and spec["classes"] == ["benign", "malignant"]
+    assert spec["num_classes"] == 2 and spec["encoder"] is None
+    assert isinstance(spec["temperature"], float) and 0.05 <= spec["temperature"] <= 100
+    assert spec["decision"]["positive_class"] == "malignant" and spec["decision"]["target_sensitivity"] == 0.9
+    assert 0.0 <= spec["decision"]["threshold"] <= 1.0
+    metrics = json.loads((run / "val_metrics.json").read_text())
+    assert {"balanced_accuracy", "auc_macro", "ece", "ece_uncalibrated", "confusion_matrix"} <= set(metrics)
+    assert metrics["temperature"] == spec["temperature"] and metrics["decision"]["val_sensitivity"] >= 0.9
+    assert (
+        load_checkpoint(run / "checkpoints" / "best.pt")["model_spec"]["temperature"] == spec["temperature"]
+    )
+    rows = read_rows(run)
+    assert "val_balanced_accuracy" in rows[0]
+    # stage 1 trains the head only at lr; stage 2 the backbone too, at lr * backbone_lr_mult
+    last = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    lrs = sorted({round(g["initial_lr"], 8) for g in last["optimizer"]["param_groups"]})
+    assert lrs == [1e-4, 1e-3]
+
+
+def test_segmentation_guided_classification(seg_run: Path, synthetic_cls: Path, tmp_path: Path) -> None:
+    from medlens.inference.bundle import make_bundle
+
+    bundle = make_bundle(seg_run, tmp_path / "seg-bundle")
+    run = train(cls_config(synthetic_cls, tmp_path / "runs", "epochs=1", f"guide_bundle={bundle}",
+                           "guide_mode=both"))  # fmt: skip
+    spec = json.loads((run / "model_spec.json").read_text())
+    assert spec["guide"] == {"bundle": str(bundle), "mode": "both"}
+    assert spec["in_channels"] == 4 and len(spec["mean"]) == 4 and spec["mean"][-1] == 0.0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["in_channels"] == 3  # the image channels; the mask channel is added by the guide
+
+
+def test_early_stopping(synthetic_cls: Path, tmp_path: Path) -> None:
+    cfg = cls_config(
+        synthetic_cls,
+        tmp_path,
+        "epochs=6",
+        "early_stopping_patience=1",
+        "optim.lr=1e-12",
+        "optim.warmup_epochs=0",
+    )
+    run = train(cfg)
+    rows = read_rows(run)
+    metrics = json.loads((run / "val_metrics.json").read_text())
+    assert "early stopping" in metrics["stop_reason"]
+    # the weights barely move, so the score soon stops improving; training ends one validation after the best
+    assert len(rows) == metrics["best_epoch"] + 1 < 6
+
+
+def test_time_budget_stops_cleanly(synthetic_cls: Path, tmp_path: Path) -> None:
+    run = train(cls_config(synthetic_cls, tmp_path, "epochs=50", "max_time_minutes=0.00001"))
+    assert len(read_rows(run)) == 1
+    metrics = json.loads((run / "val_metrics.json").read_text())
+    assert "time budget" in metrics["stop_reason"] and metrics["epochs_trained"] == 1
+    assert (run / "checkpoints" / "best.pt").is_file() and (run / "curves.png").is_file()
+
+
+def test_too_few_images_is_a_clear_error(tmp_path: Path) -> None:
+    root = make_synthetic_classification(tmp_path / "tiny", n_per_class=1)
+    with pytest.raises(MedlensError, match="too few"):
+        train(cls_config(root, tmp_path / "runs", "epochs=1", "data.val_fraction=0.5"))
+
+
+def test_real_kvasir_images_one_epoch(shared_datasets: Path, tmp_path: Path) -> None:
+    src = shared_datasets / "kvasir_seg"
+    ids = sorted(p.stem for p in (src / "images").iterdir())[:8]
+    for sub in ("images", "masks"):
+        (tmp_path / "kvasir" / sub).mkdir(parents=True)
+        for i in ids:
+            match = next((src / sub).glob(f"{i}.*"))
+            shutil.copy(match, tmp_path / "kvasir" / sub / match.name)
+    cfg = load_config(
+        None,
+        [
+            f"data.root={tmp_path / 'kvasir'}",
+            f"out_dir={tmp_path / 'runs'}",
+            "device=cpu",
+            "data.input_size=[64,64]",
+            "model.encoder=mobilenet_v2",
+            "batch_size=4",
+            "epochs=1",
+            "data.val_fraction=0.25",
+        ],
+    )
+    run = train(cfg)
+    assert run.name.startswith("kvasir-unet-mobilenet_v2-")
+    metrics = json.loads((run / "val_metrics.json").read_text())
+    assert metrics["n_images"] == 2 and 0.0 <= metrics["dice"] <= 1.0
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["input_size"] == [64, 64] and plan["in_channels"] == 3
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def test_schedule_warmup_cosine_poly() -> None:
+    cos = WarmupDecay(total_steps=110, warmup_steps=10, schedule="cosine", final_ratio=0.0)
+    assert cos(0) == pytest.approx(1 / 11) and cos(9) == pytest.approx(10 / 11)
+    assert cos(10) == pytest.approx(1.0) and cos(60) == pytest.approx(0.5) and cos(110) == pytest.approx(0.0)
+    poly = WarmupDecay(total_steps=100, warmup_steps=0, schedule="poly", final_ratio=0.1)
+    assert poly(50) == pytest.approx(0.1 + 0.9 * 0.5**0.9)
+    assert WarmupDecay(10, 0, "constant")(7) == 1.0
+    with pytest.raises(ConfigError, match="valid: cosine, poly, constant"):
+        WarmupDecay(10, 0, "step")
+
+
+def test_sampler_shards_are_disjoint_and_seeded() -> None:
+    shards = [batches.IndexSampler(20, 4, 2, seed=3, rank=r, world_size=2).epoch(5) for r in range(2)]
+    assert all(s.shape == (2, 4) for s in shards)
+    assert not set(shards[0].flatten().tolist()) & set(shards[1].flatten().tolist())
+    again = batches.IndexSampler(20, 4, 2, seed=3, rank=0, world_size=2).epoch(5)
+    assert torch.equal(again, shards[0])
+    assert not torch.equal(
+        batches.IndexSampler(20, 4, 2, seed=3).epoch(6), batches.IndexSampler(20, 4, 2, 3).epoch(5)
+    )
+
+
+def test_balanced_sampling_evens_classes() -> None:
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    idx = batches.IndexSampler(100, 50, 20, 0, weights=batches.balanced_weights(labels, 2)).epoch(0).flatten()
+    share = labels[idx].float().mean().item()
+    assert 0.4 < share < 0.6  # 10% of the data, half of the draws
+
+
+def test_mix_batch_soft_targets() -> None:
+    torch.manual_seed(0)
+    x, y = torch.rand(6, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2])
+    for mixup, cutmix in ((0.4, 0.0), (0.0, 1.0)):
+        mixed, soft = batches.mix_batch(x, y, 3, mixup, cutmix)
+        assert mixed.shape == x.shape and soft.shape == (6, 3)
+        assert torch.allclose(soft.sum(1), torch.ones(6)) and (soft >= 0).all()
+
+
+def test_dice_iou_match_numpy_metrics() -> None:
+    rng = np.random.default_rng(0)
+    target = rng.random((3, 1, 16, 16)) > 0.6
+    pred = rng.random((3, 1, 16, 16)) > 0.5
+    target[2], pred[2] = False, False  # empty-empty counts as perfect
+    logits = torch.from_numpy(np.where(pred, 5.0, -5.0)).float()
+    d, i = dice_iou(logits, torch.from_numpy(target).float(), "binary")
+    for k in range(3):
+        assert d[k].item() == pytest.approx(np_dice(pred[k, 0], target[k, 0]), abs=1e-6)
+        assert i[k].item() == pytest.approx(np_iou(pred[k, 0], target[k, 0]), abs=1e-6)
+    multi = torch.tensor([[[0, 1], [2, 2]]])
+    d, _ = dice_iou(torch.nn.functional.one_hot(multi, 3).permute(0, 3, 1, 2).float(), multi, "multiclass")
+    assert d.item() == pytest.approx(1.0)
+
+
+def test_rng_state_round_trip() -> None:
+    seed_everything(1)
+    state = rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_positive_class_and_decision() -> None:
+    assert positive_class(["normal", "pneumonia"], None) == "pneumonia"
+    assert positive_class(["melanoma", "nevus"], None) == "melanoma"
+    with pytest.raises(ConfigError, match="not a class"):
+        positive_class(["a", "b"], "c")
+    logits = np.array([[2.0, -1.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 2.0], [0.5, 0.4]])
+    y = np.array([0, 0, 1, 1, 1])
+    update, metrics = classification_report(logits, y, ["normal", "pneumonia"], True, 1.0, None)
+    assert update["decision"]["positive_class"] == "pneumonia"
+    assert metrics["decision"]["val_sensitivity"] == 1.0
+    assert update["temperature"] == metrics["temperature"] > 0
+
+
+def test_amp_dtype_rules() -> None:
+    cpu = torch.device("cpu")
+    assert (
+        amp_dtype(True, cpu) is None
+        and amp_dtype("bf16", cpu) is torch.bfloat16
+        and amp_dtype(False, cpu) is None
+    )
