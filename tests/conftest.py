@@ -9,13 +9,17 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytest
+from PIL import Image
 
-SHARED = Path(os.environ.get("MEDLENS_SHARED_DATASETS", Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
+SHARED = Path(
+    os.environ.get(
+        "MEDLENS_SHARED_DATASETS", Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+    )
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -35,10 +39,13 @@ def shared_datasets() -> Path:
     return SHARED
 
 
-def make_synthetic_segmentation(root: Path, n: int = 12, size: int = 48, seed: int = 0, rgb: bool = True) -> Path:
+def make_synthetic_segmentation(
+    root: Path, n: int = 12, size: int = 48, seed: int = 0, rgb: bool = True
+) -> Path:
     """Write a tiny binary segmentation data set: bright discs on a noisy background.
 
-    Layout: ``root/images/{id}.png`` and ``root/masks/{id}.png`` (0/255), plus ``labels.csv`` with a group column.
+    Layout: ``root/images/{id}.png`` and ``root/masks/{id}.png`` (0/255), plus ``labels.csv`` with a
+    group column.
     """
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -61,7 +68,8 @@ def make_synthetic_segmentation(root: Path, n: int = 12, size: int = 48, seed: i
 
 
 def make_synthetic_classification(root: Path, n_per_class: int = 8, size: int = 40, seed: int = 0) -> Path:
-    """Write a tiny two-class data set as class sub-folders: ``root/benign`` (dark) and ``root/malignant`` (bright)."""
+    """Write a tiny two-class data set as class sub-folders: ``root/benign`` (dark), ``root/malignant``
+    (bright)."""
     rng = np.random.default_rng(seed)
     for k, name in enumerate(["benign", "malignant"]):
         (root / name).mkdir(parents=True, exist_ok=True)

@@ -62,7 +62,9 @@ class ModelConfig:
 
     arch: str = "unet"
     encoder: str = "resnet34"
-    pretrained: str | bool = False  # False | True / "offline" (local hub cache) | path to a state dict
+    pretrained: str | bool = False  # False | True (local hub cache) | "offline" (pip-installed ImageNet
+    # MobileNetV2) | path to a state dict
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to create_model, e.g. decoder_channels
 
 
 @dataclass
@@ -264,6 +266,10 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
                 continue
         raise _type_error(value, hint, key, source)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _type_error(value, hint, key, source)
+        return dict(value)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise _type_error(value, hint, key, source)

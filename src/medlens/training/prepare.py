@@ -229,6 +229,7 @@ def model_spec(cfg: TrainConfig, plan: Plan) -> dict:
         "mode": plan.mode,
         "arch": cfg.model.arch,
         "encoder": cfg.model.encoder if seg else None,
+        "model_kwargs": dict(cfg.model.kwargs),
         "in_channels": int(plan.in_channels),
         "num_classes": int(plan.num_classes),
         "classes": list(plan.classes),

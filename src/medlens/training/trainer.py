@@ -270,6 +270,7 @@ class Trainer:
             in_channels=self.plan.in_channels,
             num_classes=self.plan.num_classes,
             pretrained=False if self.resume else self.cfg.model.pretrained,
+            **self.cfg.model.kwargs,
         ).to(self.device)
         if self.cfg.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
