@@ -28,7 +28,9 @@ def _torch_threads() -> None:
         import torch
     except ImportError:  # pragma: no cover - torch is a hard dependency
         return
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # One thread: the tests use tiny tensors, and several torch processes (torchrun, a live server) share
+    # the CI machine's two cores; oversubscribed OpenMP threads are many times slower there.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
