@@ -146,8 +146,24 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     from medlens.inference.bundle import make_bundle
 
     run = _existing(args.run, "run folder")
-    _echo(str(make_bundle(run, args.out, name=args.name, fp16=not args.fp32)))
+    card = _read_card(Path(args.card)) if args.card else None
+    _echo(str(make_bundle(run, args.out, name=args.name, fp16=not args.fp32, card=card)))
     return 0
+
+
+def _read_card(path: Path) -> dict[str, str]:
+    """Markdown with ``## Section`` headings -> {section: body}; a same-named default section is replaced."""
+    if not path.is_file():
+        raise MedlensError(f"model card file not found: {path}")
+    sections: dict[str, str] = {}
+    title = "Notes"
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            title = line[3:].strip()
+            sections[title] = ""
+        else:
+            sections[title] = sections.get(title, "") + line + "\n"
+    return {k: v.strip() for k, v in sections.items() if v.strip()}
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -276,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the bundle folder to write (e.g. models/polyp-unet)")
     p.add_argument("--name")
     p.add_argument("--fp32", action="store_true", help="keep float32 weights (default float16)")
+    p.add_argument("--card", help="markdown of '## Section' blocks added to (or replacing) the card's")
     p.set_defaults(func=cmd_bundle)
 
     p = sub.add_parser("export", help="export a bundle to ONNX (with a parity check)")

@@ -43,6 +43,7 @@ _RUN_EXTRAS = (
     "plan.json",
     "fingerprint.json",
     "val_metrics.json",
+    "split.json",
     "metrics.csv",
     "curves.png",
 )
