@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MEDLENS_NUM_THREADS", "1")  # predictors: one torch / onnxruntime thread
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -31,6 +32,28 @@ def _torch_threads() -> None:
     # One thread: the tests use tiny tensors, and several torch processes (torchrun, a live server) share
     # the CI machine's two cores; oversubscribed OpenMP threads are many times slower there.
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of its own per test module for the tiny bundles below (they land in ``<folder>/models``)."""
+    return tmp_path_factory.mktemp("tiny-models")
+
+
+@pytest.fixture(scope="module")
+def seg_bundle(tiny_models: Path) -> Path:
+    """A tiny segmentation bundle ``tiny-seg`` with random weights and an ONNX export, per test module."""
+    from tests.helpers_inference import make_tiny_bundle
+
+    return make_tiny_bundle(tiny_models, "segmentation", onnx=True)
+
+
+@pytest.fixture(scope="module")
+def cls_bundle(tiny_models: Path) -> Path:
+    """A tiny classification bundle ``tiny-cls`` with random weights and no ONNX export, per test module."""
+    from tests.helpers_inference import make_tiny_bundle
+
+    return make_tiny_bundle(tiny_models, "classification")
 
 
 @pytest.fixture(scope="session")

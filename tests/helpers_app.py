@@ -8,36 +8,12 @@ import struct
 import threading
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-
-@dataclass
-class FakeAnalysis:
-    """The fields of ``medlens.inference.pipeline.Analysis`` that the app reads."""
-
-    id: str | None
-    pipeline: str
-    image_size: tuple[int, int]
-    mask: np.ndarray | None
-    overlay: np.ndarray | None
-    area_fraction: float | None
-    components: list[dict]
-    label: str | None
-    probabilities: dict[str, float]
-    uncertainty: float | None
-    out_of_scope: bool
-    features: dict
-    recommendation: str
-    notice: str
-    gradcam: np.ndarray | None
-    timings_ms: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in ("mask", "overlay", "gradcam")}
+from medlens.inference.analysis import Analysis
 
 
 class FakePipeline:
@@ -56,7 +32,7 @@ class FakePipeline:
         self.calls = 0
         self._busy = threading.Lock()
 
-    def analyze(self, image: Any, clahe: bool = False, gradcam: bool = True) -> FakeAnalysis:
+    def analyze(self, image: Any, clahe: bool = False, gradcam: bool = True) -> Analysis:
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("FakePipeline entered by two threads at once")
         try:
@@ -73,7 +49,7 @@ class FakePipeline:
             probs = {self.classes[0]: 1 - p, self.classes[1]: p}
             label = max(probs, key=probs.get)
             time.sleep(0.005)  # widen the window in which a second thread would collide
-            return FakeAnalysis(
+            return Analysis(
                 id=None, pipeline=self.name, image_size=(arr.shape[0], arr.shape[1]), mask=mask,
                 overlay=overlay,
                 area_fraction=float(mask.mean()), components=[{"area_px": int(mask.sum())}], label=label,
@@ -139,8 +115,8 @@ def corrupt_jpeg() -> bytes:
     return data[: len(data) // 3] + b"\x00" * 50  # valid header, truncated and garbled scan data
 
 
-def dicom_without_pixels() -> bytes:
-    """A valid DICOM file (with fake patient fields) that has no PixelData."""
+def _fake_patient_dicom() -> Any:
+    """A Secondary Capture DICOM data set with fake patient fields and no pixels."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -153,32 +129,30 @@ def dicom_without_pixels() -> bytes:
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.PatientName, ds.PatientID, ds.Modality = "Doe^Jane", "SECRET-PATIENT-123", "OT"
+    return ds
+
+
+def _dicom_bytes(ds: Any) -> bytes:
+    import pydicom
+
     buf = io.BytesIO()
     pydicom.dcmwrite(buf, ds, enforce_file_format=True)
     return buf.getvalue()
+
+
+def dicom_without_pixels() -> bytes:
+    """A valid DICOM file (with fake patient fields) that has no PixelData."""
+    return _dicom_bytes(_fake_patient_dicom())
 
 
 def dicom_with_pixels(size: int = 32) -> bytes:
     """A grey 8-bit DICOM image carrying fake patient fields."""
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.PatientName, ds.PatientID, ds.Modality = "Doe^Jane", "SECRET-PATIENT-123", "OT"
+    ds = _fake_patient_dicom()
     ds.Rows = ds.Columns = size
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     ds.PixelData = rgb_image(size)[..., 0].tobytes()
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
+    return _dicom_bytes(ds)
 
 
 # ----------------------------------------------------------------------------------------------- server

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from medlens.errors import UnknownNameError
@@ -16,34 +15,16 @@ from medlens.inference.batch import collect_inputs, predict_paths
 from tests.helpers_inference import make_tiny_bundle
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDLENS_NUM_THREADS", "1")
-        before = torch.get_num_threads()
-        yield
-        torch.set_num_threads(before)
+@pytest.fixture(scope="module")
+def cls_bundle(tiny_models: Path) -> Path:
+    """conftest's ``cls_bundle`` plus an ONNX export, for the onnx runtime (``seg_bundle`` is conftest's)."""
+    return make_tiny_bundle(tiny_models, "classification", onnx=True)
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("batch")
-
-
-@pytest.fixture(scope="module")
-def seg_bundle(root: Path) -> Path:
-    return make_tiny_bundle(root, "segmentation", name="tiny-seg")
-
-
-@pytest.fixture(scope="module")
-def cls_bundle(root: Path) -> Path:
-    return make_tiny_bundle(root, "classification", name="tiny-cls", onnx=True)
-
-
-@pytest.fixture(scope="module")
-def inputs(root: Path) -> Path:
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three readable images (one grey, one in a sub-folder), one corrupt file and one non-image file."""
-    folder = root / "inputs"
+    folder = tmp_path_factory.mktemp("batch") / "inputs"
     (folder / "sub").mkdir(parents=True)
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(folder / "a.png")

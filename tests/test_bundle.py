@@ -28,15 +28,6 @@ from medlens.inference.predictor import SegmentationPredictor
 from tests.helpers_inference import make_tiny_run
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDLENS_NUM_THREADS", "1")
-        before = torch.get_num_threads()
-        yield
-        torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def seg_run(tmp_path_factory) -> Path:
     return make_tiny_run(tmp_path_factory.mktemp("bundle"), "segmentation")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from medlens.data.io import read_image, read_mask
@@ -17,33 +16,8 @@ from medlens.errors import DatasetError
 from medlens.evaluation.evaluate import evaluate
 from medlens.evaluation.metrics import dice
 from medlens.inference.predictor import SegmentationPredictor
-from tests.helpers_inference import make_tiny_bundle
 
 SEG_KEYS = ("dice", "iou", "sensitivity", "specificity", "precision", "pixel_accuracy", "hd95")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDLENS_NUM_THREADS", "1")
-        before = torch.get_num_threads()
-        yield
-        torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("eval-models")
-
-
-@pytest.fixture(scope="module")
-def seg_bundle(models: Path) -> Path:
-    return make_tiny_bundle(models, "segmentation", onnx=True)
-
-
-@pytest.fixture(scope="module")
-def cls_bundle(models: Path) -> Path:
-    return make_tiny_bundle(models, "classification")
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

@@ -17,15 +17,6 @@ from medlens.inference.export import export_onnx
 from tests.helpers_inference import make_tiny_bundle, make_tiny_run
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDLENS_NUM_THREADS", "1")
-        before = torch.get_num_threads()
-        yield
-        torch.set_num_threads(before)
-
-
 def _ort_logits(path: Path, x: torch.Tensor) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]

@@ -1,7 +1,7 @@
 """End to end through the command line: train -> bundle -> predict -> evaluate -> export, on tiny data.
 
-Synthetic data always; a few real images from ``../shared/datasets`` where that folder is present (the real-data
-tests skip, saying why, where it is absent).
+Synthetic data always; a few real images from ``../shared/datasets`` where that folder is present (the
+real-data tests skip, saying why, where it is absent).
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ TINY_CLS = ["--arch", "resnet18", "--input-size", "32", "--batch-size", "4"]
 
 
 def _train(data: Path, runs: Path, name: str, *extra: str) -> Path:
-    rc = main(["train", str(data), "--epochs", "1", "--device", "cpu", "--out", str(runs), "--name", name, *extra])
+    rc = main(
+        ["train", str(data), "--epochs", "1", "--device", "cpu", "--out", str(runs), "--name", name, *extra]
+    )
     assert rc == 0
     return runs / name
 
@@ -55,7 +57,14 @@ def _copy_labelled(src: Path, dst: Path, per_class: dict[str, int], label_column
 
 def test_segmentation_cli_end_to_end(synthetic_seg: Path, tmp_path: Path) -> None:
     run = _train(synthetic_seg, tmp_path / "runs", "seg", *TINY_SEG)
-    for name in ("config.yaml", "plan.json", "split.json", "metrics.csv", "model_spec.json", "val_metrics.json"):
+    for name in (
+        "config.yaml",
+        "plan.json",
+        "split.json",
+        "metrics.csv",
+        "model_spec.json",
+        "val_metrics.json",
+    ):
         assert (run / name).is_file(), name
     bundle = tmp_path / "models" / "seg"
     assert main(["bundle", str(run), "--out", str(bundle)]) == 0
@@ -81,12 +90,16 @@ def test_segmentation_cli_end_to_end(synthetic_seg: Path, tmp_path: Path) -> Non
     assert main(["export", str(bundle), "--format", "onnx"]) == 0
     assert (bundle / "model.onnx").is_file()
     ev_onnx = tmp_path / "eval-onnx"
-    assert main(["evaluate", str(bundle), str(synthetic_seg), "--out", str(ev_onnx), "--runtime", "onnx"]) == 0
+    assert (
+        main(["evaluate", str(bundle), str(synthetic_seg), "--out", str(ev_onnx), "--runtime", "onnx"]) == 0
+    )
     onnx_metrics = json.loads((ev_onnx / "metrics.json").read_text())
     assert onnx_metrics["dice_mean"] == pytest.approx(metrics["dice_mean"], abs=1e-3)
 
 
-def test_bad_dataset_names_the_file(synthetic_seg: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_bad_dataset_names_the_file(
+    synthetic_seg: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     (synthetic_seg / "images" / "case000.png").write_text("not an image")
     rc = main(["train", str(synthetic_seg), "--epochs", "1", "--out", str(tmp_path / "runs"), *TINY_SEG])
     assert rc == 2

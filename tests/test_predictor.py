@@ -22,31 +22,7 @@ from medlens.inference.predictor import (
     preprocess,
     probs_to_mask,
 )
-from tests.helpers_inference import make_tiny_bundle, make_tiny_run
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDLENS_NUM_THREADS", "1")
-        before = torch.get_num_threads()
-        yield
-        torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tmp_models(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("predictor")
-
-
-@pytest.fixture(scope="module")
-def seg_bundle(tmp_models: Path) -> Path:
-    return make_tiny_bundle(tmp_models, "segmentation", onnx=True)
-
-
-@pytest.fixture(scope="module")
-def cls_bundle(tmp_models: Path) -> Path:
-    return make_tiny_bundle(tmp_models, "classification")
+from tests.helpers_inference import make_tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import csv
 import json
 import random
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -76,16 +75,6 @@ def cls_config(root: Path, out: Path, *extra: str):
             *extra,
         ],
     )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from a second thread, and on a shared, busy machine two threads wait on each
-    other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def read_rows(run: Path) -> list[dict[str, str]]:
