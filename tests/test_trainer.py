@@ -338,3 +338,39 @@ def test_amp_dtype_rules() -> None:
         and amp_dtype("bf16", cpu) is torch.bfloat16
         and amp_dtype(False, cpu) is None
     )
+
+
+def _budget_trainer(budget_min: float, epoch_s: float, done: int, elapsed_s: float):
+    """A Trainer with just the state that ``fit_schedule_to_budget`` reads (no data, no network)."""
+    import time
+
+    from medlens.training.distributed import DistInfo
+    from medlens.training.schedule import create_scheduler
+    from medlens.training.trainer import Trainer
+
+    t = Trainer.__new__(Trainer)
+    t.cfg = load_config(None, ["epochs=20", f"max_time_minutes={budget_min}"])
+    t.dist, t.stop_reason, t.steps_per_epoch = DistInfo(), None, 10
+    t.epoch, t.planned_epochs = done, 20
+    t.history = [{"epoch": e + 1, "time_s": epoch_s} for e in range(done)]
+    t.start_time = time.monotonic() - elapsed_s
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    t.scheduler = create_scheduler(opt, "cosine", total_steps=200, warmup_steps=5)
+    return t
+
+
+def test_time_budget_shortens_the_schedule() -> None:
+    # 10 min budget, 2 epochs of 100 s done (190 s): 410 s left -> 4 more epochs, 6 planned instead of 20
+    t = _budget_trainer(budget_min=10, epoch_s=100, done=2, elapsed_s=190)
+    t.fit_schedule_to_budget()
+    assert t.planned_epochs == 6 and t.stop_reason is None
+    fn = t.scheduler.lr_lambdas[0]
+    assert fn.total_steps == 60 and fn(60) == pytest.approx(0.0)  # the decay now ends with the budget
+    # a budget that holds the whole run changes nothing
+    t = _budget_trainer(budget_min=100, epoch_s=100, done=2, elapsed_s=200)
+    t.fit_schedule_to_budget()
+    assert t.planned_epochs == 20 and t.scheduler.lr_lambdas[0].total_steps == 200
+    # no further epoch fits: stop now, saying why
+    t = _budget_trainer(budget_min=5, epoch_s=100, done=2, elapsed_s=250)
+    t.fit_schedule_to_budget()
+    assert t.stop_reason and "budget" in t.stop_reason

@@ -78,7 +78,7 @@ class Trainer:
     def fit(self) -> Path:
         """Train until ``epochs``, early stopping or the time budget; returns the run folder."""
         self.on_train_start()
-        while self.epoch < self.cfg.epochs and self.stop_reason is None:
+        while self.epoch < self.planned_epochs and self.stop_reason is None:
             self.on_epoch_start()
             train_stats = self.train_epoch()
             val_stats = self.validate() if self.validation_due() else {}
@@ -102,6 +102,7 @@ class Trainer:
         if self.dist.rank:  # every rank draws its own augmentations
             seed_everything(self.cfg.seed + 1000 * self.epoch + self.dist.rank)
         self.set_frozen(self.epoch < self.cfg.freeze_epochs)
+        self.planned_epochs = self.cfg.epochs
         self.start_time = time.monotonic()
         size = "x".join(map(str, self.plan.input_size))
         procs = f", {self.dist.world_size} processes" if self.dist.enabled else ""
@@ -221,6 +222,29 @@ class Trainer:
         patience = self.cfg.early_stopping_patience
         if patience and self.bad_epochs >= patience and self.stop_reason is None:
             self.stop_reason = f"early stopping: no better {self.score_key} for {patience} validations"
+        self.fit_schedule_to_budget()
+
+    def fit_schedule_to_budget(self) -> None:
+        """With ``max_time_minutes``, shorten the planned epochs, and the LR schedule with them, to what the
+        budget still holds (judged by the slowest of the last two epochs), so that a time-limited run ends its
+        decay instead of being cut off at a high learning rate."""
+        budget = self.cfg.max_time_minutes
+        if budget is None or self.stop_reason is not None or self.epoch >= self.planned_epochs:
+            return
+        per_epoch = max(float(r["time_s"]) for r in self.history[-2:])
+        left = 60.0 * budget - (time.monotonic() - self.start_time)
+        fits = self.epoch + int(max(left, 0.0) // max(per_epoch, 1e-3))
+        planned = distributed.broadcast_object(min(self.planned_epochs, fits), self.dist)
+        if planned >= self.planned_epochs:
+            return
+        if planned <= self.epoch:
+            self.stop_reason = f"time budget of {budget} min holds no further epoch"
+            return
+        log.info("time budget of %s min: %d epochs planned instead of %d (about %.0f s each); LR schedule "
+                 "shortened to match", budget, planned, self.planned_epochs, per_epoch)  # fmt: skip
+        self.planned_epochs = planned
+        for fn in self.scheduler.lr_lambdas:
+            fn.total_steps = max(fn.warmup_steps + 1, planned * self.steps_per_epoch)
 
     def on_train_end(self) -> None:
         """Best checkpoint -> final validation metrics (+ calibration for classification), model_spec.json."""
@@ -413,7 +437,7 @@ class Trainer:
 
     def validation_due(self) -> bool:
         e = self.epoch + 1
-        return e % self.cfg.val_every == 0 or e >= self.cfg.epochs or self.stop_reason is not None
+        return e % self.cfg.val_every == 0 or e >= self.planned_epochs or self.stop_reason is not None
 
     # ---------------------------------------------------------------------------------------- state and files
     def state_dict(self) -> dict[str, Any]:
