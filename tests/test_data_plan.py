@@ -70,6 +70,20 @@ def test_splits_keep_groups_stratify_and_match_fractions() -> None:
         assert abs(summary[side].get("rare", 0) - share * total_rare) <= max(3, 0.25 * total_rare)
 
 
+def test_large_groups_reach_the_validation_side() -> None:
+    """Like Kvasir-SEG (single frames) + CVC-ClinicDB (videos of ~20 frames): not all videos go to train."""
+    items = [Item(f"single{i}", Path(f"/x/s{i}.png"), [], None, f"s{i}") for i in range(900)]
+    items += [
+        Item(f"v{v}_{k}", Path(f"/x/v{v}_{k}.png"), [], None, f"video{v}")
+        for v in range(24)
+        for k in range(22)
+    ]
+    index = DatasetIndex(Path("/x"), "segmentation", items, "binary", ["background", "foreground"])
+    val = make_splits(index, val_fraction=0.15, seed=0)["val"]
+    video_share = sum(i.startswith("v") for i in val) / len(val)
+    assert 0.2 < video_share < 0.55  # about the 37 % that video frames make of the data
+
+
 def test_splits_are_deterministic_for_a_seed() -> None:
     index = _index()
     assert make_splits(index, seed=7) == make_splits(index, seed=7)

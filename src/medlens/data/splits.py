@@ -45,8 +45,11 @@ def _label_codes(index: DatasetIndex) -> tuple[np.ndarray, int]:
 def _allocate(counts: np.ndarray, fractions: np.ndarray, order: np.ndarray) -> np.ndarray:
     """Side per group. ``counts`` (G, L) items per group and label; ``fractions`` (S,) target share per side.
 
-    Each group, largest first, goes to the side with the largest still-missing share of its labels (weighted
-    by the group's label counts), ties broken by the side's missing share of all items.
+    Each group, largest first, goes to the side whose targets for the group's labels are least filled,
+    relative to each side's own target (weighted by the group's label counts); ties are broken by the side's
+    relative shortfall of all items. Relative, not absolute, shortfalls: with absolute ones the large side
+    (train) stays the neediest until it is nearly full, so every large group (a long video sequence, a lesion
+    photographed many times) would land in train and the validation side would hold only small groups.
     """
     totals = counts.sum(axis=0).astype(np.float64)  # (L,)
     targets = fractions[:, None] * totals[None, :]  # (S, L)
@@ -56,8 +59,8 @@ def _allocate(counts: np.ndarray, fractions: np.ndarray, order: np.ndarray) -> n
     sides = np.zeros(len(counts), dtype=np.int64)
     open_sides = np.flatnonzero(fractions > 0)
     for g in order:
-        need = ((targets - filled) / np.maximum(totals, 1.0)) @ counts[g]  # (S,)
-        size_need = (size_target - size_filled) / max(size_target.sum(), 1.0)
+        need = ((targets - filled) / np.maximum(targets, 1e-9)) @ counts[g]  # (S,)
+        size_need = (size_target - size_filled) / np.maximum(size_target, 1e-9)
         best = max(open_sides, key=lambda s: (round(float(need[s]), 9), float(size_need[s])))
         sides[g] = best
         filled[best] += counts[g]
