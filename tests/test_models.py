@@ -227,6 +227,7 @@ def test_other_num_classes_and_one_input_channel(tv_mobilenet: tuple[nn.Module, 
     assert report.fraction == 1.0
     assert report.adapted == ["conv_stem.weight"]
     assert set(report.mismatched) == {"classifier.weight", "classifier.bias"}
+    assert not model.classifier.weight.any() and not model.classifier.bias.any()  # a new head starts at zero
     expected = net.state_dict()["features.0.0.weight"].sum(dim=1, keepdim=True)  # timm/smp rule for 1 channel
     torch.testing.assert_close(model.conv_stem.weight, expected)
     torch.testing.assert_close(model.blocks[6][0].bn3.running_var, net.features[17].conv[3].running_var)

@@ -307,7 +307,25 @@ def load_pretrained(
             f"do the weights belong to this architecture?"
         )
     module.load_state_dict(tensors, strict=False)
+    if task == "classification":
+        _zero_init_new_head(module, loaded=set(tensors))
     return report
+
+
+def _zero_init_new_head(model: nn.Module, loaded: set[str]) -> None:
+    """Start a classifier head that the weights did not provide at zero (first loss = ln K).
+
+    timm initialises a linear head uniformly in +-1/sqrt(num_classes), which for a handful of classes gives
+    large, confidently wrong first logits on pretrained features; a zero head is the usual fine-tuning start.
+    """
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    names = {f"{name}.weight" for name, m in model.named_modules() if m is head}
+    if isinstance(head, nn.Linear) and not names & loaded:
+        with torch.no_grad():
+            head.weight.zero_()
+            if head.bias is not None:
+                head.bias.zero_()
 
 
 def _hub_candidates(model: nn.Module, task: str) -> tuple[list[tuple[str, str, str | None]], list[str]]:
