@@ -97,8 +97,9 @@ class TorchRunner:
         self.model = model.to(self.device).eval()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            return self.model(x.to(self.device)).float().cpu()
+            return self.model(x).float().cpu()
 
 
 class OnnxRunner:
@@ -110,6 +111,11 @@ class OnnxRunner:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or default_threads()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.inter_op_num_threads = 1
+        # Idle pool threads sleep instead of spinning: pipelines run torch (Grad-CAM) and numpy right after
+        # each ONNX call, and spinning threads took those cores (benchmarks/inference.py, BENCHMARKS.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
@@ -197,7 +203,9 @@ class _Predictor:
         """The torch model (eval, fp32; on ``device`` with the torch runtime, CPU with ONNX), loaded lazily
         and available with either runtime (Grad-CAM needs it)."""
         if self._model is None:
-            self._model, _ = load_model_source(self.source)
+            model, _ = load_model_source(self.source)
+            # NHWC weights: oneDNN convolutions (forward and Grad-CAM's backward) run faster on them.
+            self._model = model.to(memory_format=torch.channels_last)
         return self._model
 
     @property
