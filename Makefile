@@ -43,7 +43,7 @@ format: venv
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
 bench: venv
-	$(PY) benchmarks/inference.py --out BENCHMARKS.md
+	MEDLENS_NUM_THREADS=1 $(PY) -m benchmarks.inference --threads 1 --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist src/*.egg-info

@@ -1,0 +1,344 @@
+"""Bounded load test of the web app on loopback: N concurrent clients POST images to /api/v1/analyze.
+
+Starts the app in this process (``medlens.app.api.create_app`` + uvicorn in a thread) on 127.0.0.1 at a free
+port, with MEDLENS_HOME in a temporary folder and the skin pipeline over the bundles in ``--models`` (copied
+first, so nothing is written into them) or random-weight stand-ins (``--tiny``). ``--clients`` threads, each
+with its own ``httpx.Client``, post real example images until ``--seconds`` have passed or ``--max-requests``
+were sent in all (the test stops by itself; requests in flight are awaited). Reports requests/s, p50/p99
+latency, errors (target 0) and whether every successful analysis was stored
+(``GET /api/v1/analyses`` total == successful requests). Only 127.0.0.1 is ever contacted.
+
+    .venv/bin/python -m benchmarks.server_load --clients 8 --seconds 30 --out BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):  # `python benchmarks/server_load.py` as well as `python -m ...`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (
+    RESULTS,
+    command_line,
+    example_images,
+    machine_info,
+    machine_line,
+    md_table,
+    percentiles,
+    prepare_skin_models,
+    skin_pipeline,
+    synthetic_skin_images,
+    update_section,
+    write_json,
+)
+
+HOST = "127.0.0.1"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="models", help="folder with the skin-seg and skin-cls bundles")
+    p.add_argument("--tiny", action="store_true", help="random-weight bundles of the shipped architectures")
+    p.add_argument("--clients", type=int, default=8, help="concurrent clients")
+    p.add_argument("--seconds", type=float, default=30.0, help="how long clients keep sending")
+    p.add_argument("--max-requests", type=int, default=2000, help="upper bound on requests sent in all")
+    p.add_argument("--timeout", type=float, default=300.0, help="per-request timeout (s)")
+    p.add_argument(
+        "--runtime",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="pipeline runtime (torch = what `medlens serve` loads)",
+    )
+    p.add_argument(
+        "--scope",
+        choices=("auto", "shipped", "off"),
+        default="auto",
+        help="out-of-scope checks: as shipped, or off so every stage runs (auto: off for --tiny stand-ins, "
+        "whose random outputs would trip them)",
+    )
+    p.add_argument(
+        "--images", default=None, help="folder of example images (default: HAM10000 from ../shared)"
+    )
+    p.add_argument("--n-images", type=int, default=16, help="distinct example images posted in turn")
+    p.add_argument("--threads", type=int, default=None, help="MEDLENS_NUM_THREADS for the models")
+    p.add_argument("--ui", action="store_true", help="also mount the Gradio UI (as `medlens serve` does)")
+    p.add_argument("--json", default=None, help="results file (default: benchmarks/results/<section>.json)")
+    p.add_argument("--out", default=None, help="markdown file whose section is replaced/appended")
+    p.add_argument("--section", default="server", help="section key in --out (one per configuration)")
+    p.add_argument("--work-dir", default=None, help="scratch folder (default: a temporary one, removed)")
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------------ server
+class ThreadedServer:
+    """uvicorn serving ``app`` on a socket bound to 127.0.0.1 (free port) in a daemon thread."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((HOST, 0))
+        self.port = self.sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", access_log=False, server_header=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def __enter__(self) -> ThreadedServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the server did not start within 60 s")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+def build_app(args: argparse.Namespace, work: Path) -> tuple[Any, dict[str, Any]]:
+    from medlens.app.api import create_app
+
+    models_dir, models_desc = prepare_skin_models(args.models, work, args.tiny)
+    tiny = "random-weight" in models_desc
+    scope = {"auto": not tiny, "shipped": True, "off": False}[args.scope]
+    pipelines = {"skin": skin_pipeline(models_dir, args.runtime, scope=scope)}
+    app = create_app(models_dir, home=work / "home", pipelines=pipelines, ui=args.ui)
+    info = {"models": models_desc, "scope_checks": "as shipped" if scope else "off (every stage runs)"}
+    return app, info
+
+
+def example_payloads(args: argparse.Namespace) -> tuple[list[tuple[str, bytes]], str]:
+    """``(file name, bytes)`` of the example images (PNG-encoded synthetic ones when there are none)."""
+    import io
+
+    from PIL import Image
+
+    paths, desc = example_images(args.images, args.n_images)
+    if paths:
+        return [(p.name, p.read_bytes()) for p in paths], desc
+    out = []
+    for i, arr in enumerate(synthetic_skin_images(args.n_images)):
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG")
+        out.append((f"synthetic{i}.png", buf.getvalue()))
+    return out, f"{len(out)} synthetic 200x150 PNG images ({desc})"
+
+
+# ------------------------------------------------------------------------------------------------ clients
+class Load:
+    """Shared counters of the client threads; the request budget and the deadline bound the test."""
+
+    def __init__(self, max_requests: int, seconds: float) -> None:
+        self.lock = threading.Lock()
+        self.sent = 0
+        self.max_requests = max_requests
+        self.deadline = time.monotonic() + seconds
+        self.latencies_ms: list[float] = []
+        self.timings: list[dict[str, float]] = []
+        self.errors: list[str] = []
+        self.out_of_scope = 0
+        self.gradcam = 0
+
+    def take(self) -> bool:
+        """One more request allowed?"""
+        with self.lock:
+            if self.sent >= self.max_requests or time.monotonic() >= self.deadline:
+                return False
+            self.sent += 1
+            return True
+
+
+def client(url: str, payloads: list[tuple[str, bytes]], load: Load, offset: int, timeout: float) -> None:
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=timeout) as http:
+        i = offset
+        while load.take():
+            name, data = payloads[i % len(payloads)]
+            i += 1
+            t0 = time.perf_counter()
+            try:
+                r = http.post("/api/v1/analyze", files={"file": (name, data)}, data={"pipeline": "skin"})
+                ms = (time.perf_counter() - t0) * 1000.0
+                if r.status_code != 200:
+                    raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
+                body = r.json()
+            except Exception as exc:  # every failure counts as an error, the test goes on
+                with load.lock:
+                    load.errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            with load.lock:
+                load.latencies_ms.append(ms)
+                load.timings.append(body.get("timings") or {})
+                load.out_of_scope += bool(body.get("out_of_scope"))
+                load.gradcam += bool(body.get("gradcam_url"))
+
+
+def server_stages(timings: list[dict[str, float]]) -> dict[str, float]:
+    """Median of each ``timings`` key the API returned (decode, pipeline stages, analysis)."""
+    keys = sorted({k for t in timings for k in t})
+    return {k: round(float(np.median([t[k] for t in timings if k in t])), 1) for k in keys}
+
+
+def run_load(url: str, payloads: list[tuple[str, bytes]], args: argparse.Namespace) -> dict[str, Any]:
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=args.timeout) as http:  # warm-up: one request, not counted
+        http.post(
+            "/api/v1/analyze", files={"file": payloads[0]}, data={"pipeline": "skin"}
+        ).raise_for_status()
+        before = http.get("/api/v1/analyses", params={"page_size": 1}).json()["total"]
+    load = Load(args.max_requests, args.seconds)
+    threads = [
+        threading.Thread(target=client, args=(url, payloads, load, k, args.timeout), daemon=True)
+        for k in range(args.clients)
+    ]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    with httpx.Client(base_url=url, timeout=args.timeout) as http:
+        after = http.get("/api/v1/analyses", params={"page_size": 1}).json()["total"]
+    ok = len(load.latencies_ms)
+    stored = after - before
+    return {
+        "requests_sent": load.sent,
+        "successful": ok,
+        "errors": len(load.errors),
+        "error_examples": sorted(set(load.errors))[:5],
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(ok / wall, 3) if wall else None,
+        "latency_ms": percentiles(load.latencies_ms),
+        "server_timings_ms_p50": server_stages(load.timings),
+        "stored": stored,
+        "all_stored": stored == ok,
+        "out_of_scope": load.out_of_scope,
+        "with_gradcam": load.gradcam,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ report
+def markdown(res: dict[str, Any]) -> str:
+    s, r = res["settings"], res["result"]
+    lat = r["latency_ms"]
+    lines = [
+        f"## Server load: POST /api/v1/analyze on loopback ({s['runtime']} runtime)",
+        "",
+        f"What: the app (`create_app` + uvicorn in a thread, 127.0.0.1, MEDLENS_HOME in a temporary "
+        f"folder, {'with' if s['ui'] else 'without'} the Gradio UI mounted) with the skin pipeline "
+        f"({s['runtime']} runtime, out-of-scope checks {res['scope_checks']}); {s['clients']} concurrent "
+        f"clients (httpx) post example images for {s['seconds']:g} s (at most {s['max_requests']} requests; "
+        "those in flight at the deadline are awaited). The pipeline runs one analysis at a time "
+        "(per-pipeline lock), so latency grows with the number of clients.",
+        "",
+        f"- Command: `{res['command']}`",
+        f"- Machine: {machine_line(res['machine'])}; model threads {s['threads']}; "
+        f"load average before/after: {res['load_before']} / {res['load_after']}",
+        f"- Models: {res['models']}",
+        f"- Images: {res['images']}",
+        "",
+        md_table(
+            [
+                "clients",
+                "requests ok",
+                "errors",
+                "wall s",
+                "requests/s",
+                "p50 ms",
+                "p99 ms",
+                "pipeline p50 ms (server)",
+                "stored",
+                "all stored",
+            ],
+            [
+                [
+                    s["clients"],
+                    r["successful"],
+                    r["errors"],
+                    r["wall_s"],
+                    r["requests_per_s"],
+                    lat["p50"],
+                    lat["p99"],
+                    r["server_timings_ms_p50"].get("total"),
+                    r["stored"],
+                    "yes" if r["all_stored"] else "NO",
+                ]
+            ],
+        ),
+        "",
+        f"Responses out of scope: {r['out_of_scope']}; with a Grad-CAM picture: {r['with_gradcam']}."
+        + (f" Errors: {'; '.join(r['error_examples'])}" if r["errors"] else ""),
+        "",
+        "Server-side `timings` (medians, ms; `analysis` includes waiting for the pipeline lock): "
+        + ", ".join(f"{k} {v}" for k, v in r["server_timings_ms_p50"].items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        os.environ["MEDLENS_NUM_THREADS"] = str(args.threads)
+    from medlens.inference.predictor import default_threads
+
+    with tempfile.TemporaryDirectory(prefix="medlens-load-", dir=args.work_dir) as tmp:
+        work = Path(tmp)
+        os.environ["MEDLENS_HOME"] = str(work / "home")
+        load_before = round(os.getloadavg()[0], 2)
+        app, info = build_app(args, work)
+        payloads, images_desc = example_payloads(args)
+        with ThreadedServer(app) as server:
+            result = run_load(server.url, payloads, args)
+        res: dict[str, Any] = {
+            "benchmark": "server_load",
+            "command": command_line("benchmarks.server_load", argv),
+            "machine": machine_info(),
+            "settings": {
+                "clients": args.clients,
+                "seconds": args.seconds,
+                "max_requests": args.max_requests,
+                "runtime": args.runtime,
+                "threads": default_threads(),
+                "ui": args.ui,
+            },
+            **info,
+            "images": images_desc,
+            "load_before": load_before,
+            "load_after": round(os.getloadavg()[0], 2),
+            "result": result,
+        }
+    md = markdown(res)
+    print(md)
+    print(f"JSON: {write_json(args.json or RESULTS / f'{args.section}.json', res)}")
+    if args.out:
+        print(f"section {args.section!r} written to {update_section(args.out, args.section, md)}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
