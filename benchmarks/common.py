@@ -7,15 +7,18 @@ numbers move with whatever else the machine runs.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import logging
 import os
 import platform
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,19 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 # ------------------------------------------------------------------------------------------------ machine
+@contextlib.contextmanager
+def bench_workdir(prefix: str, work_dir: str | None, threads: int | None) -> Iterator[tuple[Path, float]]:
+    """Common set-up of a benchmark run: logging, model threads (``MEDLENS_NUM_THREADS``), a temporary work
+    folder whose ``home`` is ``MEDLENS_HOME`` (ONNX cache, history), and the load average before the run."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if threads:
+        os.environ["MEDLENS_NUM_THREADS"] = str(threads)
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=work_dir) as tmp:
+        work = Path(tmp)
+        os.environ["MEDLENS_HOME"] = str(work / "home")
+        yield work, round(os.getloadavg()[0], 2)
+
+
 def cpu_model() -> str:
     """CPU model name (``lscpu``, else ``/proc/cpuinfo``, else ``platform.processor()``)."""
     try:

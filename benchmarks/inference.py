@@ -18,10 +18,8 @@ timed. Results: a markdown table on stdout, a JSON file, and with ``--out BENCHM
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,6 +32,7 @@ if __package__ in (None, ""):  # `python benchmarks/inference.py` as well as `py
 
 from benchmarks.common import (
     RESULTS,
+    bench_workdir,
     command_line,
     example_images,
     load_images,
@@ -277,15 +276,9 @@ def markdown(res: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        os.environ["MEDLENS_NUM_THREADS"] = str(args.threads)
-    from medlens.inference.predictor import default_threads
+    with bench_workdir("medlens-bench-", args.work_dir, args.threads) as (work, load_before):
+        from medlens.inference.predictor import default_threads
 
-    with tempfile.TemporaryDirectory(prefix="medlens-bench-", dir=args.work_dir) as tmp:
-        work = Path(tmp)
-        os.environ["MEDLENS_HOME"] = str(work / "home")  # ONNX cache and nothing else
-        load_before = round(os.getloadavg()[0], 2)
         models_dir, models_desc = prepare_skin_models(args.models, work, args.tiny)
         paths, images_desc = example_images(args.images, max(8, args.batch))
         images = load_images(paths) if paths else synthetic_skin_images(max(8, args.batch))

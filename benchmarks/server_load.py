@@ -14,11 +14,9 @@ latency, errors (target 0) and whether every successful analysis was stored
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -32,6 +30,7 @@ if __package__ in (None, ""):  # `python benchmarks/server_load.py` as well as `
 
 from benchmarks.common import (
     RESULTS,
+    bench_workdir,
     command_line,
     example_images,
     machine_info,
@@ -301,15 +300,9 @@ def markdown(res: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        os.environ["MEDLENS_NUM_THREADS"] = str(args.threads)
-    from medlens.inference.predictor import default_threads
+    with bench_workdir("medlens-load-", args.work_dir, args.threads) as (work, load_before):
+        from medlens.inference.predictor import default_threads
 
-    with tempfile.TemporaryDirectory(prefix="medlens-load-", dir=args.work_dir) as tmp:
-        work = Path(tmp)
-        os.environ["MEDLENS_HOME"] = str(work / "home")
-        load_before = round(os.getloadavg()[0], 2)
         app, info = build_app(args, work)
         payloads, images_desc = example_payloads(args)
         with ThreadedServer(app) as server:
