@@ -27,7 +27,7 @@ def test_defaults_match_contract() -> None:
     assert isinstance(cfg.augment, AugmentConfig)
     assert (cfg.model.arch, cfg.model.encoder, cfg.model.pretrained) == ("unet", "resnet34", False)
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.schedule) == ("adamw", 1e-3, "cosine")
-    assert cfg.epochs == 50 and cfg.batch_size is None and cfg.loss is None and cfg.amp is True
+    assert cfg.epochs == 50 and cfg.batch_size is None and cfg.loss is None and cfg.amp == "auto"
     assert cfg.data.extra_roots == [] and cfg.data.input_size is None
 
 
@@ -97,7 +97,7 @@ def test_unknown_yaml_key_names_file_and_valid_keys(tmp_path: Path) -> None:
         ("epochs=0", "epochs: 0 is outside"),
         ("data.task=detection", "data.task: unknown value 'detection'"),
         ("optim.schedule=step", "optim.schedule: unknown value"),
-        ("amp=fp8", "amp: expected one of"),
+        ("amp=fp8", "amp: unknown value 'fp8'"),
         ("data.input_size=[4, 4]", "data.input_size"),
         ("augment.hflip=2", "augment.hflip is a probability"),
         ("guide_mode=mask", "guide_mode: unknown value"),
@@ -153,3 +153,11 @@ def test_polyp_preset_merges_cvc_with_automatic_groups() -> None:
     assert cfg.data.root.endswith("kvasir_seg")
     assert [Path(r).name for r in cfg.data.extra_roots] == ["cvc_clinicdb"]
     assert cfg.data.group_column is None  # auto: CVC's metadata.csv has video_sequence, Kvasir has no groups
+
+
+def test_legacy_amp_booleans_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "old.yaml"
+    path.write_text("amp: true\n")
+    assert load_config(path).amp == "auto"
+    path.write_text("amp: false\n")
+    assert load_config(path).amp == "fp32"

@@ -31,7 +31,7 @@ MODES = ("binary", "multiclass", "multilabel")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "poly", "constant")
 GUIDE_MODES = ("crop", "channel", "both")
-AMP_VALUES = (True, False, "bf16", "fp16")
+AMP_VALUES = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass
@@ -96,7 +96,9 @@ class TrainConfig:
     batch_size: int | None = None  # None = the plan's batch size
     steps_per_epoch: int | None = None  # None = one pass over the training split
     seed: int = 0
-    amp: bool | str = True  # True: bf16 autocast on CUDA, off on CPU; "bf16": also on CPU; "fp16": CUDA fp16
+    # auto: bf16 autocast on CUDA and on CPUs with fast bf16 (AVX512-BF16 / AMX), else fp32; bf16, fp16 or
+    # fp32 force one (fp16 is CUDA only). The run's config.yaml records the precision actually used.
+    amp: str | bool = "auto"  # (true / false: the spellings of config.yaml files before "auto")
     channels_last: bool = True
     compile: bool = False
     early_stopping_patience: int | None = 10  # validations without improvement; None / 0 = off
@@ -317,8 +319,9 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _choice("optim.name", o.name.lower(), OPTIMIZERS)
     _choice("optim.schedule", o.schedule, SCHEDULES)
     _choice("guide_mode", cfg.guide_mode, GUIDE_MODES)
-    if cfg.amp not in AMP_VALUES:
-        raise ConfigError(f"amp: expected one of true, false, bf16, fp16; got {cfg.amp!r}")
+    if isinstance(cfg.amp, bool):  # config.yaml files written before "auto": true meant auto, false fp32
+        cfg.amp = "auto" if cfg.amp else "fp32"
+    _choice("amp", cfg.amp, AMP_VALUES)
     if d.input_size is not None:
         size = list(d.input_size) * 2 if len(d.input_size) == 1 else list(d.input_size)
         if len(size) != 2 or min(size) < 8:
