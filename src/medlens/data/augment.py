@@ -28,40 +28,79 @@ logger = logging.getLogger(__name__)
 TASKS = ("segmentation", "classification")
 
 
+#: Built-in values of the settings that neither the config nor the data set's plan chose.
+AUGMENT_DEFAULTS: dict[str, Any] = {
+    "hflip": 0.5,
+    "vflip": 0.0,
+    "rotate_deg": 15.0,
+    "scale": (0.85, 1.15),
+    "shift": 0.06,
+    "elastic": 0.0,
+    "elastic_alpha": 2.0,
+    "elastic_sigma": 8.0,
+    "brightness": 0.15,
+    "contrast": 0.15,
+    "gamma": 0.0,
+    "hue": 0.0,
+    "p_affine": 0.7,
+    "p_color": 0.8,
+}
+
+
 @dataclass
 class AugmentConfig:
     """Augmentation settings. ``hflip``, ``vflip``, ``p_affine``, ``elastic``, ``p_color`` are probabilities;
-    the others are magnitudes (0 turns an operation off)."""
+    the others are magnitudes (0 turns an operation off).
 
-    hflip: float = 0.5  # probability of a horizontal flip
-    vflip: float = 0.0  # probability of a vertical flip
-    rotate_deg: float = 15.0  # rotation drawn from [-rotate_deg, rotate_deg] degrees
-    scale: tuple[float, float] = (0.85, 1.15)  # isotropic zoom range
-    shift: float = 0.06  # translation up to this fraction of width / height
-    elastic: float = 0.0  # probability of an elastic deformation
-    elastic_alpha: float = (
-        2.0  # elastic displacement scale (kornia: normalised coordinates, image half-size = 1)
-    )
-    elastic_sigma: float = 8.0  # smoothness (Gaussian sigma, pixels) of the elastic displacement field
-    brightness: float = 0.15  # additive brightness drawn from [-b, b]
-    contrast: float = 0.15  # contrast factor drawn from [1 - c, 1 + c]
-    gamma: float = 0.0  # gamma drawn from [1 - g, 1 + g]
-    hue: float = 0.0  # hue shift drawn from [-h, h] (fraction of the colour circle; RGB images only)
-    p_affine: float = 0.7  # probability of the affine transform (rotation + scale + shift together)
-    p_color: float = 0.8  # probability of the colour jitter and, separately, of the gamma change
+    ``None`` (the default of every field) means "not set": training fills it from the data set's plan (e.g.
+    vertical flips for dermoscopy, none for X-rays), else from :data:`AUGMENT_DEFAULTS` (:meth:`filled`). A
+    value you set is kept, even when it equals the built-in default.
+    """
+
+    hflip: float | None = None  # probability of a horizontal flip
+    vflip: float | None = None  # probability of a vertical flip
+    rotate_deg: float | None = None  # rotation drawn from [-rotate_deg, rotate_deg] degrees
+    scale: tuple[float, float] | None = None  # isotropic zoom range
+    shift: float | None = None  # translation up to this fraction of width / height
+    elastic: float | None = None  # probability of an elastic deformation
+    elastic_alpha: float | None = None  # elastic displacement scale (kornia: normalised coordinates)
+    elastic_sigma: float | None = None  # smoothness (Gaussian sigma, pixels) of the elastic displacement
+    brightness: float | None = None  # additive brightness drawn from [-b, b]
+    contrast: float | None = None  # contrast factor drawn from [1 - c, 1 + c]
+    gamma: float | None = None  # gamma drawn from [1 - g, 1 + g]
+    hue: float | None = None  # hue shift drawn from [-h, h] (fraction of the colour circle; RGB only)
+    p_affine: float | None = None  # probability of the affine transform (rotation + scale + shift together)
+    p_color: float | None = None  # probability of the colour jitter and, separately, of the gamma change
 
     def __post_init__(self) -> None:
-        self.scale = tuple(float(s) for s in self.scale)  # type: ignore[assignment]  # YAML gives lists
-        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
-            raise ConfigError(f"augment.scale must be (low, high) with 0 < low <= high, got {self.scale}")
+        if self.scale is not None:
+            self.scale = tuple(float(s) for s in self.scale)  # type: ignore[assignment]  # YAML gives lists
+            if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+                raise ConfigError(f"augment.scale must be (low, high) with 0 < low <= high, got {self.scale}")
         for name in ("hflip", "vflip", "elastic", "p_affine", "p_color"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"augment.{name} is a probability in [0, 1], got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ConfigError(f"augment.{name} is a probability in [0, 1], got {value}")
         for name in ("rotate_deg", "shift", "elastic_alpha", "brightness", "contrast", "gamma", "hue"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
-        if self.elastic_sigma <= 0 or self.gamma >= 1 or self.hue > 0.5:
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"augment.{name} must be >= 0, got {value}")
+        if (
+            (self.elastic_sigma is not None and self.elastic_sigma <= 0)
+            or (self.gamma is not None and self.gamma >= 1)
+            or (self.hue is not None and self.hue > 0.5)
+        ):
             raise ConfigError("augment: need elastic_sigma > 0, gamma < 1 and hue <= 0.5")
+
+    def filled(self, suggestions: dict[str, Any] | None = None) -> AugmentConfig:
+        """A copy with every unset field taken from ``suggestions`` (a plan's), else the built-in default."""
+        values = {}
+        for name in AUGMENT_DEFAULTS:
+            value = getattr(self, name)
+            if value is None:
+                value = (suggestions or {}).get(name, AUGMENT_DEFAULTS[name])
+            values[name] = tuple(value) if isinstance(value, list) else value
+        return AugmentConfig(**values)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AugmentConfig:
@@ -75,7 +114,7 @@ class AugmentConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON/YAML-friendly dict (``scale`` as a list)."""
         out = dataclasses.asdict(self)
-        out["scale"] = list(self.scale)
+        out["scale"] = None if self.scale is None else list(self.scale)
         return out
 
 
@@ -90,7 +129,7 @@ class GpuAugmenter:
     def __init__(self, cfg: AugmentConfig, task: str) -> None:
         if task not in TASKS:
             raise UnknownNameError("task", task, TASKS)
-        self.cfg, self.task = cfg, task
+        self.cfg, self.task = cfg.filled(), task
         self._pipelines: dict[tuple[int, int, int], nn.Module] = {}
 
     def __call__(

@@ -61,6 +61,7 @@ def discover_all(cfg: TrainConfig) -> DatasetIndex:
                 item.group = (
                     f"{index.root.name}:{item.group if item.group is not None else 'item:' + item.id}"
                 )
+                item.source = index.root.name
         log.info(
             "data %s: %d items%s",
             index.root,
@@ -86,6 +87,15 @@ def resolve_plan(plan: Plan, cfg: TrainConfig) -> Plan:
         changes["batch_size"] = cfg.batch_size
     if cfg.loss is not None:
         changes["loss"] = cfg.loss
+    weights_norm = _offline_normalisation(cfg)
+    if (
+        weights_norm
+        and changes.get("in_channels", plan.in_channels) == 3
+        and weights_norm != (plan.mean, plan.std)
+    ):
+        changes["mean"], changes["std"] = (
+            weights_norm  # the statistics the ImageNet weights were trained with
+        )
     if changes:
         changes["notes"] = [*plan.notes, "set by the config: " + ", ".join(sorted(changes))]
     plan = dataclasses.replace(plan, **changes)
@@ -97,6 +107,16 @@ def resolve_plan(plan: Plan, cfg: TrainConfig) -> Plan:
             plan, in_channels=plan.in_channels + 1, mean=[*plan.mean, 0.0], std=[*plan.std, 1.0]
         )
     return plan
+
+
+def _offline_normalisation(cfg: TrainConfig) -> tuple[list[float], list[float]] | None:
+    """(mean, std) of the offline ImageNet weights a config starts from, or None."""
+    if cfg.model.pretrained != "offline":
+        return None
+    from medlens.models.offline import offline_weights_for
+
+    weights = offline_weights_for(cfg.model.encoder if cfg.data.task == "segmentation" else cfg.model.arch)
+    return list(weights.mean), list(weights.std)
 
 
 def resolve_config(cfg: TrainConfig, plan: Plan, run_dir: Path) -> TrainConfig:
@@ -121,16 +141,9 @@ def _fit(values: list[float], n: int) -> list[float]:
 
 
 def resolve_augment(cfg: TrainConfig, plan: Plan) -> AugmentConfig:
-    """Augmentation: the plan's suggestions (e.g. vertical flips for dermoscopy) fill fields left at their
-    defaults."""
-    defaults, current = AugmentConfig(), dataclasses.asdict(cfg.augment)
-    known = {f.name for f in dataclasses.fields(AugmentConfig)}
-    merged = {
-        k: v for k, v in (plan.augment or {}).items() if k in known and current[k] == getattr(defaults, k)
-    }
-    return dataclasses.replace(
-        cfg.augment, **{k: tuple(v) if isinstance(v, list) else v for k, v in merged.items()}
-    )
+    """Augmentation: every setting the config left unset comes from the plan's suggestions (e.g. vertical
+    flips for dermoscopy), else the built-in default; settings the config gives are kept as they are."""
+    return cfg.augment.filled(plan.augment)
 
 
 def prepare_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> RunData:
