@@ -22,9 +22,9 @@ from medlens.config import load_config
 from medlens.errors import ConfigError, MedlensError
 from medlens.evaluation.metrics import dice as np_dice
 from medlens.evaluation.metrics import iou as np_iou
-from medlens.training import batches
+from medlens.training import batches, optim
 from medlens.training.checkpoint import load_checkpoint, rng_state, seed_everything, set_rng_state
-from medlens.training.optim import amp_dtype
+from medlens.training.optim import amp_dtype, precision_name
 from medlens.training.schedule import WarmupDecay
 from medlens.training.trainer import train
 from medlens.training.validation import classification_report, dice_iou, positive_class
@@ -55,6 +55,7 @@ def seg_config(root: Path, out: Path, *extra: str):
             "model.encoder=resnet18",
             "batch_size=4",
             "device=cpu",
+            "amp=fp32",  # per-epoch and final validation then agree to the last digit
             *extra,
         ],
     )
@@ -71,6 +72,7 @@ def cls_config(root: Path, out: Path, *extra: str):
             "model.arch=resnet18",
             "batch_size=4",
             "device=cpu",
+            "amp=fp32",
             "data.val_fraction=0.25",
             *extra,
         ],
@@ -113,6 +115,44 @@ def test_segmentation_run_folder_is_complete(seg_run: Path) -> None:
     saved = yaml.safe_load((seg_run / "config.yaml").read_text())
     assert saved["data"]["input_size"] == [32, 32] and saved["batch_size"] == 4 and saved["loss"] == "dice_ce"
     assert saved["run_name"] == "seg"
+
+
+def test_explicit_settings_beat_the_plan_and_precision_is_recorded(
+    synthetic_seg: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An explicit augment value equal to the built-in default is kept; unset ones come from the plan."""
+    monkeypatch.setattr(optim, "cpu_has_fast_bf16", lambda: True)
+    cfg = seg_config(synthetic_seg, tmp_path, "epochs=1", "steps_per_epoch=1", "amp=auto", "augment.vflip=0",
+                     "augment.hue=0", "augment.rotate_deg=15")  # fmt: skip
+    saved = yaml.safe_load((train(cfg) / "config.yaml").read_text())
+    plan = json.loads((tmp_path / saved["run_name"] / "plan.json").read_text())
+    assert plan["augment"]["vflip"] == 0.5 and plan["augment"]["rotate_deg"] == 180.0  # colour data
+    assert (saved["augment"]["vflip"], saved["augment"]["hue"], saved["augment"]["rotate_deg"]) == (
+        0.0,
+        0.0,
+        15.0,
+    )
+    assert saved["augment"]["scale"] == plan["augment"]["scale"] and saved["augment"]["p_color"] == 0.8
+    assert saved["amp"] == "bf16"
+
+
+def test_test_split_and_sources_are_reported_apart(tmp_path: Path) -> None:
+    """Two data folders: validation scores per source, selection on their mean, a test split reported."""
+    a = make_synthetic_segmentation(tmp_path / "site_a", n=16, seed=1)
+    b = make_synthetic_segmentation(tmp_path / "site_b", n=16, seed=2)
+    cfg = seg_config(a, tmp_path / "runs", "epochs=1", f"data.extra_roots=[{b}]", "data.val_fraction=0.25",
+                     "data.test_fraction=0.25")  # fmt: skip
+    run = train(cfg)
+    row = read_rows(run)[0]
+    per_source = [float(row["val_dice_site_a"]), float(row["val_dice_site_b"])]
+    assert float(row["val_dice"]) == pytest.approx(np.mean(per_source), abs=1e-6)
+    split = json.loads((run / "split.json").read_text())
+    test = json.loads((run / "test_metrics.json").read_text())
+    assert test["split"] == "test" and test["n_images"] == len(split["test"]) > 0
+    assert not set(split["test"]) & (set(split["train"]) | set(split["val"]))
+    assert {"dice_site_a", "dice_site_b", "dice_source_mean"} <= set(test)
+    val = json.loads((run / "val_metrics.json").read_text())
+    assert val["dice_source_mean"] == pytest.approx(np.mean([val["dice_site_a"], val["dice_site_b"]]))
 
 
 def test_checkpoints_load_into_a_fresh_model(seg_run: Path) -> None:
@@ -331,13 +371,15 @@ def test_positive_class_and_decision() -> None:
     assert update["temperature"] == metrics["temperature"] > 0
 
 
-def test_amp_dtype_rules() -> None:
+def test_amp_dtype_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
-    assert (
-        amp_dtype(True, cpu) is None
-        and amp_dtype("bf16", cpu) is torch.bfloat16
-        and amp_dtype(False, cpu) is None
-    )
+    assert amp_dtype("bf16", cpu) is torch.bfloat16 and amp_dtype("fp32", cpu) is None
+    with pytest.raises(ConfigError, match="fp16 autocast is for CUDA"):
+        amp_dtype("fp16", cpu)
+    monkeypatch.setattr(optim, "cpu_has_fast_bf16", lambda: True)
+    assert amp_dtype("auto", cpu) is torch.bfloat16 and precision_name(amp_dtype("auto", cpu)) == "bf16"
+    monkeypatch.setattr(optim, "cpu_has_fast_bf16", lambda: False)
+    assert amp_dtype("auto", cpu) is None and precision_name(None) == "fp32"
 
 
 def _budget_trainer(budget_min: float, epoch_s: float, done: int, elapsed_s: float):

@@ -42,6 +42,7 @@ class Item:
     masks: list[Path] = field(default_factory=list)  # one path per mask folder; [] for classification
     label: str | None = None  # classification label (informational CSV label for segmentation)
     group: str | None = None  # grouping value (lesion_id, video_sequence, patient)
+    source: str | None = None  # the data folder's name when several are merged (data.extra_roots)
 
 
 @dataclass
@@ -515,7 +516,7 @@ def merge_indexes(indexes: list[DatasetIndex]) -> DatasetIndex:
         for item in idx.items:
             new_id = item.id if item.id not in seen else f"{idx.root.name}/{item.id}"
             seen.add(new_id)
-            items.append(Item(new_id, item.image, list(item.masks), item.label, item.group))
+            items.append(Item(new_id, item.image, list(item.masks), item.label, item.group, item.source))
     skipped = [s for idx in indexes for s in idx.skipped]
     return DatasetIndex(
         first.root, first.task, items, first.mode, list(first.classes), list(first.mask_dirs), skipped

@@ -20,6 +20,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -34,15 +35,18 @@ from medlens.training.checkpoint import (
     set_rng_state,
 )
 from medlens.training.distributed import DistInfo
-from medlens.training.optim import amp_dtype, create_optimizer, resolve_device
+from medlens.training.optim import amp_dtype, create_optimizer, precision_name, resolve_device
 from medlens.training.prepare import RunData, cache_split, model_spec, prepare_run, resolve_config
 from medlens.training.runfolder import BEST, LAST, make_run_dir, write_json, write_metrics_csv
 from medlens.training.schedule import create_scheduler
 from medlens.training.validation import (
     balanced_accuracy,
     classification_report,
+    classification_test_report,
     dice_iou,
     segmentation_report,
+    selection_score,
+    source_scores,
 )
 
 log = logging.getLogger(__name__)
@@ -117,12 +121,20 @@ class Trainer:
         self.data: RunData = self.on_main(lambda: prepare_run(self.cfg, self.run_dir, self.resume))
         self.plan = self.data.plan
         self.cfg = resolve_config(self.cfg, self.plan, self.run_dir)
+        self.amp_dtype = amp_dtype(self.cfg.amp, self.device)
+        self.cfg.amp = precision_name(self.amp_dtype)  # config.yaml records the precision actually used
         self.spec = model_spec(self.cfg, self.plan)
         if self.dist.is_main:
             save_config(self.cfg, self.run_dir / "config.yaml")
             write_json(self.run_dir / "model_spec.json", self.spec)
         self.train_data = cache_split(self.data, "train", self.cfg, self.device)
         self.val_data = cache_split(self.data, "val", self.cfg, self.device)
+
+    def sources(self, data: Any, distributed_: bool) -> list[str | None]:
+        """The data source of each sample of a split, in the order :meth:`predict_split` returns them."""
+        info = self.dist if distributed_ else DistInfo()
+        order = [i for r in range(info.world_size) for i in range(len(data.ids))[r :: info.world_size]]
+        return [self.data.index.get(data.ids[i]).source for i in order]
 
     def on_epoch_start(self) -> None:
         """Two-stage fine-tuning: the backbone thaws after ``freeze_epochs``."""
@@ -185,16 +197,24 @@ class Trainer:
         return loss.detach(), dice.to(self.device)
 
     def validate(self) -> dict[str, float]:
-        """Validation loss and score on the whole val split (sharded over ranks, then gathered)."""
+        """Validation loss and score on the whole val split (sharded over ranks, then gathered). With several
+        data sources the score is the mean of the per-source scores (also recorded, ``val_dice_<source>``)."""
         out = self.predict_split(self.val_data, distributed_=True)
+        sources = self.sources(self.val_data, distributed_=True)
         stats = {"val_loss": out["loss"]}
         if self.is_seg:
-            stats.update(val_dice=float(out["dice"].mean()), val_iou=float(out["iou"].mean()))
+            dice = out["dice"].numpy()
+            per_source = source_scores(dice, sources)
+            stats.update(
+                val_dice=selection_score(float(dice.mean()), per_source), val_iou=float(out["iou"].mean())
+            )
         else:
             y, pred = out["targets"].numpy(), out["logits"].argmax(1).numpy()
-            stats.update(
-                val_balanced_accuracy=balanced_accuracy(y, pred), val_accuracy=float((y == pred).mean())
-            )
+            both = np.stack([y, pred], axis=1)
+            per_source = source_scores(both, sources, lambda rows: balanced_accuracy(rows[:, 0], rows[:, 1]))
+            stats.update(val_balanced_accuracy=selection_score(balanced_accuracy(y, pred), per_source),
+                         val_accuracy=float((y == pred).mean()))  # fmt: skip
+        stats.update({f"{self.score_key}_{name}": value for name, value in per_source.items()})
         return stats
 
     def on_epoch_end(self, train_stats: dict[str, float], val_stats: dict[str, float]) -> None:
@@ -298,7 +318,6 @@ class Trainer:
         ).to(self.device)
         if self.cfg.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.amp_dtype = amp_dtype(self.cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -396,12 +415,12 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     @torch.no_grad()
-    def predict_split(self, data: Any, distributed_: bool) -> dict[str, Any]:
+    def predict_split(self, data: Any, distributed_: bool, fp32: bool = False) -> dict[str, Any]:
         """Loss and per-sample outputs over a cached split with the plain network in eval mode.
 
         Returns ``{"loss": float, "dice": (N,), "iou": (N,)}`` (segmentation) or ``{"loss", "logits": (N, K)
         float32, "targets": (N,) int64}`` (classification) as CPU tensors; ``distributed_`` shards the split
-        over the ranks and gathers the outputs (every rank gets all of them).
+        over the ranks and gathers the outputs (every rank gets all of them); ``fp32`` turns autocast off.
         """
         self.net.eval()
         info = self.dist if distributed_ else DistInfo()
@@ -409,7 +428,7 @@ class Trainer:
         loss_sum = 0.0
         for idx in torch.arange(len(data.ids))[info.rank :: info.world_size].split(2 * self.batch_size):
             x, y = self.get_batch(data, idx, augment=False)
-            with self.autocast():
+            with nullcontext() if fp32 else self.autocast():
                 logits = self.net(x).float()
             loss_sum += float(self.loss_fn(logits, y)) * len(idx)
             if self.is_seg:
@@ -498,12 +517,14 @@ class Trainer:
                  self.best_score, self.best_epoch, row["lr"], row["time_s"])  # fmt: skip
 
     def final_report(self) -> None:
-        """Evaluate best.pt on the val split; classification: calibrate and set the decision threshold."""
+        """Evaluate best.pt in fp32 on the val split (classification: calibrate and set the decision rule
+        there) and, when the split has one, on the test split that no choice has seen."""
         best = load_checkpoint(self.run_dir / BEST)
         self.net.load_state_dict(best["model"])
-        out = self.predict_split(self.val_data, distributed_=False)
+        out = self.predict_split(self.val_data, distributed_=False, fp32=True)
         if self.is_seg:
-            metrics = segmentation_report(out["dice"].numpy(), out["iou"].numpy(), self.spec["threshold"])
+            metrics = segmentation_report(out["dice"].numpy(), out["iou"].numpy(), self.spec["threshold"],
+                                          self.sources(self.val_data, distributed_=False))  # fmt: skip
         else:
             c = self.cfg
             update, metrics = classification_report(out["logits"].numpy(), out["targets"].numpy(),
@@ -513,12 +534,29 @@ class Trainer:
             save_checkpoint({**best, "model_spec": self.spec}, self.run_dir / BEST)
         metrics.update(split="val", best_epoch=self.best_epoch, epochs_trained=self.epoch,
                        val_loss=out["loss"], input_size=list(self.plan.input_size),
-                       stop_reason=self.stop_reason)  # fmt: skip
+                       stop_reason=self.stop_reason, precision=self.cfg.amp)  # fmt: skip
         write_json(self.run_dir / "model_spec.json", self.spec)
         write_json(self.run_dir / "val_metrics.json", metrics)
         key = "dice" if self.is_seg else "balanced_accuracy"
         log.info("best checkpoint (epoch %d) on %d val images: %s %.4f", self.best_epoch,
                  len(self.val_data.ids), key, metrics[key])  # fmt: skip
+        if self.data.splits.get("test"):
+            self.test_report()
+
+    def test_report(self) -> None:
+        """``test_metrics.json``: best.pt in fp32 on the test split, under the rule fixed on validation."""
+        test = cache_split(self.data, "test", self.cfg, self.device)
+        out = self.predict_split(test, distributed_=False, fp32=True)
+        if self.is_seg:
+            metrics = segmentation_report(out["dice"].numpy(), out["iou"].numpy(), self.spec["threshold"],
+                                          self.sources(test, distributed_=False))  # fmt: skip
+        else:
+            metrics = classification_test_report(out["logits"].numpy(), out["targets"].numpy(),
+                                                 self.plan.classes, self.spec)  # fmt: skip
+        metrics.update(split="test", best_epoch=self.best_epoch, input_size=list(self.plan.input_size))
+        write_json(self.run_dir / "test_metrics.json", metrics)
+        key = "dice" if self.is_seg else "balanced_accuracy"
+        log.info("best checkpoint on %d test images: %s %.4f", len(test.ids), key, metrics[key])
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,13 +82,42 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
         return float(balanced_accuracy_score(y_true, y_pred))
 
 
-def segmentation_report(dice: np.ndarray, iou: np.ndarray, threshold: float) -> dict:
-    """Mean per-image Dice (with its bootstrap 95% CI) and IoU of the validation images, ``(N,)`` each."""
+def source_scores(values: np.ndarray, sources: list[str | None], score: Any = np.mean) -> dict[str, float]:
+    """``score`` of ``values`` per data source (``{}`` when all come from one source).
+
+    ``values``: ``(N, ...)`` per-sample values in the order of ``sources``; ``score`` maps the rows of one
+    source to a float (e.g. ``np.mean`` of per-image Dice).
+    """
+    names = sorted({s for s in sources if s is not None})
+    if len(names) < 2:
+        return {}
+    where = np.array([s or "" for s in sources])
+    return {name: float(score(values[where == name])) for name in names}
+
+
+def selection_score(pooled: float, per_source: dict[str, float]) -> float:
+    """The score that picks the best epoch: the mean over sources when there are several (so that a small
+    source counts as much as a large one), else the pooled score."""
+    return float(np.mean(list(per_source.values()))) if per_source else float(pooled)
+
+
+def segmentation_report(
+    dice: np.ndarray, iou: np.ndarray, threshold: float, sources: list[str | None] | None = None
+) -> dict:
+    """Mean per-image Dice (with its bootstrap 95% CI) and IoU of a split's images, ``(N,)`` each; with
+    several sources also ``dice_<source>`` and ``dice_source_mean``."""
     from medlens.evaluation.metrics import bootstrap_ci
 
     low, high = bootstrap_ci(dice)
-    return {"dice": float(dice.mean()), "dice_ci_low": low, "dice_ci_high": high, "iou": float(iou.mean()),
-            "n_images": len(dice), "threshold": float(threshold)}  # fmt: skip
+    report = {"dice": float(dice.mean()), "dice_ci_low": low, "dice_ci_high": high, "iou": float(iou.mean()),
+              "n_images": len(dice), "threshold": float(threshold)}  # fmt: skip
+    per_source = source_scores(dice, sources or [])
+    for name, value in per_source.items():
+        low, high = bootstrap_ci(dice[np.array(sources) == name])
+        report.update({f"dice_{name}": value, f"dice_{name}_ci_low": low, f"dice_{name}_ci_high": high})
+    if per_source:
+        report["dice_source_mean"] = selection_score(report["dice"], per_source)
+    return report
 
 
 def positive_class(classes: list[str], configured: str | None) -> str:
@@ -164,3 +194,25 @@ def classification_report(
             "target_sensitivity is for binary tasks; %d classes here, no decision threshold set", len(classes)
         )
     return {"temperature": temperature, "decision": decision}, metrics
+
+
+def classification_test_report(
+    logits: np.ndarray, y_true: np.ndarray, classes: list[str], spec: dict
+) -> dict:
+    """Metrics of held-out logits ``(N, K)`` under the temperature and decision rule fixed on validation."""
+    from medlens.evaluation.calibration import apply_temperature
+    from medlens.evaluation.metrics import classification_metrics
+
+    probs = apply_temperature(logits, float(spec.get("temperature") or 1.0))
+    metrics = classification_metrics(y_true, probs, classes)
+    decision = spec.get("decision")
+    if decision:  # binary: the positive class when its probability reaches the threshold
+        k = classes.index(decision["positive_class"])
+        called, y_pos = probs[:, k] >= decision["threshold"], y_true == k
+        metrics["decision"] = {
+            **decision,
+            "sensitivity": float(called[y_pos].mean()) if y_pos.any() else None,
+            "specificity": float((~called[~y_pos]).mean()) if (~y_pos).any() else None,
+            "accuracy": float((called == y_pos).mean()),
+        }
+    return metrics
