@@ -182,3 +182,20 @@ def test_losses_follow_the_module_to_a_device_and_dtype() -> None:
     value = loss(torch.zeros(1, 2, 4, 4, dtype=torch.float64), torch.zeros(1, 4, 4, dtype=torch.long))
     assert value.dtype == torch.float64
     assert torch.isfinite(value)
+
+
+def test_marginal_loss_asks_only_what_a_partial_mask_knows() -> None:
+    """Codes >= K name a set of classes: any split of the probability inside the set costs the same."""
+    loss = create_loss("dice_ce", "segmentation", "multiclass", label_sets=[(1, 2)], num_classes=3)
+    target = torch.full((1, 4, 4), 3)  # every pixel "class 1 or class 2"
+    on_one = torch.tensor([-5.0, 5.0, -5.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    on_two = torch.tensor([-5.0, -5.0, 5.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    split = torch.tensor([-5.0, 5.0, 5.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    on_background = torch.tensor([5.0, -5.0, -5.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    values = [float(loss(x, target)) for x in (on_one, on_two, split, on_background)]
+    assert values[0] == pytest.approx(values[1]) == pytest.approx(values[2], abs=1e-3)
+    assert values[3] > values[0] + 5
+    exact = torch.randint(0, 3, (2, 8, 8))
+    logits = torch.randn(2, 3, 8, 8)
+    loss.loss.dice_weight = 0.0  # without merged codes the CE part is torch's cross-entropy
+    assert float(loss(logits, exact)) == pytest.approx(float(F.cross_entropy(logits, exact)), rel=1e-5)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from medlens.config import load_config
 from medlens.errors import ConfigError, MedlensError
@@ -416,3 +417,27 @@ def test_time_budget_shortens_the_schedule() -> None:
     t = _budget_trainer(budget_min=5, epoch_s=100, done=2, elapsed_s=250)
     t.fit_schedule_to_budget()
     assert t.stop_reason and "budget" in t.stop_reason
+
+
+def test_partially_labelled_source_trains_with_merged_classes(tmp_path: Path) -> None:
+    """A 3-class root beside a root whose binary masks only say "class a or b" (data.partial_roots)."""
+    full = make_synthetic_segmentation(tmp_path / "full", n=12, seed=3)
+    for path in (full / "masks").iterdir():  # disc -> left half class 1, right half class 2
+        mask = np.array(Image.open(path)) > 0
+        labels = np.zeros(mask.shape, np.uint8)
+        labels[:, : mask.shape[1] // 2][mask[:, : mask.shape[1] // 2]] = 1
+        labels[:, mask.shape[1] // 2 :][mask[:, mask.shape[1] // 2 :]] = 2
+        Image.fromarray(labels).save(path)
+    lungs_only = make_synthetic_segmentation(tmp_path / "lungs_only", n=12, seed=4)
+    cfg = seg_config(full, tmp_path / "runs", "epochs=1", "data.mode=multiclass", "data.classes=[bg, a, b]",
+                     f"data.partial_roots={{{lungs_only}: {{0: [bg], 1: [a, b]}}}}",
+                     "data.test_fraction=0.2")  # fmt: skip
+    run = train(cfg)
+    row = read_rows(run)[0]
+    assert 0.0 <= float(row["val_dice_lungs_only"]) <= 1.0 and 0.0 <= float(row["val_dice_full"]) <= 1.0
+    spec = json.loads((run / "model_spec.json").read_text())
+    assert spec["num_classes"] == 3 and spec["classes"] == ["bg", "a", "b"]
+    assert json.loads((run / "test_metrics.json").read_text())["n_images"] > 0
+    with pytest.raises(ConfigError, match="are not classes"):
+        train(seg_config(full, tmp_path / "r2", "data.mode=multiclass", "data.classes=[bg, a, b]",
+                         f"data.partial_roots={{{lungs_only}: {{1: [lung]}}}}"))  # fmt: skip

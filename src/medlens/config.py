@@ -54,6 +54,10 @@ class DataConfig:
     extra_roots: list[str] = field(
         default_factory=list
     )  # more folders merged into training (groups kept, prefixed)
+    # multi-class segmentation: more folders whose masks label only some classes, {folder: {mask value:
+    # [classes it may be]}}, e.g. lung-only masks beside lungs + heart: {0: [background, heart],
+    # 1: [left_lung, right_lung]} (binary masks read as 0/1), trained with a marginal loss (data/partial.py).
+    partial_roots: dict[str, dict[int, list[str]]] = field(default_factory=dict)
 
 
 @dataclass

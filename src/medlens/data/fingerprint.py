@@ -56,7 +56,8 @@ def _foreground(index: DatasetIndex, target: np.ndarray) -> list[float]:
     """Per-class pixel fraction of one target (binary: [foreground]; multiclass: K; multilabel: K)."""
     if index.mode == "multiclass":
         k = max(len(index.classes), int(target.max()) + 1)
-        return (np.bincount(target.ravel(), minlength=k) / target.size).tolist()
+        counts = np.bincount(target.ravel(), minlength=k)  # codes >= K (merged classes) are not counted
+        return (counts[: len(index.classes) or k] / target.size).tolist()
     if index.mode == "multilabel":
         return target.reshape(-1, target.shape[-1]).mean(axis=0).tolist()
     return [float(target.mean())]

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from medlens.data.io import IMAGE_EXTENSIONS, probe_image, read_mask_with_format, sniff_format
+from medlens.data.partial import PartialLabels
 from medlens.errors import DatasetError, ImageReadError
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,9 @@ class DatasetIndex:
     classes: list[str] = field(default_factory=list)
     mask_dirs: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) dropped by skip_bad
+    # multi-class segmentation with partially labelled sources (data.partial_roots, see medlens.data.partial)
+    label_sets: list[tuple[int, ...]] = field(default_factory=list)  # merged class sets, codes K, K+1, ...
+    partial: dict[str, PartialLabels] = field(default_factory=dict)  # source name -> its mask mapping
 
     def __len__(self) -> int:
         return len(self.items)
@@ -85,6 +89,8 @@ class DatasetIndex:
             list(self.classes),
             list(self.mask_dirs),
             list(self.skipped),
+            list(self.label_sets),
+            dict(self.partial),
         )
 
     def class_index(self, item: Item) -> int:
@@ -486,12 +492,15 @@ def load_target(item: Item, index: DatasetIndex) -> np.ndarray:
     """The segmentation target of ``item`` at the image's size.
 
     binary: (H, W) uint8 0/1 (non-zero is foreground; lossy JPEG masks are thresholded at 128);
-    multiclass: (H, W) uint8 labels; multilabel: (H, W, K) uint8 0/1, one channel per mask folder.
+    multiclass: (H, W) uint8 labels; multilabel: (H, W, K) uint8 0/1, one channel per mask folder. An item of
+    a partially labelled source gets target codes (:class:`~medlens.data.partial.PartialLabels`).
     """
     if index.task != "segmentation":
         raise DatasetError(
             f"{item.image}: load_target is for segmentation items; use index.class_index(item)"
         )
+    if item.source in index.partial:
+        return index.partial[item.source].encode(read_mask_with_format(item.masks[0])[0], item.masks[0])
     planes = []
     for path in item.masks:
         mask, fmt = read_mask_with_format(path)
@@ -518,6 +527,9 @@ def merge_indexes(indexes: list[DatasetIndex]) -> DatasetIndex:
             seen.add(new_id)
             items.append(Item(new_id, item.image, list(item.masks), item.label, item.group, item.source))
     skipped = [s for idx in indexes for s in idx.skipped]
-    return DatasetIndex(
+    merged = DatasetIndex(
         first.root, first.task, items, first.mode, list(first.classes), list(first.mask_dirs), skipped
     )
+    merged.label_sets = sorted({s for idx in indexes for s in idx.label_sets})
+    merged.partial = {name: p for idx in indexes for name, p in idx.partial.items()}
+    return merged

@@ -58,10 +58,17 @@ def create_loss(
     from ``class_weights`` in ``"dice_ce"``, becomes ``alpha = pw / (1 + pw)`` in binary ``"focal"`` and is
     ignored by ``"dice"`` / ``"tversky"``.
     Classification names: ``"ce"`` (kw ``label_smoothing``), ``"focal"`` (kw ``gamma``, ``label_smoothing``).
-    ``ignore_index`` works for segmentation. Wrong names raise UnknownNameError; unknown keyword arguments
-    raise ConfigError.
+    ``ignore_index`` works for segmentation. ``label_sets`` (with ``num_classes``): multi-class targets with
+    merged-class codes, :class:`MarginalDiceCELoss`. Wrong names raise UnknownNameError; unknown keyword
+    arguments raise ConfigError.
     """
     weights = None if class_weights is None else [float(w) for w in class_weights]
+    label_sets = kw.pop("label_sets", None)
+    if label_sets:  # partially labelled sources (medlens.data.partial): marginal CE + group Dice
+        if (task, mode, name) != ("segmentation", "multiclass", "dice_ce") or "num_classes" not in kw:
+            raise ConfigError("label_sets (data.partial_roots) need multi-class dice_ce and num_classes")
+        return SegmentationLoss(MarginalDiceCELoss(int(kw.pop("num_classes")), label_sets), mode)
+    kw.pop("num_classes", None)
     if task == "segmentation":
         if name not in SEGMENTATION_LOSSES:
             raise UnknownNameError("segmentation loss", name, SEGMENTATION_LOSSES)
@@ -274,3 +281,53 @@ class MulticlassFocalLoss(nn.Module):
         focal = (1.0 - log_p.exp()).pow(self.gamma)
         loss = -(w * focal * y * log_p).sum(dim=1)
         return loss.sum() / (y * w).sum().clamp_min(torch.finfo(logits.dtype).eps)
+
+
+class MarginalDiceCELoss(nn.Module):
+    """Cross-entropy + soft Dice for multi-class targets in which some pixels name a *set* of classes.
+
+    Target codes ``k < K`` are single classes; code ``K + j`` means "one of the classes in ``label_sets[j]``"
+    (a partially labelled source, :mod:`medlens.data.partial`). The cross-entropy of such a pixel is the
+    marginal ``-log sum_{c in set} p_c``; the Dice is computed for every class and every merged set over the
+    images whose target defines it (a merged set is defined by fully labelled images too, as a union), and
+    averaged over the groups present in the batch. With no merged codes it is CE + multi-class soft Dice.
+    Hand-written: smp and MONAI losses take one class per pixel.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        label_sets: Sequence[Sequence[int]],
+        dice_weight: float = 1.0,
+        ce_weight: float = 1.0,
+        eps: float = 1e-7,
+    ) -> None:
+        super().__init__()
+        from medlens.data.partial import membership
+
+        members = torch.from_numpy(membership(num_classes, [tuple(s) for s in label_sets]))  # (K+M, K)
+        groups = members.clone()  # Dice groups: every class, then every merged set (G = K + M)
+        size = members.sum(1, keepdim=True)  # (K+M, 1) classes per code
+        overlap = members.float() @ groups.float().T  # (K+M, G) shared classes of code and group
+        self.register_buffer("members", members)
+        self.register_buffer("groups", groups.float())
+        self.register_buffer("inside", overlap == size)  # code's classes all in the group
+        self.register_buffer("compatible", (overlap == 0) | (overlap == size))  # inside or disjoint
+        self.dice_weight, self.ce_weight, self.eps = dice_weight, ce_weight, eps
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``logits`` float ``(B, K, H, W)``; ``target`` int64 ``(B, H, W)`` codes."""
+        log_p = F.log_softmax(logits.float(), dim=1)
+        allowed = self.members[target].permute(0, 3, 1, 2)  # (B, K, H, W)
+        ce = -torch.logsumexp(log_p.masked_fill(~allowed, float("-inf")), dim=1).mean()
+        q = torch.einsum("bkhw,gk->bghw", log_p.exp(), self.groups)  # probability of each group
+        y = self.inside[target].permute(0, 3, 1, 2).float()  # (B, G, H, W) pixel lies in the group
+        present = F.one_hot(target.flatten(1), self.members.shape[0]).amax(1).bool()  # (B, K+M)
+        known = ~(present[:, :, None] & ~self.compatible[None]).any(1)  # (B, G) image defines the group
+        k = known.float()[:, :, None, None]
+        inter = (q * y * k).sum(dim=(0, 2, 3))
+        card = ((q + y) * k).sum(dim=(0, 2, 3))
+        active = (y * k).sum(dim=(0, 2, 3)) > 0
+        dice = 1.0 - 2.0 * inter / card.clamp_min(self.eps)
+        dice_loss = dice[active].mean() if active.any() else dice.sum() * 0.0
+        return self.ce_weight * ce + self.dice_weight * dice_loss

@@ -21,6 +21,7 @@ from medlens.data.augment import AugmentConfig
 from medlens.data.cache import CachedData, build_cache
 from medlens.data.fingerprint import Plan, fingerprint, load_plan, make_plan, save_plan
 from medlens.data.layout import DatasetIndex, discover, merge_indexes
+from medlens.data.partial import label_sets_of, partial_labels
 from medlens.data.splits import load_splits, make_splits, save_splits
 from medlens.errors import ConfigError, DatasetError
 
@@ -39,23 +40,32 @@ class RunData:
 
 
 def discover_all(cfg: TrainConfig) -> DatasetIndex:
-    """``data.root`` plus ``data.extra_roots`` as one index; with extra roots every group is prefixed by its
-    root."""
+    """``data.root`` plus ``data.extra_roots`` and ``data.partial_roots`` as one index; with several roots
+    every group is prefixed by its root and every item records its source (the root's folder name)."""
     d = cfg.data
-    roots = [d.root, *d.extra_roots]
+    roots = [d.root, *d.extra_roots, *d.partial_roots]
+    if d.partial_roots and ((d.task, d.mode) != ("segmentation", "multiclass") or not d.classes):
+        raise ConfigError("data.partial_roots is for multi-class segmentation with data.classes given")
+    label_sets = label_sets_of(list(d.partial_roots.values()), d.classes or [])
     indexes = []
     for root in roots:
+        partial = (
+            partial_labels(d.partial_roots[root], d.classes, label_sets) if root in d.partial_roots else None
+        )
         index = discover(
             root,
             task=d.task,
-            mode=d.mode,
-            mask_dirs=d.mask_dirs,
+            mode=partial.mode if partial else d.mode,
+            mask_dirs=None if partial else d.mask_dirs,
             label_column=d.label_column,
             group_column=d.group_column,
-            classes=d.classes,
+            classes=None if partial else d.classes,
             skip_bad=d.skip_bad,
             num_workers=cfg.num_workers or None,
         )
+        if partial:  # read from now on as the model's classes, through the mask mapping
+            index.mode, index.classes = d.mode, list(d.classes)
+            index.partial, index.label_sets = {index.root.name: partial}, label_sets
         if len(roots) > 1:  # keep groups apart across sources (video 1 of one set is not video 1 of another)
             for item in index.items:
                 item.group = (

@@ -193,7 +193,11 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         with torch.no_grad():
-            dice = dice_iou(logits.detach(), y, self.plan.mode)[0].mean() if self.is_seg else torch.zeros(())
+            dice = (
+                dice_iou(logits.detach(), y, self.plan.mode, label_sets=self.label_sets)[0].mean()
+                if self.is_seg
+                else torch.zeros(())
+            )
         return loss.detach(), dice.to(self.device)
 
     def validate(self) -> dict[str, float]:
@@ -286,6 +290,11 @@ class Trainer:
     def is_seg(self) -> bool:
         return self.task == "segmentation"
 
+    @property
+    def label_sets(self) -> list[tuple[int, ...]]:
+        """Merged-class codes of partially labelled sources (data.partial_roots), else []."""
+        return self.data.index.label_sets
+
     def on_main(self, fn: Any) -> Any:
         """Run ``fn`` on rank 0 and hand its result (or its error, as a MedlensError) to every rank."""
         if not self.dist.enabled:
@@ -357,6 +366,8 @@ class Trainer:
         if self.is_seg:
             if self.plan.pos_weight:
                 kw["pos_weight"] = self.plan.pos_weight
+            if self.label_sets:
+                kw.update(label_sets=self.label_sets, num_classes=self.plan.num_classes)
         else:
             if not self.cfg.class_weighted_loss or self.cfg.balanced_sampling:
                 weights = None
@@ -432,7 +443,7 @@ class Trainer:
                 logits = self.net(x).float()
             loss_sum += float(self.loss_fn(logits, y)) * len(idx)
             if self.is_seg:
-                dice, iou = dice_iou(logits, y, self.plan.mode)
+                dice, iou = dice_iou(logits, y, self.plan.mode, label_sets=self.label_sets)
                 outs["dice"].append(dice.cpu())
                 outs["iou"].append(iou.cpu())
             else:

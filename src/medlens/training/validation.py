@@ -51,15 +51,22 @@ def target_maps(targets: torch.Tensor, mode: str, num_classes: int) -> torch.Ten
 
 
 def dice_iou(
-    logits: torch.Tensor, targets: torch.Tensor, mode: str, threshold: float = 0.5
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    mode: str,
+    threshold: float = 0.5,
+    label_sets: list[tuple[int, ...]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image Dice and IoU ``(B,)`` float32, averaged over foreground classes; empty prediction and target
     -> 1.
 
     Args:
         logits: ``(B, K, H, W)`` model output.
-        targets: binary/multilabel ``(B, K, H, W)`` float 0/1; multiclass ``(B, H, W)`` int labels.
+        targets: binary/multilabel ``(B, K, H, W)`` float 0/1; multiclass ``(B, H, W)`` int labels, or codes
+            with ``label_sets`` (partially labelled images are scored on the foreground groups they name).
     """
+    if mode == "multiclass" and label_sets:
+        return _partial_dice_iou(logits, targets, label_sets)
     pred, has_background = binarize(logits, mode, threshold)
     true = target_maps(targets, mode, logits.shape[1])
     if has_background and pred.shape[1] > 1:
@@ -71,6 +78,39 @@ def dice_iou(
     dice = torch.where(empty, torch.ones_like(inter), 2 * inter / total.clamp(min=1))
     iou = torch.where(empty, torch.ones_like(inter), inter / union.clamp(min=1))
     return dice.mean(dim=1), iou.mean(dim=1)
+
+
+def _partial_dice_iou(
+    logits: torch.Tensor, targets: torch.Tensor, label_sets: list[tuple[int, ...]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`dice_iou` for targets with merged-class codes (:mod:`medlens.data.partial`).
+
+    A fully labelled image is scored as usual (foreground classes 1..K-1); an image with merged codes on the
+    groups its codes name that exclude the background (e.g. "left or right lung"), the prediction counted in
+    a group when its arg-max class belongs to it.
+    """
+    from medlens.data.partial import membership
+
+    k = logits.shape[1]
+    members = torch.from_numpy(membership(k, label_sets)).to(logits.device)  # (K+M, K)
+    pred = torch.nn.functional.one_hot(logits.argmax(dim=1), k).bool()  # (B, H, W, K)
+    true = members[targets.long()]  # (B, H, W, K) classes each pixel may be
+    groups = members[:, None, None, None, :]  # (G = K+M, 1, 1, 1, K)
+    p = (pred[None] & groups).any(-1)  # (G, B, H, W) predicted inside the group
+    t = (true[None] & groups).any(-1) & (true[None] & ~groups).logical_not().all(-1)
+    inter, total = (p & t).sum(dim=(2, 3)).float(), p.sum(dim=(2, 3)).float() + t.sum(dim=(2, 3)).float()
+    empty = total == 0
+    dice = torch.where(empty, torch.ones_like(inter), 2 * inter / total.clamp(min=1))  # (G, B)
+    iou = torch.where(empty, torch.ones_like(inter), inter / (total - inter).clamp(min=1))
+    present = torch.nn.functional.one_hot(targets.long().flatten(1), len(members)).amax(1).bool().T  # (G, B)
+    partial = present[k:].any(0)  # (B,)
+    scored = torch.zeros_like(present)
+    scored[1:k] = ~partial  # fully labelled: the foreground classes
+    scored[k:] = present[k:] & ~members[k:, :1]  # partially labelled: the merged groups without background
+    scored[1:k] |= present[1:k] & partial  # ... and single foreground classes they name
+    weight = scored.float()
+    n = weight.sum(0).clamp(min=1)
+    return (dice * weight).sum(0) / n, (iou * weight).sum(0) / n
 
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
