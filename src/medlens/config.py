@@ -48,6 +48,7 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.0
     split_seed: int = 0
+    split_file: str | None = None  # a split.json ({"train", "val", "test"} id lists) to use instead
     skip_bad: bool = False
     input_size: list[int] | None = None  # [H, W]; None = from the plan
     in_channels: int | None = None  # None = from the plan
@@ -124,6 +125,12 @@ class TrainConfig:
         None  # binary: decision threshold reaching this sensitivity on validation
     )
     positive_class: str | None = None  # binary: the positive class; None = the non-"normal"/"benign" one
+    balanced_decision: bool = (
+        False  # multi-class: arg-max of p / prior**tau, tau fitted on val (balanced acc.)
+    )
+    class_groups: dict[str, list[str]] = field(default_factory=dict)  # e.g. {malignant: [mel, bcc, akiec]}:
+    # summed probabilities reported beside the classes, each flagged above a threshold fitted on validation
+    group_sensitivity: float = 0.9  # ... that reaches this sensitivity for the group's items
     guide_bundle: str | None = None  # segmentation bundle for segmentation-guided classification
     guide_mode: str = "crop"  # crop | channel | both
 
@@ -346,6 +353,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     ):
         if value is not None:
             _range(key, value, 1, 1_000_000)
+    _range("group_sensitivity", cfg.group_sensitivity, 0.0, 1.0, low_open=True)
     if cfg.target_sensitivity is not None:
         _range("target_sensitivity", cfg.target_sensitivity, 0.0, 1.0, low_open=True)
     if cfg.max_time_minutes is not None:

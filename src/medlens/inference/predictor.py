@@ -333,11 +333,19 @@ def apply_decision(probs: np.ndarray, classes: Sequence[str], decision: object) 
 
     ``decision``: None -> arg-max; a number ``t`` -> class 1 (the positive class of a binary model) when its
     probability >= t, else the arg-max of the others; a dict ``{"positive_class" (or "class"): name,
-    "threshold": t}`` (as training writes for a target sensitivity) -> that class when its probability >= t.
+    "threshold": t}`` (as training writes for a target sensitivity) -> that class when its probability >= t;
+    a dict ``{"class_weights": [w_1..w_K]}`` (a prior-corrected multi-class rule) -> arg-max of ``p_k * w_k``.
     """
     probs = np.asarray(probs)
     if decision is None:
         return probs.argmax(axis=1)
+    if isinstance(decision, dict) and "class_weights" in decision:
+        weights = np.asarray(decision["class_weights"], dtype=np.float64)
+        if weights.shape != (probs.shape[1],):
+            raise MedlensError(
+                f"decision class_weights {weights.tolist()} do not fit {probs.shape[1]} classes"
+            )
+        return (probs * weights).argmax(axis=1)
     if isinstance(decision, dict):
         name = next((decision[k] for k in ("positive_class", "class", "positive") if k in decision), None)
         if name not in classes or "threshold" not in decision:

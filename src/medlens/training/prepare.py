@@ -22,7 +22,7 @@ from medlens.data.cache import CachedData, build_cache
 from medlens.data.fingerprint import Plan, fingerprint, load_plan, make_plan, save_plan
 from medlens.data.layout import DatasetIndex, discover, merge_indexes
 from medlens.data.partial import label_sets_of, partial_labels
-from medlens.data.splits import load_splits, make_splits, save_splits
+from medlens.data.splits import check_splits, load_splits, make_splits, save_splits
 from medlens.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,14 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> RunData:
     mode = "multiclass" if cfg.data.task == "classification" else cfg.data.mode
     plan = resolve_plan(make_plan(fp, cfg.data.task, mode), cfg)
     save_plan(plan, run_dir / "plan.json")
-    splits = make_splits(index, cfg.data.val_fraction, cfg.data.test_fraction, seed=cfg.data.split_seed)
+    if cfg.data.split_file:  # the user's own split (e.g. by acquisition period), checked against the data
+        splits = load_splits(cfg.data.split_file)
+        check_splits(splits, index, cfg.data.split_file)
+        unassigned = len(index) - sum(map(len, splits.values()))
+        if unassigned:
+            log.info("%s: %d items are on no side and are not used", cfg.data.split_file, unassigned)
+    else:
+        splits = make_splits(index, cfg.data.val_fraction, cfg.data.test_fraction, seed=cfg.data.split_seed)
     save_splits(splits, run_dir / "split.json")
     return RunData(index, plan, splits)
 
@@ -262,5 +269,6 @@ def model_spec(cfg: TrainConfig, plan: Plan) -> dict:
         "threshold": 0.5,
         "temperature": 1.0,
         "decision": None,
+        "groups": None,
         "guide": {"bundle": str(cfg.guide_bundle), "mode": cfg.guide_mode} if cfg.guide_bundle else None,
     }

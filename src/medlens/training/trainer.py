@@ -538,9 +538,11 @@ class Trainer:
                                           self.sources(self.val_data, distributed_=False))  # fmt: skip
         else:
             c = self.cfg
+            counts = np.bincount(self.train_data.targets.cpu().numpy(), minlength=self.plan.num_classes)
             update, metrics = classification_report(out["logits"].numpy(), out["targets"].numpy(),
                                                     self.plan.classes, c.calibrate, c.target_sensitivity,
-                                                    c.positive_class)  # fmt: skip
+                                                    c.positive_class, counts if c.balanced_decision else None,
+                                                    c.class_groups, c.group_sensitivity)  # fmt: skip
             self.spec.update(update)
             save_checkpoint({**best, "model_spec": self.spec}, self.run_dir / BEST)
         metrics.update(split="val", best_epoch=self.best_epoch, epochs_trained=self.epoch,

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from medlens.errors import ConfigError
+from medlens.training.decisions import fit_group_flags, fit_prior_decision, flag_scores, group_probability
 
 log = logging.getLogger(__name__)
 
@@ -182,14 +183,21 @@ def classification_report(
     calibrate: bool,
     target_sensitivity: float | None,
     configured_positive: str | None,
+    train_counts: np.ndarray | None = None,
+    groups: dict[str, list[str]] | None = None,
+    group_sensitivity: float = 0.9,
 ) -> tuple[dict, dict]:
-    """Calibrate the best checkpoint's validation logits and report on them.
+    """Calibrate the best checkpoint's validation logits, fit the decision rules and report on them.
 
     Args:
         logits: ``(N, K)`` float validation logits. y_true: ``(N,)`` int class indices.
+        train_counts: ``(K,)`` training items per class: fit a prior-corrected multi-class decision
+            (:func:`~medlens.training.decisions.fit_prior_decision`); None = arg-max.
+        groups: named class groups flagged at ``group_sensitivity`` (:func:`~medlens.training.decisions.
+            fit_group_flags`).
 
     Returns:
-        ``(spec_update, metrics)``: ``{"temperature", "decision"}`` for ``model_spec.json`` and the
+        ``(spec_update, metrics)``: ``{"temperature", "decision", "groups"}`` for ``model_spec.json`` and the
         ``val_metrics.json`` content (``classification_metrics`` of the calibrated probabilities, plus the
         uncalibrated ECE/Brier and, with a decision threshold, its validation sensitivity/specificity).
     """
@@ -233,7 +241,22 @@ def classification_report(
         log.warning(
             "target_sensitivity is for binary tasks; %d classes here, no decision threshold set", len(classes)
         )
-    return {"temperature": temperature, "decision": decision}, metrics
+    elif train_counts is not None:
+        decision = fit_prior_decision(probs, y_true, train_counts)
+        pred = (probs * np.array(decision["class_weights"])).argmax(1)
+        metrics["decision"] = {**decision, "balanced_accuracy": balanced_accuracy(y_true, pred),
+                               "accuracy": float((pred == y_true).mean()),
+                               "recall": per_class_recall(y_true, pred, classes)}  # fmt: skip
+    flags = fit_group_flags(probs, y_true, classes, groups, group_sensitivity) if groups else None
+    if flags:
+        metrics["groups"] = flags
+    return {"temperature": temperature, "decision": decision, "groups": flags}, metrics
+
+
+def per_class_recall(y_true: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, float | None]:
+    """Recall of each class (None for a class without items)."""
+    return {c: float((pred[y_true == k] == k).mean()) if (y_true == k).any() else None
+            for k, c in enumerate(classes)}  # fmt: skip
 
 
 def classification_test_report(
@@ -246,7 +269,12 @@ def classification_test_report(
     probs = apply_temperature(logits, float(spec.get("temperature") or 1.0))
     metrics = classification_metrics(y_true, probs, classes)
     decision = spec.get("decision")
-    if decision:  # binary: the positive class when its probability reaches the threshold
+    if decision and "class_weights" in decision:  # multi-class, prior-corrected arg-max
+        pred = (probs * np.array(decision["class_weights"])).argmax(1)
+        metrics["decision"] = {**decision, "balanced_accuracy": balanced_accuracy(y_true, pred),
+                               "accuracy": float((pred == y_true).mean()),
+                               "recall": per_class_recall(y_true, pred, classes)}  # fmt: skip
+    elif decision:  # binary: the positive class when its probability reaches the threshold
         k = classes.index(decision["positive_class"])
         called, y_pos = probs[:, k] >= decision["threshold"], y_true == k
         metrics["decision"] = {
@@ -255,4 +283,10 @@ def classification_test_report(
             "specificity": float((~called[~y_pos]).mean()) if (~y_pos).any() else None,
             "accuracy": float((called == y_pos).mean()),
         }
+    if spec.get("groups"):
+        metrics["groups"] = []
+        for flag in spec["groups"]:
+            p = group_probability(probs, classes, flag["classes"])
+            inside = np.isin(y_true, [classes.index(c) for c in flag["classes"]])
+            metrics["groups"].append({**flag, **flag_scores(p, inside, flag["threshold"])})
     return metrics

@@ -1,0 +1,79 @@
+"""Decision rules fitted on the validation split and stored in the model spec (used by every predictor).
+
+- :func:`fit_prior_decision`: multi-class arg-max of ``p_k * w_k`` with ``w_k = prior_k ** -tau``; ``tau``
+  (one number, so little room to overfit a small validation set) maximises balanced accuracy. ``tau = 0`` is
+  the plain arg-max, ``tau = 1`` the Bayes rule for equal class priors.
+- :func:`fit_group_flags`: a summed probability over a group of classes (e.g. "malignant" = melanoma + basal
+  cell carcinoma + actinic keratosis) and the threshold at which it reaches a target sensitivity.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medlens.errors import ConfigError
+
+PRIOR_POWERS = np.round(np.linspace(0.0, 1.5, 16), 2)
+
+
+def prior_weights(class_counts: np.ndarray, tau: float) -> np.ndarray:
+    """``prior ** -tau``, normalised to a mean of 1 (``(K,)``; a class with no items counts as one)."""
+    prior = np.maximum(np.asarray(class_counts, dtype=np.float64), 1.0)
+    weights = (prior / prior.sum()) ** -float(tau)
+    return weights / weights.mean()
+
+
+def fit_prior_decision(probs: np.ndarray, y_true: np.ndarray, class_counts: np.ndarray) -> dict:
+    """The ``{"class_weights", "prior_power"}`` decision that maximises balanced accuracy on ``(N, K)``
+    validation probabilities (the smallest ``tau`` among equals)."""
+    from medlens.training.validation import balanced_accuracy
+
+    scores = [
+        balanced_accuracy(y_true, (probs * prior_weights(class_counts, t)).argmax(1)) for t in PRIOR_POWERS
+    ]
+    tau = float(PRIOR_POWERS[int(np.argmax(scores))])
+    return {
+        "class_weights": [round(float(w), 6) for w in prior_weights(class_counts, tau)],
+        "prior_power": tau,
+        "fitted_on": "val",
+    }
+
+
+def group_probability(probs: np.ndarray, classes: list[str], members: list[str]) -> np.ndarray:
+    """``(N,)`` probability of any class in ``members``."""
+    unknown = [m for m in members if m not in classes]
+    if unknown:
+        raise ConfigError(f"class group {members}: {unknown} are not classes; classes: {classes}")
+    return probs[:, [classes.index(m) for m in members]].sum(axis=1)
+
+
+def fit_group_flags(
+    probs: np.ndarray,
+    y_true: np.ndarray,
+    classes: list[str],
+    groups: dict[str, list[str]],
+    sensitivity: float,
+) -> list[dict]:
+    """For each named group, the threshold on its summed probability that flags ``sensitivity`` of the
+    validation items in the group, with that split's sensitivity and specificity."""
+    from medlens.evaluation.calibration import threshold_for_sensitivity
+
+    flags = []
+    for name, members in groups.items():
+        p = group_probability(probs, classes, members)
+        inside = np.isin(y_true, [classes.index(m) for m in members])
+        if not inside.any() or inside.all():
+            raise ConfigError(f"class group {name!r}: validation needs items inside and outside the group")
+        threshold = float(threshold_for_sensitivity(p, inside.astype(np.int64), sensitivity))
+        flag = {"name": name, "classes": list(members), "threshold": threshold}
+        flags.append({**flag, "target_sensitivity": float(sensitivity), **flag_scores(p, inside, threshold)})
+    return flags
+
+
+def flag_scores(p: np.ndarray, inside: np.ndarray, threshold: float) -> dict:
+    """Sensitivity and specificity of flagging ``p >= threshold`` for the items ``inside`` a group."""
+    called = p >= threshold
+    return {
+        "sensitivity": float(called[inside].mean()) if inside.any() else None,
+        "specificity": float((~called[~inside]).mean()) if (~inside).any() else None,
+    }

@@ -1,0 +1,56 @@
+"""Decision rules fitted on validation: prior-corrected arg-max and summed-group flags."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medlens.errors import ConfigError
+from medlens.inference.predictor import apply_decision
+from medlens.training.decisions import fit_group_flags, fit_prior_decision, prior_weights
+from medlens.training.validation import balanced_accuracy, classification_report, classification_test_report
+
+CLASSES = ["nv", "mel", "bcc"]
+
+
+def _imbalanced(seed: int = 0, n: int = 900) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    counts = np.array([700, 150, 50])
+    y = rng.choice(3, size=n, p=counts / counts.sum())
+    logits = rng.normal(size=(n, 3))
+    logits[np.arange(n), y] += 1.5
+    logits[:, 0] += 1.0  # a model biased towards the frequent class
+    return logits, y, counts
+
+
+def test_prior_decision_raises_balanced_accuracy_and_is_applied_by_predictors() -> None:
+    logits, y, counts = _imbalanced()
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    decision = fit_prior_decision(probs, y, counts)
+    assert 0 < decision["prior_power"] <= 1.5
+    pred = apply_decision(probs, CLASSES, decision)
+    assert balanced_accuracy(y, pred) > balanced_accuracy(y, probs.argmax(1)) + 0.03
+    np.testing.assert_allclose(prior_weights(counts, 0.0), 1.0)
+    assert prior_weights(counts, 1.0)[2] > prior_weights(counts, 1.0)[1] > prior_weights(counts, 1.0)[0]
+
+
+def test_group_flag_reaches_its_sensitivity_on_validation() -> None:
+    logits, y, _ = _imbalanced(1)
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    (flag,) = fit_group_flags(probs, y, CLASSES, {"malignant": ["mel", "bcc"]}, 0.9)
+    assert flag["name"] == "malignant" and flag["sensitivity"] >= 0.9 and 0 < flag["threshold"] < 1
+    with pytest.raises(ConfigError, match="are not classes"):
+        fit_group_flags(probs, y, CLASSES, {"malignant": ["melanoma"]}, 0.9)
+
+
+def test_report_fits_on_validation_and_test_report_reuses_the_rules() -> None:
+    val_logits, val_y, counts = _imbalanced(2)
+    update, metrics = classification_report(val_logits, val_y, CLASSES, True, None, None, counts,
+                                            {"malignant": ["mel", "bcc"]}, 0.9)  # fmt: skip
+    assert update["decision"]["fitted_on"] == "val" and update["groups"][0]["threshold"] > 0
+    assert metrics["decision"]["balanced_accuracy"] > metrics["balanced_accuracy"]
+    test_logits, test_y, _ = _imbalanced(3)
+    test = classification_test_report(test_logits, test_y, CLASSES, update)
+    assert test["decision"]["class_weights"] == update["decision"]["class_weights"]
+    assert test["groups"][0]["threshold"] == update["groups"][0]["threshold"]
+    assert 0.8 < test["groups"][0]["sensitivity"] <= 1.0 and set(test["decision"]["recall"]) == set(CLASSES)
