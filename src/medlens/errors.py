@@ -1,4 +1,6 @@
-"""Errors that medlens raises for bad input. Each message names the file (or field) and the reason."""
+"""Errors medlens raises, by kind: bad input (:class:`MedlensError` and its subclasses; a client error,
+4xx, whose message names the file or field and the reason) versus a fault inside medlens
+(:class:`InternalError`; 500, logged with an id, never shown to a client in detail)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,20 @@ class ImageReadError(MedlensError):
         self.path = str(path) if path is not None else "<upload>"
         self.reason = reason
         super().__init__(f"cannot read {self.path}: {reason}")
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image whose declared size exceeds the pixel limit (refused before decoding; HTTP 413)."""
+
+    def __init__(self, path: str | Path | None, width: int, height: int, limit: int) -> None:
+        self.width, self.height, self.limit = width, height, limit
+        super().__init__(
+            path, f"{width}x{height} pixels exceeds the limit of {limit} pixels (MEDLENS_MAX_PIXELS)"
+        )
+
+
+class InternalError(RuntimeError):
+    """A fault inside medlens or its libraries, not caused by the input (HTTP 500)."""
 
 
 class DatasetError(MedlensError):

@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
-from medlens.errors import ImageReadError
+from medlens.errors import ImageReadError, ImageTooLargeError
 
 if TYPE_CHECKING:
     import pydicom
@@ -110,9 +110,7 @@ def check_pixels(name: str, width: int, height: int, limit: int) -> None:
     if width <= 0 or height <= 0:
         raise ImageReadError(name, f"invalid image size {width}x{height}")
     if width * height > limit:
-        raise ImageReadError(
-            name, f"{width}x{height} pixels exceeds the limit of {limit} pixels (MEDLENS_MAX_PIXELS)"
-        )
+        raise ImageTooLargeError(name, width, height, limit)
 
 
 def scale_to_uint8(arr: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
