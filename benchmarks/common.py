@@ -146,18 +146,11 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 # ------------------------------------------------------------------------------------------------ output
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:
+    from medlens.jsonable import write_json as write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    return path
-
-
-def _json_default(obj: object) -> object:
-    if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return str(obj)
+    return write(path, data)
 
 
 BENCH_HEADER = (
@@ -228,9 +221,10 @@ def make_random_bundle(spec: dict[str, Any], out_dir: Path, seed: int = 0) -> Pa
     import torch
 
     from medlens.inference.bundle import build_from_spec, make_bundle
+    from medlens.spec import ModelSpec
 
     torch.manual_seed(seed)
-    model = build_from_spec(spec).eval()
+    model = build_from_spec(ModelSpec.from_dict(spec)).eval()
     gen = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -280,8 +274,8 @@ def prepare_skin_models(models_dir: str | Path, work_dir: Path, tiny: bool) -> t
 def skin_pipeline(models_dir: Path, runtime: str, scope: bool = False) -> Any:
     """The shipped skin pipeline over ``models_dir``; ``scope=False`` switches the out-of-scope checks off so
     that every stage (segment, features, classify, Grad-CAM, advice) runs on every image."""
-    from medlens.inference.advice import ScopeConfig
-    from medlens.inference.pipeline import Pipeline, PipelineConfig, shipped_pipeline_files
+    from medlens.pipelines.advice import ScopeConfig
+    from medlens.pipelines.pipeline import Pipeline, PipelineConfig, shipped_pipeline_files
 
     path = next(p for p in shipped_pipeline_files() if Path(p).stem == "skin")
     config = PipelineConfig.from_yaml(path)

@@ -277,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     with bench_workdir("medlens-bench-", args.work_dir, args.threads) as (work, load_before):
-        from medlens.inference.predictor import default_threads
+        from medlens.inference.runtime import default_threads
 
         models_dir, models_desc = prepare_skin_models(args.models, work, args.tiny)
         paths, images_desc = example_images(args.images, max(8, args.batch))

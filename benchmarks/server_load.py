@@ -301,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     with bench_workdir("medlens-load-", args.work_dir, args.threads) as (work, load_before):
-        from medlens.inference.predictor import default_threads
+        from medlens.inference.runtime import default_threads
 
         app, info = build_app(args, work)
         payloads, images_desc = example_payloads(args)

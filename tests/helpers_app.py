@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from medlens.inference.analysis import Analysis
+from medlens.pipelines.analysis import Analysis
 
 
 class FakePipeline:

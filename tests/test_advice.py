@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medlens.errors import ConfigError
-from medlens.inference.advice import (
+from medlens.pipelines.advice import (
     DEFAULT_NOTICE,
     AdviceConfig,
     AdviceContext,

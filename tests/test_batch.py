@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from medlens.errors import UnknownNameError
-from medlens.inference.batch import collect_inputs, predict_paths
+from medlens.pipelines.batch import collect_inputs, predict_paths
 from tests.helpers_inference import make_tiny_bundle
 
 

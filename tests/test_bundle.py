@@ -25,6 +25,7 @@ from medlens.inference.bundle import (
     write_model_card,
 )
 from medlens.inference.predictor import SegmentationPredictor
+from medlens.spec import ModelSpec
 from tests.helpers_inference import make_tiny_run
 
 
@@ -48,9 +49,10 @@ def _images() -> list[np.ndarray]:
 
 def test_bundle_layout_and_metadata(seg_run: Path, seg_bundle: Path):
     meta = json.loads((seg_bundle / "bundle.json").read_text())
-    assert meta["format_version"] == BUNDLE_FORMAT_VERSION == 1
+    assert meta["format_version"] == BUNDLE_FORMAT_VERSION == 2
     assert meta["name"] == "skin-unet"
-    assert meta["spec"] == json.loads((seg_run / "model_spec.json").read_text())
+    run_spec = json.loads((seg_run / "model_spec.json").read_text())
+    assert meta["spec"] == ModelSpec.from_dict(run_spec).to_dict()
     assert meta["metrics"]["dice_ci_low"] == 0.4
     assert meta["training"]["split_sizes"] == {"train": 3, "val": 1, "test": 0}
     assert meta["training"]["epochs_trained"] == 2 and meta["training"]["data_roots"] == ["data/tiny"]
@@ -148,7 +150,7 @@ def test_list_bundles_is_lazy_and_skips_broken(seg_bundle: Path, tmp_path: Path)
     (models / "a-first" / "model.safetensors").write_bytes(b"garbage")  # only build_model reads weights
     found = list_bundles(models)
     assert [b.path.name for b in found] == ["a-first", "b-second"]
-    assert found[0].spec["arch"] == "unet"
+    assert found[0].spec.arch == "unet"
     with pytest.raises(BundleError, match="a-first"):
         found[0].build_model()
     assert list_bundles(tmp_path / "absent") == []
@@ -157,7 +159,7 @@ def test_list_bundles_is_lazy_and_skips_broken(seg_bundle: Path, tmp_path: Path)
 def test_load_model_source_accepts_run_bundle_and_checkpoint(seg_run: Path, seg_bundle: Path, tmp_path: Path):
     for source in (seg_run, seg_bundle, seg_run / "checkpoints" / "best.pt", Bundle.load(seg_bundle)):
         model, spec = load_model_source(source)
-        assert spec["task"] == "segmentation" and not model.training
+        assert spec.task == "segmentation" and not model.training
         assert read_spec(source) == spec
     with pytest.raises(BundleError, match="neither a bundle"):
         load_model_source(tmp_path)
@@ -217,3 +219,24 @@ def test_loading_a_bundle_needs_no_training_code(seg_bundle: Path):
         for name in [k for k in sys.modules if ours(k)]:
             del sys.modules[name]
         sys.modules.update(saved)
+
+
+def test_format_1_bundles_still_load_and_predict_alike(seg_bundle: Path, tmp_path: Path):
+    """A bundle written before format 2 (no evaluations, spec without mask_dirs/label_column/groups)."""
+    old = Path(shutil.copytree(seg_bundle, tmp_path / "old"))
+    meta = json.loads((old / "bundle.json").read_text())
+    meta["format_version"] = 1
+    meta.pop("evaluations")
+    for key in ("mask_dirs", "label_column", "groups"):
+        meta["spec"].pop(key)
+    (old / "bundle.json").write_text(json.dumps(meta))
+    loaded = Bundle.load(old)
+    assert loaded.format_version == 1 and loaded.evaluations == {} and loaded.spec.groups is None
+    image = _images()[0]
+    np.testing.assert_array_equal(
+        SegmentationPredictor(old).predict(image), SegmentationPredictor(seg_bundle).predict(image)
+    )
+    meta["spec"]["colour"] = "red"
+    (old / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"unknown model spec field\(s\) \['colour'\]"):
+        Bundle.load(old)

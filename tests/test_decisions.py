@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from medlens.errors import ConfigError
-from medlens.inference.predictor import apply_decision
+from medlens.evaluation.classification_metrics import balanced_accuracy
+from medlens.inference.decisions import apply_decision
+from medlens.spec import ModelSpec
 from medlens.training.decisions import fit_group_flags, fit_prior_decision, prior_weights
-from medlens.training.validation import balanced_accuracy, classification_report, classification_test_report
+from medlens.training.validation import classification_report, classification_test_report
 
 CLASSES = ["nv", "mel", "bcc"]
 
@@ -50,7 +52,9 @@ def test_report_fits_on_validation_and_test_report_reuses_the_rules() -> None:
     assert update["decision"]["fitted_on"] == "val" and update["groups"][0]["threshold"] > 0
     assert metrics["decision"]["balanced_accuracy"] > metrics["balanced_accuracy"]
     test_logits, test_y, _ = _imbalanced(3)
-    test = classification_test_report(test_logits, test_y, CLASSES, update)
+    spec = ModelSpec(task="classification", arch="resnet18", in_channels=3, num_classes=3, input_size=(8, 8),
+                     mode="multiclass", classes=CLASSES, **update)  # fmt: skip
+    test = classification_test_report(test_logits, test_y, CLASSES, spec)
     assert test["decision"]["class_weights"] == update["decision"]["class_weights"]
     assert test["groups"][0]["threshold"] == update["groups"][0]["threshold"]
     assert 0.8 < test["groups"][0]["sensitivity"] <= 1.0 and set(test["decision"]["recall"]) == set(CLASSES)

@@ -14,7 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 from medlens.data.io import read_dicom
 from medlens.errors import ImageReadError, MedlensError, UnknownNameError
-from medlens.inference.dicom_seg import (
+from medlens.pipelines.dicom_seg import (
     deidentified_copy,
     dicom_seg_bytes,
     read_dicom_seg_mask,

@@ -132,6 +132,6 @@ def test_torchrun_two_cpu_processes_train_one_epoch(synthetic_seg: Path, tmp_pat
     from medlens.inference.bundle import load_model_source
 
     model, spec = load_model_source(run)
-    assert spec["encoder"] == "mobilenet_v2"
+    assert spec.encoder == "mobilenet_v2"
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)

@@ -35,7 +35,7 @@ def test_segmentation_bundle_export_has_dynamic_batch_and_matches_torch(tmp_path
         np.testing.assert_allclose(got, expected, atol=1e-4)
     proto = onnx.load(str(onnx_path))
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert json.loads(meta["medlens_spec"]) == spec
+    assert json.loads(meta["medlens_spec"]) == spec.to_dict()
     assert "model.onnx" in Bundle.load(bundle).files  # the bundle lists (and hashes) its export
     Bundle.load(bundle).verify()
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from medlens.errors import UnknownNameError
-from medlens.inference.features import compute_features, get_feature, list_features, location_label
+from medlens.pipelines.features import compute_features, get_feature, list_features, location_label
 
 
 def disc(size: int = 64, r: int = 20, cy: int = 32, cx: int = 32) -> np.ndarray:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from medlens.errors import UnknownNameError
-from medlens.inference.guided import crop_box, guide_channels, guide_inputs, guide_one
+from medlens.inference.guided import crop_box, guide_inputs, guide_one
+from medlens.spec import guide_channels
 
 
 class FixedMaskPredictor:
@@ -63,7 +64,8 @@ def test_modes_shapes_and_mask_channel():
     assert both[16, 16, 3] == 255 and both[0, 0, 3] == 0
     grey = gradient_image()[..., :1]
     assert guide_inputs([grey], seg, "channel", (16, 16))[0].shape == (16, 16, 2)
-    assert guide_channels(3, "crop") == 3 and guide_channels(1, "both") == 2
+    assert guide_channels("crop") == 0 and guide_channels("both") == guide_channels("channel") == 1
+    assert guide_channels(None) == 0
 
 
 def test_nothing_found_uses_whole_image_and_is_deterministic():

@@ -17,11 +17,11 @@ from sklearn.metrics import (
 )
 
 from medlens.errors import MedlensError
+from medlens.evaluation.classification_metrics import classification_metrics, sensitivity_at_specificity
 from medlens.evaluation.metrics import (
     SEGMENTATION_METRICS,
     SegmentationMetricAccumulator,
     bootstrap_ci,
-    classification_metrics,
     dice,
     hd95,
     iou,
@@ -30,10 +30,9 @@ from medlens.evaluation.metrics import (
     segmentation_scores,
     segmentation_scores_multiclass,
     sensitivity,
-    sensitivity_at_specificity,
     specificity,
-    to_jsonable,
 )
+from medlens.jsonable import to_jsonable
 
 # tp = 2 at (0,0) and (1,1); fp = 1 at (0,1); fn = 1 at (1,0); tn = 5
 PRED = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 0]], dtype=bool)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from medlens.data.io import ImageRecord, read_image
 from medlens.errors import BundleError, ConfigError
-from medlens.inference.pipeline import (
+from medlens.pipelines.pipeline import (
     Pipeline,
     PipelineConfig,
     enhance_contrast,
@@ -124,7 +124,7 @@ def test_missing_bundles_are_skipped_and_user_pipelines_load(tmp_path, models_di
     (partial / "pipelines" / "frames.yaml").write_text(
         "name: frames\ntitle: Frames\nsegmenter: {bundle: polyp-seg}\nfeatures: [count]\n"
     )
-    with caplog.at_level(logging.WARNING, logger="medlens.inference.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="medlens.pipelines.pipeline"):
         loaded = load_pipelines(partial)
     assert set(loaded) == {"polyp", "frames"}
     assert "skin-seg" in caplog.text and "broken.yaml" in caplog.text
@@ -275,7 +275,7 @@ def test_clahe_and_input_validation(pipelines):
 
 def test_dicom_input_spacing_and_seg_export(pipelines, tmp_path, monkeypatch):
     from medlens.data.io import read_dicom
-    from medlens.inference.dicom_seg import dicom_seg_bytes, read_dicom_seg_mask
+    from medlens.pipelines.dicom_seg import dicom_seg_bytes, read_dicom_seg_mask
     from tests.test_dicom_seg import make_source
 
     pipe = pipelines["chest-xray"]

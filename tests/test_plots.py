@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medlens.drawing import PALETTE, overlay_mask
 from medlens.errors import MedlensError
 from medlens.evaluation.plots import (
-    PALETTE,
-    overlay_mask,
     plot_confusion_matrix,
     plot_label_counts_over_time,
     plot_reliability_diagram,

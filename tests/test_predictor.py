@@ -13,15 +13,15 @@ import torch
 from medlens.data.cache import resize_image as cache_resize
 from medlens.errors import BundleError, MedlensError, UnknownNameError
 from medlens.inference.bundle import load_model_source
+from medlens.inference.decisions import apply_decision, probs_to_mask
 from medlens.inference.predictor import (
     ClassificationPredictor,
     SegmentationPredictor,
-    apply_decision,
     create_predictor,
     ensure_channels,
     preprocess,
-    probs_to_mask,
 )
+from medlens.spec import ModelSpec
 from tests.helpers_inference import make_tiny_run
 
 
@@ -49,13 +49,14 @@ def test_ensure_channels_conversions():
 
 
 def test_preprocess_matches_the_training_cache_and_normalises():
-    spec = {"input_size": [16, 24], "in_channels": 3, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.1]}
+    spec = ModelSpec(task="segmentation", arch="unet", in_channels=3, num_classes=1, input_size=(16, 24),
+                     mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.1])  # fmt: skip
     rng = np.random.default_rng(3)
     img = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
     x = preprocess([img, np.full((10, 10, 3), 255, np.uint8)], spec)
     assert x.shape == (2, 3, 16, 24) and x.dtype == torch.float32
     cached = cache_resize(img, (16, 24)).astype(np.float32) / 255.0
-    expected = (cached - np.array(spec["mean"])) / np.array(spec["std"])
+    expected = (cached - np.array(spec.mean)) / np.array(spec.std)
     np.testing.assert_allclose(x[0].permute(1, 2, 0).numpy(), expected, atol=1e-5)
     np.testing.assert_allclose(x[1, 2].numpy(), (1.0 - 0.3) / 0.1, rtol=1e-5)
 
@@ -112,8 +113,8 @@ def test_flip_tta_averages_the_flipped_views(seg_bundle: Path, images):
 def test_multiclass_and_multilabel_masks():
     prob = np.zeros((3, 2, 2), np.float32)
     prob[2, 0, 0] = prob[1, 1, 1] = 1.0
-    assert probs_to_mask(prob, {"mode": "multiclass"}).tolist() == [[2, 0], [0, 1]]
-    multi = probs_to_mask(prob, {"mode": "multilabel", "threshold": 0.5})
+    assert probs_to_mask(prob, "multiclass").tolist() == [[2, 0], [0, 1]]
+    multi = probs_to_mask(prob, "multilabel", 0.5)
     assert multi.shape == (2, 2, 3) and multi[0, 0].tolist() == [0, 0, 1]
 
 
@@ -127,8 +128,9 @@ def test_classification_temperature_and_decision(tmp_path: Path, images):
         expected = (model(preprocess(images, spec)) / 2.0).softmax(1).numpy()
     np.testing.assert_allclose(probs, expected, atol=1e-5)
     assert predictor.predict_label(images) == [predictor.classes[i] for i in probs.argmax(1)]
-    spec["decision"] = {"class": "malignant", "threshold": 0.0}
-    (run / "model_spec.json").write_text(json.dumps(spec))
+    saved = json.loads((run / "model_spec.json").read_text())
+    saved["decision"] = {"positive_class": "malignant", "threshold": 0.0}
+    (run / "model_spec.json").write_text(json.dumps(saved))
     assert ClassificationPredictor(run).predict_label(images) == ["malignant"] * 3
     _, uncertainty = predictor.predict_with_uncertainty(images)
     assert uncertainty.shape == (3,) and ((uncertainty >= 0) & (uncertainty <= 1)).all()
@@ -139,11 +141,12 @@ def test_apply_decision_rules():
     classes = ["normal", "pneumonia"]
     assert apply_decision(probs, classes, None).tolist() == [0, 0, 1]
     assert apply_decision(probs, classes, 0.25).tolist() == [1, 0, 1]
-    assert apply_decision(probs, classes, {"class": "normal", "threshold": 0.8}).tolist() == [1, 0, 1]
+    rule = {"positive_class": "normal", "threshold": 0.8}
+    assert apply_decision(probs, classes, rule).tolist() == [1, 0, 1]
     trained = {"positive_class": "pneumonia", "threshold": 0.05, "target_sensitivity": 0.95}
     assert apply_decision(probs, classes, trained).tolist() == [1, 1, 1]
     with pytest.raises(MedlensError, match="threshold"):
-        apply_decision(probs, classes, {"class": "absent", "threshold": 0.5})
+        apply_decision(probs, classes, {"positive_class": "absent", "threshold": 0.5})
 
 
 def test_onnx_runtime_matches_torch(seg_bundle: Path, cls_bundle: Path, images):

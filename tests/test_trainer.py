@@ -161,7 +161,7 @@ def test_checkpoints_load_into_a_fresh_model(seg_run: Path) -> None:
 
     model, spec = load_model_source(seg_run)
     with torch.no_grad():
-        out = model(torch.zeros(1, spec["in_channels"], 32, 32))
+        out = model(torch.zeros(1, spec.in_channels, 32, 32))
     assert out.shape == (1, 1, 32, 32)
     last = torch.load(seg_run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert last["epoch"] == 2 and {"optimizer", "scheduler", "rng", "history"} <= set(last)

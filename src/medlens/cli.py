@@ -123,7 +123,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from medlens.inference.batch import predict_paths
+    from medlens.pipelines.batch import predict_paths
 
     for item in args.inputs:
         _existing(item, "input")
@@ -191,7 +191,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from medlens.inference.bundle import list_bundles
-    from medlens.inference.pipeline_config import load_pipeline_configs
+    from medlens.pipelines.config import load_pipeline_configs
 
     models_dir = _existing(args.models_dir, "models folder")
     bundles = list_bundles(models_dir)
@@ -209,11 +209,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _bundle_line(bundle: Any) -> str:
     spec = bundle.spec
-    net = str(spec.get("arch", "?")) + (f"/{spec['encoder']}" if spec.get("encoder") else "")
-    key = "dice" if spec.get("task") == "segmentation" else "balanced_accuracy"
+    net = spec.arch + (f"/{spec.encoder}" if spec.encoder else "")
+    key = "dice" if spec.is_segmentation else "balanced_accuracy"
     score = bundle.metrics.get(key)
     shown = f"{key} {score:.3f}" if isinstance(score, (int, float)) else ""
-    return f"  {bundle.name:<24} {spec.get('task', '?'):<15} {net:<28} {shown}"
+    return f"  {bundle.name:<24} {spec.task.value:<15} {net:<28} {shown}"
 
 
 def build_parser() -> argparse.ArgumentParser:

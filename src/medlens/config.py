@@ -23,14 +23,12 @@ import yaml
 
 from medlens.data.augment import AugmentConfig
 from medlens.errors import ConfigError
+from medlens.spec import GUIDE_MODES, MODES, TASKS
 
 log = logging.getLogger(__name__)
 
-TASKS = ("segmentation", "classification")
-MODES = ("binary", "multiclass", "multilabel")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "poly", "constant")
-GUIDE_MODES = ("crop", "channel", "both")
 AMP_VALUES = ("auto", "bf16", "fp16", "fp32")
 
 

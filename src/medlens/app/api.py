@@ -34,7 +34,7 @@ _PIXEL_LIMIT_WORDS = ("exceeds the limit", "too many pixels", "too large", "deco
 
 def load_pipelines_safely(models_dir: str | Path) -> dict[str, Any]:
     """``load_pipelines(models_dir)``, or {} with a warning when the folder has no usable bundles."""
-    from medlens.inference.pipeline import load_pipelines
+    from medlens.pipelines.pipeline import load_pipelines
 
     try:
         return dict(load_pipelines(models_dir))

@@ -17,10 +17,10 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from medlens.app.store import HistoryStore
+from medlens.drawing import viewable_mask
 from medlens.errors import MedlensError, UnknownNameError
+from medlens.jsonable import to_jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -33,25 +33,6 @@ class NoPipelineError(MedlensError):
     """No pipeline is loaded (the models folder holds no bundles)."""
 
 
-def jsonable(value: Any) -> Any:
-    """``value`` with numpy scalars/arrays, tuples, Paths and NaN turned into plain JSON types."""
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist()) if value.size <= 64 else None
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
-
-
 def analysis_result(analysis: Any) -> dict[str, Any]:
     """The JSON-safe result of an ``Analysis`` (no arrays): its ``to_dict()`` plus the contract fields."""
     base = analysis.to_dict() if hasattr(analysis, "to_dict") else {}
@@ -62,18 +43,7 @@ def analysis_result(analysis: Any) -> dict[str, Any]:
     for name in _ARRAY_FIELDS:
         base.pop(name, None)
     base["probabilities"] = {str(k): float(v) for k, v in (analysis.probabilities or {}).items()}
-    return jsonable(base)
-
-
-def mask_to_png_array(mask: np.ndarray | None) -> np.ndarray | None:
-    """A mask as a viewable uint8 PNG array: binary (H, W) 0/1 -> 0/255, multi-label (H, W, K) -> labels."""
-    if mask is None:
-        return None
-    mask = np.asarray(mask)
-    if mask.ndim == 3:  # multi-label 0/1 channels -> 1 + index of the last positive channel, 0 = background
-        mask = ((mask > 0) * np.arange(1, mask.shape[2] + 1, dtype=np.uint16)).max(axis=2)
-    mask = mask.astype(np.uint8)
-    return mask * 255 if mask.max(initial=0) <= 1 else mask
+    return to_jsonable(base)
 
 
 def _plots(folder: Path) -> dict[str, Path]:
@@ -101,10 +71,10 @@ def discover_bundles(models_dir: str | Path | None) -> list[dict[str, Any]]:
             {
                 "name": bundle.name,
                 "folder": bundle.path.name,
-                "task": spec.get("task"),
-                "classes": spec.get("classes"),
-                "input_size": spec.get("input_size"),
-                "metrics": jsonable(bundle.metrics),
+                "task": spec.task.value,
+                "classes": spec.classes,
+                "input_size": list(spec.input_size),
+                "metrics": to_jsonable(bundle.metrics),
                 "created": bundle.created or None,
                 "version": bundle.medlens_version or None,
                 "path": bundle.path,
@@ -188,7 +158,7 @@ class AnalysisService:
             result=result,
             pictures={
                 "image": image.array,  # pixels only: never the DICOM header, never the client's file name
-                "mask": mask_to_png_array(analysis.mask),
+                "mask": None if analysis.mask is None else viewable_mask(analysis.mask),
                 "overlay": analysis.overlay,
                 "gradcam": analysis.gradcam,
             },
@@ -220,7 +190,7 @@ class AnalysisService:
             p = self.pipelines[name]
             info = p.info() if callable(getattr(p, "info", None)) else {}
             described = info.get("description", getattr(p, "description", ""))
-            pipelines.append(jsonable({**info, "name": name, "description": described or ""}))
+            pipelines.append(to_jsonable({**info, "name": name, "description": described or ""}))
         bundles = [
             {**{k: v for k, v in b.items() if k not in ("path", "plots")}, "plots": sorted(b["plots"])}
             for b in self.bundles

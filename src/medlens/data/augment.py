@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from medlens.errors import ConfigError, UnknownNameError
+from medlens.spec import TASKS
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
 logger = logging.getLogger(__name__)
-
-TASKS = ("segmentation", "classification")
 
 
 #: Built-in values of the settings that neither the config nor the data set's plan chose.

@@ -24,13 +24,13 @@ import numpy as np
 from medlens.data.io import IMAGE_EXTENSIONS, probe_image, read_mask_with_format, sniff_format
 from medlens.data.partial import PartialLabels
 from medlens.errors import DatasetError, ImageReadError
+from medlens.spec import MODES
 
 logger = logging.getLogger(__name__)
 
 CSV_NAMES = ("labels.csv", "metadata.csv", "splits.csv")
 ID_COLUMNS = ("id", "image_id", "image", "filename", "file")
 GROUP_COLUMNS = ("lesion_id", "video_sequence", "patient_id", "patient")
-SEG_MODES = ("binary", "multiclass", "multilabel")
 _MAX_SHOWN_PROBLEMS = 20
 
 
@@ -270,8 +270,8 @@ def _image_folder(root: Path) -> list[Path]:
 
 
 def _discover_segmentation(root, mode, mask_dirs, label_column, group_column, classes):
-    if mode not in SEG_MODES:
-        raise DatasetError(f"unknown segmentation mode {mode!r} for {root}; expected one of {SEG_MODES}")
+    if mode not in MODES:
+        raise DatasetError(f"unknown segmentation mode {mode!r} for {root}; expected one of {MODES}")
     mask_dirs = list(mask_dirs or ["masks"])
     if len(mask_dirs) > 1 and mode != "multilabel":
         raise DatasetError(f"{root}: {len(mask_dirs)} mask folders {mask_dirs} need mode='multilabel'")

@@ -2,7 +2,7 @@
 
 They follow scikit-learn (which is the oracle in the tests) and add the ISIC 2018 Task 3 headline metric
 (balanced accuracy = mean per-class recall), one-vs-rest AUCs, calibration and percentile bootstrap CIs.
-Every dict this module returns is JSON-safe after :func:`medlens.evaluation.metrics.to_jsonable`
+Every dict this module returns is JSON-safe after :func:`medlens.jsonable.to_jsonable`
 (``nan`` -> ``None``). :mod:`medlens.evaluation.metrics` re-exports the public names.
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from medlens.errors import MedlensError
+from medlens.evaluation.bootstrap import bootstrap, bootstrap_ci, nanmean
 
 
 def _check_classification(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> tuple:
@@ -106,7 +107,7 @@ def classification_metrics(
         support, auc}}``, ``auc_macro`` (one-vs-rest, classes absent from ``y_true`` skipped),
         ``confusion_matrix`` (rows = true), ``ece``, ``brier``, ``n_images``; for K = 2 also ``auc``,
         ``sensitivity_at_specificity`` and ``specificity_target``. Values are plain floats (nan where
-        undefined; see :func:`~medlens.evaluation.metrics.to_jsonable`).
+        undefined; see :func:`~medlens.jsonable.to_jsonable`).
     """
     from sklearn.metrics import (
         accuracy_score,
@@ -116,7 +117,6 @@ def classification_metrics(
     )
 
     from medlens.evaluation.calibration import brier_score, expected_calibration_error
-    from medlens.evaluation.metrics import _bootstrap, _nanmean, bootstrap_ci  # here: metrics re-exports us
 
     y_true, probs = _check_classification(y_true, probs, classes)
     k = len(classes)
@@ -131,7 +131,7 @@ def classification_metrics(
         "n_images": int(y_true.size),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "balanced_accuracy": balanced,
-        "auc_macro": _nanmean(aucs),
+        "auc_macro": nanmean(aucs),
         "ece": expected_calibration_error(probs, y_true),
         "brier": brier_score(probs, y_true),
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
@@ -148,7 +148,7 @@ def classification_metrics(
     }
     correct = (y_pred == y_true).astype(np.float64)
     out["accuracy_ci_low"], out["accuracy_ci_high"] = bootstrap_ci(correct, n_boot, alpha, seed)
-    out["balanced_accuracy_ci_low"], out["balanced_accuracy_ci_high"] = _bootstrap(
+    out["balanced_accuracy_ci_low"], out["balanced_accuracy_ci_high"] = bootstrap(
         y_true.size, _balanced_accuracy_boot(y_true, correct.astype(bool), k), n_boot, alpha, seed
     )
     if k == 2:
@@ -158,3 +158,12 @@ def classification_metrics(
             y_true, probs[:, 1], specificity_target
         )
     return out
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean recall over the classes present in ``y_true`` (ISIC 2018 Task 3 metric)."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return float(balanced_accuracy_score(y_true, y_pred))

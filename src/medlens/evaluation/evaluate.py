@@ -14,7 +14,6 @@ accuracy, macro AUC, ECE, Brier, per class, confusion matrix, CIs), ``prediction
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -84,7 +83,7 @@ def _score(acc, pred: np.ndarray, target: np.ndarray, mode: str, classes: list[s
 
 def _overlay(image: np.ndarray, pred: np.ndarray, target: np.ndarray, binary: bool) -> np.ndarray:
     """Prediction filled (red for binary) under the ground-truth contour (green for binary)."""
-    from medlens.evaluation.plots import overlay_mask
+    from medlens.drawing import overlay_mask
 
     shown = overlay_mask(image, pred, 0.4, RED if binary else None)
     return overlay_mask(shown, target, 0.0, GREEN if binary else None)
@@ -97,7 +96,7 @@ def _save_cases(predictor, index, rows: list[dict], out: Path, n_cases: int) -> 
     from medlens.data.io import read_image
     from medlens.data.layout import load_target
     from medlens.evaluation.plots import save_case_grid
-    from medlens.inference.predictor import probs_to_mask
+    from medlens.inference.decisions import probs_to_mask
 
     ranked = sorted((r for r in rows if not np.isnan(r["dice"])), key=lambda r: r["dice"])
     chosen = {"worst": ranked[:n_cases], "best": ranked[::-1][:n_cases]}
@@ -109,7 +108,7 @@ def _save_cases(predictor, index, rows: list[dict], out: Path, n_cases: int) -> 
             item = index.get(row["id"])
             image, target = read_image(item.image).array, load_target(item, index)
             prob = predictor.predict_proba([image], sizes=[target.shape[:2]])[0]
-            pred = probs_to_mask(prob, predictor.spec)
+            pred = probs_to_mask(prob, predictor.spec.mode, predictor.spec.threshold)
             if image.shape[:2] != target.shape[:2]:
                 image = np.asarray(Image.fromarray(image.squeeze()).resize(target.shape[1::-1]))
             flat = (lambda m: m.max(axis=-1)) if pred.ndim == 3 else (lambda m: m)
@@ -124,7 +123,7 @@ def _save_cases(predictor, index, rows: list[dict], out: Path, n_cases: int) -> 
 def _evaluate_segmentation(predictor, data: Path, out: Path, skip_bad: bool, mask_dirs, n_cases: int) -> dict:
     from medlens.data.layout import discover, load_target
     from medlens.evaluation.metrics import SegmentationMetricAccumulator
-    from medlens.inference.predictor import probs_to_mask
+    from medlens.inference.decisions import probs_to_mask
 
     spec, mode = predictor.spec, predictor.mode
     classes = list(predictor.classes)
@@ -132,7 +131,7 @@ def _evaluate_segmentation(predictor, data: Path, out: Path, skip_bad: bool, mas
         data,
         "segmentation",
         mode=mode,
-        mask_dirs=mask_dirs or spec.get("mask_dirs"),
+        mask_dirs=mask_dirs or spec.mask_dirs,
         classes=classes if mode == "multiclass" else None,
         skip_bad=skip_bad,
     )
@@ -146,7 +145,7 @@ def _evaluate_segmentation(predictor, data: Path, out: Path, skip_bad: bool, mas
         targets = [load_target(item, index) for item, _ in pairs]
         probs = predictor.predict_proba([img for _, img in pairs], sizes=[t.shape[:2] for t in targets])
         for (item, _), target, prob in zip(pairs, targets, probs, strict=True):
-            pred = probs_to_mask(prob, spec)
+            pred = probs_to_mask(prob, spec.mode, spec.threshold)
             _score(acc, pred, target, mode, classes, item.id)
             extras[item.id] = {
                 "image": str(item.image),
@@ -181,7 +180,7 @@ def _evaluate_classification(predictor, data: Path, out: Path, skip_bad: bool, l
     from medlens.data.layout import discover
     from medlens.evaluation.classification_metrics import classification_metrics
     from medlens.evaluation.plots import plot_confusion_matrix, plot_reliability_diagram, plot_roc_curves
-    from medlens.inference.predictor import apply_decision
+    from medlens.inference.decisions import apply_decision
 
     classes = list(predictor.classes)
     index = discover(data, "classification", label_column=label_column, skip_bad=skip_bad)
@@ -201,9 +200,9 @@ def _evaluate_classification(predictor, data: Path, out: Path, skip_bad: bool, l
     p = np.concatenate(probs)
     y_true = np.array([classes.index(item.label) for item in kept])
     metrics = classification_metrics(y_true, p, classes)
-    decided = apply_decision(p, classes, predictor.spec.get("decision"))
-    if predictor.spec.get("decision") is not None:
-        metrics["decision"] = _decision_metrics(y_true, decided, predictor.spec["decision"])
+    decided = apply_decision(p, classes, predictor.spec.decision)
+    if predictor.spec.decision is not None:
+        metrics["decision"] = _decision_metrics(y_true, decided, predictor.spec.decision)
     rows = [
         {
             "id": item.id,
@@ -252,10 +251,10 @@ def evaluate(
         The metrics dict also written to ``out/metrics.json`` (segmentation: ``{metric}_mean``,
         ``_ci_low``, ``_ci_high`` for dice, iou, sensitivity, specificity, precision, pixel_accuracy, hd95,
         plus ``n_images``;
-        classification: see :func:`medlens.evaluation.metrics.classification_metrics`).
+        classification: see :func:`medlens.evaluation.classification_metrics.classification_metrics`).
     """
-    from medlens.evaluation.metrics import to_jsonable
     from medlens.inference.predictor import create_predictor
+    from medlens.jsonable import write_json
 
     data, out = Path(data), Path(out)
     if not data.is_dir():
@@ -277,7 +276,7 @@ def evaluate(
             "classes": predictor.classes,
         }
     )
-    (out / "metrics.json").write_text(json.dumps(to_jsonable(metrics), indent=2) + "\n")
+    write_json(out / "metrics.json", metrics)
     logger.info(
         "evaluated %s on %s (%d images); report in %s", predictor.name, data, metrics["n_images"], out
     )

@@ -11,7 +11,7 @@ to bool) and return a Python ``float``. Conventions for undefined ratios (a zero
 
 The classification metrics live in :mod:`medlens.evaluation.classification_metrics`;
 :func:`classification_metrics` and :func:`sensitivity_at_specificity` are re-exported here.
-Every dict this module returns is JSON-safe after :func:`to_jsonable` (``nan`` -> ``None``).
+Every dict this module returns is JSON-safe after :func:`medlens.jsonable.to_jsonable` (``nan`` -> ``None``).
 """
 
 from __future__ import annotations
@@ -27,13 +27,12 @@ from typing import Any
 import numpy as np
 
 from medlens.errors import MedlensError
-from medlens.evaluation.classification_metrics import classification_metrics, sensitivity_at_specificity
+from medlens.evaluation.bootstrap import bootstrap_ci, nanmean
 
 __all__ = [
     "SEGMENTATION_METRICS",
     "SegmentationMetricAccumulator",
     "bootstrap_ci",
-    "classification_metrics",
     "dice",
     "hd95",
     "iou",
@@ -42,38 +41,15 @@ __all__ = [
     "segmentation_scores",
     "segmentation_scores_multiclass",
     "sensitivity",
-    "sensitivity_at_specificity",
     "specificity",
-    "to_jsonable",
 ]
+
 
 logger = logging.getLogger(__name__)
 
 SEGMENTATION_METRICS = ("dice", "iou", "sensitivity", "specificity", "precision", "pixel_accuracy", "hd95")
 
 
-# ------------------------------------------------------------------------------------------ JSON helpers
-def to_jsonable(obj: Any) -> Any:
-    """Convert numpy scalars/arrays, tuples and Paths to plain Python; ``nan``/``inf`` become ``None``."""
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, bool | np.bool_):
-        return bool(obj)
-    if isinstance(obj, int | np.integer):
-        return int(obj)
-    if isinstance(obj, float | np.floating):
-        value = float(obj)
-        return value if math.isfinite(value) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-# ------------------------------------------------------------------------------------------ segmentation
 def _pair(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pred, target = np.asarray(pred).astype(bool), np.asarray(target).astype(bool)
     if pred.shape != target.shape:
@@ -214,48 +190,9 @@ def segmentation_scores_multiclass(
     result: dict[str, Any] = {}
     for metric in SEGMENTATION_METRICS:
         values = [per_class[names[k]][metric] for k in range(1, num_classes)]
-        result[metric] = _nanmean(values)
+        result[metric] = nanmean(values)
     result["per_class"] = per_class
     return result
-
-
-def _nanmean(values: Sequence[float] | np.ndarray) -> float:
-    arr = np.asarray(values, dtype=np.float64)
-    arr = arr[~np.isnan(arr)]
-    return float(arr.mean()) if arr.size else float("nan")
-
-
-# ------------------------------------------------------------------------------------------ bootstrap
-def _bootstrap(
-    n: int, statistic: Callable[[np.ndarray], np.ndarray], n_boot: int, alpha: float, seed: int
-) -> tuple[float, float]:
-    """Percentile bootstrap: ``statistic`` maps an index matrix ``(b, n)`` to ``(b,)`` statistics."""
-    if n == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    chunk = max(1, min(n_boot, 4_000_000 // max(n, 1)))  # bound memory of the (chunk, n) index matrix
-    stats = []
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
-        stats.append(statistic(idx))
-    all_stats = np.concatenate(stats)
-    all_stats = all_stats[~np.isnan(all_stats)]
-    if all_stats.size == 0:
-        return float("nan"), float("nan")
-    low, high = np.quantile(all_stats, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
-
-
-def bootstrap_ci(
-    values: Sequence[float] | np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile bootstrap ``(1 - alpha)`` confidence interval of the mean of ``values`` (nan ignored).
-
-    Returns ``(nan, nan)`` when no finite value remains; deterministic for a seed.
-    """
-    arr = np.asarray(values, dtype=np.float64).reshape(-1)
-    arr = arr[~np.isnan(arr)]
-    return _bootstrap(arr.size, lambda idx: arr[idx].mean(axis=1), n_boot, alpha, seed)
 
 
 # ------------------------------------------------------------------------------------------ accumulator

@@ -1,10 +1,11 @@
 """Model bundles: a versioned, self-describing folder that a predictor can load without any training code.
 
-Layout (format version 1)::
+Layout (format version 2; version 1 bundles still load)::
 
     <bundle>/
-      bundle.json        {"format_version": 1, "name", "spec": model_spec, "metrics", "training", "created",
-                          "medlens_version", "files": {relative path: sha256}}
+      bundle.json        {"format_version": 2, "name", "spec": ModelSpec, "metrics" (validation),
+                          "evaluations": {split or data set: metrics at the images' own size},
+                          "training", "created", "medlens_version", "files": {relative path: sha256}}
       model.safetensors  weights (parameters fp16 or fp32; loaded as fp32)
       README.md          model card: data, split, metrics + CIs, intended use, limitations, how to reproduce
       config.yaml plan.json fingerprint.json val_metrics.json metrics.csv curves.png plots/  (if present)
@@ -28,10 +29,12 @@ from torch import nn
 
 from medlens.errors import BundleError
 from medlens.inference.card import write_model_card
+from medlens.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)  # 1: before the evaluations section and the typed spec's new fields
 BUNDLE_JSON = "bundle.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
@@ -44,6 +47,7 @@ _RUN_EXTRAS = (
     "plan.json",
     "fingerprint.json",
     "val_metrics.json",
+    "test_metrics.json",
     "split.json",
     "metrics.csv",
     "curves.png",
@@ -68,21 +72,18 @@ def _read_json(path: Path) -> dict:
         raise BundleError(f"cannot read {path}: {exc}") from exc
 
 
-def build_from_spec(spec: dict) -> nn.Module:
-    """Instantiate the (untrained) network a ``model_spec`` describes, with no pretrained weights."""
+def build_from_spec(spec: ModelSpec) -> nn.Module:
+    """Instantiate the (untrained) network a model spec describes, with no pretrained weights."""
     from medlens.models.factory import create_model
 
-    missing = [k for k in ("task", "arch", "in_channels", "num_classes") if k not in spec]
-    if missing:
-        raise BundleError(f"model spec lacks {missing}")
     return create_model(
-        spec["task"],
-        arch=spec["arch"],
-        encoder=spec.get("encoder") or "resnet34",
-        in_channels=int(spec["in_channels"]),
-        num_classes=int(spec["num_classes"]),
+        spec.task.value,
+        arch=spec.arch,
+        encoder=spec.encoder or "resnet34",
+        in_channels=spec.in_channels,
+        num_classes=spec.num_classes,
         pretrained=False,
-        **(spec.get("model_kwargs") or {}),
+        **spec.model_kwargs,
     )
 
 
@@ -111,8 +112,10 @@ class Bundle:
 
     path: Path
     name: str
-    spec: dict
-    metrics: dict = field(default_factory=dict)
+    spec: ModelSpec
+    metrics: dict = field(default_factory=dict)  # validation figures (val_metrics.json)
+    evaluations: dict = field(default_factory=dict)  # {"val" | "test" | "external:<name>": metrics}
+    format_version: int = BUNDLE_FORMAT_VERSION
     training: dict = field(default_factory=dict)
     created: str = ""
     medlens_version: str = ""
@@ -127,12 +130,12 @@ class Bundle:
             raise BundleError(f"{path} is not a medlens bundle: {BUNDLE_JSON} is missing")
         meta = _read_json(meta_path)
         version = meta.get("format_version")
-        if version != BUNDLE_FORMAT_VERSION:
+        if version not in READABLE_FORMAT_VERSIONS:
             shown = "missing" if version is None else repr(version)
             raise BundleError(
                 f"{meta_path}: format_version {shown} is not supported by this medlens "
-                f"(it reads version {BUNDLE_FORMAT_VERSION}); re-create the bundle with `medlens bundle` "
-                "or upgrade medlens"
+                f"(it reads versions {', '.join(map(str, READABLE_FORMAT_VERSIONS))}); re-create the bundle "
+                "with `medlens bundle` or upgrade medlens"
             )
         if not isinstance(meta.get("spec"), dict):
             raise BundleError(f"{meta_path}: the 'spec' section is missing")
@@ -141,8 +144,10 @@ class Bundle:
         return cls(
             path=path,
             name=str(meta.get("name") or path.name),
-            spec=meta["spec"],
+            spec=ModelSpec.from_dict(meta["spec"], meta_path),
             metrics=meta.get("metrics") or {},
+            evaluations=meta.get("evaluations") or {},
+            format_version=int(version),
             training=meta.get("training") or {},
             created=str(meta.get("created", "")),
             medlens_version=str(meta.get("medlens_version", "")),
@@ -151,7 +156,7 @@ class Bundle:
 
     @property
     def task(self) -> str:
-        return str(self.spec["task"])
+        return self.spec.task.value
 
     @property
     def weights_path(self) -> Path:
@@ -230,16 +235,17 @@ def _read_checkpoint(path: Path) -> dict:
     raise BundleError(f"{path}: expected a checkpoint dict with a 'model' state dict")
 
 
-def read_run(run_dir: str | Path) -> tuple[dict, dict]:
+def read_run(run_dir: str | Path) -> tuple[ModelSpec, dict]:
     """``(spec, checkpoint)`` of a training run folder; BundleError naming the missing file."""
     run_dir = Path(run_dir)
     for rel in (RUN_SPEC, RUN_CHECKPOINT):
         if not (run_dir / rel).is_file():
             raise BundleError(f"{run_dir} is not a medlens run folder: {rel} is missing")
-    return _read_json(run_dir / RUN_SPEC), _read_checkpoint(run_dir / RUN_CHECKPOINT)
+    spec = ModelSpec.from_dict(_read_json(run_dir / RUN_SPEC), run_dir / RUN_SPEC)
+    return spec, _read_checkpoint(run_dir / RUN_CHECKPOINT)
 
 
-def load_model_source(path: str | Path | Bundle) -> tuple[nn.Module, dict]:
+def load_model_source(path: str | Path | Bundle) -> tuple[nn.Module, ModelSpec]:
     """``(model in eval mode, spec)`` from a bundle, a run folder or a checkpoint file inside a run folder."""
     if isinstance(path, Bundle):
         return path.build_model(), path.spec
@@ -249,10 +255,7 @@ def load_model_source(path: str | Path | Bundle) -> tuple[nn.Module, dict]:
         return bundle.build_model(), bundle.spec
     if path.is_file() and path.suffix in (".pt", ".pth"):
         ckpt = _read_checkpoint(path)
-        run_spec = path.parent.parent / RUN_SPEC  # the run's final spec (with calibration) comes first
-        spec = _read_json(run_spec) if run_spec.is_file() else ckpt.get("model_spec")
-        if not spec:
-            raise BundleError(f"{path}: no model_spec in the checkpoint and no {run_spec}")
+        spec = read_spec(path)
         return _load_into(build_from_spec(spec), ckpt["model"], path), spec
     if path.is_dir() and (path / RUN_SPEC).is_file():
         spec, ckpt = read_run(path)
@@ -263,7 +266,7 @@ def load_model_source(path: str | Path | Bundle) -> tuple[nn.Module, dict]:
     )
 
 
-def read_spec(source: str | Path | Bundle) -> dict:
+def read_spec(source: str | Path | Bundle) -> ModelSpec:
     """The model spec of a bundle, run folder or checkpoint file, without loading any weights."""
     if isinstance(source, Bundle):
         return source.spec
@@ -271,10 +274,15 @@ def read_spec(source: str | Path | Bundle) -> dict:
     if is_bundle(path):
         return Bundle.load(path).spec
     if path.is_file() and path.suffix in (".pt", ".pth"):
-        run_spec = path.parent.parent / RUN_SPEC
-        return _read_json(run_spec) if run_spec.is_file() else _read_checkpoint(path).get("model_spec") or {}
+        run_spec = path.parent.parent / RUN_SPEC  # the run's final spec (with calibration) comes first
+        if run_spec.is_file():
+            return ModelSpec.from_dict(_read_json(run_spec), run_spec)
+        spec = _read_checkpoint(path).get("model_spec")
+        if not spec:
+            raise BundleError(f"{path}: no model_spec in the checkpoint and no {run_spec}")
+        return ModelSpec.from_dict(spec, path)
     if (path / RUN_SPEC).is_file():
-        return _read_json(path / RUN_SPEC)
+        return ModelSpec.from_dict(_read_json(path / RUN_SPEC), path / RUN_SPEC)
     raise BundleError(f"{path} is neither a bundle ({BUNDLE_JSON}) nor a run folder ({RUN_SPEC})")
 
 
@@ -378,8 +386,9 @@ def make_bundle(
     meta = {
         "format_version": BUNDLE_FORMAT_VERSION,
         "name": name,
-        "spec": spec,
+        "spec": spec.to_dict(),
         "metrics": metrics,
+        "evaluations": {},
         "training": _training_summary(run_dir, ckpt),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "medlens_version": medlens.__version__,

@@ -1,7 +1,7 @@
 """Grad-CAM heat maps (MONAI ``monai.visualize.GradCAM``) for timm classifiers and smp segmentation models.
 
 The target layer defaults to the last spatial feature map of the backbone, found once per model structure by
-`medlens.models.factory.gradcam_target_layer_name` (``find_target_layer`` here is the same function): the
+`medlens.models.parts.gradcam_target_layer_name` (``find_target_layer`` here is the same function): the
 outermost module, run once per forward, holding the last feature map before global pooling (``layer4`` of a
 ResNet, ``bn2`` of an EfficientNet/MobileNetV2, ``stages`` of a ConvNeXt, ``features`` of a DenseNet).
 
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medlens.errors import MedlensError
-from medlens.models.factory import gradcam_target_layer_name
+from medlens.models.parts import gradcam_target_layer_name
 
 #: the last spatial feature layer's name: an alias of the factory's (model, in_channels=None, size=None)
 find_target_layer = gradcam_target_layer_name

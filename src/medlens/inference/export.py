@@ -28,6 +28,7 @@ from medlens.inference.bundle import (
     load_model_source,
     source_name,
 )
+from medlens.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +69,11 @@ def _torch_export(model: nn.Module, x: torch.Tensor, path: Path, opset: int, dyn
             torch.onnx.export(model, (x,), str(path), dynamo=False, dynamic_axes=axes, **names)
 
 
-def _export_graph(model: nn.Module, spec: dict, path: Path, opset: int, dynamo: bool | None) -> None:
+def _export_graph(model: nn.Module, spec: ModelSpec, path: Path, opset: int, dynamo: bool | None) -> None:
     """Export with the TorchScript exporter (about 8x faster than dynamo on these conv nets, and mature for
     them); fall back to the dynamo exporter when it fails (e.g. a torch that no longer ships it)."""
-    h, w = (int(s) for s in spec["input_size"])
-    x = torch.randn(2, int(spec["in_channels"]), h, w)
+    h, w = spec.input_size
+    x = torch.randn(2, spec.in_channels, h, w)
     attempts = [dynamo] if dynamo is not None else [False, True]
     for i, use_dynamo in enumerate(attempts):
         try:
@@ -84,30 +85,33 @@ def _export_graph(model: nn.Module, spec: dict, path: Path, opset: int, dynamo: 
             logger.warning("TorchScript ONNX export failed (%s); trying the dynamo exporter", exc)
 
 
-def _add_metadata(path: Path, spec: dict) -> None:
+def _add_metadata(path: Path, spec: ModelSpec) -> None:
     import onnx
 
     import medlens
 
     proto = onnx.load(str(path))
-    for key, value in {"medlens_spec": json.dumps(spec), "medlens_version": medlens.__version__}.items():
+    for key, value in {
+        "medlens_spec": json.dumps(spec.to_dict()),
+        "medlens_version": medlens.__version__,
+    }.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
 
 
-def check_parity(path: str | Path, model: nn.Module, spec: dict, seed: int = 0) -> tuple[float, int]:
+def check_parity(path: str | Path, model: nn.Module, spec: ModelSpec, seed: int = 0) -> tuple[float, int]:
     """Largest absolute logit difference between ONNX Runtime and torch on random normalised inputs of batch
     sizes :data:`CHECK_BATCH_SIZES`; returns ``(max_abs_diff, n_samples_checked)``."""
-    from medlens.inference.predictor import OnnxRunner
+    from medlens.inference.runtime import OnnxRunner
 
     runner = OnnxRunner(path)
     gen = torch.Generator().manual_seed(seed)
-    h, w = (int(s) for s in spec["input_size"])
+    h, w = spec.input_size
     worst, n = 0.0, 0
     for b in CHECK_BATCH_SIZES:
-        x = torch.randn(b, int(spec["in_channels"]), h, w, generator=gen)
+        x = torch.randn(b, spec.in_channels, h, w, generator=gen)
         with torch.inference_mode():
             expected = model(x).float()
         got = runner(x)

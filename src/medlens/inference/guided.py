@@ -4,7 +4,7 @@ The same function feeds the trainer (inputs cached once before training, with ``
 ``guide_mode``) and the pipeline (``classifier.guided``), so a classifier sees at inference exactly what it
 was trained on. Everything here is deterministic.
 
-Modes (`GUIDE_MODES`):
+Modes (:class:`medlens.spec.GuideMode`):
 
 - ``"crop"``: a square crop centred on the bounding box of the largest predicted region, its side the box's
   longer side plus a `DEFAULT_MARGIN` (25%) margin on each side; the square is shifted to stay inside the
@@ -26,12 +26,11 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from medlens.errors import UnknownNameError
 from medlens.inference.postprocess import bounding_box, keep_largest_component
+from medlens.spec import GuideMode, parse_enum
 
 logger = logging.getLogger(__name__)
 
-GUIDE_MODES = ("crop", "channel", "both")
 DEFAULT_MARGIN = 0.25
 
 
@@ -43,14 +42,7 @@ class MaskPredictor(Protocol):
 
 def check_mode(mode: str) -> str:
     """``mode`` if it is a guide mode, else `UnknownNameError` listing the valid ones."""
-    if mode not in GUIDE_MODES:
-        raise UnknownNameError("guide mode", str(mode), GUIDE_MODES)
-    return mode
-
-
-def guide_channels(in_channels: int, mode: str) -> int:
-    """Channels a classifier receives for images of ``in_channels`` channels under guide ``mode``."""
-    return in_channels + (1 if check_mode(mode) in ("channel", "both") else 0)
+    return parse_enum(GuideMode, mode, "guide mode").value
 
 
 def crop_box(mask: np.ndarray, margin: float = DEFAULT_MARGIN) -> tuple[int, int, int] | None:
@@ -106,7 +98,7 @@ def guide_one(
     Args:
         image: ``(H, W, C)`` uint8, ``C`` in {1, 3} (a ``(H, W)`` array is taken as one channel).
         mask: ``(H, W)`` uint8 predicted mask (non-zero = region).
-        mode: one of `GUIDE_MODES`.
+        mode: a :class:`medlens.spec.GuideMode` value.
         size: output ``(H, W)``.
     Returns:
         ``(size[0], size[1], C)`` uint8 for ``"crop"``, ``(size[0], size[1], C + 1)`` for the other modes.

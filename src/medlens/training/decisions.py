@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from medlens.errors import ConfigError
+from medlens.evaluation.classification_metrics import balanced_accuracy
 
 PRIOR_POWERS = np.round(np.linspace(0.0, 1.5, 16), 2)
 
@@ -26,8 +27,6 @@ def prior_weights(class_counts: np.ndarray, tau: float) -> np.ndarray:
 def fit_prior_decision(probs: np.ndarray, y_true: np.ndarray, class_counts: np.ndarray) -> dict:
     """The ``{"class_weights", "prior_power"}`` decision that maximises balanced accuracy on ``(N, K)``
     validation probabilities (the smallest ``tau`` among equals)."""
-    from medlens.training.validation import balanced_accuracy
-
     scores = [
         balanced_accuracy(y_true, (probs * prior_weights(class_counts, t)).argmax(1)) for t in PRIOR_POWERS
     ]

@@ -25,12 +25,12 @@ from segmentation_models_pytorch import losses as smp_losses
 from torch import nn
 
 from medlens.errors import ConfigError, UnknownNameError
+from medlens.spec import MODES
 
 logger = logging.getLogger(__name__)
 
 SEGMENTATION_LOSSES = ("dice_ce", "dice", "focal", "tversky")
 CLASSIFICATION_LOSSES = ("ce", "focal")
-SEGMENTATION_MODES = ("binary", "multiclass", "multilabel")
 # ``pos_weight`` (the plan's foreground weight) is accepted by every segmentation loss so that a trainer can
 # always pass it; only the BCE of "dice_ce" and binary "focal" (as alpha) use it.
 _SEG_KWARGS = {
@@ -72,8 +72,8 @@ def create_loss(
     if task == "segmentation":
         if name not in SEGMENTATION_LOSSES:
             raise UnknownNameError("segmentation loss", name, SEGMENTATION_LOSSES)
-        if mode not in SEGMENTATION_MODES:
-            raise UnknownNameError("segmentation mode", mode, SEGMENTATION_MODES)
+        if mode not in MODES:
+            raise UnknownNameError("segmentation mode", mode, MODES)
         _check_kwargs(name, kw, _SEG_KWARGS[name])
         return SegmentationLoss(_segmentation_loss(name, mode, weights, kw), mode)
     if task == "classification":

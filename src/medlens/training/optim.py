@@ -17,7 +17,7 @@ def create_optimizer(net: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     ``lr``; norms and biases (parameters with ``ndim <= 1``) get no weight decay, as in timm's
     ``param_groups_weight_decay``.
     """
-    from medlens.models.factory import backbone_parameters, head_parameters
+    from medlens.models.parts import backbone_parameters, head_parameters
 
     groups = []
     for name, params, lr in (

@@ -8,7 +8,6 @@ copy of the train/val images with :func:`cache_split`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,8 @@ from medlens.data.layout import DatasetIndex, discover, merge_indexes
 from medlens.data.partial import label_sets_of, partial_labels
 from medlens.data.splits import check_splits, load_splits, make_splits, save_splits
 from medlens.errors import ConfigError, DatasetError
+from medlens.jsonable import write_json
+from medlens.spec import Guide, ModelSpec, guide_channels
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +110,10 @@ def resolve_plan(plan: Plan, cfg: TrainConfig) -> Plan:
     if changes:
         changes["notes"] = [*plan.notes, "set by the config: " + ", ".join(sorted(changes))]
     plan = dataclasses.replace(plan, **changes)
-    if cfg.guide_bundle and cfg.guide_mode in (
-        "channel",
-        "both",
-    ):  # the mask (0..1) rides as an extra channel
+    extra = guide_channels(cfg.guide_mode if cfg.guide_bundle else None)
+    if extra:  # the mask (0..1) rides as an extra channel; the plan counts the network's input channels
         plan = dataclasses.replace(
-            plan, in_channels=plan.in_channels + 1, mean=[*plan.mean, 0.0], std=[*plan.std, 1.0]
+            plan, in_channels=plan.in_channels + extra, mean=[*plan.mean, 0.0], std=[*plan.std, 1.0]
         )
     return plan
 
@@ -132,10 +131,12 @@ def _offline_normalisation(cfg: TrainConfig) -> tuple[list[float], list[float]] 
 def resolve_config(cfg: TrainConfig, plan: Plan, run_dir: Path) -> TrainConfig:
     """A copy of ``cfg`` with the plan's choices filled in, so that config.yaml reproduces the run exactly."""
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data))
-    guide_channel = 1 if cfg.guide_bundle and cfg.guide_mode in ("channel", "both") else 0
     cfg.run_name = run_dir.name
     cfg.data.input_size = [int(s) for s in plan.input_size]
-    cfg.data.in_channels = int(plan.in_channels) - guide_channel  # resolve_plan adds the guide channel again
+    # the image's channels: resolve_plan adds the guide's again
+    cfg.data.in_channels = int(plan.in_channels) - guide_channels(
+        cfg.guide_mode if cfg.guide_bundle else None
+    )
     cfg.batch_size = int(plan.batch_size)
     cfg.loss = plan.loss
     cfg.augment = resolve_augment(cfg, plan)
@@ -171,7 +172,7 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> RunData:
         log.info("resume: reusing plan.json and split.json of %s", run_dir)
         return RunData(index, plan, splits)
     fp = fingerprint(index, seed=cfg.data.split_seed)
-    (run_dir / "fingerprint.json").write_text(json.dumps(fp, indent=2, default=_json_default) + "\n")
+    write_json(run_dir / "fingerprint.json", fp)
     mode = "multiclass" if cfg.data.task == "classification" else cfg.data.mode
     plan = resolve_plan(make_plan(fp, cfg.data.task, mode), cfg)
     save_plan(plan, run_dir / "plan.json")
@@ -185,14 +186,6 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> RunData:
         splits = make_splits(index, cfg.data.val_fraction, cfg.data.test_fraction, seed=cfg.data.split_seed)
     save_splits(splits, run_dir / "split.json")
     return RunData(index, plan, splits)
-
-
-def _json_default(obj: object) -> object:
-    if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
 
 
 def cache_split(run: RunData, side: str, cfg: TrainConfig, device: torch.device) -> CachedData:
@@ -237,7 +230,7 @@ def _guided_cache(run: RunData, ids: list[str], cfg: TrainConfig, device: torch.
     if not Path(cfg.guide_bundle).exists():
         raise ConfigError(f"guide_bundle: {cfg.guide_bundle} not found")
     seg = SegmentationPredictor(cfg.guide_bundle, device=str(device), num_threads=torch.get_num_threads())
-    base_channels = run.plan.in_channels - (1 if cfg.guide_mode in ("channel", "both") else 0)
+    base_channels = run.plan.in_channels - guide_channels(cfg.guide_mode)
     size = tuple(run.plan.input_size)
     chunks, items = [], [run.index.get(i) for i in ids]
     for start in range(0, len(items), GUIDE_CHUNK):
@@ -251,24 +244,22 @@ def _guided_cache(run: RunData, ids: list[str], cfg: TrainConfig, device: torch.
     return CachedData(torch.cat(chunks), targets, list(ids))
 
 
-def model_spec(cfg: TrainConfig, plan: Plan) -> dict:
+def model_spec(cfg: TrainConfig, plan: Plan) -> ModelSpec:
     """``model_spec.json``: everything a predictor needs to rebuild and feed the network."""
     seg = plan.task == "segmentation"
-    return {
-        "task": plan.task,
-        "mode": plan.mode,
-        "arch": cfg.model.arch,
-        "encoder": cfg.model.encoder if seg else None,
-        "model_kwargs": dict(cfg.model.kwargs),
-        "in_channels": int(plan.in_channels),
-        "num_classes": int(plan.num_classes),
-        "classes": list(plan.classes),
-        "input_size": [int(s) for s in plan.input_size],
-        "mean": [float(m) for m in plan.mean],
-        "std": [float(s) for s in plan.std],
-        "threshold": 0.5,
-        "temperature": 1.0,
-        "decision": None,
-        "groups": None,
-        "guide": {"bundle": str(cfg.guide_bundle), "mode": cfg.guide_mode} if cfg.guide_bundle else None,
-    }
+    return ModelSpec(
+        task=plan.task,
+        mode=plan.mode,
+        arch=cfg.model.arch,
+        encoder=cfg.model.encoder if seg else None,
+        model_kwargs=dict(cfg.model.kwargs),
+        in_channels=int(plan.in_channels),
+        num_classes=int(plan.num_classes),
+        classes=list(plan.classes),
+        input_size=(int(plan.input_size[0]), int(plan.input_size[1])),
+        mean=[float(m) for m in plan.mean],
+        std=[float(s) for s in plan.std],
+        guide=Guide(str(cfg.guide_bundle), cfg.guide_mode) if cfg.guide_bundle else None,
+        mask_dirs=list(cfg.data.mask_dirs) if seg and cfg.data.mask_dirs else None,
+        label_column=None if seg else cfg.data.label_column,
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from datetime import datetime
 from pathlib import Path
 
@@ -38,13 +37,6 @@ def make_run_dir(cfg: TrainConfig, resume: bool) -> Path:
         )
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     return run_dir
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Indented JSON; numpy scalars/arrays and NaN made JSON-safe (``evaluation.metrics.to_jsonable``)."""
-    from medlens.evaluation.metrics import to_jsonable
-
-    path.write_text(json.dumps(to_jsonable(data), indent=2) + "\n")
 
 
 def write_metrics_csv(rows: list[dict[str, float]], path: Path) -> None:

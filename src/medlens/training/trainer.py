@@ -12,6 +12,7 @@ the training device, so no DataLoader or per-step image decoding is involved.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -26,6 +27,8 @@ from tqdm.auto import tqdm
 
 from medlens.config import TrainConfig, save_config, validate_config
 from medlens.errors import DatasetError, MedlensError
+from medlens.evaluation.classification_metrics import balanced_accuracy
+from medlens.jsonable import write_json
 from medlens.training import batches, distributed
 from medlens.training.checkpoint import (
     load_checkpoint,
@@ -37,10 +40,9 @@ from medlens.training.checkpoint import (
 from medlens.training.distributed import DistInfo
 from medlens.training.optim import amp_dtype, create_optimizer, precision_name, resolve_device
 from medlens.training.prepare import RunData, cache_split, model_spec, prepare_run, resolve_config
-from medlens.training.runfolder import BEST, LAST, make_run_dir, write_json, write_metrics_csv
+from medlens.training.runfolder import BEST, LAST, make_run_dir, write_metrics_csv
 from medlens.training.schedule import create_scheduler
 from medlens.training.validation import (
-    balanced_accuracy,
     classification_report,
     classification_test_report,
     dice_iou,
@@ -126,7 +128,7 @@ class Trainer:
         self.spec = model_spec(self.cfg, self.plan)
         if self.dist.is_main:
             save_config(self.cfg, self.run_dir / "config.yaml")
-            write_json(self.run_dir / "model_spec.json", self.spec)
+            write_json(self.run_dir / "model_spec.json", self.spec.to_dict())
         self.train_data = cache_split(self.data, "train", self.cfg, self.device)
         self.val_data = cache_split(self.data, "val", self.cfg, self.device)
 
@@ -386,7 +388,7 @@ class Trainer:
     def set_frozen(self, frozen: bool) -> None:
         """Freeze/thaw the backbone and (re)wrap the network (DDP must see the final set of trainable
         weights)."""
-        from medlens.models.factory import freeze_backbone
+        from medlens.models.parts import freeze_backbone
 
         if frozen or self.frozen:
             freeze_backbone(self.net, frozen)
@@ -411,7 +413,7 @@ class Trainer:
         change."""
         if self.is_seg:
             return self.augmenter(x, y)
-        if self.spec["guide"] and self.spec["guide"]["mode"] in ("channel", "both"):
+        if self.spec.guide is not None and self.spec.guide.mode.extra_channels:
             if not hasattr(self, "guide_augmenter"):
                 from medlens.data.augment import GpuAugmenter
 
@@ -482,7 +484,7 @@ class Trainer:
             "bad_epochs": self.bad_epochs,
             "history": self.history,
             "rng": rng_state(),
-            "model_spec": self.spec,
+            "model_spec": self.spec.to_dict(),
         }
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
@@ -534,7 +536,7 @@ class Trainer:
         self.net.load_state_dict(best["model"])
         out = self.predict_split(self.val_data, distributed_=False, fp32=True)
         if self.is_seg:
-            metrics = segmentation_report(out["dice"].numpy(), out["iou"].numpy(), self.spec["threshold"],
+            metrics = segmentation_report(out["dice"].numpy(), out["iou"].numpy(), self.spec.threshold,
                                           self.sources(self.val_data, distributed_=False))  # fmt: skip
         else:
             c = self.cfg
@@ -543,12 +545,12 @@ class Trainer:
                                                     self.plan.classes, c.calibrate, c.target_sensitivity,
                                                     c.positive_class, counts if c.balanced_decision else None,
                                                     c.class_groups, c.group_sensitivity)  # fmt: skip
-            self.spec.update(update)
-            save_checkpoint({**best, "model_spec": self.spec}, self.run_dir / BEST)
+            self.spec = dataclasses.replace(self.spec, **update)
+            save_checkpoint({**best, "model_spec": self.spec.to_dict()}, self.run_dir / BEST)
         metrics.update(split="val", best_epoch=self.best_epoch, epochs_trained=self.epoch,
                        val_loss=out["loss"], input_size=list(self.plan.input_size),
                        stop_reason=self.stop_reason, precision=self.cfg.amp)  # fmt: skip
-        write_json(self.run_dir / "model_spec.json", self.spec)
+        write_json(self.run_dir / "model_spec.json", self.spec.to_dict())
         write_json(self.run_dir / "val_metrics.json", metrics)
         key = "dice" if self.is_seg else "balanced_accuracy"
         log.info("best checkpoint (epoch %d) on %d val images: %s %.4f", self.best_epoch,
@@ -561,7 +563,7 @@ class Trainer:
         test = cache_split(self.data, "test", self.cfg, self.device)
         out = self.predict_split(test, distributed_=False, fp32=True)
         if self.is_seg:
-            metrics = segmentation_report(out["dice"].numpy(), out["iou"].numpy(), self.spec["threshold"],
+            metrics = segmentation_report(out["dice"].numpy(), out["iou"].numpy(), self.spec.threshold,
                                           self.sources(test, distributed_=False))  # fmt: skip
         else:
             metrics = classification_test_report(out["logits"].numpy(), out["targets"].numpy(),

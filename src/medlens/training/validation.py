@@ -8,13 +8,14 @@ empty-empty = 1 convention matches ``medlens.evaluation.metrics.dice``.
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
 from medlens.errors import ConfigError
+from medlens.evaluation.classification_metrics import balanced_accuracy
+from medlens.spec import ModelSpec
 from medlens.training.decisions import fit_group_flags, fit_prior_decision, flag_scores, group_probability
 
 log = logging.getLogger(__name__)
@@ -114,15 +115,6 @@ def _partial_dice_iou(
     return (dice * weight).sum(0) / n, (iou * weight).sum(0) / n
 
 
-def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean recall over the classes present in ``y_true`` (ISIC 2018 Task 3 metric)."""
-    from sklearn.metrics import balanced_accuracy_score
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return float(balanced_accuracy_score(y_true, y_pred))
-
-
 def source_scores(values: np.ndarray, sources: list[str | None], score: Any = np.mean) -> dict[str, float]:
     """``score`` of ``values`` per data source (``{}`` when all come from one source).
 
@@ -147,7 +139,7 @@ def segmentation_report(
 ) -> dict:
     """Mean per-image Dice (with its bootstrap 95% CI) and IoU of a split's images, ``(N,)`` each; with
     several sources also ``dice_<source>`` and ``dice_source_mean``."""
-    from medlens.evaluation.metrics import bootstrap_ci
+    from medlens.evaluation.bootstrap import bootstrap_ci
 
     low, high = bootstrap_ci(dice)
     report = {"dice": float(dice.mean()), "dice_ci_low": low, "dice_ci_high": high, "iou": float(iou.mean()),
@@ -208,7 +200,7 @@ def classification_report(
         fit_temperature,
         threshold_for_sensitivity,
     )
-    from medlens.evaluation.metrics import classification_metrics
+    from medlens.evaluation.classification_metrics import classification_metrics
 
     temperature = float(fit_temperature(logits, y_true)) if calibrate else 1.0
     raw = apply_temperature(logits, 1.0)
@@ -260,15 +252,15 @@ def per_class_recall(y_true: np.ndarray, pred: np.ndarray, classes: list[str]) -
 
 
 def classification_test_report(
-    logits: np.ndarray, y_true: np.ndarray, classes: list[str], spec: dict
+    logits: np.ndarray, y_true: np.ndarray, classes: list[str], spec: ModelSpec
 ) -> dict:
     """Metrics of held-out logits ``(N, K)`` under the temperature and decision rule fixed on validation."""
     from medlens.evaluation.calibration import apply_temperature
-    from medlens.evaluation.metrics import classification_metrics
+    from medlens.evaluation.classification_metrics import classification_metrics
 
-    probs = apply_temperature(logits, float(spec.get("temperature") or 1.0))
+    probs = apply_temperature(logits, float(spec.temperature))
     metrics = classification_metrics(y_true, probs, classes)
-    decision = spec.get("decision")
+    decision = spec.decision
     if decision and "class_weights" in decision:  # multi-class, prior-corrected arg-max
         pred = (probs * np.array(decision["class_weights"])).argmax(1)
         metrics["decision"] = {**decision, "balanced_accuracy": balanced_accuracy(y_true, pred),
@@ -283,9 +275,9 @@ def classification_test_report(
             "specificity": float((~called[~y_pos]).mean()) if (~y_pos).any() else None,
             "accuracy": float((called == y_pos).mean()),
         }
-    if spec.get("groups"):
+    if spec.groups:
         metrics["groups"] = []
-        for flag in spec["groups"]:
+        for flag in spec.groups:
             p = group_probability(probs, classes, flag["classes"])
             inside = np.isin(y_true, [classes.index(c) for c in flag["classes"]])
             metrics["groups"].append({**flag, **flag_scores(p, inside, flag["threshold"])})

@@ -1,12 +1,14 @@
-"""`Analysis`, the result of `medlens.inference.pipeline.Pipeline.analyze`, and its JSON / PNG helpers."""
+"""`Analysis`, the result of `medlens.pipelines.pipeline.Pipeline.analyze`, and its JSON / PNG helpers."""
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from medlens.drawing import png_bytes, viewable_mask
+from medlens.jsonable import to_jsonable
 
 
 @dataclass
@@ -53,7 +55,7 @@ class Analysis:
             has_overlay=self.overlay is not None,
             has_gradcam=self.gradcam is not None,
         )
-        return json_safe(out)
+        return to_jsonable(out)
 
     def mask_png(self) -> bytes | None:
         """The mask as PNG bytes (binary 0/255, multi-class labels as they are), or None."""
@@ -66,33 +68,3 @@ class Analysis:
     def gradcam_png(self) -> bytes | None:
         """The Grad-CAM overlay as PNG bytes, or None."""
         return None if self.gradcam is None else png_bytes(self.gradcam)
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with numpy scalars, tuples and non-finite floats made plain JSON types (arrays refused)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        raise TypeError("arrays are not part of an analysis summary")
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
-def viewable_mask(mask: np.ndarray) -> np.ndarray:
-    """``(H, W)`` uint8 mask for display: binary 0/1 -> 0/255; label masks unchanged."""
-    mask = np.asarray(mask, dtype=np.uint8)
-    return mask * 255 if mask.max(initial=0) <= 1 else mask
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    """``(H, W)`` or ``(H, W, 3)`` uint8 -> PNG file bytes."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG")
-    return buf.getvalue()

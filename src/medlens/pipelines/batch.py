@@ -18,7 +18,6 @@ with the reason and skipped, never fatal. ``<stem>`` is the file's path relative
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from PIL import Image
 
 from medlens.errors import ImageReadError, MedlensError, UnknownNameError
 from medlens.inference.bundle import is_bundle, is_run_folder
+from medlens.jsonable import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +65,6 @@ def collect_inputs(inputs: str | Path | Iterable[str | Path]) -> list[tuple[Path
 
 def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    from medlens.evaluation.metrics import to_jsonable
-
-    path.write_text(json.dumps(to_jsonable(payload), indent=2) + "\n")
 
 
 def _save_png(path: Path, array: np.ndarray) -> str:
@@ -144,10 +138,10 @@ def _postprocess(mask: np.ndarray, options: dict[str, Any]) -> np.ndarray:
 
 
 def _write_segmentation(predictor, stem: str, image: np.ndarray, prob, unc, out: Path, options) -> dict:
-    from medlens.evaluation.plots import overlay_mask
-    from medlens.inference.predictor import probs_to_mask
+    from medlens.drawing import overlay_mask
+    from medlens.inference.decisions import probs_to_mask
 
-    mask = _postprocess(probs_to_mask(prob, predictor.spec), options)
+    mask = _postprocess(probs_to_mask(prob, predictor.spec.mode, predictor.spec.threshold), options)
     mode, classes = predictor.mode, predictor.classes
     files = {}
     if mask.ndim == 3:
@@ -166,13 +160,13 @@ def _write_segmentation(predictor, stem: str, image: np.ndarray, prob, unc, out:
         "mode": mode,
         "classes": classes,
         "image_size": list(image.shape[:2]),
-        "threshold": predictor.spec.get("threshold"),
+        "threshold": predictor.spec.threshold,
         **_mask_payload(mask, classes, mode),
         "postprocess": options,
         "uncertainty": unc,
         "files": files,
     }
-    _write_json(out / f"{stem}.json", payload)
+    write_json(out / f"{stem}.json", payload)
     return {
         "area_fraction": payload["area_fraction"],
         "n_components": payload["n_components"],
@@ -214,10 +208,10 @@ def _predict_classification(predictor, batch, out: Path, options: dict) -> list[
             "probabilities": probabilities,
             "uncertainty": unc,
             "image_size": list(image.shape[:2]),
-            "decision": predictor.spec.get("decision"),
+            "decision": predictor.spec.decision,
             "temperature": predictor.temperature,
         }
-        _write_json(out / f"{stem}.json", payload)
+        write_json(out / f"{stem}.json", payload)
         rows.append(
             {
                 "label": label,
@@ -259,7 +253,7 @@ def _run_plain(
 def _load_pipeline(model: str | Path, models_dir: str | Path, runtime: str):
     """A pipeline from a YAML path, or by name among the shipped and ``<models_dir>/pipelines`` ones; only the
     chosen pipeline's bundles are loaded."""
-    from medlens.inference.pipeline import Pipeline, load_pipeline_configs
+    from medlens.pipelines.pipeline import Pipeline, load_pipeline_configs
 
     path = Path(model)
     if path.suffix.lower() in (".yaml", ".yml"):
@@ -284,7 +278,7 @@ def _write_analysis(analysis, stem: str, source: Path, out: Path) -> dict:
         if png is not None:
             (out / f"{stem}_{key}.png").write_bytes(png)
             files[key] = f"{stem}_{key}.png"
-    _write_json(out / f"{stem}.json", {**analysis.to_dict(), "source": str(source), "files": files})
+    write_json(out / f"{stem}.json", {**analysis.to_dict(), "source": str(source), "files": files})
     return {
         "label": analysis.label,
         "probability": analysis.probability,

@@ -16,11 +16,11 @@ Shipped pipelines live in ``medlens/pipelines/*.yaml``; more (or same-name overr
       bundle: skin-cls
       guided: crop                  # false | crop | channel | both; left out: as the bundle was trained
       gradcam: true
-    features: [area, asymmetry, border, colour, diameter]     # names from medlens.inference.features
-    advice: {rules: [...], default: "...", notice: "..."}      # see medlens.inference.advice
+    features: [area, asymmetry, border, colour, diameter]     # names from medlens.pipelines.features
+    advice: {rules: [...], default: "...", notice: "..."}      # see medlens.pipelines.advice
     scope: {expect: colour, min_probability: 0.35, max_uncertainty: 0.1, require_region: true}
 
-`medlens.inference.pipeline.Pipeline` builds the predictors a validated config names.
+`medlens.pipelines.pipeline.Pipeline` builds the predictors a validated config names.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from typing import Any
 import yaml
 
 from medlens.errors import ConfigError, UnknownNameError
-from medlens.inference.advice import AdviceConfig, ScopeConfig
-from medlens.inference.dicom_seg import segment_types
-from medlens.inference.features import get_feature
-from medlens.inference.guided import GUIDE_MODES
+from medlens.pipelines.advice import AdviceConfig, ScopeConfig
+from medlens.pipelines.dicom_seg import segment_types
+from medlens.pipelines.features import get_feature
+from medlens.spec import GUIDE_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def _classifier(raw: Any, source: str) -> ClassifierConfig | None:
 # ---------------------------------------------------------------------------------------------------- loading
 def shipped_pipeline_files() -> list[Path]:
     """The pipeline YAMLs shipped in ``medlens/pipelines``."""
-    root = resources.files("medlens") / "pipelines"
+    root = resources.files("medlens.pipelines")
     return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith((".yaml", ".yml")))
 
 

@@ -1,7 +1,7 @@
 """Analysis pipelines: segment -> features -> classify -> Grad-CAM -> advice, defined by a YAML file.
 
 The YAML schema, its validation (`PipelineConfig`) and the loading of shipped and user files live in
-`medlens.inference.pipeline_config`; the result type `Analysis` in `medlens.inference.analysis`. Both are
+`medlens.pipelines.config`; the result type `Analysis` in `medlens.pipelines.analysis`. Both are
 re-exported here. ``Pipeline.analyze`` returns an `Analysis`; every stage is timed in ``timings_ms``.
 """
 
@@ -17,28 +17,30 @@ from typing import Any
 import numpy as np
 
 from medlens.data.io import ImageRecord
+from medlens.drawing import overlay_mask
 from medlens.errors import BundleError, ConfigError, MedlensError
-from medlens.evaluation.plots import overlay_mask
-from medlens.inference.advice import (
+from medlens.inference.bundle import Bundle, is_bundle, list_bundles
+from medlens.inference.decisions import probs_to_mask
+from medlens.inference.guided import crop_box, guide_one
+from medlens.inference.postprocess import apply_postprocess, area_fraction, connected_components
+from medlens.inference.predictor import ClassificationPredictor, SegmentationPredictor
+from medlens.pipelines.advice import (
     AdviceContext,
     check_confidence,
     check_modality,
     check_region,
     out_of_scope_text,
 )
-from medlens.inference.analysis import Analysis, json_safe, png_bytes, viewable_mask
-from medlens.inference.bundle import Bundle, is_bundle, list_bundles
-from medlens.inference.features import compute_features
-from medlens.inference.guided import crop_box, guide_one
-from medlens.inference.pipeline_config import (
+from medlens.pipelines.analysis import Analysis
+from medlens.pipelines.config import (
     ClassifierConfig,
     PipelineConfig,
     SegmenterConfig,
     load_pipeline_configs,
     shipped_pipeline_files,
 )
-from medlens.inference.postprocess import apply_postprocess, area_fraction, connected_components
-from medlens.inference.predictor import ClassificationPredictor, SegmentationPredictor, probs_to_mask
+from medlens.pipelines.features import compute_features
+from medlens.spec import guide_channels
 
 __all__ = [
     "Analysis",
@@ -50,12 +52,9 @@ __all__ = [
     "as_image",
     "enhance_contrast",
     "find_bundle",
-    "json_safe",
     "load_pipeline_configs",
     "load_pipelines",
-    "png_bytes",
     "shipped_pipeline_files",
-    "viewable_mask",
 ]
 
 logger = logging.getLogger(__name__)
@@ -211,7 +210,7 @@ class Pipeline:
 
     @property
     def structure(self) -> str:
-        """DICOM SEG segment type of the segmentation (see `medlens.inference.dicom_seg.segment_types`)."""
+        """DICOM SEG segment type of the segmentation (see `medlens.pipelines.dicom_seg.segment_types`)."""
         return self.config.segmenter.structure if self.config.segmenter else "lesion"
 
     def info(self) -> dict[str, Any]:
@@ -235,8 +234,8 @@ class Pipeline:
         if self.classifier is None or self.config.classifier is None:
             return None
         src, cfg = self.config.source, self.config.classifier
-        guide = self.classifier.spec.get("guide")
-        trained = guide.get("mode") if isinstance(guide, dict) else guide
+        guide = self.classifier.spec.guide
+        trained = guide.mode.value if guide is not None else None
         mode = trained if cfg.guided is None else (cfg.guided or None)
         if trained is not None and mode != trained:
             raise ConfigError(
@@ -248,12 +247,12 @@ class Pipeline:
             raise ConfigError(
                 f"{src}: the classifier {cfg.bundle} needs guided inputs ({mode}); add a segmenter"
             )
-        in_ch = int(self.classifier.spec.get("in_channels", 3))
-        if mode in ("channel", "both") and in_ch not in (2, 4):
+        in_ch = self.classifier.spec.in_channels
+        if guide_channels(mode) and in_ch not in (2, 4):
             raise ConfigError(
                 f"{src}: guided={mode!r} adds a mask channel but {cfg.bundle} takes {in_ch} channels"
             )
-        trained_with = Path(str(guide.get("bundle") or "")).name if isinstance(guide, dict) else ""
+        trained_with = Path(guide.bundle).name if guide is not None else ""
         if trained_with and trained_with != self.config.segmenter.bundle:
             logger.warning("%s: %s was trained on masks of %s, not of the pipeline's segmenter %s",
                            src, cfg.bundle, trained_with, self.config.segmenter.bundle)  # fmt: skip
@@ -326,7 +325,7 @@ class Pipeline:
             prob, _, result.segmentation_uncertainty = seg.predict_with_uncertainty(work)
         else:
             prob = seg.predict_proba([work])[0]
-        raw = probs_to_mask(prob, seg.spec)
+        raw = probs_to_mask(prob, seg.spec.mode, seg.spec.threshold)
         post = self.config.segmenter
         mask = apply_postprocess(raw, post.fill_holes, post.largest_component, post.min_size_px)
         result.mask, result.area_fraction = mask, area_fraction(mask)

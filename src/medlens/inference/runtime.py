@@ -1,0 +1,83 @@
+"""Runtimes: the forward pass of a model in torch or ONNX Runtime, with the thread count of this process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+RUNTIMES = ("torch", "onnx")
+# Flip dims of the TTA views over (B, C, H, W): identity, horizontal flip, vertical flip.
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,))
+
+
+class TorchRunner:
+    """Forward pass of a torch model: float32 ``(B, C, H, W)`` -> float32 logits on CPU."""
+
+    def __init__(self, model: nn.Module, device: str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return self.model(x).float().cpu()
+
+
+class OnnxRunner:
+    """Forward pass of an ONNX model through ONNX Runtime (CPU, or CUDA when asked and available)."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or default_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.inter_op_num_threads = 1
+        # Idle pool threads sleep instead of spinning: pipelines run torch (Grad-CAM) and numpy right after
+        # each ONNX call, and spinning threads took those cores (benchmarks/inference.py, BENCHMARKS.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        feed = {self.input_name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
+        return torch.from_numpy(self.session.run(None, feed)[0]).float()
+
+
+def run_views(
+    runner: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    activate: Callable[[torch.Tensor], torch.Tensor],
+    tta: bool,
+    spatial: bool,
+) -> torch.Tensor:
+    """Activated outputs of every TTA view, stacked ``(V, B, ...)``; ``spatial`` outputs are flipped back."""
+    outs = []
+    for dims in TTA_FLIPS if tta else TTA_FLIPS[:1]:
+        y = activate(runner(x.flip(dims) if dims else x))
+        outs.append(y.flip(dims) if dims and spatial else y)
+    return torch.stack(outs)
+
+
+def default_threads() -> int:
+    """CPU threads for inference: ``$MEDLENS_NUM_THREADS`` when set, else ``os.cpu_count()``."""
+    env = os.environ.get("MEDLENS_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return os.cpu_count() or 1
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
