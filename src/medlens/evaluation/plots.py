@@ -175,6 +175,23 @@ def plot_reliability_diagram(
     return _save(fig, out_png)
 
 
+def plot_score_distribution(scores: dict[str, Sequence[float]], label: str, out_png: str | Path) -> Path:
+    """Histogram of per-image scores in [0, 1] (e.g. Dice), one series per key, with each mean and median."""
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
+    bins = np.linspace(0.0, 1.0, 41)
+    for name, values in scores.items():
+        arr = np.asarray([v for v in values if v == v], dtype=np.float64)  # nan-free
+        if arr.size:
+            shown = f"{name}: mean {arr.mean():.3f}, median {np.median(arr):.3f} (n={arr.size})"
+            ax.hist(arr, bins=bins, alpha=0.6, edgecolor="black", label=shown)
+    ax.set_xlabel(label)
+    ax.set_ylabel("images")
+    ax.set_xlim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, out_png)
+
+
 def save_case_grid(
     cases: Sequence[tuple[np.ndarray, np.ndarray | None, np.ndarray, str]],
     out_png: str | Path,

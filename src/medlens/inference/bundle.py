@@ -353,6 +353,20 @@ def _prepare_out_dir(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
+def write_bundle_meta(out_dir: Path, meta: dict) -> list[Path]:
+    """(Re)write a bundle's model card and ``bundle.json`` with every file's sha256; returns the files."""
+    write_model_card(out_dir / CARD_FILE, meta, meta.get("card"))
+    files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p.name != BUNDLE_JSON)
+    meta["files"] = {p.relative_to(out_dir).as_posix(): sha256_file(p) for p in files}
+    (out_dir / BUNDLE_JSON).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    return files
+
+
+def read_bundle_meta(path: str | Path) -> dict:
+    """The raw ``bundle.json`` of a bundle folder."""
+    return _read_json(Path(path) / BUNDLE_JSON)
+
+
 def make_bundle(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -383,6 +397,8 @@ def make_bundle(
     )
     _copy_extras(run_dir, out_dir)
     metrics = _read_json(run_dir / "val_metrics.json") if (run_dir / "val_metrics.json").is_file() else {}
+    if isinstance(card, str) and card.strip():
+        card = {"Notes": card.strip()}
     meta = {
         "format_version": BUNDLE_FORMAT_VERSION,
         "name": name,
@@ -392,10 +408,8 @@ def make_bundle(
         "training": _training_summary(run_dir, ckpt),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "medlens_version": medlens.__version__,
+        "card": card or {},
     }
-    write_model_card(out_dir / CARD_FILE, meta, card)
-    files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p.name != BUNDLE_JSON)
-    meta["files"] = {p.relative_to(out_dir).as_posix(): sha256_file(p) for p in files}
-    (out_dir / BUNDLE_JSON).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    files = write_bundle_meta(out_dir, meta)
     logger.info("bundle %r written to %s (%d files)", name, out_dir, len(files))
     return out_dir

@@ -67,9 +67,82 @@ def _card_sections(meta: dict) -> dict[str, str]:
         f"| {k} | {_fmt(v)} | " + (f"{_fmt(ci[0])} – {_fmt(ci[1])} |" if ci else "– |") for k, v, ci in rows
     ]
     sections["Validation metrics"] = "\n".join(table) if rows else "No validation metrics were recorded."
+    if meta.get("evaluations"):
+        sections["Evaluation"] = _evaluations_section(meta["evaluations"], spec)
     sections["Limitations"] = _DEFAULT_LIMITATIONS.format(size=size or "the input size")
     sections["Reproduce"] = _reproduce_section(meta)
     return sections
+
+
+def _ci(metrics: dict, key: str) -> str:
+    """``value (low–high)`` of a ``{key}_mean`` / ``{key}`` figure with its bootstrap CI, or ``–``."""
+    value = metrics.get(f"{key}_mean", metrics.get(key))
+    if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
+        return "–"
+    low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+    if isinstance(low, int | float) and isinstance(high, int | float):
+        return f"{value:.3f} ({low:.3f}–{high:.3f})"
+    return f"{value:.3f}"
+
+
+def _rows_segmentation(spec: dict, sources: list[str]) -> list[tuple[str, str, str | None]]:
+    """(label, metric key, sub-dict key) of each row of a segmentation model's evaluation table."""
+    rows = [(k, k, None) for k in ("dice", "iou", "hd95", "sensitivity", "precision")]
+    rows += [(f"dice, {s}", "dice", f"by_source.{s}") for s in sources]
+    if spec.get("mode") == "multiclass":
+        rows += [(f"dice, {c}", f"dice_{c}", None) for c in spec.get("classes", [])[1:]]
+    return rows
+
+
+def _rows_classification(spec: dict) -> list[tuple[str, str, str | None]]:
+    """(label, metric key, sub-dict key) of each row of a classifier's evaluation table."""
+    rows = [(k.replace("_", " "), k, None) for k in ("accuracy", "balanced_accuracy", "macro_auc", "ece")]
+    rows += [
+        (f"at the shipped rule: {k.replace('_', ' ')}", k, "decision")
+        for k in ("accuracy", "balanced_accuracy")
+    ]
+    rows += [(f"at the shipped rule: recall of {c}", c, "decision.recall") for c in spec.get("classes", [])]
+    for group in spec.get("groups") or []:
+        rows += [
+            (f"{group['name']} flag: {k}", k, f"groups.{group['name']}")
+            for k in ("sensitivity", "specificity", "auc")
+        ]
+    return rows
+
+
+def _part(metrics: dict, path: str | None) -> dict:
+    """The sub-dict at ``a.b`` of an evaluation; in a list of dicts the step picks the one with that name."""
+    node: object = metrics
+    for key in path.split(".") if path else []:
+        if isinstance(node, list):
+            node = next((x for x in node if isinstance(x, dict) and x.get("name") == key), {})
+        else:
+            node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
+def _evaluations_section(evaluations: dict, spec: dict) -> str:
+    """The validation / test / external figures side by side (``medlens evaluate --record``)."""
+    names, runs = list(evaluations), list(evaluations.values())
+    if spec["task"] == "segmentation":
+        sources = sorted({s for m in runs for s in (m.get("by_source") or {})})
+        rows = _rows_segmentation(spec, sources)
+    else:
+        rows = _rows_classification(spec)
+    lines = [
+        "Scored by `medlens evaluate` at each image's own size with the default settings (no test-time "
+        "augmentation); 95% bootstrap intervals over images in brackets.",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+        "| images | " + " | ".join(str(m.get("n_images", "–")) for m in runs) + " |",
+    ]
+    for label, key, path in rows:
+        cells = [_ci(_part(m, path), key) for m in runs]
+        if any(cell != "–" for cell in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Data: " + "; ".join(f"{n}: {m.get('data', '?')}" for n, m in evaluations.items())]
+    return "\n".join(lines)
 
 
 def _reproduce_section(meta: dict) -> str:

@@ -128,6 +128,9 @@ def default_onnx_path(source: str | Path | Bundle) -> Path:
     return _source_dir(source) / ONNX_FILE
 
 
+EXPORT_FORMATS = ("onnx",)
+
+
 def export_onnx(
     bundle_or_run: str | Path | Bundle,
     out: str | Path | None = None,

@@ -19,8 +19,8 @@ from medlens.config import TrainConfig
 from medlens.data.augment import AugmentConfig
 from medlens.data.cache import CachedData, build_cache
 from medlens.data.fingerprint import Plan, fingerprint, load_plan, make_plan, save_plan
-from medlens.data.layout import DatasetIndex, discover, merge_indexes
-from medlens.data.partial import label_sets_of, partial_labels
+from medlens.data.layout import DatasetIndex
+from medlens.data.sources import discover_all
 from medlens.data.splits import check_splits, load_splits, make_splits, save_splits
 from medlens.errors import ConfigError, DatasetError
 from medlens.jsonable import write_json
@@ -38,49 +38,6 @@ class RunData:
     index: DatasetIndex
     plan: Plan
     splits: dict[str, list[str]]
-
-
-def discover_all(cfg: TrainConfig) -> DatasetIndex:
-    """``data.root`` plus ``data.extra_roots`` and ``data.partial_roots`` as one index; with several roots
-    every group is prefixed by its root and every item records its source (the root's folder name)."""
-    d = cfg.data
-    roots = [d.root, *d.extra_roots, *d.partial_roots]
-    if d.partial_roots and ((d.task, d.mode) != ("segmentation", "multiclass") or not d.classes):
-        raise ConfigError("data.partial_roots is for multi-class segmentation with data.classes given")
-    label_sets = label_sets_of(list(d.partial_roots.values()), d.classes or [])
-    indexes = []
-    for root in roots:
-        partial = (
-            partial_labels(d.partial_roots[root], d.classes, label_sets) if root in d.partial_roots else None
-        )
-        index = discover(
-            root,
-            task=d.task,
-            mode=partial.mode if partial else d.mode,
-            mask_dirs=None if partial else d.mask_dirs,
-            label_column=d.label_column,
-            group_column=d.group_column,
-            classes=None if partial else d.classes,
-            skip_bad=d.skip_bad,
-            num_workers=cfg.num_workers or None,
-        )
-        if partial:  # read from now on as the model's classes, through the mask mapping
-            index.mode, index.classes = d.mode, list(d.classes)
-            index.partial, index.label_sets = {index.root.name: partial}, label_sets
-        if len(roots) > 1:  # keep groups apart across sources (video 1 of one set is not video 1 of another)
-            for item in index.items:
-                item.group = (
-                    f"{index.root.name}:{item.group if item.group is not None else 'item:' + item.id}"
-                )
-                item.source = index.root.name
-        log.info(
-            "data %s: %d items%s",
-            index.root,
-            len(index),
-            f", {len(index.skipped)} skipped" * bool(index.skipped),
-        )
-        indexes.append(index)
-    return merge_indexes(indexes) if len(indexes) > 1 else indexes[0]
 
 
 def resolve_plan(plan: Plan, cfg: TrainConfig) -> Plan:
@@ -159,7 +116,7 @@ def resolve_augment(cfg: TrainConfig, plan: Plan) -> AugmentConfig:
 
 def prepare_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> RunData:
     """Discover, plan and split (or, on resume, read plan.json and split.json back); writes the JSON files."""
-    index = discover_all(cfg)
+    index = discover_all(cfg.data, cfg.num_workers or None)
     if len(index) == 0:
         raise DatasetError(f"{cfg.data.root}: no usable items")
     if resume and (run_dir / "split.json").is_file() and (run_dir / "plan.json").is_file():

@@ -1,0 +1,86 @@
+"""Classification evaluation: calibrated probabilities, the model's decision rule, and its class-group flags.
+
+Writes ``predictions.csv``, ``confusion_matrix.png``, ``roc.png`` and ``reliability.png``; the metrics are
+:func:`~medlens.evaluation.classification_metrics.classification_metrics` of the probabilities, plus
+``decision`` (accuracy, balanced accuracy and per-class recall at the shipped rule) and ``groups`` (each
+summed group's sensitivity and specificity at its flag threshold, and AUC).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medlens.data.layout import DatasetIndex
+from medlens.errors import DatasetError
+from medlens.evaluation.reading import batches, read_batch, write_csv
+
+
+def decision_metrics(y_true: np.ndarray, y_pred: np.ndarray, decision: object, classes: list[str]) -> dict:
+    """Accuracy, balanced accuracy and per-class recall of the labels a decision rule gives."""
+    from medlens.evaluation.classification_metrics import balanced_accuracy
+
+    recall = {c: float((y_pred[y_true == k] == k).mean()) if (y_true == k).any() else None
+              for k, c in enumerate(classes)}  # fmt: skip
+    return {"rule": decision, "accuracy": float((y_true == y_pred).mean()),
+            "balanced_accuracy": balanced_accuracy(y_true, y_pred), "recall": recall}  # fmt: skip
+
+
+def group_metrics(
+    probs: np.ndarray, y_true: np.ndarray, classes: list[str], groups: list[dict]
+) -> list[dict]:
+    """Each class group's flag (summed probability >= threshold): sensitivity, specificity and AUC."""
+    from sklearn.metrics import roc_auc_score
+
+    from medlens.training.decisions import flag_scores, group_probability
+
+    out = []
+    for flag in groups:
+        p = group_probability(probs, classes, flag["classes"])
+        inside = np.isin(y_true, [classes.index(c) for c in flag["classes"]])
+        auc = float(roc_auc_score(inside, p)) if 0 < inside.sum() < len(inside) else None
+        out.append({"name": flag["name"], "classes": flag["classes"], "threshold": flag["threshold"],
+                    **flag_scores(p, inside, flag["threshold"]), "auc": auc})  # fmt: skip
+    return out
+
+
+def evaluate_classification(predictor: Any, index: DatasetIndex, out: Path, skip_bad: bool) -> dict:
+    """Score every item of ``index``; returns the metrics."""
+    from medlens.evaluation.classification_metrics import classification_metrics
+    from medlens.evaluation.plots import plot_confusion_matrix, plot_reliability_diagram, plot_roc_curves
+    from medlens.inference.decisions import apply_decision
+
+    classes = list(predictor.classes)
+    unknown = sorted({item.label for item in index.items} - set(classes))
+    if unknown:
+        raise DatasetError(f"{index.root}: labels {unknown} are not classes of model {predictor.name!r} "
+                           f"(model classes: {classes})")  # fmt: skip
+    skipped, kept, probs = list(index.skipped), [], []
+    for batch in batches(index.items, predictor.batch_size):
+        pairs = read_batch(batch, skip_bad, skipped)
+        if pairs:
+            kept.extend(item for item, _ in pairs)
+            probs.append(predictor.predict_proba(predictor.guided_inputs([img for _, img in pairs])))
+    if not kept:
+        raise DatasetError(f"{index.root}: no image could be evaluated ({len(skipped)} skipped)")
+    p = np.concatenate(probs)
+    y_true = np.array([classes.index(item.label) for item in kept])
+    metrics = classification_metrics(y_true, p, classes)
+    decided = apply_decision(p, classes, predictor.spec.decision)
+    if predictor.spec.decision is not None:
+        metrics["decision"] = decision_metrics(y_true, decided, predictor.spec.decision, classes)
+    if predictor.spec.groups:
+        metrics["groups"] = group_metrics(p, y_true, classes, predictor.spec.groups)
+    rows = []
+    for item, d, row in zip(kept, decided, p, strict=True):
+        probs_row = {f"prob_{c}": float(v) for c, v in zip(classes, row, strict=True)}
+        rows.append({"id": item.id, "image": str(item.image), "label": item.label, "pred": classes[d],
+                     "correct": int(classes[d] == item.label), **probs_row})  # fmt: skip
+    write_csv(out / "predictions.csv", rows)
+    plot_confusion_matrix(metrics["confusion_matrix"], classes, out / "confusion_matrix.png")
+    plot_roc_curves(y_true, p, classes, out / "roc.png")
+    plot_reliability_diagram(p, y_true, out / "reliability.png")
+    metrics["skipped"] = [{"file": f, "reason": r} for f, r in skipped]
+    return metrics

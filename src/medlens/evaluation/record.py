@@ -1,0 +1,89 @@
+"""Evaluation on a model's own split, and evaluation figures recorded in a bundle.
+
+``medlens evaluate BUNDLE --split test --record test`` scores the bundle on the test side of its
+``split.json``, reading the data folders of its ``config.yaml``; ``--record NAME`` stores the summary in
+``bundle.json`` under ``evaluations[NAME]``, copies the plots into ``plots/NAME_*.png`` and rewrites the model
+card, so that the validation, test and external figures stand side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from medlens.data.layout import DatasetIndex
+from medlens.errors import BundleError, DatasetError
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("val", "test")
+PLOTS = ("confusion_matrix.png", "roc.png", "reliability.png", "dice_distribution.png")
+# Per-image and per-case details stay in the report folder; the bundle keeps the summary.
+_NOT_RECORDED = ("cases", "skipped", "model")
+
+
+def model_folder(model: str | Path) -> Path:
+    """The bundle or run folder of a model source (a checkpoint file's run folder)."""
+    path = Path(model)
+    return path.parent.parent if path.is_file() else path
+
+
+def split_index(model: str | Path, split: str, skip_bad: bool = False) -> DatasetIndex:
+    """The items of side ``split`` of the model's ``split.json``, read as its ``config.yaml`` reads data."""
+    from medlens.config import load_config
+    from medlens.data.sources import discover_all
+    from medlens.data.splits import load_splits
+
+    if split not in SPLITS:
+        raise DatasetError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+    folder = model_folder(model)
+    for name in ("config.yaml", "split.json"):
+        if not (folder / name).is_file():
+            raise DatasetError(f"{folder}: no {name}, so its {split} split is unknown; give a data folder")
+    ids = load_splits(folder / "split.json")[split]
+    if not ids:
+        raise DatasetError(f"{folder / 'split.json'}: the {split} split is empty")
+    data = load_config(folder / "config.yaml").data
+    for root in [data.root, *data.extra_roots, *data.partial_roots]:
+        if not Path(root).is_dir():
+            where = folder / "config.yaml"
+            raise DatasetError(
+                f"data folder {root} of {where} not found (paths are relative to the working directory)"
+            )
+    data.skip_bad = data.skip_bad or skip_bad
+    index = discover_all(data)
+    missing = [i for i in ids if i not in set(index.ids)]
+    if missing:
+        raise DatasetError(f"{len(missing)} {split} ids of {folder} are not in its data, e.g. {missing[:3]}")
+    return index.subset(ids)
+
+
+def recorded_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The part of an evaluation's metrics a bundle keeps."""
+    summary = {k: v for k, v in metrics.items() if k not in _NOT_RECORDED}
+    summary["n_skipped"] = len(metrics.get("skipped") or [])
+    return summary
+
+
+def record_evaluation(model: str | Path, name: str, metrics: dict[str, Any], report: Path) -> Path:
+    """Store ``metrics`` (summary) and the plots of ``report`` in the bundle ``model`` as ``name``."""
+    from medlens.inference.bundle import is_bundle, read_bundle_meta, write_bundle_meta
+
+    folder = model_folder(model)
+    if not is_bundle(folder):
+        raise BundleError(f"{model}: --record stores figures in a bundle; this is not one (medlens bundle)")
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", name):
+        raise BundleError(f"--record {name!r}: use letters, digits and _ . : - only")
+    prefix = name.replace(":", "-")
+    (folder / "plots").mkdir(exist_ok=True)
+    for plot in PLOTS:
+        if (report / plot).is_file():
+            shutil.copyfile(report / plot, folder / "plots" / f"{prefix}_{plot}")
+    meta = read_bundle_meta(folder)
+    meta.setdefault("evaluations", {})[name] = recorded_summary(metrics)
+    write_bundle_meta(folder, meta)
+    logger.info("recorded evaluation %r in %s", name, folder)
+    return folder
