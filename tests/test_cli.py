@@ -154,7 +154,10 @@ def test_predict_errors_are_clear(tmp_path: Path, seg_bundle: Path, capsys: pyte
     existing.write_text("x")
     assert cli.main(["predict", str(seg_bundle), str(bad), "--out", str(existing)]) == cli.EXIT_BAD_INPUT
     assert "exists and is not a folder" in capsys.readouterr().err
-    assert cli.main(["predict", str(seg_bundle), str(bad), "--out", str(tmp_path / "o")]) == cli.EXIT_NOTHING_DONE
+    assert (
+        cli.main(["predict", str(seg_bundle), str(bad), "--out", str(tmp_path / "o")])
+        == cli.EXIT_NOTHING_DONE
+    )
     assert "0 image(s) predicted, 1 unreadable" in capsys.readouterr().out
 
 
