@@ -147,9 +147,18 @@ def test_own_split_is_scored_per_source_and_recorded_in_the_bundle(tmp_path: Pat
 
     a = make_synthetic_segmentation(tmp_path / "site_a", n=16, seed=1)
     b = make_synthetic_segmentation(tmp_path / "site_b", n=16, seed=2)
-    overrides = [f"data.root={a}", f"data.extra_roots=[{b}]", "data.test_fraction=0.25",
-                 "data.val_fraction=0.25", f"out_dir={tmp_path / 'runs'}", "data.input_size=[32,32]", "model.encoder=resnet18",
-                 "batch_size=4", "epochs=1", "device=cpu"]  # fmt: skip
+    overrides = [
+        f"data.root={a}",
+        f"data.extra_roots=[{b}]",
+        "data.test_fraction=0.25",
+        "data.val_fraction=0.25",
+        f"out_dir={tmp_path / 'runs'}",
+        "data.input_size=[32,32]",
+        "model.encoder=resnet18",
+        "batch_size=4",
+        "epochs=1",
+        "device=cpu",
+    ]
     cfg = load_config(None, overrides)
     bundle = make_bundle(train(cfg), tmp_path / "models" / "two-sites")
     out = tmp_path / "eval"
