@@ -58,6 +58,33 @@ class WarmupDecay:
         return self.final_ratio + (1.0 - self.final_ratio) * shape
 
 
+class WarmupDecayLR(LambdaLR):
+    """``LambdaLR`` over one :class:`WarmupDecay` (every param group keeps its own base LR) whose length can
+    change while training: a time budget that shortens the run, or ``--resume`` with more epochs."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, shape: WarmupDecay) -> None:
+        self.shape = shape
+        super().__init__(optimizer, shape)
+
+    @property
+    def total_steps(self) -> int:
+        return self.shape.total_steps
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Stretch or shorten the decay to end at ``total_steps`` (never before the warm-up ends)."""
+        self.shape.total_steps = max(self.shape.warmup_steps + 1, int(total_steps))
+
+    def state_dict(self) -> dict:
+        """Plain data only (checkpoints load with ``weights_only=True``); the shape is in ``lr_lambdas``."""
+        state = super().state_dict()
+        state.pop("shape", None)
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self.shape = self.lr_lambdas[0]
+
+
 def create_scheduler(
     optimizer: torch.optim.Optimizer,
     schedule: str,
@@ -65,6 +92,6 @@ def create_scheduler(
     warmup_steps: int = 0,
     final_ratio: float = 0.0,
     poly_power: float = 0.9,
-) -> LambdaLR:
-    """A ``LambdaLR`` to be stepped once per optimizer step; every param group keeps its own base LR ratio."""
-    return LambdaLR(optimizer, WarmupDecay(total_steps, warmup_steps, schedule, final_ratio, poly_power))
+) -> WarmupDecayLR:
+    """The LR schedule, stepped once per optimizer step."""
+    return WarmupDecayLR(optimizer, WarmupDecay(total_steps, warmup_steps, schedule, final_ratio, poly_power))

@@ -12,22 +12,17 @@ the training device, so no DataLoader or per-step image decoding is involved.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import math
 import time
-from collections import defaultdict
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from medlens.config import TrainConfig, save_config, validate_config
-from medlens.errors import DatasetError, MedlensError
-from medlens.evaluation.classification_metrics import balanced_accuracy
+from medlens.errors import MedlensError
 from medlens.jsonable import write_json
 from medlens.training import batches, distributed
 from medlens.training.checkpoint import (
@@ -38,17 +33,13 @@ from medlens.training.checkpoint import (
     set_rng_state,
 )
 from medlens.training.distributed import DistInfo
-from medlens.training.optim import amp_dtype, create_optimizer, precision_name, resolve_device
+from medlens.training.optim import amp_dtype, precision_name, resolve_device
 from medlens.training.prepare import RunData, cache_split, model_spec, prepare_run, resolve_config
+from medlens.training.reports import ReportsMixin
 from medlens.training.runfolder import BEST, LAST, make_run_dir, write_metrics_csv
-from medlens.training.schedule import create_scheduler
+from medlens.training.setup import SetupMixin
 from medlens.training.validation import (
-    classification_report,
-    classification_test_report,
     dice_iou,
-    segmentation_report,
-    selection_score,
-    source_scores,
 )
 
 log = logging.getLogger(__name__)
@@ -57,7 +48,7 @@ log = logging.getLogger(__name__)
 PLOT_EVERY_S = 30.0
 
 
-class Trainer:
+class Trainer(SetupMixin, ReportsMixin):
     """Train the model a ``TrainConfig`` describes and write its run folder.
 
     Args:
@@ -132,12 +123,6 @@ class Trainer:
         self.train_data = cache_split(self.data, "train", self.cfg, self.device)
         self.val_data = cache_split(self.data, "val", self.cfg, self.device)
 
-    def sources(self, data: Any, distributed_: bool) -> list[str | None]:
-        """The data source of each sample of a split, in the order :meth:`predict_split` returns them."""
-        info = self.dist if distributed_ else DistInfo()
-        order = [i for r in range(info.world_size) for i in range(len(data.ids))[r :: info.world_size]]
-        return [self.data.index.get(data.ids[i]).source for i in order]
-
     def on_epoch_start(self) -> None:
         """Two-stage fine-tuning: the backbone thaws after ``freeze_epochs``."""
         self.epoch_start = time.monotonic()
@@ -202,27 +187,6 @@ class Trainer:
             )
         return loss.detach(), dice.to(self.device)
 
-    def validate(self) -> dict[str, float]:
-        """Validation loss and score on the whole val split (sharded over ranks, then gathered). With several
-        data sources the score is the mean of the per-source scores (also recorded, ``val_dice_<source>``)."""
-        out = self.predict_split(self.val_data, distributed_=True)
-        sources = self.sources(self.val_data, distributed_=True)
-        stats = {"val_loss": out["loss"]}
-        if self.is_seg:
-            dice = out["dice"].numpy()
-            per_source = source_scores(dice, sources)
-            stats.update(
-                val_dice=selection_score(float(dice.mean()), per_source), val_iou=float(out["iou"].mean())
-            )
-        else:
-            y, pred = out["targets"].numpy(), out["logits"].argmax(1).numpy()
-            both = np.stack([y, pred], axis=1)
-            per_source = source_scores(both, sources, lambda rows: balanced_accuracy(rows[:, 0], rows[:, 1]))
-            stats.update(val_balanced_accuracy=selection_score(balanced_accuracy(y, pred), per_source),
-                         val_accuracy=float((y == pred).mean()))  # fmt: skip
-        stats.update({f"{self.score_key}_{name}": value for name, value in per_source.items()})
-        return stats
-
     def on_epoch_end(self, train_stats: dict[str, float], val_stats: dict[str, float]) -> None:
         """Record the epoch, keep the best, save checkpoints, write metrics.csv + curves.png, decide to
         stop."""
@@ -269,8 +233,7 @@ class Trainer:
         log.info("time budget of %s min: %d epochs planned instead of %d (about %.0f s each); LR schedule "
                  "shortened to match", budget, planned, self.planned_epochs, per_epoch)  # fmt: skip
         self.planned_epochs = planned
-        for fn in self.scheduler.lr_lambdas:
-            fn.total_steps = max(fn.warmup_steps + 1, planned * self.steps_per_epoch)
+        self.scheduler.set_total_steps(planned * self.steps_per_epoch)
 
     def on_train_end(self) -> None:
         """Best checkpoint -> final validation metrics (+ calibration for classification), model_spec.json."""
@@ -313,155 +276,6 @@ class Trainer:
             raise MedlensError(f"rank 0 failed: {result[1]}")
         return result[1]
 
-    def build_model(self) -> None:
-        """The network (plain: ``self.net``) on the device, NHWC when asked; pretrained weights on a fresh
-        run."""
-        from medlens.models.factory import create_model
-
-        self.net = create_model(
-            self.task,
-            arch=self.cfg.model.arch,
-            encoder=self.cfg.model.encoder,
-            in_channels=self.plan.in_channels,
-            num_classes=self.plan.num_classes,
-            pretrained=False if self.resume else self.cfg.model.pretrained,
-            **self.cfg.model.kwargs,
-        ).to(self.device)
-        if self.cfg.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            torch.set_float32_matmul_precision("high")
-
-    def build_sampler(self) -> None:
-        """Per-rank batch size and steps per epoch; class-balanced sampling for classification when asked."""
-        n, world = len(self.train_data.ids), self.dist.world_size
-        self.batch_size = min(int(self.plan.batch_size), n // world)
-        if self.batch_size < 2:
-            raise DatasetError(
-                f"{self.cfg.data.root}: {n} training images are too few for {world} process(es)"
-            )
-        self.steps_per_epoch = self.cfg.steps_per_epoch or max(1, n // (self.batch_size * world))
-        weights = None
-        if self.cfg.balanced_sampling and not self.is_seg:
-            weights = batches.balanced_weights(self.train_data.targets, self.plan.num_classes)
-        self.sampler = batches.IndexSampler(
-            n, self.batch_size, self.steps_per_epoch, self.cfg.seed, self.dist.rank, world, weights
-        )
-
-    def build_optimizer(self) -> None:
-        """Optimizer (backbone/head groups) and the per-step warm-up + cosine/poly schedule."""
-        o = self.cfg.optim
-        self.optimizer = create_optimizer(self.net, o)
-        warmup = round(o.warmup_epochs * self.steps_per_epoch)
-        self.scheduler = create_scheduler(self.optimizer, o.schedule, self.cfg.epochs * self.steps_per_epoch,
-                                          warmup, o.final_lr_ratio, o.poly_power)  # fmt: skip
-
-    def build_loss(self) -> None:
-        """``create_loss`` with the plan's loss; class weights unless balanced sampling already evens
-        classes."""
-        from medlens.training.losses import create_loss
-
-        weights = self.plan.class_weights
-        kw: dict[str, Any] = {}
-        if self.is_seg:
-            if self.plan.pos_weight:
-                kw["pos_weight"] = self.plan.pos_weight
-            if self.label_sets:
-                kw.update(label_sets=self.label_sets, num_classes=self.plan.num_classes)
-        else:
-            if not self.cfg.class_weighted_loss or self.cfg.balanced_sampling:
-                weights = None
-            kw["label_smoothing"] = self.cfg.label_smoothing
-        self.loss_fn = create_loss(self.plan.loss, self.task, self.plan.mode, class_weights=weights, **kw).to(
-            self.device
-        )
-
-    def build_augmenter(self) -> None:
-        from medlens.data.augment import GpuAugmenter
-
-        self.augmenter = GpuAugmenter(self.cfg.augment, self.task)
-        self.mean = torch.tensor(self.plan.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(self.plan.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-
-    def set_frozen(self, frozen: bool) -> None:
-        """Freeze/thaw the backbone and (re)wrap the network (DDP must see the final set of trainable
-        weights)."""
-        from medlens.models.parts import freeze_backbone
-
-        if frozen or self.frozen:
-            freeze_backbone(self.net, frozen)
-            state = "frozen: training the head only" if frozen else "unfrozen"
-            log.info("backbone %s (epoch %d)", state, self.epoch + 1)
-        self.frozen = frozen
-        model = distributed.wrap_model(self.net, self.dist, self.device)
-        self.model = torch.compile(model) if self.cfg.compile else model
-
-    def get_batch(self, data: Any, idx: torch.Tensor, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached samples ``idx`` -> normalised float ``(B, C, H, W)`` on the device and their targets."""
-        idx = idx.to(data.images.device)
-        x = batches.to_float(data.images[idx], self.device)
-        y = data.targets[idx]
-        y = batches.seg_targets(y, self.plan.mode, self.device) if self.is_seg else y.to(self.device)
-        if augment:
-            x, y = self.augment(x, y)
-        return batches.normalize(x, self.mean, self.std, self.cfg.channels_last), y
-
-    def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """GpuAugmenter on 0..1 images; a guide mask channel moves with the image but gets no photometric
-        change."""
-        if self.is_seg:
-            return self.augmenter(x, y)
-        if self.spec.guide is not None and self.spec.guide.mode.extra_channels:
-            if not hasattr(self, "guide_augmenter"):
-                from medlens.data.augment import GpuAugmenter
-
-                self.guide_augmenter = GpuAugmenter(self.cfg.augment, "segmentation")
-            image, mask = self.guide_augmenter(x[:, :-1], x[:, -1:])
-            return torch.cat([image, mask.float()], dim=1), y
-        return self.augmenter(x, None)[0], y
-
-    def autocast(self) -> Any:
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
-    @torch.no_grad()
-    def predict_split(self, data: Any, distributed_: bool, fp32: bool = False) -> dict[str, Any]:
-        """Loss and per-sample outputs over a cached split with the plain network in eval mode.
-
-        Returns ``{"loss": float, "dice": (N,), "iou": (N,)}`` (segmentation) or ``{"loss", "logits": (N, K)
-        float32, "targets": (N,) int64}`` (classification) as CPU tensors; ``distributed_`` shards the split
-        over the ranks and gathers the outputs (every rank gets all of them); ``fp32`` turns autocast off.
-        """
-        self.net.eval()
-        info = self.dist if distributed_ else DistInfo()
-        outs: dict[str, list[torch.Tensor]] = defaultdict(list)
-        loss_sum = 0.0
-        for idx in torch.arange(len(data.ids))[info.rank :: info.world_size].split(2 * self.batch_size):
-            x, y = self.get_batch(data, idx, augment=False)
-            with nullcontext() if fp32 else self.autocast():
-                logits = self.net(x).float()
-            loss_sum += float(self.loss_fn(logits, y)) * len(idx)
-            if self.is_seg:
-                dice, iou = dice_iou(logits, y, self.plan.mode, label_sets=self.label_sets)
-                outs["dice"].append(dice.cpu())
-                outs["iou"].append(iou.cpu())
-            else:
-                outs["logits"].append(logits.cpu())
-                outs["targets"].append(y.cpu())
-        self.net.train()
-        empty = {"dice": torch.zeros(0), "iou": torch.zeros(0), "targets": torch.zeros(0, dtype=torch.int64),
-                 "logits": torch.zeros(0, self.plan.num_classes)}  # fmt: skip
-        keys = ("dice", "iou") if self.is_seg else ("logits", "targets")
-        local = {k: torch.cat(outs[k]) if outs[k] else empty[k] for k in keys}
-        loss_sum, count = distributed.all_reduce_sum([loss_sum, len(local[keys[0]])], info, self.device)
-        return {
-            "loss": loss_sum / max(count, 1),
-            **{k: distributed.gather_tensors(v, info) for k, v in local.items()},
-        }
-
     def time_is_up(self) -> bool:
         budget = self.cfg.max_time_minutes
         late = budget is not None and time.monotonic() - self.start_time > 60.0 * budget
@@ -492,8 +306,7 @@ class Trainer:
         self.net.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        for fn in self.scheduler.lr_lambdas:
-            fn.total_steps = self.cfg.epochs * self.steps_per_epoch
+        self.scheduler.set_total_steps(self.cfg.epochs * self.steps_per_epoch)
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.best_score = int(ckpt["epoch"]), float(ckpt["best_score"])
@@ -528,50 +341,6 @@ class Trainer:
         shown = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("train_", "val_")))
         log.info("epoch %d/%d: %s (best %.4f @ %d) lr %.2e %.1f s", row["epoch"], self.cfg.epochs, shown,
                  self.best_score, self.best_epoch, row["lr"], row["time_s"])  # fmt: skip
-
-    def final_report(self) -> None:
-        """Evaluate best.pt in fp32 on the val split (classification: calibrate and set the decision rule
-        there) and, when the split has one, on the test split that no choice has seen."""
-        best = load_checkpoint(self.run_dir / BEST)
-        self.net.load_state_dict(best["model"])
-        out = self.predict_split(self.val_data, distributed_=False, fp32=True)
-        if self.is_seg:
-            metrics = segmentation_report(out["dice"].numpy(), out["iou"].numpy(), self.spec.threshold,
-                                          self.sources(self.val_data, distributed_=False))  # fmt: skip
-        else:
-            c = self.cfg
-            counts = np.bincount(self.train_data.targets.cpu().numpy(), minlength=self.plan.num_classes)
-            update, metrics = classification_report(out["logits"].numpy(), out["targets"].numpy(),
-                                                    self.plan.classes, c.calibrate, c.target_sensitivity,
-                                                    c.positive_class, counts if c.balanced_decision else None,
-                                                    c.class_groups, c.group_sensitivity)  # fmt: skip
-            self.spec = dataclasses.replace(self.spec, **update)
-            save_checkpoint({**best, "model_spec": self.spec.to_dict()}, self.run_dir / BEST)
-        metrics.update(split="val", best_epoch=self.best_epoch, epochs_trained=self.epoch,
-                       val_loss=out["loss"], input_size=list(self.plan.input_size),
-                       stop_reason=self.stop_reason, precision=self.cfg.amp)  # fmt: skip
-        write_json(self.run_dir / "model_spec.json", self.spec.to_dict())
-        write_json(self.run_dir / "val_metrics.json", metrics)
-        key = "dice" if self.is_seg else "balanced_accuracy"
-        log.info("best checkpoint (epoch %d) on %d val images: %s %.4f", self.best_epoch,
-                 len(self.val_data.ids), key, metrics[key])  # fmt: skip
-        if self.data.splits.get("test"):
-            self.test_report()
-
-    def test_report(self) -> None:
-        """``test_metrics.json``: best.pt in fp32 on the test split, under the rule fixed on validation."""
-        test = cache_split(self.data, "test", self.cfg, self.device)
-        out = self.predict_split(test, distributed_=False, fp32=True)
-        if self.is_seg:
-            metrics = segmentation_report(out["dice"].numpy(), out["iou"].numpy(), self.spec.threshold,
-                                          self.sources(test, distributed_=False))  # fmt: skip
-        else:
-            metrics = classification_test_report(out["logits"].numpy(), out["targets"].numpy(),
-                                                 self.plan.classes, self.spec)  # fmt: skip
-        metrics.update(split="test", best_epoch=self.best_epoch, input_size=list(self.plan.input_size))
-        write_json(self.run_dir / "test_metrics.json", metrics)
-        key = "dice" if self.is_seg else "balanced_accuracy"
-        log.info("best checkpoint on %d test images: %s %.4f", len(test.ids), key, metrics[key])
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
