@@ -192,6 +192,26 @@ def plot_score_distribution(scores: dict[str, Sequence[float]], label: str, out_
     return _save(fig, out_png)
 
 
+def plot_bland_altman(pred: np.ndarray, ref: np.ndarray, name: str, out_png: str | Path) -> Path:
+    """Bland–Altman plot of a measurement: difference (predicted - reference) against the pair's mean, with
+    the bias and the 95% limits of agreement (bias +- 1.96 SD)."""
+    pred, ref = np.asarray(pred, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    diff, mean = pred - ref, (pred + ref) / 2
+    bias, sd = float(diff.mean()), float(diff.std(ddof=1)) if diff.size > 1 else 0.0
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.scatter(mean, diff, s=14, alpha=0.7)
+    lines = [(bias, "-", "bias"), (bias + 1.96 * sd, "--", "+1.96 SD"), (bias - 1.96 * sd, "--", "-1.96 SD")]
+    for y, style, label in lines:
+        ax.axhline(y, linestyle=style, color="grey")
+        where = {"xycoords": ("axes fraction", "data"), "ha": "right", "va": "bottom", "fontsize": 8}
+        ax.annotate(f"{label} {y:+.3f}", (1.0, y), **where)
+    ax.set_xlabel(f"mean of predicted and reference {name}")
+    ax.set_ylabel("predicted - reference")
+    ax.set_title(f"{name}: agreement with the reference masks (n={diff.size})")
+    return _save(fig, out_png)
+
+
 def save_case_grid(
     cases: Sequence[tuple[np.ndarray, np.ndarray | None, np.ndarray, str]],
     out_png: str | Path,

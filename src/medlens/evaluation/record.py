@@ -20,7 +20,13 @@ from medlens.errors import BundleError, DatasetError
 logger = logging.getLogger(__name__)
 
 SPLITS = ("val", "test")
-PLOTS = ("confusion_matrix.png", "roc.png", "reliability.png", "dice_distribution.png")
+PLOTS = (
+    "confusion_matrix.png",
+    "roc.png",
+    "reliability.png",
+    "dice_distribution.png",
+    "bland_altman_ctr.png",
+)
 # Per-image and per-case details stay in the report folder; the bundle keeps the summary.
 _NOT_RECORDED = ("cases", "skipped", "model")
 

@@ -96,6 +96,25 @@ def score_partial(acc, pred: np.ndarray, codes: np.ndarray, index: DatasetIndex,
     return acc.add_row(row, image_id)
 
 
+def ctr_agreement(pairs: list[tuple[float | None, float | None]], plot: Path) -> dict[str, Any]:
+    """Agreement of the predicted cardiothoracic ratio with the reference masks' (Bland–Altman): mean
+    absolute error with its bootstrap CI, bias and 95% limits of agreement, and the plot."""
+    from medlens.evaluation.bootstrap import bootstrap_ci
+    from medlens.evaluation.plots import plot_bland_altman
+
+    both = np.array([(p, r) for p, r in pairs if p is not None and r is not None], dtype=np.float64)
+    out: dict[str, Any] = {"n_images": len(both), "n_unmeasured": len(pairs) - len(both)}
+    if len(both):
+        diff = both[:, 0] - both[:, 1]
+        low, high = bootstrap_ci(np.abs(diff))
+        sd = float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
+        bias = float(diff.mean())
+        out.update(mae_mean=float(np.abs(diff).mean()), mae_ci_low=low, mae_ci_high=high, bias=bias,
+                   loa_low=bias - 1.96 * sd, loa_high=bias + 1.96 * sd)  # fmt: skip
+        plot_bland_altman(both[:, 0], both[:, 1], "cardiothoracic ratio", plot)
+    return out
+
+
 def _accumulator(predictor: Any):
     from medlens.evaluation.metrics import SegmentationMetricAccumulator
 
@@ -128,9 +147,11 @@ def evaluate_segmentation(
     from medlens.data.layout import load_target
     from medlens.evaluation.plots import plot_score_distribution
     from medlens.inference.decisions import probs_to_mask
+    from medlens.pipelines.chest import HEART, ctr_of
 
     spec, mode, classes = predictor.spec, predictor.mode, list(predictor.classes)
     acc, skipped, extras = _accumulator(predictor), list(index.skipped), {}
+    measures_ctr, ctr = mode == "multiclass" and HEART in classes, {}
     for batch in batches(index.items, predictor.batch_size):
         pairs = read_batch(batch, skip_bad, skipped)
         targets = [load_target(item, index) for item, _ in pairs]
@@ -141,6 +162,8 @@ def evaluate_segmentation(
                 score_partial(acc, pred, target, index, item.id)
             else:
                 score(acc, pred, target, mode, classes, item.id)
+                if measures_ctr:
+                    ctr[item.id] = (ctr_of(pred, classes), ctr_of(target, classes))
             extras[item.id] = {
                 "image": str(item.image),
                 "source": item.source,
@@ -151,8 +174,12 @@ def evaluate_segmentation(
             }
     if not acc.rows:
         raise DatasetError(f"{index.root}: no image could be evaluated ({len(skipped)} skipped)")
+    for image_id, (pred_ctr, ref_ctr) in ctr.items():
+        extras[image_id].update(ctr_pred=pred_ctr, ctr_ref=ref_ctr)
     write_csv(out / "per_image.csv", [{**row, **extras[row["id"]]} for row in acc.rows])
     metrics: dict[str, Any] = acc.summary()
+    if ctr:
+        metrics["cardiothoracic_ratio"] = ctr_agreement(list(ctr.values()), out / "bland_altman_ctr.png")
     metrics["hd95_unit"] = "px"
     items = {item.id: item for item in index.items}
     sources = by_source(predictor, acc.rows, items)

@@ -1,0 +1,139 @@
+"""Chest X-ray anatomy from a segmentation: both lungs by side, and the cardiothoracic ratio.
+
+Sides are the patient's: on a posteroanterior (PA) film the patient's right lung is on the image left. A
+multi-class anatomy mask (classes ``left_lung``, ``right_lung``, ``heart``, as in the JSRT/SCR labels) names
+them; a binary lung mask is split into its two largest components, named by the side of their centroid.
+
+Cardiothoracic ratio (CTR) = widest horizontal diameter of the heart / widest inner horizontal diameter of the
+thorax. The heart's is the widest row of the heart mask; the thorax's the widest row between the outer
+(lateral) edges of the two lungs, which lie on the inner rib margins. Both rows are returned so that the
+lines can be drawn. A CTR above 0.5 on an adult PA film suggests an enlarged cardiac silhouette; on
+anteroposterior (AP) or paediatric films the heart projects larger and the 0.5 limit does not apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from skimage.measure import label as label_components
+
+from medlens.pipelines.features import Spacing, register_feature
+
+LEFT_LUNG, RIGHT_LUNG, HEART = "left_lung", "right_lung", "heart"
+#: A lung under this fraction of the other's area is flagged (missing, collapsed, or mis-segmented).
+SMALL_LUNG_RATIO = 0.5
+CTR_UPPER_NORMAL = 0.5  # adult PA films
+HEART_COLOUR, THORAX_COLOUR = (255, 60, 60), (255, 220, 0)
+
+
+def lungs_by_side(mask: np.ndarray, classes: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(patient's right lung, patient's left lung)`` bool masks of a label mask.
+
+    Multi-class masks with ``left_lung`` / ``right_lung`` classes give them directly; otherwise the two
+    largest connected regions of the foreground (heart label excluded) are named by their centroid's side.
+    """
+    names = list(classes or [])
+    if LEFT_LUNG in names and RIGHT_LUNG in names:
+        return mask == names.index(RIGHT_LUNG), mask == names.index(LEFT_LUNG)
+    fg = mask > 0
+    if HEART in names:
+        fg &= mask != names.index(HEART)
+    lab = label_components(fg, connectivity=2)
+    sizes = np.bincount(lab.ravel())[1:]
+    largest = np.argsort(sizes)[::-1][:2] + 1
+    empty = np.zeros_like(fg)
+    parts = [lab == k for k in largest if sizes[k - 1] > 0]
+    right, left = empty, empty
+    for part in parts:
+        centre_x = np.nonzero(part)[1].mean()
+        if centre_x < mask.shape[1] / 2:  # image left = patient's right on a PA film
+            right = right | part
+        else:
+            left = left | part
+    return right, left
+
+
+def _widest_row(region: np.ndarray) -> tuple[int, int, int] | None:
+    """``(row, first column, last column)`` of the row where ``region`` spans widest (its outer extent)."""
+    rows = np.flatnonzero(region.any(axis=1))
+    if rows.size == 0:
+        return None
+    first = np.where(region[rows].any(axis=1), region[rows].argmax(axis=1), 0)
+    last = region.shape[1] - 1 - region[rows][:, ::-1].argmax(axis=1)
+    k = int(np.argmax(last - first))
+    return int(rows[k]), int(first[k]), int(last[k])
+
+
+def cardiothoracic_lines(mask: np.ndarray, classes: Sequence[str] | None) -> dict[str, list[int]] | None:
+    """``{"heart": [row, x0, x1], "thorax": [row, x0, x1]}`` of a mask with heart and lungs, else None."""
+    names = list(classes or [])
+    if HEART not in names:
+        return None
+    right, left = lungs_by_side(mask, classes)
+    heart = _widest_row(mask == names.index(HEART))
+    thorax = _widest_row(right | left)
+    if heart is None or thorax is None or not right.any() or not left.any():
+        return None
+    return {"heart": list(heart), "thorax": list(thorax)}
+
+
+def ctr_of(mask: np.ndarray, classes: Sequence[str] | None) -> float | None:
+    """The cardiothoracic ratio of a mask (None without a heart or without both lungs)."""
+    lines = cardiothoracic_lines(mask, classes)
+    if lines is None:
+        return None
+    (_, h0, h1), (_, t0, t1) = lines["heart"], lines["thorax"]
+    return (h1 - h0 + 1) / (t1 - t0 + 1)
+
+
+@register_feature("lungs")
+def lungs(
+    image: np.ndarray, mask: np.ndarray, spacing: Spacing = None, *, classes: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Each lung by the patient's side: area (fraction of the image, mm² with a known pixel spacing), the
+    smaller-to-larger area ratio, and a flag when one lung is missing or under half the other's area."""
+    right, left = lungs_by_side(mask, classes)
+    total = mask.shape[0] * mask.shape[1]
+    nr, nl = int(right.sum()), int(left.sum())
+    px = None if spacing is None else float(spacing[0]) * float(spacing[1])
+    ratio = min(nr, nl) / max(nr, nl) if max(nr, nl) else None
+    smaller = None if ratio is None or ratio >= SMALL_LUNG_RATIO else ("right" if nr < nl else "left")
+    return {
+        "right_lung_fraction": round(nr / total, 6),
+        "left_lung_fraction": round(nl / total, 6),
+        "right_lung_area_mm2": round(nr * px, 1) if px else None,
+        "left_lung_area_mm2": round(nl * px, 1) if px else None,
+        "lung_area_ratio": round(ratio, 4) if ratio is not None else None,
+        "lung_asymmetry_flag": smaller is not None,
+        "smaller_lung": smaller,
+    }
+
+
+@register_feature("cardiothoracic_ratio")
+def cardiothoracic_ratio(
+    image: np.ndarray, mask: np.ndarray, spacing: Spacing = None, *, classes: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """CTR with its measurement rows (``cardiothoracic_lines``: heart and thorax, ``[row, x0, x1]``); None
+    when the mask has no heart or not both lungs."""
+    lines = cardiothoracic_lines(mask, classes)
+    ctr = ctr_of(mask, classes) if lines else None
+    return {
+        "cardiothoracic_ratio": round(ctr, 4) if ctr is not None else None,
+        "cardiothoracic_ratio_upper_normal": CTR_UPPER_NORMAL,
+        "cardiothoracic_lines": lines,
+    }
+
+
+def draw_ctr_lines(overlay: np.ndarray, lines: dict[str, list[int]] | None) -> np.ndarray:
+    """``overlay`` ``(H, W, 3)`` uint8 with the heart (red) and thorax (yellow) diameters drawn, in place."""
+    if not lines:
+        return overlay
+    t = max(1, min(overlay.shape[:2]) // 200)  # line thickness, pixels
+    for key, colour in (("heart", HEART_COLOUR), ("thorax", THORAX_COLOUR)):
+        row, x0, x1 = lines[key]
+        overlay[max(0, row - t // 2) : row + t // 2 + 1, x0 : x1 + 1] = colour
+        for x in (x0, x1):  # end ticks
+            overlay[max(0, row - 3 * t) : row + 3 * t + 1, max(0, x - t // 2) : x + t // 2 + 1] = colour
+    return overlay
