@@ -167,3 +167,12 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return float(balanced_accuracy_score(y_true, y_pred))
+
+
+def flag_scores(p: np.ndarray, inside: np.ndarray, threshold: float) -> dict:
+    """Sensitivity and specificity of flagging ``p >= threshold`` for the items ``inside`` a group."""
+    called = p >= threshold
+    return {
+        "sensitivity": float(called[inside].mean()) if inside.any() else None,
+        "specificity": float((~called[~inside]).mean()) if (~inside).any() else None,
+    }

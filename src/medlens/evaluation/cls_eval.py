@@ -34,7 +34,8 @@ def group_metrics(
     """Each class group's flag (summed probability >= threshold): sensitivity, specificity and AUC."""
     from sklearn.metrics import roc_auc_score
 
-    from medlens.training.decisions import flag_scores, group_probability
+    from medlens.evaluation.classification_metrics import flag_scores
+    from medlens.inference.decisions import group_probability
 
     out = []
     for flag in groups:

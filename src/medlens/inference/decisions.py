@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from medlens.errors import MedlensError
+from medlens.errors import ConfigError, MedlensError
 
 
 def probs_to_mask(prob: np.ndarray, mode: str, threshold: float = 0.5) -> np.ndarray:
@@ -55,3 +55,11 @@ def apply_decision(probs: np.ndarray, classes: Sequence[str], decision: object) 
     others = probs.copy()
     others[:, index] = -np.inf
     return np.where(probs[:, index] >= threshold, index, others.argmax(axis=1))
+
+
+def group_probability(probs: np.ndarray, classes: list[str], members: list[str]) -> np.ndarray:
+    """``(N,)`` probability of any class in ``members``."""
+    unknown = [m for m in members if m not in classes]
+    if unknown:
+        raise ConfigError(f"class group {members}: {unknown} are not classes; classes: {classes}")
+    return probs[:, [classes.index(m) for m in members]].sum(axis=1)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from medlens.errors import ConfigError
-from medlens.evaluation.classification_metrics import balanced_accuracy
+from medlens.evaluation.classification_metrics import balanced_accuracy, flag_scores
+from medlens.inference.decisions import group_probability
 
 PRIOR_POWERS = np.round(np.linspace(0.0, 1.5, 16), 2)
 
@@ -38,14 +39,6 @@ def fit_prior_decision(probs: np.ndarray, y_true: np.ndarray, class_counts: np.n
     }
 
 
-def group_probability(probs: np.ndarray, classes: list[str], members: list[str]) -> np.ndarray:
-    """``(N,)`` probability of any class in ``members``."""
-    unknown = [m for m in members if m not in classes]
-    if unknown:
-        raise ConfigError(f"class group {members}: {unknown} are not classes; classes: {classes}")
-    return probs[:, [classes.index(m) for m in members]].sum(axis=1)
-
-
 def fit_group_flags(
     probs: np.ndarray,
     y_true: np.ndarray,
@@ -67,12 +60,3 @@ def fit_group_flags(
         flag = {"name": name, "classes": list(members), "threshold": threshold}
         flags.append({**flag, "target_sensitivity": float(sensitivity), **flag_scores(p, inside, threshold)})
     return flags
-
-
-def flag_scores(p: np.ndarray, inside: np.ndarray, threshold: float) -> dict:
-    """Sensitivity and specificity of flagging ``p >= threshold`` for the items ``inside`` a group."""
-    called = p >= threshold
-    return {
-        "sensitivity": float(called[inside].mean()) if inside.any() else None,
-        "specificity": float((~called[~inside]).mean()) if (~inside).any() else None,
-    }

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from medlens.errors import ConfigError
-from medlens.evaluation.classification_metrics import balanced_accuracy
+from medlens.evaluation.classification_metrics import balanced_accuracy, flag_scores
+from medlens.inference.decisions import group_probability
 from medlens.spec import ModelSpec
-from medlens.training.decisions import fit_group_flags, fit_prior_decision, flag_scores, group_probability
+from medlens.training.decisions import fit_group_flags, fit_prior_decision
 
 log = logging.getLogger(__name__)
 
