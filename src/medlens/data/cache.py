@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from medlens.data.index import DatasetIndex, Item, load_target
 from medlens.data.io import read_image
-from medlens.data.layout import DatasetIndex, Item, load_target
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def build_cache(
 
     ``num_workers > 0`` reads with that many threads (PIL and zlib release the GIL while decoding).
     """
-    items = [index.get(i) for i in ids]
+    items = index.lookup(ids)
 
     def load(item: Item) -> tuple[np.ndarray, np.ndarray | int]:
         return load_sample(item, index, input_size, in_channels)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medlens.data.layout import DatasetIndex
+from medlens.data.index import DatasetIndex
 from medlens.errors import ConfigError, DatasetError
 
 logger = logging.getLogger(__name__)
@@ -125,9 +125,8 @@ def split_summary(splits: dict[str, list[str]], index: DatasetIndex) -> dict[str
     summary: dict[str, dict[str, int]] = {}
     for side, ids in splits.items():
         counts: dict[str, int] = defaultdict(int)
-        for item_id in ids:
-            label = index.get(item_id).label
-            counts["all" if label is None else label] += 1
+        for item in index.lookup(ids):
+            counts["all" if item.label is None else item.label] += 1
         summary[side] = dict(sorted(counts.items()))
     return summary
 

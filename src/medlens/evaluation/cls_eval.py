@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from medlens.data.layout import DatasetIndex
+from medlens.data.index import DatasetIndex
 from medlens.errors import DatasetError
 from medlens.evaluation.reading import batches, read_batch, write_csv
 

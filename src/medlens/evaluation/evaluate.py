@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from medlens.data.layout import DatasetIndex
+from medlens.data.index import DatasetIndex
 from medlens.errors import DatasetError
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from medlens.data.layout import DatasetIndex
+from medlens.data.index import DatasetIndex
 from medlens.errors import BundleError, DatasetError
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from medlens.data.layout import DatasetIndex, Item
+from medlens.data.index import DatasetIndex, Item
 from medlens.errors import DatasetError
 from medlens.evaluation.reading import batches, read_batch, write_csv
 
@@ -50,8 +50,8 @@ def _save_cases(predictor, index, rows: list[dict], out: Path, n_cases: int) -> 
     """Dice-ranked worst and best cases: ``worst_cases.png``, ``best_cases.png`` and ``overlays/*.png``."""
     from PIL import Image
 
+    from medlens.data.index import load_target
     from medlens.data.io import read_image
-    from medlens.data.layout import load_target
     from medlens.evaluation.plots import save_case_grid
     from medlens.inference.decisions import probs_to_mask
 
@@ -144,7 +144,7 @@ def evaluate_segmentation(
     predictor: Any, index: DatasetIndex, out: Path, skip_bad: bool, n_cases: int
 ) -> dict:
     """Score every item of ``index``; returns the metrics (summary, ``by_source``, cases, skipped)."""
-    from medlens.data.layout import load_target
+    from medlens.data.index import load_target
     from medlens.evaluation.plots import plot_score_distribution
     from medlens.inference.decisions import probs_to_mask
     from medlens.pipelines.chest import HEART, ctr_of

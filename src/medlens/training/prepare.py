@@ -19,7 +19,7 @@ from medlens.config import TrainConfig
 from medlens.data.augment import AugmentConfig
 from medlens.data.cache import CachedData, build_cache
 from medlens.data.fingerprint import Plan, fingerprint, load_plan, make_plan, save_plan
-from medlens.data.layout import DatasetIndex
+from medlens.data.index import DatasetIndex
 from medlens.data.sources import discover_all
 from medlens.data.splits import check_splits, load_splits, make_splits, save_splits
 from medlens.errors import ConfigError, DatasetError
@@ -189,7 +189,7 @@ def _guided_cache(run: RunData, ids: list[str], cfg: TrainConfig, device: torch.
     seg = SegmentationPredictor(cfg.guide_bundle, device=str(device), num_threads=torch.get_num_threads())
     base_channels = run.plan.in_channels - guide_channels(cfg.guide_mode)
     size = tuple(run.plan.input_size)
-    chunks, items = [], [run.index.get(i) for i in ids]
+    chunks, items = [], run.index.lookup(ids)
     for start in range(0, len(items), GUIDE_CHUNK):
         images = [
             load_image(item.image, channels=base_channels) for item in items[start : start + GUIDE_CHUNK]

@@ -42,7 +42,8 @@ class ReportsMixin:
         """The data source of each sample of a split, in the order :meth:`predict_split` returns them."""
         info = self.dist if distributed_ else DistInfo()
         order = [i for r in range(info.world_size) for i in range(len(data.ids))[r :: info.world_size]]
-        return [self.data.index.get(data.ids[i]).source for i in order]
+        items = self.data.index.lookup(data.ids)
+        return [items[i].source for i in order]
 
     def validate(self) -> dict[str, float]:
         """Validation loss and score on the whole val split (sharded over ranks, then gathered). With several
