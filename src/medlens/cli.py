@@ -20,7 +20,7 @@ from medlens import __version__
 from medlens.errors import MedlensError
 from medlens.spec import MODES, TASKS
 
-log = logging.getLogger("medlens")
+logger = logging.getLogger("medlens")
 
 EXIT_BAD_INPUT = 2
 EXIT_NOTHING_DONE = 1  # predict: no input could be read

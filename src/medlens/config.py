@@ -25,7 +25,7 @@ from medlens.data.augment import AugmentConfig
 from medlens.errors import ConfigError
 from medlens.spec import GUIDE_MODES, MODES, TASKS
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "poly", "constant")

@@ -118,7 +118,7 @@ class _Predictor:
         if self.spec.task != self.task:
             raise MedlensError(f"{source}: a {self.spec.task} model cannot serve a {self.task} predictor")
         self.name = source_name(self.source)
-        self.runtime, self.device = runtime, resolve_device(device)
+        self.runtime, self.device = runtime, str(resolve_device(device))
         self.tta, self.batch_size = tta, batch_size
         self.threads = num_threads or default_threads()
         self._model: nn.Module | None = None

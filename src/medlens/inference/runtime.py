@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from medlens.errors import ConfigError
+
 RUNTIMES = ("torch", "onnx")
 # Flip dims of the TTA views over (B, C, H, W): identity, horizontal flip, vertical flip.
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,))
@@ -77,7 +79,15 @@ def default_threads() -> int:
     return os.cpu_count() or 1
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; a torchrun rank's ``cuda`` is ``cuda:LOCAL_RANK``.
+
+    ConfigError when CUDA is asked for but not available.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested but CUDA is not available; use device=cpu")
+    if name == "cuda" and local_rank is not None:
+        name = f"cuda:{local_rank}"
+    return torch.device(name)

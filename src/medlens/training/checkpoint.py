@@ -19,7 +19,7 @@ import torch
 
 from medlens.errors import MedlensError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
-    log.info("distributed: rank %d/%d (local %d), backend %s", rank, world_size, local_rank, backend)
+    logger.info("distributed: rank %d/%d (local %d), backend %s", rank, world_size, local_rank, backend)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend)
 
 

@@ -7,7 +7,6 @@ from torch import nn
 
 from medlens.config import OptimConfig
 from medlens.errors import ConfigError
-from medlens.training.distributed import DistInfo
 
 
 def create_optimizer(net: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -31,17 +30,6 @@ def create_optimizer(net: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     if cfg.name.lower() == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.lr)
-
-
-def resolve_device(name: str, dist: DistInfo) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; under torchrun each rank gets ``cuda:LOCAL_RANK``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} requested but CUDA is not available; use device=cpu")
-    if name == "cuda" and dist.enabled:
-        name = f"cuda:{dist.local_rank}"
-    return torch.device(name)
 
 
 def cpu_has_fast_bf16() -> bool:

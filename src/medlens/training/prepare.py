@@ -26,7 +26,7 @@ from medlens.errors import ConfigError, DatasetError
 from medlens.jsonable import write_json
 from medlens.spec import Guide, ModelSpec, guide_channels
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 GUIDE_CHUNK = 64  # images decoded at once for segmentation-guided inputs (bounds memory on large sets)
 
@@ -126,7 +126,7 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> RunData:
             raise DatasetError(
                 f"{run_dir / 'split.json'}: {len(missing)} ids are no longer in the data, e.g. {missing[0]!r}"
             )
-        log.info("resume: reusing plan.json and split.json of %s", run_dir)
+        logger.info("resume: reusing plan.json and split.json of %s", run_dir)
         return RunData(index, plan, splits)
     fp = fingerprint(index, seed=cfg.data.split_seed)
     write_json(run_dir / "fingerprint.json", fp)
@@ -138,7 +138,7 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> RunData:
         check_splits(splits, index, cfg.data.split_file)
         unassigned = len(index) - sum(map(len, splits.values()))
         if unassigned:
-            log.info("%s: %d items are on no side and are not used", cfg.data.split_file, unassigned)
+            logger.info("%s: %d items are on no side and are not used", cfg.data.split_file, unassigned)
     else:
         splits = make_splits(index, cfg.data.val_fraction, cfg.data.test_fraction, seed=cfg.data.split_seed)
     save_splits(splits, run_dir / "split.json")
@@ -163,7 +163,7 @@ def cache_split(run: RunData, side: str, cfg: TrainConfig, device: torch.device)
     )
     if device.type == "cuda" and nbytes < 0.5 * torch.cuda.mem_get_info(device)[0]:
         cached = CachedData(cached.images.to(device), cached.targets.to(device), cached.ids)
-    log.info(
+    logger.info(
         "cached %s split: %d images at %dx%d (%.1f MB on %s)",
         side,
         len(ids),
@@ -197,7 +197,7 @@ def _guided_cache(run: RunData, ids: list[str], cfg: TrainConfig, device: torch.
         arrays = guide_inputs(images, seg, cfg.guide_mode, size)
         chunks.append(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous())
     targets = torch.tensor([run.index.class_index(item) for item in items], dtype=torch.int64)
-    log.info("guided inputs (%s) from %s for %d images", cfg.guide_mode, cfg.guide_bundle, len(items))
+    logger.info("guided inputs (%s) from %s for %d images", cfg.guide_mode, cfg.guide_bundle, len(items))
     return CachedData(torch.cat(chunks), targets, list(ids))
 
 

@@ -32,7 +32,7 @@ from medlens.training.validation import (
     source_scores,
 )
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class ReportsMixin:
@@ -124,9 +124,9 @@ class ReportsMixin:
                        stop_reason=self.stop_reason, precision=self.cfg.amp)  # fmt: skip
         write_json(self.run_dir / "model_spec.json", self.spec.to_dict())
         write_json(self.run_dir / "val_metrics.json", metrics)
-        key = "dice" if self.is_seg else "balanced_accuracy"
-        log.info("best checkpoint (epoch %d) on %d val images: %s %.4f", self.best_epoch,
-                 len(self.val_data.ids), key, metrics[key])  # fmt: skip
+        key = "dice_source_mean" if "dice_source_mean" in metrics else "dice" if self.is_seg else "balanced_accuracy"
+        logger.info("best checkpoint (epoch %d) on %d val images: %s %.4f", self.best_epoch,
+                    len(self.val_data.ids), key, metrics[key])  # fmt: skip
         if self.data.splits.get("test"):
             self.test_report()
 
@@ -143,4 +143,4 @@ class ReportsMixin:
         metrics.update(split="test", best_epoch=self.best_epoch, input_size=list(self.plan.input_size))
         write_json(self.run_dir / "test_metrics.json", metrics)
         key = "dice" if self.is_seg else "balanced_accuracy"
-        log.info("best checkpoint on %d test images: %s %.4f", len(test.ids), key, metrics[key])
+        logger.info("best checkpoint on %d test images: %s %.4f", len(test.ids), key, metrics[key])

@@ -15,7 +15,7 @@ from medlens.training import batches, distributed
 from medlens.training.optim import create_optimizer
 from medlens.training.schedule import create_scheduler
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class SetupMixin:
@@ -101,7 +101,7 @@ class SetupMixin:
         if frozen or self.frozen:
             freeze_backbone(self.net, frozen)
             state = "frozen: training the head only" if frozen else "unfrozen"
-            log.info("backbone %s (epoch %d)", state, self.epoch + 1)
+            logger.info("backbone %s (epoch %d)", state, self.epoch + 1)
         self.frozen = frozen
         model = distributed.wrap_model(self.net, self.dist, self.device)
         self.model = torch.compile(model) if self.cfg.compile else model

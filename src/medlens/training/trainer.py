@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from medlens.config import TrainConfig, save_config, validate_config
 from medlens.errors import MedlensError
+from medlens.inference.runtime import resolve_device
 from medlens.jsonable import write_json
 from medlens.training import batches, distributed
 from medlens.training.checkpoint import (
@@ -33,7 +34,7 @@ from medlens.training.checkpoint import (
     set_rng_state,
 )
 from medlens.training.distributed import DistInfo
-from medlens.training.optim import amp_dtype, precision_name, resolve_device
+from medlens.training.optim import amp_dtype, precision_name
 from medlens.training.prepare import RunData, cache_split, model_spec, prepare_run, resolve_config
 from medlens.training.reports import ReportsMixin
 from medlens.training.runfolder import BEST, LAST, make_run_dir, write_metrics_csv
@@ -42,7 +43,7 @@ from medlens.training.validation import (
     dice_iou,
 )
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # curves.png is redrawn at most this often during training (matplotlib takes ~1 s), and always at the end
 PLOT_EVERY_S = 30.0
@@ -61,7 +62,7 @@ class Trainer(SetupMixin, ReportsMixin):
         self.cfg = validate_config(copy.deepcopy(cfg))
         self.dist = dist or DistInfo()
         self.resume = resume
-        self.device = resolve_device(self.cfg.device, self.dist)
+        self.device = resolve_device(self.cfg.device, self.dist.local_rank if self.dist.enabled else None)
         self.task = self.cfg.data.task
         self.score_key = "val_dice" if self.task == "segmentation" else "val_balanced_accuracy"
         self.epoch = 0  # completed epochs
@@ -103,9 +104,9 @@ class Trainer(SetupMixin, ReportsMixin):
         self.start_time = time.monotonic()
         size = "x".join(map(str, self.plan.input_size))
         procs = f", {self.dist.world_size} processes" if self.dist.enabled else ""
-        log.info("training %s on %s%s: %d train / %d val images at %s, batch %d x %d steps, %s", self.task,
-                 self.device, procs, len(self.train_data.ids), len(self.val_data.ids), size, self.batch_size,
-                 self.steps_per_epoch, self.amp_dtype or "fp32")  # fmt: skip
+        logger.info("training %s on %s%s: %d train / %d val images at %s, batch %d x %d steps, %s",
+                    self.task, self.device, procs, len(self.train_data.ids), len(self.val_data.ids), size,
+                    self.batch_size, self.steps_per_epoch, self.cfg.amp)  # fmt: skip
 
     def setup_data(self) -> None:
         """Run folder, plan and split (rank 0, shared with all ranks), resolved config.yaml + model_spec.json,
@@ -230,25 +231,25 @@ class Trainer(SetupMixin, ReportsMixin):
         if planned <= self.epoch:
             self.stop_reason = f"time budget of {budget} min holds no further epoch"
             return
-        log.info("time budget of %s min: %d epochs planned instead of %d (about %.0f s each); LR schedule "
-                 "shortened to match", budget, planned, self.planned_epochs, per_epoch)  # fmt: skip
+        logger.info("time budget of %s min: %d epochs planned instead of %d (about %.0f s each); LR schedule "
+                    "shortened to match", budget, planned, self.planned_epochs, per_epoch)  # fmt: skip
         self.planned_epochs = planned
         self.scheduler.set_total_steps(planned * self.steps_per_epoch)
 
     def on_train_end(self) -> None:
         """Best checkpoint -> final validation metrics (+ calibration for classification), model_spec.json."""
         if self.stop_reason:
-            log.info("stopped after epoch %d: %s", self.epoch, self.stop_reason)
+            logger.info("stopped after epoch %d: %s", self.epoch, self.stop_reason)
         if self.dist.enabled:
             if not distributed.parameters_in_sync(self.net, self.dist):
                 raise MedlensError("distributed training: model weights differ across ranks")
-            log.info("weights identical on all %d ranks", self.dist.world_size)
+            logger.info("weights identical on all %d ranks", self.dist.world_size)
         if self.dist.is_main:
             self.write_metrics(plot=True)
             self.final_report()
         distributed.barrier(self.dist)
-        log.info("run folder: %s (best %s %.4f at epoch %d)", self.run_dir, self.score_key, self.best_score,
-                 self.best_epoch)  # fmt: skip
+        logger.info("run folder: %s (best %s %.4f at epoch %d)", self.run_dir, self.score_key,
+                    self.best_score, self.best_epoch)  # fmt: skip
 
     # ----------------------------------------------------------------------------------------------- helpers
     @property
@@ -314,8 +315,8 @@ class Trainer(SetupMixin, ReportsMixin):
         self.history = [dict(r) for r in ckpt["history"]][: self.epoch]
         if self.dist.is_main:
             set_rng_state(ckpt["rng"])
-        log.info("resumed %s after epoch %d (best %s %.4f at epoch %d)", self.run_dir, self.epoch,
-                 self.score_key, self.best_score, self.best_epoch)  # fmt: skip
+        logger.info("resumed %s after epoch %d (best %s %.4f at epoch %d)", self.run_dir, self.epoch,
+                    self.score_key, self.best_score, self.best_epoch)  # fmt: skip
 
     def save_checkpoint(self, best: bool) -> None:
         """``checkpoints/last.pt`` (full state) every epoch and ``best.pt`` (weights + spec) on improvement;
@@ -339,8 +340,8 @@ class Trainer(SetupMixin, ReportsMixin):
 
     def log_epoch(self, row: dict[str, float]) -> None:
         shown = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("train_", "val_")))
-        log.info("epoch %d/%d: %s (best %.4f @ %d) lr %.2e %.1f s", row["epoch"], self.cfg.epochs, shown,
-                 self.best_score, self.best_epoch, row["lr"], row["time_s"])  # fmt: skip
+        logger.info("epoch %d/%d: %s (best %.4f @ %d) lr %.2e %.1f s", row["epoch"], self.cfg.epochs, shown,
+                    self.best_score, self.best_epoch, row["lr"], row["time_s"])  # fmt: skip
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:

@@ -19,7 +19,7 @@ from medlens.inference.decisions import group_probability
 from medlens.spec import ModelSpec
 from medlens.training.decisions import fit_group_flags, fit_prior_decision
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 NEGATIVE_NAMES = (
     "normal",
@@ -163,7 +163,7 @@ def positive_class(classes: list[str], configured: str | None) -> str:
     negatives = [c for c in classes if c.lower() in NEGATIVE_NAMES]
     if len(negatives) == 1:
         return next(c for c in classes if c not in negatives)
-    log.warning(
+    logger.warning(
         "positive class not obvious among %s; using %r (set positive_class to choose)", classes, classes[1]
     )
     return classes[1]
@@ -231,7 +231,7 @@ def classification_report(
             "val_specificity": float((~called[y_pos == 0]).mean()) if (y_pos == 0).any() else None,
         }
     elif target_sensitivity is not None:
-        log.warning(
+        logger.warning(
             "target_sensitivity is for binary tasks; %d classes here, no decision threshold set", len(classes)
         )
     elif train_counts is not None:
