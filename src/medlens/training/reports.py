@@ -124,7 +124,8 @@ class ReportsMixin:
                        stop_reason=self.stop_reason, precision=self.cfg.amp)  # fmt: skip
         write_json(self.run_dir / "model_spec.json", self.spec.to_dict())
         write_json(self.run_dir / "val_metrics.json", metrics)
-        key = "dice_source_mean" if "dice_source_mean" in metrics else "dice" if self.is_seg else "balanced_accuracy"
+        key = "dice" if self.is_seg else "balanced_accuracy"
+        key = "dice_source_mean" if "dice_source_mean" in metrics else key
         logger.info("best checkpoint (epoch %d) on %d val images: %s %.4f", self.best_epoch,
                     len(self.val_data.ids), key, metrics[key])  # fmt: skip
         if self.data.splits.get("test"):
