@@ -202,8 +202,8 @@ class Bundle:
         (self.path / BUNDLE_JSON).write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def is_bundle(path: str | Path) -> bool:
-    return (Path(path) / BUNDLE_JSON).is_file()
+def is_bundle(path: str | Path | Bundle) -> bool:
+    return isinstance(path, Bundle) or (Path(path) / BUNDLE_JSON).is_file()
 
 
 def is_run_folder(path: str | Path) -> bool:
@@ -245,55 +245,58 @@ def read_run(run_dir: str | Path) -> tuple[ModelSpec, dict]:
     return spec, _read_checkpoint(run_dir / RUN_CHECKPOINT)
 
 
-def load_model_source(path: str | Path | Bundle) -> tuple[nn.Module, ModelSpec]:
-    """``(model in eval mode, spec)`` from a bundle, a run folder or a checkpoint file inside a run folder."""
-    if isinstance(path, Bundle):
-        return path.build_model(), path.spec
-    path = Path(path)
-    if is_bundle(path):
-        bundle = Bundle.load(path)
-        return bundle.build_model(), bundle.spec
+def source_kind(source: str | Path | Bundle) -> str:
+    """``"bundle"``, ``"run"`` (a run folder) or ``"checkpoint"`` (a ``.pt``/``.pth`` file in a run folder's
+    ``checkpoints/``); BundleError naming what a model source must hold otherwise."""
+    if isinstance(source, Bundle) or is_bundle(source):
+        return "bundle"
+    path = Path(source)
     if path.is_file() and path.suffix in (".pt", ".pth"):
-        ckpt = _read_checkpoint(path)
-        spec = read_spec(path)
-        return _load_into(build_from_spec(spec), ckpt["model"], path), spec
+        return "checkpoint"
     if path.is_dir() and (path / RUN_SPEC).is_file():
-        spec, ckpt = read_run(path)
-        return _load_into(build_from_spec(spec), ckpt["model"], path / RUN_CHECKPOINT), spec
-    raise BundleError(
-        f"{path} is neither a bundle ({BUNDLE_JSON}) nor a run folder "
-        f"({RUN_SPEC} + {RUN_CHECKPOINT.as_posix()})"
-    )
+        return "run"
+    run = f"{RUN_SPEC} + {RUN_CHECKPOINT.as_posix()}"
+    raise BundleError(f"{path} is neither a bundle ({BUNDLE_JSON}) nor a run folder ({run})")
+
+
+def _as_bundle(source: str | Path | Bundle) -> Bundle:
+    return source if isinstance(source, Bundle) else Bundle.load(source)
 
 
 def read_spec(source: str | Path | Bundle) -> ModelSpec:
     """The model spec of a bundle, run folder or checkpoint file, without loading any weights."""
-    if isinstance(source, Bundle):
-        return source.spec
+    kind = source_kind(source)
+    if kind == "bundle":
+        return _as_bundle(source).spec
     path = Path(source)
-    if is_bundle(path):
-        return Bundle.load(path).spec
-    if path.is_file() and path.suffix in (".pt", ".pth"):
-        run_spec = path.parent.parent / RUN_SPEC  # the run's final spec (with calibration) comes first
-        if run_spec.is_file():
-            return ModelSpec.from_dict(_read_json(run_spec), run_spec)
-        spec = _read_checkpoint(path).get("model_spec")
-        if not spec:
-            raise BundleError(f"{path}: no model_spec in the checkpoint and no {run_spec}")
-        return ModelSpec.from_dict(spec, path)
-    if (path / RUN_SPEC).is_file():
-        return ModelSpec.from_dict(_read_json(path / RUN_SPEC), path / RUN_SPEC)
-    raise BundleError(f"{path} is neither a bundle ({BUNDLE_JSON}) nor a run folder ({RUN_SPEC})")
+    spec_file = path.parent.parent / RUN_SPEC if kind == "checkpoint" else path / RUN_SPEC
+    if spec_file.is_file():  # the run's final spec (with calibration and decisions) comes first
+        return ModelSpec.from_dict(_read_json(spec_file), spec_file)
+    spec = _read_checkpoint(path).get("model_spec")
+    if not spec:
+        raise BundleError(f"{path}: no model_spec in the checkpoint and no {spec_file}")
+    return ModelSpec.from_dict(spec, path)
 
 
-def source_name(path: str | Path | Bundle) -> str:
+def load_model_source(source: str | Path | Bundle) -> tuple[nn.Module, ModelSpec]:
+    """``(model in eval mode, spec)`` from a bundle, a run folder or a checkpoint file inside a run folder."""
+    kind = source_kind(source)
+    if kind == "bundle":
+        bundle = _as_bundle(source)
+        return bundle.build_model(), bundle.spec
+    checkpoint = Path(source) if kind == "checkpoint" else Path(source) / RUN_CHECKPOINT
+    if not checkpoint.is_file():
+        raise BundleError(f"{source} is not a medlens run folder: {RUN_CHECKPOINT.as_posix()} is missing")
+    spec = read_spec(source)
+    return _load_into(build_from_spec(spec), _read_checkpoint(checkpoint)["model"], checkpoint), spec
+
+
+def source_name(source: str | Path | Bundle) -> str:
     """A display name for a model source: the bundle name or the run folder name."""
-    if isinstance(path, Bundle):
-        return path.name
-    path = Path(path)
-    if is_bundle(path):
-        return str(_read_json(path / BUNDLE_JSON).get("name") or path.name)
-    return path.parent.parent.name if path.is_file() else path.name
+    kind = source_kind(source)
+    if kind == "bundle":
+        return _as_bundle(source).name
+    return Path(source).parent.parent.name if kind == "checkpoint" else Path(source).name
 
 
 def _storage_state(state: dict[str, torch.Tensor], fp16: bool) -> dict[str, torch.Tensor]:

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from medlens.errors import ImageReadError, MedlensError, UnknownNameError
-from medlens.inference.bundle import is_bundle, is_run_folder
+from medlens.errors import BundleError, ImageReadError, MedlensError, UnknownNameError
+from medlens.inference.bundle import source_kind
 from medlens.jsonable import write_json
 
 logger = logging.getLogger(__name__)
@@ -310,8 +310,11 @@ def _run_pipeline(model, inputs, out: Path, models_dir, runtime: str) -> list[di
 
 # ---------------------------------------------------------------------------------- entry point
 def _is_model_source(model: str | Path) -> bool:
-    path = Path(model)
-    return is_bundle(path) or is_run_folder(path) or (path.is_file() and path.suffix in (".pt", ".pth"))
+    """A bundle, run folder or checkpoint (plain prediction), rather than a pipeline name or YAML."""
+    try:
+        return bool(source_kind(model))
+    except BundleError:
+        return False
 
 
 def predict_paths(
