@@ -1,13 +1,16 @@
-"""Training throughput: a typical DataLoader loop vs medlens's trainer path, same model and data, one run.
+"""Training throughput: a typical DataLoader loop vs medlens's trainer path (fp32 and bf16), one run.
 
 (a) naive: a ``torch.utils.data.Dataset`` that decodes the JPEG/PNG files with PIL and resizes them every
     step, random flips + rotation with ``torchvision.transforms.v2`` on the CPU, a ``DataLoader`` with
     ``--num-workers`` processes, fp32, NCHW.
-(b) medlens: ``medlens.training.trainer.Trainer`` itself: ``on_train_start()`` (discover, plan, split, uint8
-    in-memory cache, model, optimizer, loss, kornia augmenter), then its ``train_step`` over its own
-    ``IndexSampler`` batches: augmentation on the training device, AMP bf16 on CUDA, channels_last.
+(b) medlens-fp32 / medlens-bf16: ``medlens.training.trainer.Trainer`` itself: ``on_train_start()`` (discover,
+    plan, split, uint8 in-memory cache, model, optimizer, loss, kornia augmenter), then its ``train_step``
+    over its own ``IndexSampler`` batches: augmentation on the training device, channels_last, with
+    ``amp=fp32`` and ``amp=bf16`` (bf16 autocast; on CPUs with AVX512-BF16/AMX that is what ``amp: auto``
+    picks).
 
-Both train U-Net/ResNet34 (smp, random init) with medlens's ``dice_ce`` loss and AdamW. Steady-state images/s
+All train the same U-Net (smp, random init; ``--encoder``, light decoder with ``--light-decoder``) with
+medlens's ``dice_ce`` loss and AdamW. Steady-state images/s
 are timed after ``--warmup`` steps; medlens's one-off cache build is reported apart. Also: FLOPs of one step
 (``FlopCounterMode``) and the achieved FLOP/s against a measured matmul rate (bf16 8192^3 on CUDA, fp32 1024^3
 on the CPU), the medlens step split into batch preparation vs the rest, and on CUDA (or with ``--profile``)
@@ -49,6 +52,12 @@ from benchmarks.common import (
 from benchmarks.perf import matmul_rate, profile_summary, step_flops, sync, timed_steps
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+PATHS = ("naive", "medlens-fp32", "medlens-bf16")
+LIGHT_DECODER = [128, 64, 32, 16, 16]
+
+
+def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"decoder_channels": LIGHT_DECODER} if args.light_decoder else {}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -83,7 +92,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--profile", action="store_true", help="torch.profiler summary also on the CPU")
-    p.add_argument("--paths", nargs="+", choices=("naive", "medlens"), default=["naive", "medlens"])
+    p.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
+    p.add_argument("--encoder", default="resnet34", help="U-Net encoder (e.g. mobilenet_v2)")
+    p.add_argument("--light-decoder", action="store_true", help="decoder_channels [128, 64, 32, 16, 16]")
     p.add_argument("--json", default=None, help="results file (default: benchmarks/results/train.json)")
     p.add_argument("--out", default=None, help="markdown file whose 'train' section is replaced/appended")
     p.add_argument("--work-dir", default=None, help="scratch folder (default: a temporary one, removed)")
@@ -180,7 +191,7 @@ def run_naive(args: argparse.Namespace, root: Path, device: Any) -> dict[str, An
         pin_memory=device.type == "cuda",
         persistent_workers=args.num_workers > 0,
     )
-    model = create_model("segmentation", "unet", "resnet34", 3, 1).to(device).train()
+    model = create_model("segmentation", "unet", args.encoder, 3, 1, **model_kwargs(args)).to(device).train()
     loss_fn = create_loss("dice_ce", "segmentation", "binary").to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
@@ -211,7 +222,7 @@ def run_naive(args: argparse.Namespace, root: Path, device: Any) -> dict[str, An
     }
 
 
-def build_trainer(args: argparse.Namespace, root: Path, work: Path, device: Any) -> Any:
+def build_trainer(args: argparse.Namespace, root: Path, work: Path, device: Any, amp: str) -> Any:
     from medlens.config import DataConfig, ModelConfig, TrainConfig
     from medlens.training.trainer import Trainer
 
@@ -223,24 +234,25 @@ def build_trainer(args: argparse.Namespace, root: Path, work: Path, device: Any)
             input_size=[args.size, args.size],
             val_fraction=0.1,
         ),
-        model=ModelConfig(arch="unet", encoder="resnet34", pretrained=False),
+        model=ModelConfig(arch="unet", encoder=args.encoder, pretrained=False, kwargs=model_kwargs(args)),
+        amp=amp,
         epochs=1,
         batch_size=args.batch,
         steps_per_epoch=args.warmup + args.steps,
         device=str(device),
         out_dir=str(work / "runs"),
-        run_name="bench",
+        run_name=f"bench-{amp}",
         num_workers=args.num_workers,
         early_stopping_patience=None,
     )
     return Trainer(cfg)
 
 
-def run_medlens(args: argparse.Namespace, root: Path, work: Path, device: Any) -> dict[str, Any]:
+def run_medlens(args: argparse.Namespace, root: Path, work: Path, device: Any, amp: str) -> dict[str, Any]:
     import torch
 
     torch.manual_seed(0)
-    trainer = build_trainer(args, root, work, device)
+    trainer = build_trainer(args, root, work, device, amp)
     t0 = time.perf_counter()
     trainer.on_train_start()
     setup_s = time.perf_counter() - t0
@@ -295,12 +307,12 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         "## Training throughput: naive DataLoader loop vs medlens trainer",
         "",
-        f"What: U-Net/ResNet34 (random init), {s['size']}x{s['size']}, batch {s['batch']}, {s['steps']} "
-        f"timed steps after {s['warmup']} warm-up steps per path, on {res['device']}; same loss (dice_ce) "
-        "and AdamW. "
+        f"What: U-Net/{s['encoder']} (random init{', light decoder' if s['light_decoder'] else ''}), "
+        f"{s['size']}x{s['size']}, batch {s['batch']}, {s['steps']} timed steps after {s['warmup']} warm-up "
+        f"steps per path, on {res['device']}; same loss (dice_ce) and AdamW. "
         "(a) naive: PIL decode + resize and torchvision v2 augmentation per sample in a DataLoader, fp32; "
         "(b) medlens: `Trainer.on_train_start()` then its `train_step` (uint8 in-memory cache, kornia "
-        "augmentation on the device, bf16 autocast on CUDA, channels_last).",
+        "augmentation on the device, channels_last), with `amp=fp32` and with `amp=bf16`.",
         "",
         f"- Command: `{res['command']}`",
         f"- Machine: {machine_line(res['machine'])}; torch threads {s['threads']}; "
@@ -314,12 +326,15 @@ def markdown(res: dict[str, Any]) -> str:
     rows = [
         [name, *(r[k] for k in keys), round(r["flops_per_step"] / 1e9, 1), r["achieved_gflops"],
          r["pct_of_matmul_rate"], r["gpu_util_mean"] if r["gpu_util_mean"] is not None else "not measured"]
-        for name in ("naive", "medlens") if (r := res.get(name))
+        for name in PATHS if (r := res.get(name))
     ]  # fmt: skip
     lines += [md_table(head, rows), ""]
-    if res.get("speedup_medlens_vs_naive") is not None:
-        lines += [f"medlens / naive images/s: **{res['speedup_medlens_vs_naive']}x**", ""]
-    m = res.get("medlens")
+    for key, text in (("speedup_medlens_vs_naive", "medlens (fp32) / naive"),
+                      ("speedup_bf16_vs_naive", "medlens (bf16) / naive"),
+                      ("speedup_bf16_vs_fp32", "medlens bf16 / medlens fp32")):  # fmt: skip
+        if res.get(key) is not None:
+            lines += [f"{text} images/s: **{res[key]}x**", ""]
+    m = res.get("medlens-bf16") or res.get("medlens-fp32")
     if m:
         lines += [
             f"medlens details: one-off setup (discover, plan, split, uint8 cache of "
@@ -390,24 +405,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "warmup": args.warmup,
                 "num_workers": args.num_workers,
                 "threads": torch.get_num_threads(),
+                "encoder": args.encoder,
+                "light_decoder": args.light_decoder,
             },
             "load_before": load_before,
         }
         res["matmul"] = matmul_rate(device)
         if "naive" in args.paths:
             res["naive"] = run_naive(args, root, device)
-        if "medlens" in args.paths:
-            res["medlens"] = run_medlens(args, root, work, device)
-        for name in ("naive", "medlens"):
+        for amp in ("fp32", "bf16"):
+            if f"medlens-{amp}" in args.paths:
+                res[f"medlens-{amp}"] = run_medlens(args, root, work, device, amp)
+        for name in PATHS:
             if name in res:
                 r = res[name]
                 achieved = r["flops_per_step"] * r["images_per_s"] / args.batch
                 r["achieved_gflops"] = round(achieved / 1e9, 1)
                 r["pct_of_matmul_rate"] = round(100 * achieved / res["matmul"]["flops_per_s"], 1)
-        if "naive" in res and "medlens" in res:
-            res["speedup_medlens_vs_naive"] = ratio(
-                res["medlens"]["images_per_s"], res["naive"]["images_per_s"]
-            )
+        for key, a, b in (("speedup_medlens_vs_naive", "medlens-fp32", "naive"),
+                          ("speedup_bf16_vs_naive", "medlens-bf16", "naive"),
+                          ("speedup_bf16_vs_fp32", "medlens-bf16", "medlens-fp32")):  # fmt: skip
+            if a in res and b in res:
+                res[key] = ratio(res[a]["images_per_s"], res[b]["images_per_s"])
         res["load_after"] = round(os.getloadavg()[0], 2)
     md = markdown(res)
     print(md)

@@ -82,14 +82,17 @@ def test_train_throughput_benchmark_runs(bench_env: Path) -> None:
          "--num-workers", "0", "--device", "cpu", "--json", str(bench_env / "train.json"),
          "--work-dir", str(bench_env)]
     )  # fmt: skip
-    for path in ("naive", "medlens"):
+    for path in ("naive", "medlens-fp32", "medlens-bf16"):
         r = res[path]
         assert r["images_per_s"] > 0 and r["flops_per_step"] > 0
         assert {"step_ms_p50", "precision", "memory_format", "achieved_gflops", "pct_of_matmul_rate"} <= set(
             r
         )
-    assert {"setup_s", "batch_prep_ms_p50", "cache_device"} <= set(res["medlens"])
-    assert res["speedup_medlens_vs_naive"] is not None
+    assert {"setup_s", "batch_prep_ms_p50", "cache_device"} <= set(res["medlens-bf16"])
+    assert res["medlens-bf16"]["precision"] == "bfloat16" and res["medlens-fp32"]["precision"] == "fp32"
+    assert None not in (
+        res[k] for k in ("speedup_medlens_vs_naive", "speedup_bf16_vs_naive", "speedup_bf16_vs_fp32")
+    )
     assert res["matmul"]["flops_per_s"] > 0
 
 
