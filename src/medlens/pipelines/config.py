@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from medlens.errors import ConfigError, UnknownNameError
+from medlens.pipelines import chest  # noqa: F401  (registers the chest anatomy features)
 from medlens.pipelines.advice import AdviceConfig, ScopeConfig
 from medlens.pipelines.dicom_seg import segment_types
 from medlens.pipelines.features import get_feature
