@@ -214,6 +214,7 @@ class Pipeline:
             "classifier": cfg.classifier.bundle if cfg.classifier else None,
             "classes": self.classes,
             "class_names": dict(cfg.class_names),
+            "class_groups": list(cfg.class_groups),
             "guided": self.guide_mode,
             "features": list(cfg.features),
             "notice": cfg.advice.notice,
