@@ -110,3 +110,19 @@ def test_ui_is_mounted_at_root_and_asks_for_a_login_with_a_token(tmp_path):
         assert client.get("/config").status_code == 200
         assert client.get("/api/v1/models").status_code == 401  # the API still wants the bearer token
     assert app.state.demo is not None
+
+
+def test_failed_ui_logins_are_throttled_per_client(tmp_path):
+    pytest.importorskip("gradio")
+    from fastapi.testclient import TestClient
+
+    from medlens.app.api import create_app
+
+    app = create_app(tmp_path / "m", tmp_path / "h", token="tok", pipelines={"skin": FakePipeline()},
+                     max_auth_failures=3)  # fmt: skip
+    with TestClient(app) as client:
+        for _ in range(3):
+            assert client.post("/login", data={"username": "me", "password": "nope"}).status_code == 400
+        r = client.post("/login", data={"username": "me", "password": "tok"})
+        assert r.status_code == 429 and "retry-after" in r.headers
+        assert client.get("/healthz").status_code == 200
