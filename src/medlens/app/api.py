@@ -1,5 +1,6 @@
-"""REST API (FastAPI) under ``/api/v1`` with the Gradio UI mounted at ``/``; OpenAPI docs at ``/docs`` and
-``/redoc``, whose scripts and styles are served from the ``fastapi-offline`` package (no CDN, works offline).
+"""REST API (FastAPI) under ``/api/v1`` with the Gradio UI mounted at ``/``; OpenAPI docs (Swagger UI) at
+``/docs``, whose script and styles are served from the ``fastapi-offline`` package (no CDN, works offline).
+ReDoc is left out: its bundle fetches a logo from a CDN.
 
 ``create_app`` wires one :class:`~medlens.app.service.AnalysisService` (pipelines + history store) into
 both the routes (:mod:`medlens.app.routes`) and the UI. Inference runs in the threadpool, never on the event
@@ -125,6 +126,7 @@ def _fastapi(service: AnalysisService, limits: _Limits) -> FastAPI:
         service.close()
 
     app = FastAPIOffline(
+        redoc_url=None,
         title="medlens",
         version=medlens.__version__,
         description="Segment and classify 2D medical images. Research tool, not a diagnosis.",

@@ -134,6 +134,13 @@ def features_frame(features: Mapping[str, Any] | None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=FEATURE_COLUMNS)
 
 
+_VERDICTS = {
+    True: "above the operating point: **possibly {name}**",
+    False: "below the operating point",
+    None: "not judged (out of scope)",
+}
+
+
 def group_markdown(result: Mapping[str, Any], expected: list[str] | tuple[str, ...] = ()) -> list[str]:
     """One line per class group (e.g. benign versus malignant); "not available" for expected groups that the
     model does not provide (older bundles: no threshold is invented)."""
@@ -142,19 +149,15 @@ def group_markdown(result: Mapping[str, Any], expected: list[str] | tuple[str, .
     for g in result.get("groups") or []:
         seen.add(g["name"])
         members = " + ".join(names.get(c, c) for c in g["classes"])
+        verdict = _VERDICTS[g["flagged"]].format(name=g["name"])
         point = f"operating point {100 * g['threshold']:.1f}%, chosen on validation"
         if g.get("sensitivity") is not None and g.get("specificity") is not None:
             point += (
                 f" (sensitivity {100 * g['sensitivity']:.0f}%, specificity {100 * g['specificity']:.0f}%)"
             )
-        verdict = {
-            True: f"**above: possibly {g['name']}**",
-            False: "below",
-            None: "not judged (out of scope)",
-        }
         lines.append(
-            f"**{g['name'].capitalize()} probability:** {100 * g['probability']:.1f}% "
-            f"({members}) · {verdict[g['flagged']]} the {point}"
+            f"**{g['name'].capitalize()} probability:** {100 * g['probability']:.1f}% ({members}), "
+            f"{verdict}; {point}"
         )
     for name in expected:
         if name not in seen:

@@ -76,9 +76,8 @@ def build_ui(
         with gr.Tabs():
             with gr.Tab("Analyse", id="analyse"):
                 a = analyse_tab(h, names, find_examples(examples_dir, names))
-            with gr.Tab("History", id="history") as history:
+            with gr.Tab("History", id="history"):
                 hi = history_tab(names)
-                hi["tab"] = history
             with gr.Tab("Dashboard", id="dashboard") as dashboard:
                 d = dashboard_tab(h)
                 d["tab"] = dashboard
@@ -123,13 +122,7 @@ def _wire_analyse(h: UiHandlers, a: dict) -> None:
 
 def _wire_history(demo: gr.Blocks, h: UiHandlers, a: dict, hi: dict) -> None:
     inputs, outputs = _history_io(hi)
-    for trigger in (
-        demo.load,
-        hi["refresh"].click,
-        hi["pipeline"].change,
-        hi["label"].input,
-        hi["tab"].select,
-    ):
+    for trigger in (demo.load, hi["refresh"].click, hi["pipeline"].change, hi["label"].input):
         trigger(h.history, inputs, outputs, **PRIVATE)
     a["id"].change(h.history, inputs, outputs, **PRIVATE)  # a new analysis shows up in the history
     hi["more"].click(h.load_more, inputs, outputs, **PRIVATE)

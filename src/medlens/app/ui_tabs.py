@@ -17,7 +17,7 @@ IMAGE_HEIGHT = 380
 
 def _inputs(c: dict[str, Any], h: UiHandlers, names: list[str], examples: list[list[str]]) -> None:
     c["file"] = gr.File(
-        label="Image (PNG, JPEG, TIFF, BMP or DICOM)",
+        label="Image (PNG, JPEG, TIFF, BMP, DICOM)",
         file_types=UPLOAD_TYPES,
         type="filepath",
         elem_id="upload",
