@@ -25,7 +25,7 @@ from medlens.pipelines.heatmap import colour_bar_stops
 NOTICE = "Research tool, not a diagnosis."
 FEATURE_COLUMNS = ["Feature", "Value", "Unit", "What it means"]
 UNCERTAINTY_LEVELS = ((0.05, "low"), (0.15, "moderate"), (math.inf, "high"))
-UNCERTAINTY_SCALE_MAX = 0.3  # right end of the drawn scale
+UNCERTAINTY_TICKS = (0.0, 0.05, 0.15, 0.3)  # equally spaced on the drawn scale (the last is its right end)
 PIPELINE_COLUMNS = ("name", "title", "modality", "segmenter", "classifier", "classes", "description")
 PALETTE = np.array(
     [[0, 230, 118], [255, 64, 129], [41, 182, 246], [255, 193, 7], [171, 71, 188], [255, 112, 67]],
@@ -214,15 +214,13 @@ def uncertainty_html(record: Mapping[str, Any] | None) -> str:
         off = "test-time augmentation was off" if result.get("tta") is False else "not measured"
         return f'<div class="medlens-uncertainty"><b>Uncertainty:</b> {off}.</div>'
     level = next(name for limit, name in UNCERTAINTY_LEVELS if value < limit)
-    left = 100 * min(float(value) / UNCERTAINTY_SCALE_MAX, 1.0)
+    left = 100 * float(np.interp(value, UNCERTAINTY_TICKS, np.linspace(0.0, 1.0, len(UNCERTAINTY_TICKS))))
     return (
         f'<div class="medlens-uncertainty"><b>Uncertainty: {value:.3f} ({level})</b> — '
         f"{html.escape(_uncertainty_text(result))}."
-        '<div class="scale"><span class="marker" style="left: calc('
-        + f"{left:.1f}"
-        + '% - 2px)"></span></div>'
+        f'<div class="scale"><span class="marker" style="left: calc({left:.1f}% - 2px)"></span></div>'
         '<div class="ticks"><span>0 · views agree</span><span>0.05</span><span>0.15 · unreliable</span>'
-        f"<span>≥ {UNCERTAINTY_SCALE_MAX}</span></div></div>"
+        f"<span>≥ {UNCERTAINTY_TICKS[-1]}</span></div></div>"
     )
 
 

@@ -37,7 +37,7 @@ CSS = """
 #gradcam-colourbar .ticks, .medlens-uncertainty .ticks {display: flex; justify-content: space-between;
     font-size: 0.8em; opacity: 0.8}
 .medlens-uncertainty .scale {position: relative; height: 10px; border-radius: 5px; margin: 6px 0 2px 0;
-    background: linear-gradient(90deg, #16a34a 0%, #facc15 17%, #f97316 50%, #dc2626 100%)}
+    background: linear-gradient(90deg, #16a34a 0%, #facc15 33%, #f97316 67%, #dc2626 100%)}
 .medlens-uncertainty .marker {position: absolute; top: -4px; width: 4px; height: 18px; background: #111827;
     border-radius: 2px}
 """

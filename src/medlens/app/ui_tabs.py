@@ -13,6 +13,7 @@ from medlens.pipelines.config import DEFAULT_TTA
 
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"]
 IMAGE_HEIGHT = 380
+FEATURE_WIDTHS = ["22%", "12%", "14%", "52%"]
 
 
 def _inputs(c: dict[str, Any], h: UiHandlers, names: list[str], examples: list[list[str]]) -> None:
@@ -87,7 +88,12 @@ def analyse_tab(h: UiHandlers, names: list[str], examples: list[list[str]]) -> d
             c["advice"] = gr.Markdown(elem_id="advice")
             c["uncertainty"] = gr.HTML(elem_id="uncertainty")
             c["features"] = gr.Dataframe(
-                render.features_frame({}), label="Features", interactive=False, wrap=True, elem_id="features"
+                render.features_frame({}),
+                label="Features",
+                interactive=False,
+                wrap=True,
+                elem_id="features",
+                column_widths=FEATURE_WIDTHS,
             )
             c["mask_file"] = gr.File(label="Mask (PNG, 0/255)", interactive=False, elem_id="mask-file")
     c["id"] = gr.State(None)
@@ -107,7 +113,11 @@ def _opened(c: dict[str, Any]) -> None:
                 c["advice"] = gr.Markdown(elem_id="history-advice")
                 c["uncertainty"] = gr.HTML(elem_id="history-uncertainty")
         c["features"] = gr.Dataframe(
-            render.features_frame({}), label="Features", interactive=False, wrap=True
+            render.features_frame({}),
+            label="Features",
+            interactive=False,
+            wrap=True,
+            column_widths=FEATURE_WIDTHS,
         )
         with gr.Row():
             c["mask_file"] = gr.File(label="Mask (PNG)", interactive=False)

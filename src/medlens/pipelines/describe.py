@@ -55,7 +55,9 @@ FEATURE_INFO: dict[str, FeatureInfo] = {
 
 
 def _number(value: float, percent: bool) -> str:
-    return f"{100 * value:.1f}%" if percent else f"{value:.3g}"
+    if percent:
+        return f"{100 * value:.1f}%"
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e9 else f"{value:.3g}"
 
 
 def format_value(key: str, value: Any) -> str:
@@ -68,7 +70,7 @@ def format_value(key: str, value: Any) -> str:
     if isinstance(value, bool | str):
         return str(value)
     if isinstance(value, int | float):
-        return _number(float(value), info.percent)
+        return _number(value, info.percent)
     if isinstance(value, Mapping):
         return ", ".join(f"{k}: {format_value(key, v)}" for k, v in value.items()) or "none"
     if isinstance(value, list | tuple):
