@@ -98,8 +98,6 @@ class UiHandlers:
                 security.check_image_size(data, self.max_pixels)
             except ImageTooLargeError as exc:
                 raise _error(str(exc)) from exc
-            except MedlensError:
-                pass  # unreadable: analyze_bytes says why
         return data
 
     def has_classifier(self, pipeline: str | None) -> bool:
