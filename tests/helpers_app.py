@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from medlens.pipelines.analysis import Analysis
+from medlens.pipelines.groups import group_scores
 
 
 class FakePipeline:
@@ -30,13 +31,16 @@ class FakePipeline:
     ):
         self.name, self.classes, self.fail = name, classes, fail
         self.calls = 0
+        self.last_tta: bool | None = None
+        self.groups: list[dict] = []  # class groups to report, as a bundle with spec.groups would
         self._busy = threading.Lock()
 
-    def analyze(self, image: Any, clahe: bool = False, gradcam: bool = True) -> Analysis:
+    def analyze(self, image: Any, clahe: bool = False, gradcam: bool = True, tta: bool = True) -> Analysis:
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("FakePipeline entered by two threads at once")
         try:
             self.calls += 1
+            self.last_tta = tta
             if self.fail:
                 raise RuntimeError("SECRET-TRACEBACK-MARKER /srv/internal/path.py")
             arr = image.array if hasattr(image, "array") else image
@@ -58,7 +62,8 @@ class FakePipeline:
                 recommendation="Routine follow-up." if label == self.classes[0] else "Refer for review.",
                 notice="Research tool, not a diagnosis.",
                 gradcam=rgb[..., ::-1].copy() if gradcam else None,
-                timings_ms={"segmentation": 1.0, "classification": 1.0},
+                timings_ms={"segmentation": 1.0, "classification": 1.0}, tta=tta,
+                groups=group_scores(probs, self.groups), class_names={self.classes[1]: "Malignant lesion"},
             )  # fmt: skip
         finally:
             self._busy.release()

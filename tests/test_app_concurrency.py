@@ -60,7 +60,7 @@ class _BlockingPipeline(FakePipeline):
         super().__init__("skin")
         self.entered, self.release = threading.Event(), threading.Event()
 
-    def analyze(self, image, clahe=False, gradcam=True):
+    def analyze(self, image, clahe=False, gradcam=True, tta=True):
         self.entered.set()
         self.release.wait(timeout=60)
         return super().analyze(image, clahe, gradcam)

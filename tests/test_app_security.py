@@ -9,13 +9,24 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.testclient import TestClient
 
 from medlens.app import security, server
-from medlens.errors import ConfigError
+from medlens.errors import ConfigError, ImageTooLargeError
 from tests.helpers_app import bomb_png, png_bytes, rgb_image
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.1.1", "LOCALHOST", "[::1]"])
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "::1", "localhost", "127.0.1.1", "LOCALHOST", "[::1]", " ::1 "]
+)
 def test_loopback_hosts(host):
     assert security.is_loopback(host)
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1.evil.com", "127.example.org", "localhost.evil.com", "[127.0.0.1]x", "1270.0.0.1", ""]
+)
+def test_look_alike_hosts_are_not_loopback(host):
+    assert not security.is_loopback(host)
+    with pytest.raises(ConfigError, match="refusing to listen"):
+        security.check_binding(host, token=None)
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "example.org"])
@@ -64,15 +75,15 @@ def test_max_upload_bytes_from_env(monkeypatch):
         security.max_upload_bytes(0)
 
 
-def test_declared_pixels_reads_headers_only():
-    assert security.declared_pixels(png_bytes(rgb_image(30))) == 900
-    assert security.declared_pixels(bomb_png(30000, 30000)) > 64_000_000
-    assert security.declared_pixels(bomb_png(5000, 4000)) == 20_000_000
-    assert security.declared_pixels(b"hello") is None
-    with pytest.raises(HTTPException) as exc:
-        security.check_declared_pixels(bomb_png(30000, 30000), 64_000_000)
-    assert exc.value.status_code == 413
-    security.check_declared_pixels(png_bytes(rgb_image(30)), 1000)
+def test_image_size_check_reads_headers_only_and_names_the_real_size():
+    with pytest.raises(ImageTooLargeError) as exc:
+        security.check_image_size(bomb_png(20000, 20000), 64_000_000)  # far beyond Pillow's own bomb limit
+    assert (exc.value.width, exc.value.height, exc.value.limit) == (20000, 20000, 64_000_000)
+    assert "20000x20000" in str(exc.value) and "9223372036854775807" not in str(exc.value)
+    with pytest.raises(ImageTooLargeError, match="5000x4000"):
+        security.check_image_size(bomb_png(5000, 4000), 1000)
+    security.check_image_size(png_bytes(rgb_image(30)), 1000)
+    security.check_image_size(b"hello", 1000)  # not an image: read_image says why later
 
 
 class _Upload:

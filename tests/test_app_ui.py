@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -33,10 +35,6 @@ def test_tables_and_advice():
     frame = render.table({"area": 0.123456, "nested": {"a": 1, "b": [1, 2]}, "none": None})
     assert list(frame["feature"]) == ["area", "nested.a", "nested.b", "none"]
     assert list(frame["value"]) == ["0.1235", "1", "[1, 2]", ""]
-    metrics = render.metrics_table(
-        {"dice": 0.8, "confusion_matrix": [[1, 2], [3, 4]], "per_class": {"a": {"f1": 1}}}
-    )
-    assert list(metrics["metric"]) == ["dice", "per_class.a.f1"]
     record = {"label": "mel", "result": {"out_of_scope": True, "scope_reason": "looks like a chest X-ray",
               "uncertainty": 0.2, "recommendation": "See a dermatologist.",
               "notice": "Research tool, not a diagnosis. Ask a doctor."}}  # fmt: skip
@@ -67,30 +65,33 @@ def test_ui_handlers_analyse_reblend_history_compare_delete(handlers, tmp_path):
 
     upload = tmp_path / "upload.bin"
     upload.write_bytes(png_bytes(rgb_image(40)))
-    original, overlay, probs, gradcam, features, advice, mask_file, analysis_id = handlers.analyze(
-        str(upload), "skin", False, 0.5
-    )
-    assert (
-        original.endswith(".png") and overlay.shape == (40, 40, 3) and set(probs) == {"benign", "malignant"}
-    )
-    assert gradcam is not None and "mean_intensity" in set(features["feature"])
-    assert "Recommendation" in advice and mask_file.endswith(f"medlens-mask-{analysis_id[:12]}.png")
+    out = handlers.analyze(str(upload), "skin", False, True, 0.5)
+    original, overlay, probs, box, gradcam, features, advice, uncertainty, mask_file, analysis_id = out
+    assert original.endswith(".png") and overlay.shape == (40, 40, 3) and box["visible"] is True
+    assert set(probs) == {"benign", "Malignant lesion (malignant)"}  # full names from class_names
+    assert gradcam is not None and "mean intensity" in set(features["Feature"])
+    assert list(features.columns) == ["Feature", "Value", "Unit", "What it means"]
+    assert "Recommendation" in advice and "flip" in uncertainty and 'class="scale"' in uncertainty
+    assert mask_file.endswith(f"medlens-mask-{analysis_id[:12]}.png")
     assert not np.array_equal(handlers.overlay(analysis_id, 0.0), handlers.overlay(analysis_id, 1.0))
-    items, ids, *_ = handlers.history("all", "all")
-    assert ids == [analysis_id] and len(items) == 1
+    items, ids, *_, paging, more, _ = handlers.history("all", "all")
+    assert ids == [analysis_id] and len(items) == 1 and "1 of 1" in paging and more["visible"] is False
+    assert "UTC" in items[0][1] and "skin" in items[0][1]
     assert handlers.history("all", "no-such-label")[1] == []
     panel = handlers.panel(analysis_id)
     assert panel[2] == probs and "skin" in panel[4]
+    assert Path(mask_file).exists()
     assert handlers.delete(analysis_id)[0] is None
     assert handlers.service.get(analysis_id) is None and handlers.panel(analysis_id)[0] is None
+    assert not Path(mask_file).exists()  # the UI's copy goes with the analysis
 
-    for data, words in ((b"", "empty"), (b"x" * 60_000, "too large"), (bomb_png(200, 200), "too large"),
+    for data, words in ((b"", "empty"), (b"x" * 60_000, "too large"), (bomb_png(200, 200), "200x200 pixels"),
                         (b"plain text", "&lt;upload&gt;")):  # fmt: skip
         upload.write_bytes(data)
         with pytest.raises(gr.Error, match=words):
-            handlers.analyze(str(upload), "skin", False, 0.5)
+            handlers.analyze(str(upload), "skin", False, True, 0.5)
     with pytest.raises(gr.Error, match="Upload an image"):
-        handlers.analyze(None, "skin", False, 0.5)
+        handlers.analyze(None, "skin", False, True, 0.5)
     assert handlers.service.store.count() == 0
 
 
@@ -109,3 +110,19 @@ def test_ui_is_mounted_at_root_and_asks_for_a_login_with_a_token(tmp_path):
         assert client.get("/config").status_code == 200
         assert client.get("/api/v1/models").status_code == 401  # the API still wants the bearer token
     assert app.state.demo is not None
+
+
+def test_failed_ui_logins_are_throttled_per_client(tmp_path):
+    pytest.importorskip("gradio")
+    from fastapi.testclient import TestClient
+
+    from medlens.app.api import create_app
+
+    app = create_app(tmp_path / "m", tmp_path / "h", token="tok", pipelines={"skin": FakePipeline()},
+                     max_auth_failures=3)  # fmt: skip
+    with TestClient(app) as client:
+        for _ in range(3):
+            assert client.post("/login", data={"username": "me", "password": "nope"}).status_code == 400
+        r = client.post("/login", data={"username": "me", "password": "tok"})
+        assert r.status_code == 429 and "retry-after" in r.headers
+        assert client.get("/healthz").status_code == 200

@@ -5,7 +5,9 @@ Kept apart from ``ui.py`` so that they can be tested without building a page.
 
 from __future__ import annotations
 
+import html
 import json
+import math
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +18,14 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
+from medlens.pipelines.describe import describe_features
+from medlens.pipelines.groups import display_name
+from medlens.pipelines.heatmap import colour_bar_stops
+
 NOTICE = "Research tool, not a diagnosis."
+FEATURE_COLUMNS = ["Feature", "Value", "Unit", "What it means"]
+UNCERTAINTY_LEVELS = ((0.05, "low"), (0.15, "moderate"), (math.inf, "high"))
+UNCERTAINTY_TICKS = (0.0, 0.05, 0.15, 0.3)  # equally spaced on the drawn scale (the last is its right end)
 PIPELINE_COLUMNS = ("name", "title", "modality", "segmenter", "classifier", "classes", "description")
 PALETTE = np.array(
     [[0, 230, 118], [255, 64, 129], [41, 182, 246], [255, 193, 7], [171, 71, 188], [255, 112, 67]],
@@ -94,13 +103,66 @@ def table(data: Mapping[str, Any] | None, key: str = "feature") -> pd.DataFrame:
 
 
 def short_date(iso: str) -> str:
-    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M")
+    """ "2024-05-01 14:03 UTC" from a stored ISO time."""
+    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def label_name(record: Mapping[str, Any]) -> str:
+    """The record's label as people read it ("Melanoma (mel)"), or why there is none."""
+    result = record.get("result") or {}
+    if result.get("out_of_scope"):
+        return "out of scope"
+    return display_name(record.get("label"), result.get("class_names")) or "no label"
 
 
 def caption(record: Mapping[str, Any]) -> str:
-    """ "<label> · <pipeline> · <date>" for a stored record."""
-    label = record.get("label") or "no label"
-    return f"{label} · {record['pipeline']} · {short_date(record['created'])}"
+    """ "<label> · <pipeline> · <date and time>" for a stored record."""
+    return f"{label_name(record)} · {record['pipeline']} · {short_date(record['created'])}"
+
+
+def probabilities(record: Mapping[str, Any] | None) -> dict[str, float] | None:
+    """Class probabilities keyed by display name ("Melanoma (mel)"), or None without a classifier."""
+    if not record or not record.get("probabilities"):
+        return None
+    names = (record.get("result") or {}).get("class_names")
+    return {display_name(code, names): float(p) for code, p in record["probabilities"].items()}
+
+
+def features_frame(features: Mapping[str, Any] | None) -> pd.DataFrame:
+    """The features with names, units and explanations (``describe_features``) as a table."""
+    rows = [[r["name"], r["value"], r["unit"], r["explanation"]] for r in describe_features(features or {})]
+    return pd.DataFrame(rows, columns=FEATURE_COLUMNS)
+
+
+_VERDICTS = {
+    True: "above the operating point: **possibly {name}**",
+    False: "below the operating point",
+    None: "not judged (out of scope)",
+}
+
+
+def group_markdown(result: Mapping[str, Any], expected: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """One line per class group (e.g. benign versus malignant); "not available" for expected groups that the
+    model does not provide (older bundles: no threshold is invented)."""
+    names = result.get("class_names") or {}
+    lines, seen = [], set()
+    for g in result.get("groups") or []:
+        seen.add(g["name"])
+        members = " + ".join(names.get(c, c) for c in g["classes"])
+        verdict = _VERDICTS[g["flagged"]].format(name=g["name"])
+        point = f"operating point {100 * g['threshold']:.1f}%, chosen on validation"
+        if g.get("sensitivity") is not None and g.get("specificity") is not None:
+            point += (
+                f" (sensitivity {100 * g['sensitivity']:.0f}%, specificity {100 * g['specificity']:.0f}%)"
+            )
+        lines.append(
+            f"**{g['name'].capitalize()} probability:** {100 * g['probability']:.1f}% ({members}), "
+            f"{verdict}; {point}"
+        )
+    for name in expected:
+        if name not in seen:
+            lines.append(f"**{name.capitalize()} probability:** not available for this model")
+    return lines
 
 
 def choice(record: Mapping[str, Any]) -> tuple[str, str]:
@@ -108,8 +170,8 @@ def choice(record: Mapping[str, Any]) -> tuple[str, str]:
     return f"{record['id'][:8]} · {caption(record)}", record["id"]
 
 
-def advice_markdown(record: Mapping[str, Any] | None) -> str:
-    """Recommendation, notice, uncertainty and out-of-scope warning as Markdown."""
+def advice_markdown(record: Mapping[str, Any] | None, expected_groups: tuple[str, ...] = ()) -> str:
+    """Out-of-scope warning, label, class groups, area, recommendation and notice as Markdown."""
     if record is None:
         return ""
     result = record["result"]
@@ -117,17 +179,59 @@ def advice_markdown(record: Mapping[str, Any] | None) -> str:
     if result.get("out_of_scope"):
         reason = result.get("scope_reason") or "the image does not look like what the pipeline was trained on"
         parts.append(f"**Out of scope:** {reason}")
-    label = record.get("label")
-    if label:
-        parts.append(f"**Label:** {label}")
-    if result.get("uncertainty") is not None:
-        parts.append(f"**Uncertainty:** {result['uncertainty']:.3f}")
+    if record.get("label"):
+        parts.append(f"**Label:** {label_name(record)}")
+    parts += group_markdown(result, expected_groups)
     if result.get("area_fraction") is not None:
         parts.append(f"**Segmented area:** {100 * result['area_fraction']:.1f}% of the image")
     parts.append(f"**Recommendation:** {result.get('recommendation') or '—'}")
     notice = (result.get("notice") or "").replace(NOTICE, "").strip()
     parts.append(f"> ⚠️ **{NOTICE}** {notice}".rstrip())
     return "\n\n".join(parts)
+
+
+_CLASS_UNCERTAINTY = (
+    "how much the probability of the result changes between the image and its left-right and up-down flips "
+    "(flip test-time augmentation: standard deviation over the three views)"
+)
+_SEG_UNCERTAINTY = (
+    "how much the segmentation's pixel probabilities change between the image and its flips (flip test-time "
+    "augmentation), averaged over the found region"
+)
+
+
+def _uncertainty_text(result: Mapping[str, Any]) -> str:
+    return _CLASS_UNCERTAINTY if result.get("probabilities") else _SEG_UNCERTAINTY
+
+
+def uncertainty_html(record: Mapping[str, Any] | None) -> str:
+    """The uncertainty with what it means and a scale from 0 (the flipped views agree) to high."""
+    if record is None:
+        return ""
+    result = record["result"]
+    value = result.get("uncertainty")
+    if value is None:
+        off = "test-time augmentation was off" if result.get("tta") is False else "not measured"
+        return f'<div class="medlens-uncertainty"><b>Uncertainty:</b> {off}.</div>'
+    level = next(name for limit, name in UNCERTAINTY_LEVELS if value < limit)
+    left = 100 * float(np.interp(value, UNCERTAINTY_TICKS, np.linspace(0.0, 1.0, len(UNCERTAINTY_TICKS))))
+    return (
+        f'<div class="medlens-uncertainty"><b>Uncertainty: {value:.3f} ({level})</b> — '
+        f"{html.escape(_uncertainty_text(result))}."
+        f'<div class="scale"><span class="marker" style="left: calc({left:.1f}% - 2px)"></span></div>'
+        '<div class="ticks"><span>0 · views agree</span><span>0.05</span><span>0.15 · unreliable</span>'
+        f"<span>≥ {UNCERTAINTY_TICKS[-1]}</span></div></div>"
+    )
+
+
+def colour_bar_html() -> str:
+    """The Grad-CAM colour scale (the same colours as the heat map) with its meaning."""
+    stops = ", ".join(colour_bar_stops())
+    return (
+        f'<div id="gradcam-colourbar"><div class="bar" style="background: linear-gradient(90deg, {stops})">'
+        '</div><div class="ticks"><span>low</span><span>where the model looked (Grad-CAM)</span>'
+        "<span>high</span></div></div>"
+    )
 
 
 def label_counts_frame(counts: list[dict[str, Any]]) -> pd.DataFrame:
@@ -137,13 +241,6 @@ def label_counts_frame(counts: list[dict[str, Any]]) -> pd.DataFrame:
         return frame
     frame["label"] = frame["pipeline"] + " / " + frame["label"]
     return frame.groupby(["day", "label"], as_index=False)["count"].sum()
-
-
-def metrics_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
-    """Scalar validation metrics of a bundle (confusion matrices and curves left to the plots)."""
-    flat = flatten(metrics)
-    rows = [(k, _fmt(v)) for k, v in flat.items() if not isinstance(v, list | tuple)]
-    return pd.DataFrame(rows, columns=["metric", "value"])
 
 
 def pipelines_table(pipelines: list[dict[str, Any]]) -> pd.DataFrame:

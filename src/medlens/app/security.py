@@ -7,18 +7,16 @@ also cover the mounted Gradio app.
 
 from __future__ import annotations
 
-import io
+import ipaddress
 import json
 import logging
 import os
 import secrets
 import uuid
-import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import HTTPException, Request, UploadFile
-from PIL import Image
 
 from medlens.errors import ConfigError
 
@@ -32,7 +30,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
 MULTIPART_SLACK_BYTES = 64 * 1024  # boundaries and form fields around the file in a multipart body
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost", "[::1]"})
 SECURITY_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -56,9 +53,18 @@ def max_upload_bytes(max_upload_mb: float | None = None) -> int:
 
 
 def is_loopback(host: str) -> bool:
-    """Whether binding ``host`` keeps the server reachable from this machine only."""
+    """Whether binding ``host`` keeps the server reachable from this machine only: "localhost", or an address
+    that parses as a loopback IP (127.0.0.0/8, ::1, also in brackets). Names are not resolved, so
+    "127.0.0.1.evil.com" is not loopback."""
     host = host.strip().lower()
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
+    if host in ("localhost", "localhost."):
+        return True
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_binding(host: str, token: str | None, insecure: bool = False) -> None:
@@ -126,32 +132,19 @@ def too_large_message(limit: int) -> str:
     return f"upload too large: the limit is {limit / 1024 / 1024:g} MB (MEDLENS_MAX_UPLOAD_MB)"
 
 
-def declared_pixels(data: bytes) -> int | None:
-    """Pixel count that a raster header declares (PNG, JPEG, TIFF, BMP...), without decoding the pixels.
+def check_image_size(data: bytes, max_pixels: int) -> None:
+    """ImageTooLargeError (413, with the declared width x height) when the header declares more than
+    ``max_pixels`` pixels; reads the header only, so a decompression bomb is refused before any allocation.
+    Other header problems are left to ``read_image``, whose messages say more."""
+    from medlens.data.io import probe_image  # imported here: keeps `import medlens.app.security` light
+    from medlens.errors import ImageReadError, ImageTooLargeError
 
-    Cheap guard in front of ``read_image`` so that a decompression bomb is refused before any allocation.
-    None when Pillow does not recognise the header (DICOM, text...): ``read_image`` decides then.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-        except Image.DecompressionBombError:
-            return 2**63 - 1  # Pillow itself refuses it: far beyond any limit
-        except Exception:
-            return None
-    return int(width) * int(height)
-
-
-def check_declared_pixels(data: bytes, max_pixels: int) -> None:
-    """413 when the header declares more than ``max_pixels`` pixels."""
-    n = declared_pixels(data)
-    if n is not None and n > max_pixels:
-        raise HTTPException(
-            status_code=413,
-            detail=f"cannot read <upload>: image too large ({n} pixels declared; the limit is {max_pixels})",
-        )
+    try:
+        probe_image(data, max_pixels=max_pixels)
+    except ImageTooLargeError:
+        raise
+    except ImageReadError:
+        return
 
 
 # ------------------------------------------------------------------------------------------------ middlewares

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +21,12 @@ from medlens.app.store import HistoryStore
 from medlens.drawing import viewable_mask
 from medlens.errors import MedlensError, UnknownNameError
 from medlens.jsonable import to_jsonable
+from medlens.pipelines.config import DEFAULT_TTA
 
 logger = logging.getLogger(__name__)
 
 PIPELINE_ORDER = ("skin", "polyp", "chest-xray")
-PLOT_FILES = ("confusion_matrix.png", "roc.png", "reliability.png", "curves.png")
+MAX_ANALYSIS_SIDE = 2048  # larger uploads are decoded reduced to this longer side (bounded memory and time)
 _ARRAY_FIELDS = {"mask", "overlay", "gradcam"}
 
 
@@ -46,22 +47,13 @@ def analysis_result(analysis: Any) -> dict[str, Any]:
     return to_jsonable(base)
 
 
-def _plots(folder: Path) -> dict[str, Path]:
-    """Evaluation plots shipped in a bundle folder (or its ``plots/``), by file name."""
-    found = {}
-    for name in PLOT_FILES:
-        for candidate in (folder / name, folder / "plots" / name):
-            if candidate.is_file():
-                found[name] = candidate
-                break
-    return found
-
-
 def discover_bundles(models_dir: str | Path | None) -> list[dict[str, Any]]:
     """Bundles under ``models_dir`` (``list_bundles``; weights are not loaded) as ``{"name", "folder", "task",
-    "classes", "input_size", "metrics", "created", "version", "path", "plots": {file name: path}}``."""
+    "classes", "input_size", "metrics", "evaluations", "created", "version", "path", "plots"}``; ``plots``
+    maps plot file names to paths (see :func:`medlens.app.dashboard.bundle_plots`)."""
     if models_dir is None or not Path(models_dir).is_dir():
         return []
+    from medlens.app.dashboard import bundle_plots
     from medlens.inference.bundle import list_bundles
 
     infos = []
@@ -75,13 +67,29 @@ def discover_bundles(models_dir: str | Path | None) -> list[dict[str, Any]]:
                 "classes": spec.classes,
                 "input_size": list(spec.input_size),
                 "metrics": to_jsonable(bundle.metrics),
+                "evaluations": to_jsonable(bundle.evaluations),
                 "created": bundle.created or None,
                 "version": bundle.medlens_version or None,
                 "path": bundle.path,
-                "plots": _plots(bundle.path),
+                "plots": bundle_plots(bundle.path),
             }
         )
     return infos
+
+
+def _declared_size(data: bytes, max_pixels: int | None) -> tuple[int, int] | None:
+    """(height, width) from the header; ImageTooLargeError beyond ``max_pixels``; None when unreadable (then
+    ``read_image`` says why)."""
+    from medlens.data.io import probe_image
+    from medlens.errors import ImageReadError, ImageTooLargeError
+
+    try:
+        info = probe_image(data, max_pixels=max_pixels)
+    except ImageTooLargeError:
+        raise
+    except ImageReadError:
+        return None
+    return info.height, info.width
 
 
 class AnalysisService:
@@ -92,6 +100,7 @@ class AnalysisService:
         store: the history store.
         models_dir: folder of bundles, for :meth:`models` and the dashboard.
         max_pixels: decompression-bomb limit handed to ``read_image`` (None = its default).
+        max_side: larger images are decoded reduced to this longer side (see ``read_image``).
     """
 
     def __init__(
@@ -100,12 +109,15 @@ class AnalysisService:
         store: HistoryStore,
         models_dir: str | Path | None = None,
         max_pixels: int | None = None,
+        max_side: int = MAX_ANALYSIS_SIDE,
     ) -> None:
         self.pipelines = dict(pipelines)
+        self.max_side = max_side
         self.store = store
         self.models_dir = Path(models_dir) if models_dir is not None else None
         self.max_pixels = max_pixels
         self._locks = {name: threading.Lock() for name in self.pipelines}
+        self.delete_hooks: list[Callable[[str], None]] = []  # e.g. the UI removing its copies of the files
         self.bundles = discover_bundles(self.models_dir)
 
     @property
@@ -126,25 +138,35 @@ class AnalysisService:
         return name
 
     def analyze_bytes(
-        self, data: bytes, pipeline: str | None = None, clahe: bool = False, gradcam: bool = True
+        self,
+        data: bytes,
+        pipeline: str | None = None,
+        clahe: bool = False,
+        gradcam: bool = True,
+        tta: bool = DEFAULT_TTA,
     ) -> dict[str, Any]:
         """Decode ``data``, analyse it with ``pipeline`` and store it; returns the stored record.
 
-        Raises ImageReadError (unreadable, unknown type, too many pixels, DICOM without pixels),
-        UnknownNameError (pipeline), NoPipelineError.
+        Images larger than ``max_side`` are decoded reduced (``result["original_size"]`` keeps the upload's).
+        Raises ImageTooLargeError (more than ``max_pixels``, from the header, before decoding), ImageReadError
+        (unreadable, unknown type, DICOM without pixels), UnknownNameError (pipeline), NoPipelineError.
         """
         from medlens.data.io import read_image  # imported here: keeps `import medlens.app` light
 
         name = self.resolve_pipeline(pipeline)
         t0 = time.perf_counter()
-        image = read_image(data, max_pixels=self.max_pixels)
+        size = _declared_size(data, self.max_pixels)  # ImageTooLargeError before any decoding
+        image = read_image(data, max_pixels=self.max_pixels, max_side=self.max_side)
         t1 = time.perf_counter()
         with self._locks[name]:
-            analysis = self.pipelines[name].analyze(image, clahe=clahe, gradcam=gradcam)
+            analysis = self.pipelines[name].analyze(image, clahe=clahe, gradcam=gradcam, tta=tta)
         t2 = time.perf_counter()
         result = analysis_result(analysis)
         result["pipeline"] = name
         result["clahe"] = bool(clahe)
+        result["tta"] = bool(tta)
+        if size is not None and image.array.shape[:2] != size:
+            result["original_size"] = list(size)
         result["timings_ms"] = {
             "decode": round((t1 - t0) * 1000, 1),
             **{k: round(float(v), 1) for k, v in (analysis.timings_ms or {}).items()},
@@ -177,7 +199,12 @@ class AnalysisService:
         return self.store.list(page=page, page_size=page_size, pipeline=pipeline, label=label)
 
     def delete(self, analysis_id: str) -> bool:
-        return self.store.delete(analysis_id)
+        """Delete a stored analysis, then call :attr:`delete_hooks` with its id; False when there is none."""
+        if not self.store.delete(analysis_id):
+            return False
+        for hook in self.delete_hooks:
+            hook(analysis_id)
+        return True
 
     def file_path(self, analysis_id: str, kind: str) -> Path | None:
         return self.store.file_path(analysis_id, kind)
@@ -198,7 +225,7 @@ class AnalysisService:
         return {"pipelines": pipelines, "bundles": bundles}
 
     def plot_path(self, bundle: str, plot: str) -> Path | None:
-        """A bundle's evaluation plot (one of :data:`PLOT_FILES`) if present; names, never client paths."""
+        """A bundle's evaluation plot (``dashboard.bundle_plots``) if present; names, never client paths."""
         for info in self.bundles:
             if bundle in (info["name"], info["folder"]) and plot in info["plots"]:
                 return info["plots"][plot] if info["plots"][plot].is_file() else None
@@ -207,44 +234,10 @@ class AnalysisService:
     # ------------------------------------------------------------------------------------------ views
     @staticmethod
     def to_view(record: Mapping[str, Any], base: str = "/api/v1") -> dict[str, Any]:
-        """The API's JSON for a stored record; picture URLs under ``base`` (include a proxy's root_path)."""
-        result, files = record["result"], record["files"]
-        url = f"{base}/analyses/{record['id']}"
+        """The API's JSON for a stored record (see :func:`medlens.app.views.analysis_view`)."""
+        from medlens.app.views import analysis_view
 
-        def link(kind: str) -> str | None:
-            return f"{url}/{'thumbnail' if kind == 'thumb' else kind}" if files.get(kind) else None
-
-        segmentation = None
-        if files.get("mask") or result.get("area_fraction") is not None:
-            segmentation = {
-                "mask_url": link("mask"),
-                "overlay_url": link("overlay"),
-                "area_fraction": result.get("area_fraction"),
-                "components": result.get("components") or [],
-            }
-        classification = None
-        if record.get("probabilities"):
-            classification = {"label": record["label"], "probabilities": record["probabilities"]}
-        return {
-            "id": record["id"],
-            "created": record["created"],
-            "pipeline": record["pipeline"],
-            "source_format": record["source_format"],
-            "image_size": result.get("image_size"),
-            "clahe": result.get("clahe", False),
-            "image_url": link("image"),
-            "thumbnail_url": link("thumb"),
-            "segmentation": segmentation,
-            "classification": classification,
-            "features": record.get("features") or {},
-            "recommendation": result.get("recommendation", ""),
-            "notice": result.get("notice", ""),
-            "uncertainty": result.get("uncertainty"),
-            "out_of_scope": bool(result.get("out_of_scope", False)),
-            "scope_reason": result.get("scope_reason"),
-            "gradcam_url": link("gradcam"),
-            "timings": result.get("timings_ms") or {},
-        }
+        return analysis_view(record, base)
 
     def close(self) -> None:
         self.store.close()

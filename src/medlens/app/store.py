@@ -20,7 +20,7 @@ import re
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -187,7 +187,8 @@ class HistoryStore:
         Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # Adding (files, then row) and deleting (row, then unreferenced files) must not interleave, or a
-        # delete could remove a file that an add is about to reference. SQLite serialises writers anyway.
+        # delete could remove a file that an add is about to reference: one transaction each, under this lock
+        # (threads) and, on PostgreSQL, advisory locks per file (processes). SQLite serialises writers anyway.
         self._write_lock = threading.RLock()
         logger.info("history store: %s, files under %s", self.engine.url.render_as_string(), self.files.root)
 
@@ -228,11 +229,12 @@ class HistoryStore:
             features=dict(features),
             result=dict(result),
         )
-        with self._write_lock:
+        digests = {kind: hashlib.sha256(data).hexdigest() for kind, data in encoded.items()}
+        with self._write_lock, self._session() as session:
+            self._lock_files(session, digests.values())
             for kind, data in encoded.items():
                 setattr(row, f"{kind}_hash", self.files.put(data))
-            with self._session() as session:
-                session.add(row)
+            session.add(row)
         return row.to_dict()
 
     @staticmethod
@@ -277,19 +279,28 @@ class HistoryStore:
         """Remove the row and each of its files that no other row references; False when there is no row."""
         if not is_valid_id(analysis_id):
             return False
-        with self._write_lock:
-            with self._session() as session:
-                row = session.get(AnalysisRow, analysis_id)
-                if row is None:
-                    return False
-                digests = {getattr(row, f"{k}_hash") for k in FILE_KINDS} - {None}
-                session.delete(row)
-            with self._session() as session:
-                for digest in digests:
-                    if not self._referenced(session, digest):
-                        self.files.remove(digest)
+        with self._write_lock, self._session() as session:
+            row = session.get(AnalysisRow, analysis_id)
+            if row is None:
+                return False
+            digests = {getattr(row, f"{k}_hash") for k in FILE_KINDS} - {None}
+            self._lock_files(session, digests)
+            session.delete(row)
+            session.flush()
+            for digest in digests:
+                if not self._referenced(session, digest):
+                    self.files.remove(digest)
         logger.info("deleted analysis %s", analysis_id)
         return True
+
+    @staticmethod
+    def _lock_files(session: Session, digests: Iterable[str]) -> None:
+        """Serialise file writes and removals per content hash across processes sharing one PostgreSQL
+        history (transaction-level advisory locks, in a fixed order); SQLite serialises writers by itself."""
+        if session.get_bind().dialect.name != "postgresql":
+            return
+        for digest in sorted(set(digests)):
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": int(digest[:15], 16)})
 
     @staticmethod
     def _referenced(session: Session, digest: str) -> bool:

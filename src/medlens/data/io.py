@@ -14,6 +14,7 @@ handling in :mod:`medlens.data._common`; their public names are re-exported here
 from __future__ import annotations
 
 import logging
+import math
 from typing import IO
 
 import numpy as np
@@ -146,23 +147,66 @@ def convert_channels(arr: np.ndarray, channels: int | None) -> np.ndarray:
     raise ValueError(f"channels must be 1, 3 or None, got {channels}")
 
 
-def read_image(source: Source, channels: int | None = None, max_pixels: int | None = None) -> ImageRecord:
+def read_image(
+    source: Source, channels: int | None = None, max_pixels: int | None = None, max_side: int | None = None
+) -> ImageRecord:
     """Read an image file path or uploaded bytes (shown as ``"<upload>"`` in errors).
 
     Returns an :class:`ImageRecord` whose ``array`` is ``(H, W, C)`` uint8, ``C`` in {1, 3} (``channels``
     converts). EXIF orientation is honoured; RGBA/LA are composited on black; palette images become RGB;
     16-bit PNG/TIFF are scaled to uint8 between robust (0.5, 99.5) percentiles. DICOM goes through
-    :func:`read_dicom`.
+    :func:`read_dicom`. ``max_side``: decode reduced so that the longer side is at most about that (JPEG in
+    the decoder itself, others by an integer box reduction right after decoding, before any copy); the pixel
+    spacing is scaled to match.
     """
     limit = max_pixels_limit(max_pixels)
     with open_source(source) as (fp, name, fmt):
         if fmt == "dicom":
             record = read_dicom_fp(fp, name, limit)
+            record.array, factor = _reduce_array(record.array, max_side)
         else:
-            im = _decode(_open_pil(fp, name, fmt, limit), name, fmt)
-            record = ImageRecord(_pil_to_hwc(im), _pil_spacing_mm(im), fmt, None)
+            im = _open_pil(fp, name, fmt, limit)
+            full_side = max(im.size)
+            if max_side and fmt == "jpeg":
+                im.draft(im.mode, _reduced_size(im.size, max_side))  # DCT scaling: 1/2, 1/4 or 1/8
+            im = _decode(im, name, fmt)
+            spacing = _pil_spacing_mm(im)
+            im, _ = _reduce_pil(im, max_side)
+            factor = full_side / max(im.size)
+            record = ImageRecord(_pil_to_hwc(im), spacing, fmt, None)
+    if record.spacing_mm is not None and factor != 1:
+        record.spacing_mm = (record.spacing_mm[0] * factor, record.spacing_mm[1] * factor)
     record.array = convert_channels(record.array, channels)
     return record
+
+
+def _reduction(size: tuple[int, int], max_side: int | None) -> int:
+    """The integer factor that brings the longer side of ``size`` to at most ``max_side`` (1: none)."""
+    return 1 if not max_side else max(1, math.ceil(max(size) / max_side))
+
+
+def _reduced_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    factor = _reduction(size, max_side)
+    return max(1, size[0] // factor), max(1, size[1] // factor)
+
+
+def _reduce_pil(im: Image.Image, max_side: int | None) -> tuple[Image.Image, int]:
+    """``(im.reduce(k), k)`` with the box-average factor ``k`` of :func:`_reduction` (P and 1 converted)."""
+    factor = _reduction(im.size, max_side)
+    if factor == 1:
+        return im, 1
+    if im.mode in ("P", "PA", "1"):
+        im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
+    return im.reduce(factor), factor
+
+
+def _reduce_array(arr: np.ndarray, max_side: int | None) -> tuple[np.ndarray, int]:
+    """An (H, W, C) uint8 array box-reduced like :func:`_reduce_pil`."""
+    factor = _reduction((arr.shape[1], arr.shape[0]), max_side)
+    if factor == 1:
+        return arr, 1
+    planes = [np.asarray(Image.fromarray(arr[..., c]).reduce(factor)) for c in range(arr.shape[2])]
+    return np.ascontiguousarray(np.stack(planes, axis=-1)), factor
 
 
 def load_image(path: Source, channels: int | None = None) -> np.ndarray:

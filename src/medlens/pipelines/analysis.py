@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from medlens.drawing import png_bytes, viewable_mask
 from medlens.jsonable import to_jsonable
+from medlens.pipelines.groups import display_name, group_fields
 
 
 @dataclass
@@ -19,7 +20,10 @@ class Analysis:
     ``overlay`` and ``gradcam`` ``(H, W, 3)`` uint8 RGB. ``probabilities`` are calibrated (flip-TTA mean);
     ``uncertainty`` is the flip-TTA standard deviation of the predicted class's probability or, without a
     classifier, ``segmentation_uncertainty`` (the segmenter's mean TTA standard deviation over the predicted
-    region); None without TTA. ``label`` is None when out of scope (``scope_reason`` says why).
+    region); None without TTA (``tta`` says whether flip TTA ran). ``label`` is None when out of scope
+    (``scope_reason`` says why). ``groups``: the classifier's class groups (e.g. "malignant") with their
+    summed probability, validation-fitted threshold and flag (see `medlens.pipelines.groups.group_scores`;
+    empty for bundles without groups). ``class_names``: full names of the class codes, from the pipeline YAML.
     """
 
     id: str | None
@@ -40,17 +44,28 @@ class Analysis:
     timings_ms: dict[str, float]
     scope_reason: str | None = None
     segmentation_uncertainty: float | None = None
+    tta: bool | None = None
+    groups: list[dict] = field(default_factory=list)
+    class_names: dict[str, str] = field(default_factory=dict)
 
     @property
     def probability(self) -> float | None:
         """Calibrated probability of ``label`` (None without a label)."""
         return self.probabilities.get(self.label) if self.label is not None else None
 
+    @property
+    def label_name(self) -> str | None:
+        """The label as people read it, e.g. "Melanoma (mel)" (the code when the pipeline names none)."""
+        return display_name(self.label, self.class_names)
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe summary: every field but the arrays, plus ``probability`` and ``has_<array>`` flags."""
+        """JSON-safe summary: every field but the arrays, plus ``probability``, ``label_name``,
+        ``<group>_probability`` / ``<group>_flagged`` per class group and ``has_<array>`` flags."""
         out = {k: v for k, v in self.__dict__.items() if k not in ("mask", "overlay", "gradcam")}
+        out.update(group_fields(self.groups))
         out.update(
             probability=self.probability,
+            label_name=self.label_name,
             has_mask=self.mask is not None,
             has_overlay=self.overlay is not None,
             has_gradcam=self.gradcam is not None,

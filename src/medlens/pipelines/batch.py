@@ -29,6 +29,7 @@ from PIL import Image
 from medlens.errors import BundleError, ImageReadError, MedlensError, UnknownNameError
 from medlens.inference.bundle import source_kind
 from medlens.jsonable import write_json
+from medlens.pipelines.groups import group_fields
 
 logger = logging.getLogger(__name__)
 
@@ -281,10 +282,13 @@ def _write_analysis(analysis, stem: str, source: Path, out: Path) -> dict:
     write_json(out / f"{stem}.json", {**analysis.to_dict(), "source": str(source), "files": files})
     return {
         "label": analysis.label,
+        "label_name": analysis.label_name,
         "probability": analysis.probability,
+        **group_fields(analysis.groups),
         "area_fraction": analysis.area_fraction,
         "uncertainty": analysis.uncertainty,
         "out_of_scope": analysis.out_of_scope,
+        "tta": analysis.tta,
         **files,
         "json": f"{stem}.json",
     }

@@ -7,6 +7,8 @@ Shipped pipelines live in ``medlens/pipelines/*.yaml``; more (or same-name overr
     title: Skin lesion (dermoscopy)
     description: ...
     modality: dermoscopy
+    class_names: {mel: Melanoma, nv: Melanocytic nevus}   # optional: full names of the classifier's codes
+    class_groups: [malignant]       # optional: class groups (spec.groups) the UI summarises, or says it lacks
     segmenter:                      # optional; a bundle folder (or bundle name) under models_dir
       bundle: skin-seg
       postprocess: {fill_holes: true, largest_component: true, min_size_px: 0}
@@ -42,8 +44,13 @@ from medlens.spec import GUIDE_MODES
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_TTA = True
+"""Flip test-time augmentation by default, for every entry point (API, UI, ``medlens predict``): the
+uncertainty and the out-of-scope checks need it. Results say which setting was used (``"tta"``)."""
+
 DESCRIPTION_KEYS = {"name", "title", "description", "modality"}
-TOP_KEYS = DESCRIPTION_KEYS | {"segmenter", "classifier", "features", "advice", "scope"}
+TOP_KEYS = DESCRIPTION_KEYS | {"class_names", "class_groups", "segmenter", "classifier", "features", "advice",
+                               "scope"}  # fmt: skip
 SEGMENTER_KEYS = {"bundle", "postprocess", "structure", "gradcam"}
 POSTPROCESS_KEYS = {"fill_holes", "largest_component", "min_size_px"}
 CLASSIFIER_KEYS = {"bundle", "guided", "gradcam"}
@@ -75,6 +82,8 @@ class PipelineConfig:
     title: str
     description: str = ""
     modality: str = ""
+    class_names: dict[str, str] = field(default_factory=dict)  # class code -> full name
+    class_groups: list[str] = field(default_factory=list)  # groups the classifier's spec should provide
     segmenter: SegmenterConfig | None = None
     classifier: ClassifierConfig | None = None
     features: list[str] = field(default_factory=list)
@@ -115,6 +124,8 @@ class PipelineConfig:
             title=str(raw.get("title") or name),
             description=str(raw.get("description") or "").strip(),
             modality=str(raw.get("modality") or ""),
+            class_names=_class_names(raw.get("class_names"), source),
+            class_groups=_names(raw.get("class_groups"), source, "class_groups"),
             segmenter=seg,
             classifier=clf,
             features=list(features),
@@ -150,6 +161,22 @@ def _bundle_name(raw: dict, source: str, where: str) -> str:
     if not isinstance(bundle, str) or not bundle.strip():
         raise ConfigError(f"{source}: {where}.bundle (a bundle name) is required")
     return bundle.strip()
+
+
+def _class_names(raw: Any, source: str) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise ConfigError(f"{source}: 'class_names' must map class codes to full names")
+    return {str(k): v.strip() for k, v in raw.items()}
+
+
+def _names(raw: Any, source: str, key: str) -> list[str]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+        raise ConfigError(f"{source}: '{key}' must be a list of names")
+    return list(raw)
 
 
 def _segmenter(raw: Any, source: str) -> SegmenterConfig | None:

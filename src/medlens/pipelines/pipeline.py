@@ -33,6 +33,7 @@ from medlens.pipelines.advice import (
 )
 from medlens.pipelines.analysis import Analysis
 from medlens.pipelines.config import (
+    DEFAULT_TTA,
     ClassifierConfig,
     PipelineConfig,
     SegmenterConfig,
@@ -40,6 +41,8 @@ from medlens.pipelines.config import (
     shipped_pipeline_files,
 )
 from medlens.pipelines.features import compute_features
+from medlens.pipelines.groups import group_scores
+from medlens.pipelines.heatmap import heatmap_overlay, place_cam
 from medlens.spec import guide_channels
 
 __all__ = [
@@ -129,20 +132,6 @@ def find_bundle(models_dir: str | Path, name: str) -> Path:
     raise BundleError(f"bundle {name!r} not found in {models_dir} (make it with `medlens bundle`)")
 
 
-def _cam_on_image(cam: np.ndarray, box: tuple[int, int, int] | None, shape: tuple[int, int]) -> np.ndarray:
-    """A Grad-CAM map of a square crop ``box = (top, left, side)`` placed back on an image of ``shape``."""
-    from PIL import Image
-
-    if box is None:
-        return cam
-    top, left, side = box
-    resized = np.asarray(Image.fromarray(cam.astype(np.float32)).resize((side, side), Image.BILINEAR))
-    out = np.zeros(shape, np.float32)
-    r0, c0, r1, c1 = max(top, 0), max(left, 0), min(top + side, shape[0]), min(left + side, shape[1])
-    out[r0:r1, c0:c1] = resized[r0 - top : r1 - top, c0 - left : c1 - left]
-    return out
-
-
 # ------------------------------------------------------------------------------------------------- pipeline
 class Pipeline:
     """A segmenter and/or classifier with features, advice and out-of-scope checks (see the module docstring).
@@ -224,6 +213,8 @@ class Pipeline:
             "segmenter": cfg.segmenter.bundle if cfg.segmenter else None,
             "classifier": cfg.classifier.bundle if cfg.classifier else None,
             "classes": self.classes,
+            "class_names": dict(cfg.class_names),
+            "class_groups": list(cfg.class_groups),
             "guided": self.guide_mode,
             "features": list(cfg.features),
             "notice": cfg.advice.notice,
@@ -260,7 +251,11 @@ class Pipeline:
 
     # -- analysis -------------------------------------------------------------------------------------------
     def analyze(
-        self, image: np.ndarray | ImageRecord, clahe: bool = False, gradcam: bool = True, tta: bool = True
+        self,
+        image: np.ndarray | ImageRecord,
+        clahe: bool = False,
+        gradcam: bool = True,
+        tta: bool = DEFAULT_TTA,
     ) -> Analysis:
         """Analyse one image.
 
@@ -268,7 +263,7 @@ class Pipeline:
             image: ``(H, W, C)`` uint8 (C in 1, 3, 4) or an `ImageRecord` (its DICOM pixel spacing gives mm).
             clahe: contrast-enhance (CLAHE) the image the models see; features and overlays use the original.
             gradcam: compute the Grad-CAM overlay when the pipeline enables it.
-            tta: flip test-time augmentation, which also yields the uncertainty.
+            tta: flip test-time augmentation, which also yields the uncertainty (default `DEFAULT_TTA`).
         """
         timer = StageTimer()
         with timer("preprocess"):
@@ -279,7 +274,8 @@ class Pipeline:
             id=None, pipeline=self.name, image_size=(int(original.shape[0]), int(original.shape[1])),
             mask=None, overlay=None, area_fraction=None, components=[], label=None, probabilities={},
             uncertainty=None, out_of_scope=False, features={}, recommendation="",
-            notice=self.config.advice.notice, gradcam=None, timings_ms={},
+            notice=self.config.advice.notice, gradcam=None, timings_ms={}, tta=bool(tta),
+            class_names=dict(self.config.class_names),
         )  # fmt: skip
         if reason is None:
             reason = self._run_models(result, original, work, spacing, gradcam, tta, timer)
@@ -346,31 +342,33 @@ class Pipeline:
         probs = per_view.mean(axis=0, keepdims=True)
         result.probabilities = {c: float(p) for c, p in zip(clf.classes, probs[0], strict=True)}
         result.label = clf.decide(probs)[0]
+        result.groups = group_scores(result.probabilities, clf.spec.groups)
         if tta:
             result.uncertainty = float(per_view[:, clf.classes.index(result.label)].std())
 
     def _gradcam(self, result: Analysis, original: np.ndarray, work: np.ndarray, cls_input: np.ndarray,
                  raw_mask: np.ndarray | None) -> np.ndarray | None:  # fmt: skip
         """Grad-CAM overlay on the original image: the classifier's predicted class, else the segmenter."""
-        from medlens.inference.explain import gradcam, gradcam_overlay
+        from medlens.inference.explain import gradcam
 
         cfg = self.config
         if self.classifier is not None and cfg.classifier.gradcam:
             x = self.classifier.preprocess([cls_input])
             cam = gradcam(self.classifier.model, x, class_index=self.classes.index(result.label))
             box = crop_box(raw_mask) if self.guide_mode in ("crop", "both") else None
-            cam = _cam_on_image(cam, box, original.shape[:2])
+            cam = place_cam(cam, box, original.shape[:2])
         elif self.segmenter is not None and cfg.segmenter.gradcam and self.classifier is None:
             cam = gradcam(self.segmenter.model, self.segmenter.preprocess([work]))
         else:
             return None
-        return gradcam_overlay(original, cam)
+        return heatmap_overlay(original, cam)
 
     def _conclude(self, result: Analysis, reason: str | None) -> None:
         """Out-of-scope verdict, or the advice text."""
         result.out_of_scope, result.scope_reason = reason is not None, reason
         if reason is not None:
             result.label = None
+            result.groups = [{**g, "flagged": None} for g in result.groups]
             result.recommendation = out_of_scope_text(reason, self.title)
             return
         ctx = AdviceContext(

@@ -1,0 +1,124 @@
+"""What the dashboard shows of a bundle: its plots, and its metrics in words, split by split side by side.
+
+Bundles of format 2 carry ``evaluations`` (``{"val": ..., "test": ..., "external:<data set>": ...}``, the keys
+``medlens evaluate`` writes to metrics.json) and plots under ``plots/`` (``test_confusion_matrix.png``,
+``test_roc.png``, ``test_reliability.png``, ``test_dice_distribution.png``); format-1 bundles have only the
+validation metrics and, at most, top-level plots (``confusion_matrix.png``, ``roc.png``, ``curves.png``...).
+Pure functions, no Gradio: the UI and the tests call them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+LEGACY_PLOTS = ("confusion_matrix.png", "roc.png", "reliability.png", "dice_distribution.png", "curves.png")
+PLOT_KINDS = {
+    "confusion_matrix": "Confusion matrix",
+    "roc": "ROC curves",
+    "reliability": "Reliability diagram",
+    "dice_distribution": "Dice distribution",
+    "curves": "Training curves",
+}
+SPLIT_WORDS = {"val": "validation", "test": "test"}
+METRIC_WORDS = {
+    "dice": "Dice", "iou": "IoU", "hd95": "HD95 (pixels)", "sensitivity": "sensitivity",
+    "specificity": "specificity", "precision": "precision", "pixel_accuracy": "pixel accuracy",
+    "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "auc_macro": "macro AUC",
+    "macro_auc": "macro AUC", "auc": "AUC", "ece": "calibration error (ECE)", "brier": "Brier score",
+    "recall": "recall", "f1": "F1", "support": "images", "n_images": "images", "threshold": "threshold",
+    "temperature": "temperature", "val_loss": "validation loss", "best_epoch": "best epoch",
+    "epochs_trained": "epochs trained",
+}  # fmt: skip
+SUFFIX_WORDS = {"_mean": "", "_median": " (median)", "_std": " (SD)", "_ci_low": ", 95% CI low",
+                "_ci_high": ", 95% CI high", "_uncalibrated": " before calibration"}  # fmt: skip
+HIDDEN = {"confusion_matrix", "split", "calibrated_on", "input_size", "stop_reason", "skipped", "cases",
+          "hd95_unit", "classes", "decision", "groups"}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------- plots
+def bundle_plots(folder: str | Path) -> dict[str, Path]:
+    """Plot PNGs of a bundle by file name: every ``plots/*.png``, then the format-1 top-level ones."""
+    folder = Path(folder)
+    found = {p.name: p for p in sorted((folder / "plots").glob("*.png")) if p.is_file()}
+    for name in LEGACY_PLOTS:
+        if name not in found and (folder / name).is_file():
+            found[name] = folder / name
+    return found
+
+
+def plot_title(name: str) -> str:
+    """ "test_roc.png" -> "ROC curves (test)"; "curves.png" -> "Training curves"."""
+    stem = name.removesuffix(".png")
+    split, _, rest = stem.partition("_")
+    if split in SPLIT_WORDS and rest:
+        return f"{PLOT_KINDS.get(rest, rest.replace('_', ' ').capitalize())} ({split})"
+    return PLOT_KINDS.get(stem, stem.replace("_", " ").capitalize())
+
+
+# ---------------------------------------------------------------------------------------------------- words
+def split_name(key: str) -> str:
+    """ "val" -> "validation", "external:cvc_clinicdb" -> "external: cvc_clinicdb"."""
+    if key.startswith("external:"):
+        return f"external: {key.split(':', 1)[1]}"
+    return SPLIT_WORDS.get(key, key)
+
+
+def _words(key: str) -> str:
+    for suffix, extra in SUFFIX_WORDS.items():
+        base = key.removesuffix(suffix)
+        if base != key and base in METRIC_WORDS:
+            return METRIC_WORDS[base] + extra
+    return METRIC_WORDS.get(key, key.replace("_", " "))
+
+
+def metric_name(key: str, class_names: Mapping[str, str] | None = None) -> str:
+    """A flat metric key in words: "dice_mean" -> "Dice", "per_class.mel.recall" -> "Melanoma recall",
+    "balanced_accuracy_ci_low" -> "balanced accuracy, 95% CI low"."""
+    parts = key.split(".")
+    if len(parts) == 3 and parts[0] == "per_class":
+        name = (class_names or {}).get(parts[1], parts[1])
+        return f"{name} {_words(parts[2])}"
+    return " · ".join(_words(p) for p in parts)
+
+
+def _flat(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if key in HIDDEN:
+            continue
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return str(value) if isinstance(value, int) else f"{value:.3f}"
+
+
+def evaluations_of(bundle: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The bundle's evaluations by split; format-1 bundles: ``{"val": metrics}``."""
+    evaluations = dict(bundle.get("evaluations") or {})
+    if not evaluations and bundle.get("metrics"):
+        evaluations = {"val": bundle["metrics"]}
+    order = {"val": 0, "test": 1}
+    return dict(sorted(evaluations.items(), key=lambda kv: (order.get(kv[0], 2), kv[0])))
+
+
+def metrics_frame(bundle: Mapping[str, Any], class_names: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """One row per scalar metric in words, one column per split (validation, test, external...)."""
+    splits = {split_name(k): _flat(v) for k, v in evaluations_of(bundle).items()}
+    keys = [
+        k for k in dict.fromkeys(k for flat in splits.values() for k in flat) if not re.search(r"_std$", k)
+    ]
+    rows = [[metric_name(k, class_names), *(_fmt(flat.get(k)) for flat in splits.values())] for k in keys]
+    return pd.DataFrame(rows, columns=["metric", *splits])

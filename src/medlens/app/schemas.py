@@ -1,0 +1,133 @@
+"""Typed JSON bodies of the REST API (pydantic models): what ``/docs`` and ``/openapi.json`` describe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Segmentation(BaseModel):
+    mask_url: str | None = Field(description="the label mask as PNG (0/255 for binary masks)")
+    overlay_url: str | None = Field(description="the mask drawn over the image, PNG")
+    area_fraction: float | None = Field(description="share of the image the segmentation covers, 0..1")
+    components: list[dict[str, Any]] = Field(description="connected regions: area, bounding box, centroid")
+
+
+class GroupScore(BaseModel):
+    name: str = Field(description='class group, e.g. "malignant"')
+    classes: list[str] = Field(description="the class codes whose probabilities are summed")
+    probability: float = Field(description="summed calibrated probability of the group")
+    threshold: float = Field(description="operating point fitted on validation for the target sensitivity")
+    flagged: bool | None = Field(description="probability >= threshold (None when out of scope)")
+    target_sensitivity: float | None = None
+    sensitivity: float | None = Field(None, description="sensitivity of the flag on validation")
+    specificity: float | None = Field(None, description="specificity of the flag on validation")
+
+
+class Classification(BaseModel):
+    """Plus ``<group>_probability`` and ``<group>_flagged`` per class group (``malignant_probability``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    label: str | None = Field(description="class code of the decision (None when out of scope)")
+    label_name: str | None = Field(None, description='the label as read by people, e.g. "Melanoma (mel)"')
+    probabilities: dict[str, float] = Field(description="calibrated probability per class code")
+    class_names: dict[str, str] = Field(default_factory=dict, description="full name per class code")
+    groups: list[GroupScore] = Field(
+        default_factory=list, description="class groups with validation-fitted flags; [] for older models"
+    )
+
+
+class FeatureRow(BaseModel):
+    key: str
+    name: str = Field(description="human name")
+    value: str = Field(description="formatted value ('—' when unknown)")
+    unit: str
+    explanation: str = Field(description="what it measures, or why it is blank")
+
+
+class AnalysisView(BaseModel):
+    id: str
+    created: str = Field(description="ISO 8601, UTC")
+    pipeline: str
+    source_format: str = Field(description="png, jpeg, tiff, bmp or dicom (sniffed from the content)")
+    image_size: list[int] | None = Field(description="[height, width] analysed")
+    original_size: list[int] | None = Field(
+        None, description="[height, width] of the upload when it was decoded reduced (large images)"
+    )
+    clahe: bool
+    tta: bool | None = Field(None, description="whether flip test-time augmentation ran")
+    image_url: str | None
+    thumbnail_url: str | None
+    segmentation: Segmentation | None
+    classification: Classification | None
+    features: dict[str, Any] = Field(description="raw feature values by key")
+    feature_details: list[FeatureRow] = Field(default_factory=list, description="the features for people")
+    recommendation: str
+    notice: str
+    uncertainty: float | None = Field(
+        description="flip-TTA disagreement (0 = the views agree); None without TTA"
+    )
+    out_of_scope: bool
+    scope_reason: str | None
+    gradcam_url: str | None
+    timings: dict[str, float] = Field(description="milliseconds per stage")
+
+
+class AnalysisPage(BaseModel):
+    items: list[AnalysisView]
+    total: int
+    page: int
+    page_size: int
+
+
+class Deleted(BaseModel):
+    deleted: str
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    pipelines: list[str]
+
+
+class ModelsView(BaseModel):
+    pipelines: list[dict[str, Any]]
+    bundles: list[dict[str, Any]]
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class UnknownNameBody(ErrorBody):
+    valid: list[str] = Field(default_factory=list, description="the valid names, when a name was unknown")
+
+
+class InternalErrorBody(ErrorBody):
+    id: str = Field(description="error id; the traceback is in the server log under it")
+
+
+def _error(description: str, model: type[BaseModel] = ErrorBody) -> dict[str, Any]:
+    return {"model": model, "description": description}
+
+
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _error("missing or invalid bearer token (when the server has a token)"),
+    429: _error("too many failed tokens from this client; retry after the Retry-After seconds"),
+    500: _error("internal error; the body carries an error id for the server log", InternalErrorBody),
+}
+ANALYZE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **AUTH_RESPONSES,
+    400: _error("malformed multipart body (the reason is given)"),
+    413: _error("upload larger than the byte limit, or image larger than the pixel limit (size given)"),
+    422: _error(
+        "unreadable image, unknown pipeline (with the valid names) or invalid form field", UnknownNameBody
+    ),
+    503: _error("no pipeline is loaded"),
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    **AUTH_RESPONSES,
+    404: _error("no such analysis, bundle or plot"),
+}

@@ -1,0 +1,211 @@
+"""The UI's event functions on the shared :class:`~medlens.app.service.AnalysisService`; each returns the
+values of the components it updates (in the order of :data:`DETAIL` for an opened analysis)."""
+
+from __future__ import annotations
+
+import html
+import logging
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+
+from medlens.app import render, security
+from medlens.app.cleanup import TempJanitor
+from medlens.app.service import AnalysisService
+from medlens.errors import ImageTooLargeError, MedlensError
+from medlens.pipelines.config import DEFAULT_TTA
+
+logger = logging.getLogger(__name__)
+
+ALL = "all"
+HISTORY_PAGE = 24
+DETAIL = (
+    "original",
+    "overlay",
+    "probs",
+    "probs_box",
+    "gradcam",
+    "features",
+    "advice",
+    "uncertainty",
+    "mask_file",
+)
+"""What an opened analysis fills, in this order (``probs_box`` is a visibility update)."""
+
+
+def _error(message: str) -> gr.Error:
+    return gr.Error(html.escape(message), print_exception=False)
+
+
+def _all_to_none(value: str | None) -> str | None:
+    return None if value in (None, ALL) else value
+
+
+class UiHandlers:
+    """Analyse, re-blend, history (paged), compare, delete and the dashboard counts."""
+
+    def __init__(
+        self,
+        service: AnalysisService,
+        max_file_size: int,
+        max_pixels: int | None = None,
+        janitor: TempJanitor | None = None,
+    ) -> None:
+        self.service, self.max_file_size, self.max_pixels = service, max_file_size, max_pixels
+        self.janitor = janitor or TempJanitor()
+        service.delete_hooks.append(self.janitor.forget)
+
+    # ------------------------------------------------------------------ analyse
+    def analyze(
+        self,
+        file: str | None,
+        pipeline: str | None,
+        clahe: bool,
+        tta: bool = DEFAULT_TTA,
+        opacity: float = 0.45,
+    ) -> tuple:
+        """Uploaded file -> (the :data:`DETAIL` values, analysis id)."""
+        if not file:
+            raise _error("Upload an image (or pick an example) first.")
+        data = self._read(Path(file))
+        try:
+            record = self.service.analyze_bytes(data, pipeline or None, bool(clahe), tta=bool(tta))
+        except MedlensError as exc:
+            raise _error(str(exc)) from exc
+        except Exception as exc:
+            error_id = uuid.uuid4().hex[:12]
+            logger.exception("internal error %s in the UI's analysis", error_id)
+            raise gr.Error(f"internal error (id {error_id})", print_exception=False) from exc
+        self.janitor.track(record["id"], file)
+        return (*self.detail(record, opacity), record["id"])
+
+    def _read(self, path: Path) -> bytes:
+        size = path.stat().st_size if path.exists() else -1
+        if size < 0:
+            raise _error("the upload is gone (removed after an hour or at a restart): upload it again")
+        if size > self.max_file_size:
+            raise _error(security.too_large_message(self.max_file_size))
+        if size == 0:
+            raise _error("cannot read the upload: empty file")
+        data = path.read_bytes()
+        if self.max_pixels:
+            try:
+                security.check_image_size(data, self.max_pixels)
+            except ImageTooLargeError as exc:
+                raise _error(str(exc)) from exc
+        return data
+
+    def has_classifier(self, pipeline: str | None) -> bool:
+        return bool(getattr(self.service.pipelines.get(pipeline or ""), "classes", None))
+
+    def classifier_visibility(self, pipeline: str | None) -> dict[str, Any]:
+        """Show the class-probability panel only for pipelines with a classifier."""
+        return gr.update(visible=self.has_classifier(pipeline))
+
+    def _expected_groups(self, pipeline: str) -> tuple[str, ...]:
+        p = self.service.pipelines.get(pipeline)
+        info = p.info() if callable(getattr(p, "info", None)) else {}
+        return tuple(info.get("class_groups") or ())
+
+    def detail(self, record: dict[str, Any] | None, opacity: float = 0.45) -> tuple:
+        """The :data:`DETAIL` values of a record (empty ones for None)."""
+        if record is None:
+            return None, None, None, gr.update(), None, render.features_frame({}), "", "", None
+        path = self.service.file_path
+        image_path = path(record["id"], "image")
+        probs = render.probabilities(record)
+        return (
+            str(image_path) if image_path else None,
+            self.overlay(record["id"], opacity),
+            probs,
+            gr.update(visible=probs is not None),
+            self._str(path(record["id"], "gradcam")),
+            render.features_frame(record["features"]),
+            render.advice_markdown(record, self._expected_groups(record["pipeline"])),
+            render.uncertainty_html(record),
+            self._mask_download(record["id"]),
+        )
+
+    def overlay(self, analysis_id: str | None, opacity: float) -> np.ndarray | None:
+        """Re-blend the stored image and mask at ``opacity`` (no model run)."""
+        if not analysis_id:
+            return None
+        image = render.load_png(self.service.file_path(analysis_id, "image"))
+        if image is None:
+            return None
+        mask_path = self.service.file_path(analysis_id, "mask")
+        mask = render.load_png(mask_path) if mask_path else None
+        return render.blend(image, mask, opacity)
+
+    def _mask_download(self, analysis_id: str) -> str | None:
+        source = self.service.file_path(analysis_id, "mask")
+        if source is None:
+            return None
+        target = self.janitor.folder / f"medlens-mask-{analysis_id[:12]}.png"
+        shutil.copyfile(source, target)
+        self.janitor.track(analysis_id, target)
+        return str(target)
+
+    @staticmethod
+    def _str(path: Path | None) -> str | None:
+        return str(path) if path else None
+
+    # ------------------------------------------------------------------ history
+    def history(self, pipeline: str | None, label: str | None, shown: int = HISTORY_PAGE) -> tuple:
+        """(gallery items, ids, label filter, compare A choices, compare B choices, paging text, load-more
+        button, shown): the ``shown`` newest analyses matching the filters."""
+        shown = max(HISTORY_PAGE, int(shown or HISTORY_PAGE))
+        records, total = self.service.list(
+            page=1, page_size=shown, pipeline=_all_to_none(pipeline), label=_all_to_none(label)
+        )
+        with_thumbs = [(r, p) for r in records if (p := self.service.file_path(r["id"], "thumb"))]
+        labels = [ALL, *self.service.store.labels(_all_to_none(pipeline))]
+        choices = [render.choice(r) for r in records]
+        return (
+            [(str(p), render.caption(r)) for r, p in with_thumbs],
+            [r["id"] for r, _ in with_thumbs],
+            gr.Dropdown(choices=labels, value=label if label in labels else ALL),
+            gr.Dropdown(choices=choices),
+            gr.Dropdown(choices=choices),
+            f"Showing {len(records)} of {total} analyses, newest first." if total else "No analyses yet.",
+            gr.update(visible=len(records) < total),
+            shown,
+        )
+
+    def load_more(self, pipeline: str | None, label: str | None, shown: int) -> tuple:
+        return self.history(pipeline, label, int(shown or 0) + HISTORY_PAGE)
+
+    def open_selected(self, ids: list[str], evt: gr.SelectData) -> tuple:
+        """Gallery click -> (id, the :data:`DETAIL` values)."""
+        index = evt.index if isinstance(evt.index, int) else evt.index[0]
+        analysis_id = ids[index] if ids and 0 <= index < len(ids) else None
+        record = self.service.get(analysis_id) if analysis_id else None
+        return (analysis_id, *self.detail(record))
+
+    def panel(self, analysis_id: str | None) -> tuple:
+        """Compare panel: (original, overlay, probabilities, features, caption)."""
+        record = self.service.get(analysis_id) if analysis_id else None
+        if record is None:
+            return None, None, None, render.features_frame({}), ""
+        original, overlay, probs, *_ = self.detail(record)
+        return (
+            original,
+            overlay,
+            probs,
+            render.features_frame(record["features"]),
+            f"**{render.caption(record)}**",
+        )
+
+    def delete(self, analysis_id: str | None) -> tuple:
+        """Delete the opened analysis (and the UI's copies of its files) -> (None, empty :data:`DETAIL`)."""
+        if analysis_id and self.service.delete(analysis_id):
+            gr.Info("Analysis deleted.")
+        return (None, *self.detail(None))
+
+    def counts(self) -> pd.DataFrame:
+        return render.label_counts_frame(self.service.store.label_counts())

@@ -1,0 +1,216 @@
+"""The components of the UI's three tabs (Analyse, History, Dashboard); the events are wired in ``ui.py``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from medlens.app import dashboard, render
+from medlens.app.ui_handlers import ALL, HISTORY_PAGE, UiHandlers
+from medlens.pipelines.config import DEFAULT_TTA
+
+UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"]
+IMAGE_HEIGHT = 380
+FEATURE_WIDTHS = ["22%", "12%", "14%", "52%"]
+
+
+def _inputs(c: dict[str, Any], h: UiHandlers, names: list[str], examples: list[list[str]]) -> None:
+    c["file"] = gr.File(
+        label="Image (PNG, JPEG, TIFF, BMP, DICOM)",
+        file_types=UPLOAD_TYPES,
+        type="filepath",
+        elem_id="upload",
+    )
+    c["pipeline"] = gr.Dropdown(
+        names,
+        value=names[0] if names else None,
+        label="Pipeline",
+        interactive=bool(names),
+        elem_id="pipeline",
+        info=None if names else "no models found in the models folder",
+    )
+    with gr.Row():
+        c["clahe"] = gr.Checkbox(False, label="CLAHE contrast enhancement first")
+        c["tta"] = gr.Checkbox(
+            DEFAULT_TTA, label="Flip test-time augmentation (gives the uncertainty)", elem_id="tta"
+        )
+    c["run"] = gr.Button("Analyse", variant="primary", elem_id="analyse-button", interactive=bool(names))
+    if examples:
+        gr.Examples(
+            examples,
+            inputs=[c["file"], c["pipeline"]],
+            label="Examples",
+            examples_per_page=12,
+            example_labels=[f"{Path(p).name} ({name})" for p, name in examples],
+            elem_id="examples",
+        )
+
+
+def analyse_tab(h: UiHandlers, names: list[str], examples: list[list[str]]) -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=320):
+            _inputs(c, h, names, examples)
+        with gr.Column(scale=5):
+            with gr.Row(equal_height=False):
+                c["original"] = gr.Image(
+                    label="Original",
+                    interactive=False,
+                    elem_id="original",
+                    height=IMAGE_HEIGHT,
+                    elem_classes=["medlens-picture"],
+                )
+                c["overlay"] = gr.Image(
+                    label="Overlay",
+                    interactive=False,
+                    elem_id="overlay",
+                    height=IMAGE_HEIGHT,
+                    elem_classes=["medlens-picture"],
+                )
+            c["opacity"] = gr.Slider(
+                0.0, 1.0, value=0.45, step=0.05, label="Overlay opacity", elem_id="opacity"
+            )
+            with gr.Row(equal_height=False):
+                has_classifier = h.has_classifier(names[0] if names else None)
+                with gr.Column(visible=has_classifier, elem_id="probabilities-box") as c["probs_box"]:
+                    c["probs"] = gr.Label(label="Class probabilities (calibrated)", elem_id="probabilities")
+                with gr.Column():
+                    c["gradcam"] = gr.Image(
+                        label="Grad-CAM",
+                        interactive=False,
+                        elem_id="gradcam",
+                        height=IMAGE_HEIGHT - 60,
+                        elem_classes=["medlens-picture"],
+                    )
+                    gr.HTML(render.colour_bar_html())
+            c["advice"] = gr.Markdown(elem_id="advice")
+            c["uncertainty"] = gr.HTML(elem_id="uncertainty")
+            c["features"] = gr.Dataframe(
+                render.features_frame({}),
+                label="Features",
+                interactive=False,
+                wrap=True,
+                elem_id="features",
+                column_widths=FEATURE_WIDTHS,
+            )
+            c["mask_file"] = gr.File(label="Mask (PNG, 0/255)", interactive=False, elem_id="mask-file")
+    c["id"] = gr.State(None)
+    return c
+
+
+def _opened(c: dict[str, Any]) -> None:
+    with gr.Accordion("Opened analysis", open=True):
+        with gr.Row(equal_height=False):
+            c["original"] = gr.Image(label="Original", interactive=False, height=300)
+            c["overlay"] = gr.Image(label="Overlay", interactive=False, height=300)
+            c["gradcam"] = gr.Image(label="Grad-CAM", interactive=False, height=300)
+        with gr.Row(equal_height=False):
+            with gr.Column() as c["probs_box"]:
+                c["probs"] = gr.Label(label="Class probabilities", elem_id="history-probabilities")
+            with gr.Column():
+                c["advice"] = gr.Markdown(elem_id="history-advice")
+                c["uncertainty"] = gr.HTML(elem_id="history-uncertainty")
+        c["features"] = gr.Dataframe(
+            render.features_frame({}),
+            label="Features",
+            interactive=False,
+            wrap=True,
+            column_widths=FEATURE_WIDTHS,
+        )
+        with gr.Row():
+            c["mask_file"] = gr.File(label="Mask (PNG)", interactive=False)
+            c["delete"] = gr.Button("Delete this analysis", variant="stop")
+    c["opened"] = gr.State(None)
+
+
+def _compare(c: dict[str, Any]) -> None:
+    gr.Markdown("### Compare two analyses")
+    with gr.Row():
+        for side in ("a", "b"):
+            with gr.Column():
+                c[f"select_{side}"] = gr.Dropdown(
+                    [], label=f"Analysis {side.upper()}", elem_id=f"compare-{side}"
+                )
+                caption = gr.Markdown()
+                with gr.Row():
+                    pictures = [
+                        gr.Image(label=t, interactive=False, height=240) for t in ("Original", "Overlay")
+                    ]
+                probs = gr.Label(label="Probabilities", elem_id=f"compare-{side}-probs")
+                table = gr.Dataframe(
+                    render.features_frame({}), label="Features", interactive=False, wrap=True
+                )
+                c[f"cmp_{side}"] = [*pictures, probs, table, caption]
+
+
+def history_tab(names: list[str]) -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    with gr.Row():
+        c["pipeline"] = gr.Dropdown([ALL, *names], value=ALL, label="Pipeline", elem_id="history-pipeline")
+        c["label"] = gr.Dropdown([ALL], value=ALL, label="Label", elem_id="history-label")
+        c["refresh"] = gr.Button("Refresh", elem_id="history-refresh")
+    c["gallery"] = gr.Gallery(
+        label="History (click one to open it)",
+        columns=6,
+        height="auto",
+        allow_preview=False,
+        object_fit="contain",
+        elem_id="gallery",
+    )
+    with gr.Row():
+        c["paging"] = gr.Markdown(elem_id="history-paging")
+        c["more"] = gr.Button(f"Load {HISTORY_PAGE} more", elem_id="history-more", visible=False, size="sm")
+    c["ids"], c["shown"] = gr.State([]), gr.State(HISTORY_PAGE)
+    _opened(c)
+    _compare(c)
+    return c
+
+
+def _bundle_panel(bundle: dict[str, Any], class_names: dict[str, str]) -> None:
+    classes = ", ".join(map(str, bundle.get("classes") or []))
+    with gr.Accordion(f"{bundle['name']} ({bundle.get('task') or 'unknown task'})", open=True):
+        gr.Markdown(
+            f"Classes: {classes or '—'} · input {bundle.get('input_size')} · "
+            f"created {bundle.get('created') or '—'} · medlens {bundle.get('version') or '—'}"
+        )
+        if not bundle.get("evaluations"):
+            gr.Markdown("_Validation figures only: this bundle was made before test-split evaluations._")
+        gr.Dataframe(
+            dashboard.metrics_frame(bundle, class_names),
+            label="Metrics (validation, test, external)",
+            interactive=False,
+            elem_classes=["medlens-metrics"],
+        )
+        if bundle["plots"]:
+            with gr.Row():
+                for name, path in bundle["plots"].items():
+                    gr.Image(str(path), label=dashboard.plot_title(name), interactive=False, height=320)
+
+
+def dashboard_tab(h: UiHandlers) -> dict[str, Any]:
+    service, c = h.service, {}
+    models = service.models()
+    if models["pipelines"]:
+        gr.Dataframe(
+            render.pipelines_table(models["pipelines"]), label="Pipelines", interactive=False, wrap=True
+        )
+    if not service.bundles:
+        gr.Markdown("No model bundles found in the models folder.")
+    names: dict[str, str] = {}
+    for p in models["pipelines"]:
+        names.update(p.get("class_names") or {})
+    for bundle in service.bundles:
+        _bundle_panel(bundle, names)
+    gr.Markdown("### History: analyses per label over time")
+    c["counts"] = gr.BarPlot(
+        h.counts(),
+        x="day",
+        y="count",
+        color="label",
+        label="Analyses per day and label",
+        elem_id="label-counts",
+    )
+    c["refresh"] = gr.Button("Refresh counts")
+    return c

@@ -1,0 +1,76 @@
+"""The REST API's JSON for a stored analysis record (see :class:`medlens.app.schemas.AnalysisView`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from medlens.pipelines.describe import describe_features
+from medlens.pipelines.groups import display_name, group_fields
+
+
+def _links(record: Mapping[str, Any], base: str) -> dict[str, str | None]:
+    """Picture URLs by file kind (None where the record has no such picture)."""
+    url = f"{base}/analyses/{record['id']}"
+    files = record["files"]
+    return {
+        kind: f"{url}/{'thumbnail' if kind == 'thumb' else kind}" if files.get(kind) else None
+        for kind in ("image", "mask", "overlay", "gradcam", "thumb")
+    }
+
+
+def _segmentation(result: Mapping[str, Any], links: Mapping[str, str | None]) -> dict[str, Any] | None:
+    if not links["mask"] and result.get("area_fraction") is None:
+        return None
+    return {
+        "mask_url": links["mask"],
+        "overlay_url": links["overlay"],
+        "area_fraction": result.get("area_fraction"),
+        "components": result.get("components") or [],
+    }
+
+
+def _classification(record: Mapping[str, Any]) -> dict[str, Any] | None:
+    if not record.get("probabilities"):
+        return None
+    result = record["result"]
+    names = result.get("class_names") or {}
+    groups = result.get("groups") or []
+    return {
+        "label": record["label"],
+        "label_name": display_name(record["label"], names),
+        "probabilities": record["probabilities"],
+        "class_names": names,
+        "groups": groups,
+        **group_fields(groups),
+    }
+
+
+def analysis_view(record: Mapping[str, Any], base: str = "/api/v1") -> dict[str, Any]:
+    """The API's JSON for a stored record; picture URLs under ``base`` (include a proxy's root_path)."""
+    result = record["result"]
+    links = _links(record, base)
+    features = record.get("features") or {}
+    return {
+        "id": record["id"],
+        "created": record["created"],
+        "pipeline": record["pipeline"],
+        "source_format": record["source_format"],
+        "image_size": result.get("image_size"),
+        "original_size": result.get("original_size"),
+        "clahe": result.get("clahe", False),
+        "tta": result.get("tta"),
+        "image_url": links["image"],
+        "thumbnail_url": links["thumb"],
+        "segmentation": _segmentation(result, links),
+        "classification": _classification(record),
+        "features": features,
+        "feature_details": describe_features(features),
+        "recommendation": result.get("recommendation", ""),
+        "notice": result.get("notice", ""),
+        "uncertainty": result.get("uncertainty"),
+        "out_of_scope": bool(result.get("out_of_scope", False)),
+        "scope_reason": result.get("scope_reason"),
+        "gradcam_url": links["gradcam"],
+        "timings": result.get("timings_ms") or {},
+    }

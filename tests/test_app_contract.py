@@ -1,0 +1,163 @@
+"""The REST API's contract after the product review: typed OpenAPI schema, errors by type, the real size of a
+too-large image, multipart reasons, the TTA field, class groups and names, readable features, throttling of
+failed credentials, offline docs, and large images decoded reduced."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from fastapi.testclient import TestClient
+
+from medlens.app.api import create_app
+from medlens.errors import ImageReadError, InternalError, MedlensError, UnknownNameError
+from tests.helpers_app import FakePipeline, bomb_png, png_bytes, rgb_image
+
+TOKEN = "tok-for-contract-tests"
+GROUP = {"name": "malignant", "classes": ["malignant"], "threshold": 0.3, "target_sensitivity": 0.9,
+         "sensitivity": 0.92, "specificity": 0.55}  # fmt: skip
+
+
+def _client(tmp_path, pipelines=None, **kw) -> TestClient:
+    pipelines = pipelines or {"skin": FakePipeline("skin"), "polyp": FakePipeline("polyp")}
+    app = create_app(tmp_path / "models", tmp_path / "home", pipelines=pipelines, ui=False, **kw)
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def _post(client, data: bytes, name: str = "x.png", headers=None, **form):
+    files = {"file": (name, data, "application/octet-stream")}
+    return client.post("/api/v1/analyze", files=files, data=form, headers=headers or {})
+
+
+def test_openapi_types_the_analysis_and_lists_the_error_responses(tmp_path):
+    with _client(tmp_path) as c:
+        spec = c.get("/openapi.json").json()
+    post = spec["paths"]["/api/v1/analyze"]["post"]
+    assert post["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/AnalysisView"
+    }
+    assert {"401", "413", "422", "429", "500"} <= set(post["responses"])
+    schemas = spec["components"]["schemas"]
+    assert {"segmentation", "classification", "tta", "feature_details"} <= set(
+        schemas["AnalysisView"]["properties"]
+    )
+    assert {"groups", "label_name", "class_names"} <= set(schemas["Classification"]["properties"])
+    assert "tta" in str(spec["components"]["schemas"])  # the form field is documented
+    listing = spec["paths"]["/api/v1/analyses"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert listing["schema"] == {"$ref": "#/components/schemas/AnalysisPage"}
+
+
+def test_tta_default_is_stated_and_the_field_switches_it(tmp_path):
+    fake = FakePipeline("skin")
+    with _client(tmp_path, {"skin": fake}) as c:
+        body = _post(c, png_bytes(rgb_image(32))).json()
+        assert body["tta"] is True and fake.last_tta is True
+        body = _post(c, png_bytes(rgb_image(32)), tta="false").json()
+        assert body["tta"] is False and fake.last_tta is False
+        assert c.get(f"/api/v1/analyses/{body['id']}").json()["tta"] is False
+
+
+def test_class_groups_names_and_feature_details_in_the_response(tmp_path):
+    fake = FakePipeline("skin")
+    with _client(tmp_path, {"skin": fake}) as c:
+        plain = _post(c, png_bytes(rgb_image(32))).json()["classification"]
+        assert plain["groups"] == [] and "malignant_probability" not in plain  # no groups: nothing invented
+        fake.groups = [GROUP]
+        body = _post(c, png_bytes(rgb_image(32))).json()
+    cls = body["classification"]
+    assert cls["malignant_probability"] == pytest.approx(cls["probabilities"]["malignant"], abs=1e-6)
+    assert cls["malignant_flagged"] == (cls["malignant_probability"] >= 0.3)
+    assert cls["groups"][0]["threshold"] == 0.3 and cls["groups"][0]["sensitivity"] == 0.92
+    assert cls["class_names"] == {"malignant": "Malignant lesion"}
+    assert cls["label_name"] in ("benign", "Malignant lesion (malignant)")
+    rows = {r["key"]: r for r in body["feature_details"]}
+    assert rows["mean_intensity"]["name"] == "mean intensity" and rows["mean_intensity"]["value"]
+
+
+class _Raising(FakePipeline):
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__("skin")
+        self.exc = exc
+
+    def analyze(self, image, clahe=False, gradcam=True, tta=True):
+        raise self.exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        (ImageReadError(None, "a reason that mentions too many pixels"), 422),  # words do not decide
+        (MedlensError("bad input"), 422),
+        (UnknownNameError("thing", "x", ["a", "b"]), 422),
+        (InternalError("SECRET-INTERNAL-DETAIL"), 500),
+        (KeyError("SECRET-KEY-DETAIL"), 500),
+    ],
+)
+def test_status_codes_follow_the_exception_type(tmp_path, caplog, exc, status):
+    with _client(tmp_path, {"skin": _Raising(exc)}) as c, caplog.at_level(logging.ERROR):
+        r = _post(c, png_bytes(rgb_image(16)))
+    assert r.status_code == status, r.text
+    if status == 500:
+        assert r.json()["detail"] == "internal error" and r.json()["id"] in caplog.text
+        assert "SECRET" not in r.text and "SECRET" in caplog.text  # traceback logged under the id only
+    if isinstance(exc, UnknownNameError):
+        assert r.json()["valid"] == ["a", "b"]
+
+
+def test_too_large_image_reports_its_real_size(tmp_path):
+    with _client(tmp_path) as c:
+        r = _post(c, bomb_png(20000, 20000))
+    assert r.status_code == 413 and "20000x20000" in r.json()["detail"]
+    assert "9223372036854775807" not in r.text
+
+
+def test_a_5000_character_file_name_gets_a_reason(tmp_path):
+    with _client(tmp_path) as c:
+        r = _post(c, png_bytes(rgb_image(16)), name="a" * 5000 + ".png")
+        assert r.status_code == 400
+        assert "Maximum header size exceeded" in r.json()["detail"] and "file name" in r.json()["detail"]
+        assert _post(c, png_bytes(rgb_image(16)), name="b" * 200 + ".png").status_code == 200
+
+
+def test_large_images_are_decoded_reduced_and_say_so(tmp_path):
+    with _client(tmp_path) as c:
+        c.app.state.service.max_side = 64
+        body = _post(c, png_bytes(rgb_image(200))).json()
+        small = _post(c, png_bytes(rgb_image(40))).json()
+    assert max(body["image_size"]) <= 64 and body["original_size"] == [200, 200]
+    assert small["image_size"] == [40, 40] and small["original_size"] is None
+
+
+def test_failed_tokens_are_throttled_per_client(tmp_path):
+    with _client(tmp_path, token=TOKEN, max_auth_failures=3) as c:
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        assert c.get("/api/v1/models", headers=good).status_code == 200  # successes do not count
+        for _ in range(3):
+            assert c.get("/api/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
+        r = c.get("/api/v1/models", headers=good)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+        assert "try again" in r.json()["detail"]
+        assert c.get("/healthz").status_code == 200  # only credential-checked paths are refused
+
+
+def test_throttle_window_slides():
+    from medlens.app.throttle import FailureThrottle
+
+    now = [0.0]
+    throttle = FailureThrottle(max_failures=2, window_s=10, clock=lambda: now[0])
+    throttle.record_failure("a")
+    now[0] = 5.0
+    throttle.record_failure("a")
+    assert throttle.retry_after("a") == pytest.approx(5.0) and throttle.retry_after("b") == 0
+    now[0] = 10.5
+    assert throttle.retry_after("a") == 0  # the first failure left the window
+
+
+def test_docs_are_served_without_a_cdn(tmp_path):
+    with _client(tmp_path) as c:
+        docs = c.get("/docs").text
+        assert "cdn." not in docs and "/static-offline-docs/swagger-ui-bundle.js" in docs
+        for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+            r = c.get(f"/static-offline-docs/{asset}")
+            assert r.status_code == 200 and len(r.content) > 50_000, asset
+        assert c.get("/redoc").status_code == 404  # left out: its bundle fetches a logo from a CDN

@@ -1,0 +1,67 @@
+"""Dashboard helpers: plots found in bundles of both formats, metric names in words, splits side by side."""
+
+from __future__ import annotations
+
+from medlens.app import dashboard
+
+
+def test_bundle_plots_of_format_2_and_format_1(tmp_path):
+    new = tmp_path / "new"
+    (new / "plots").mkdir(parents=True)
+    for name in ("test_confusion_matrix.png", "test_roc.png", "test_reliability.png"):
+        (new / "plots" / name).write_bytes(b"png")
+    (new / "curves.png").write_bytes(b"png")
+    (new / "notes.txt").write_text("not a plot")
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "confusion_matrix.png").write_bytes(b"png")
+    assert list(dashboard.bundle_plots(new)) == [
+        "test_confusion_matrix.png", "test_reliability.png", "test_roc.png", "curves.png"
+    ]  # fmt: skip
+    assert list(dashboard.bundle_plots(old)) == ["confusion_matrix.png"]
+    assert dashboard.plot_title("test_dice_distribution.png") == "Dice distribution (test)"
+    assert dashboard.plot_title("confusion_matrix.png") == "Confusion matrix"
+    assert dashboard.plot_title("val_something_new.png") == "Something new (val)"
+
+
+def test_metric_names_in_words():
+    names = {"mel": "Melanoma"}
+    assert dashboard.metric_name("dice_mean") == "Dice"
+    assert dashboard.metric_name("per_class.mel.recall", names) == "Melanoma recall"
+    assert dashboard.metric_name("balanced_accuracy_ci_low") == "balanced accuracy, 95% CI low"
+    assert (
+        dashboard.metric_name("auc_macro") == "macro AUC"
+        and dashboard.metric_name("hd95_mean") == "HD95 (pixels)"
+    )
+    assert dashboard.metric_name("ece_uncalibrated") == "calibration error (ECE) before calibration"
+    assert dashboard.split_name("external:cvc_clinicdb") == "external: cvc_clinicdb"
+
+
+def test_validation_test_and_external_side_by_side():
+    bundle = {
+        "metrics": {"dice": 0.8},
+        "evaluations": {
+            "external:cvc": {"dice_mean": 0.6, "n_images": 50},
+            "test": {"dice_mean": 0.75, "dice_ci_low": 0.7, "n_images": 100, "dice_std": 0.1},
+            "val": {"dice_mean": 0.8, "n_images": 80},
+        },
+    }
+    frame = dashboard.metrics_frame(bundle)
+    assert list(frame.columns) == ["metric", "validation", "test", "external: cvc"]
+    rows = {r["metric"]: r for r in frame.to_dict("records")}
+    assert rows["Dice"] == {
+        "metric": "Dice",
+        "validation": "0.800",
+        "test": "0.750",
+        "external: cvc": "0.600",
+    }
+    assert rows["images"]["test"] == "100" and rows["Dice, 95% CI low"]["validation"] == "—"
+    assert "Dice (SD)" not in rows
+
+
+def test_format_1_bundles_show_validation_only_and_hide_matrices():
+    metrics = {"balanced_accuracy": 0.7, "confusion_matrix": [[1, 2], [3, 4]], "split": "val"}
+    bundle = {"metrics": {**metrics, "per_class": {"mel": {"recall": 0.5}}}, "evaluations": {}}
+    frame = dashboard.metrics_frame(bundle, {"mel": "Melanoma"})
+    assert list(frame.columns) == ["metric", "validation"]
+    assert list(frame["metric"]) == ["balanced accuracy", "Melanoma recall"]
