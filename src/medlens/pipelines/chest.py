@@ -126,6 +126,13 @@ def cardiothoracic_ratio(
     }
 
 
+def draw_measurements(overlay: np.ndarray | None, features: dict[str, Any]) -> np.ndarray | None:
+    """The overlay with the measurements a pipeline's features carry drawn on it (the CTR lines)."""
+    if overlay is None or not features.get("cardiothoracic_lines"):
+        return overlay
+    return draw_ctr_lines(overlay, features["cardiothoracic_lines"])
+
+
 def draw_ctr_lines(overlay: np.ndarray, lines: dict[str, list[int]] | None) -> np.ndarray:
     """``overlay`` ``(H, W, 3)`` uint8 with the heart (red) and thorax (yellow) diameters drawn, in place."""
     if not lines:

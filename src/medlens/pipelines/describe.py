@@ -51,7 +51,35 @@ FEATURE_INFO: dict[str, FeatureInfo] = {
     "lung_ratio_left_right": FeatureInfo("Left / right ratio", "ratio", "image-left over image-right area"),
     "lung_area_mm2": FeatureInfo("Lung area", "mm²", "both lung fields in square millimetres"),
     "class_area_fractions": FeatureInfo("Area per structure", "% of the image", _SHARE + " per class", True),
+    "right_lung_fraction": FeatureInfo(
+        "Right lung", _PCT, "the patient's right lung (image left on a PA film)", True
+    ),
+    "left_lung_fraction": FeatureInfo(
+        "Left lung", _PCT, "the patient's left lung (image right on a PA film)", True
+    ),
+    "right_lung_area_mm2": FeatureInfo(
+        "Right lung area", "mm²", "the patient's right lung in square millimetres"
+    ),
+    "left_lung_area_mm2": FeatureInfo(
+        "Left lung area", "mm²", "the patient's left lung in square millimetres"
+    ),
+    "lung_area_ratio": FeatureInfo(
+        "Lung size balance", "ratio", "smaller lung's area / larger lung's; 1 = equal"
+    ),
+    "lung_asymmetry_flag": FeatureInfo(
+        "One lung much smaller", "", "a lung is missing or under half the other"
+    ),
+    "smaller_lung": FeatureInfo("Smaller lung", "", "the patient's side of the flagged lung"),
+    "cardiothoracic_ratio": FeatureInfo(
+        "Cardiothoracic ratio",
+        "ratio",
+        "widest heart diameter / widest inner chest diameter (red and yellow lines); reference: ≤ 0.50 on an "
+        "adult PA film, not valid on AP or paediatric films",
+    ),
+    "cardiothoracic_ratio_upper_normal": FeatureInfo("CTR upper limit", "ratio", "adult PA films"),
 }
+#: Keys that carry drawing geometry for the overlay, not values for people.
+HIDDEN_KEYS = frozenset({"cardiothoracic_lines"})
 
 
 def _number(value: float, percent: bool) -> str:
@@ -85,6 +113,8 @@ def describe_features(features: Mapping[str, Any]) -> list[dict[str, str]]:
     """
     rows = []
     for key, value in features.items():
+        if key in HIDDEN_KEYS:
+            continue
         info = FEATURE_INFO.get(key, FeatureInfo(key.replace("_", " "), "", ""))
         explanation = NO_SPACING if value is None and "mm" in info.unit else info.explanation
         rows.append(

@@ -32,6 +32,7 @@ from medlens.pipelines.advice import (
     out_of_scope_text,
 )
 from medlens.pipelines.analysis import Analysis
+from medlens.pipelines.chest import draw_measurements
 from medlens.pipelines.config import (
     DEFAULT_TTA,
     ClassifierConfig,
@@ -300,6 +301,7 @@ class Pipeline:
                 result.features = compute_features(
                     self.config.features, original, result.mask, spacing, classes=self.segmenter.classes
                 )
+                result.overlay = draw_measurements(result.overlay, result.features)
         if self.classifier is not None:
             with timer("classify"):
                 if self.guide_mode is not None:
