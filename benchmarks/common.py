@@ -220,7 +220,8 @@ def make_random_bundle(spec: dict[str, Any], out_dir: Path, seed: int = 0) -> Pa
     outputs are not constant), made through a minimal run folder and :func:`make_bundle`."""
     import torch
 
-    from medlens.inference.bundle import build_from_spec, make_bundle
+    from medlens.inference.bundle import build_from_spec
+    from medlens.inference.packaging import make_bundle
     from medlens.spec import ModelSpec
 
     torch.manual_seed(seed)

@@ -2,7 +2,7 @@
 
 ``make_tiny_run(tmp_path, task="segmentation")`` writes a run folder in the documented layout
 (model_spec.json, checkpoints/best.pt, config.yaml, val_metrics.json, metrics.csv, split.json, curves.png)
-without training; ``make_tiny_bundle`` packages one with :func:`medlens.inference.bundle.make_bundle`.
+without training; ``make_tiny_bundle`` packages one with :func:`medlens.inference.packaging.make_bundle`.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def make_tiny_bundle(
 ) -> Path:
     """A bundle ``tmp_path/models/<name>`` made from :func:`make_tiny_run` (which stays in ``tmp_path/runs``);
     ``onnx=True`` includes an exported ``model.onnx``. Returns the bundle path."""
-    from medlens.inference.bundle import make_bundle
+    from medlens.inference.packaging import make_bundle
 
     name = name or ("tiny-seg" if task == "segmentation" else "tiny-cls")
     run = make_tiny_run(tmp_path, task, name=name, **spec_overrides)

@@ -15,15 +15,9 @@ import torch
 from safetensors import safe_open
 
 from medlens.errors import BundleError
-from medlens.inference.bundle import (
-    BUNDLE_FORMAT_VERSION,
-    Bundle,
-    list_bundles,
-    load_model_source,
-    make_bundle,
-    read_spec,
-    write_model_card,
-)
+from medlens.inference.bundle import BUNDLE_FORMAT_VERSION, Bundle, list_bundles, load_model_source, read_spec
+from medlens.inference.card import write_model_card
+from medlens.inference.packaging import make_bundle
 from medlens.inference.predictor import SegmentationPredictor
 from medlens.spec import ModelSpec
 from tests.helpers_inference import make_tiny_run

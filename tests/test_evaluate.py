@@ -141,7 +141,8 @@ def test_own_split_is_scored_per_source_and_recorded_in_the_bundle(tmp_path: Pat
     """``medlens evaluate BUNDLE --split test --record test``: figures per data folder, kept in the bundle."""
     from medlens import cli
     from medlens.config import load_config
-    from medlens.inference.bundle import Bundle, make_bundle
+    from medlens.inference.bundle import Bundle
+    from medlens.inference.packaging import make_bundle
     from medlens.training.trainer import train
     from tests.conftest import make_synthetic_segmentation
 

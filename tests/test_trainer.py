@@ -225,7 +225,7 @@ def test_classification_calibration_decision_two_stage_mixup(synthetic_cls: Path
 
 
 def test_segmentation_guided_classification(seg_run: Path, synthetic_cls: Path, tmp_path: Path) -> None:
-    from medlens.inference.bundle import make_bundle
+    from medlens.inference.packaging import make_bundle
 
     bundle = make_bundle(seg_run, tmp_path / "seg-bundle")
     run = train(cls_config(synthetic_cls, tmp_path / "runs", "epochs=1", f"guide_bundle={bundle}",

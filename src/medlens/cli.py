@@ -158,27 +158,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
-    from medlens.inference.bundle import make_bundle
+    from medlens.inference.card import read_card_sections
+    from medlens.inference.packaging import make_bundle
 
     run = _existing(args.run, "run folder")
-    card = _read_card(Path(args.card)) if args.card else None
+    card = read_card_sections(Path(args.card)) if args.card else None
     _echo(str(make_bundle(run, args.out, name=args.name, fp16=not args.fp32, card=card)))
     return 0
-
-
-def _read_card(path: Path) -> dict[str, str]:
-    """Markdown with ``## Section`` headings -> {section: body}; a same-named default section is replaced."""
-    if not path.is_file():
-        raise MedlensError(f"model card file not found: {path}")
-    sections: dict[str, str] = {}
-    title = "Notes"
-    for line in path.read_text().splitlines():
-        if line.startswith("## "):
-            title = line[3:].strip()
-            sections[title] = ""
-        else:
-            sections[title] = sections.get(title, "") + line + "\n"
-    return {k: v.strip() for k, v in sections.items() if v.strip()}
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -76,7 +76,8 @@ def recorded_summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def record_evaluation(model: str | Path, name: str, metrics: dict[str, Any], report: Path) -> Path:
     """Store ``metrics`` (summary) and the plots of ``report`` in the bundle ``model`` as ``name``."""
-    from medlens.inference.bundle import is_bundle, read_bundle_meta, write_bundle_meta
+    from medlens.inference.bundle import is_bundle
+    from medlens.inference.packaging import read_bundle_meta, write_bundle_meta
 
     folder = model_folder(model)
     if not is_bundle(folder):

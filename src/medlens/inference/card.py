@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medlens.errors import MedlensError
+
 _DEFAULT_INTENDED_USE = (
     "Research and teaching: {task} of 2D images like those it was trained on ({data}). It is not a medical "
     "device and must not be used to diagnose, treat or triage patients; a clinician reads every image."
@@ -188,3 +190,18 @@ def write_model_card(path: Path, meta: dict, card: dict | str | None = None) -> 
     ]
     body = [f"## {title}\n\n{text.strip()}\n" for title, text in sections.items()]
     path.write_text("\n".join(head + body))
+
+
+def read_card_sections(path: Path) -> dict[str, str]:
+    """Markdown with ``## Section`` headings -> {section: body}; a same-named default section is replaced."""
+    if not path.is_file():
+        raise MedlensError(f"model card file not found: {path}")
+    sections: dict[str, str] = {}
+    title = "Notes"
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            title = line[3:].strip()
+            sections[title] = ""
+        else:
+            sections[title] = sections.get(title, "") + line + "\n"
+    return {k: v.strip() for k, v in sections.items() if v.strip()}

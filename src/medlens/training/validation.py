@@ -199,7 +199,6 @@ def classification_report(
         brier_score,
         expected_calibration_error,
         fit_temperature,
-        threshold_for_sensitivity,
     )
     from medlens.evaluation.classification_metrics import classification_metrics
 
@@ -215,35 +214,49 @@ def classification_report(
     )
     decision = None
     if target_sensitivity is not None and len(classes) == 2:
-        pos = positive_class(classes, configured_positive)
-        k = classes.index(pos)
-        y_pos = (y_true == k).astype(np.int64)
-        threshold = float(threshold_for_sensitivity(probs[:, k], y_pos, target_sensitivity))
-        decision = {
-            "positive_class": pos,
-            "threshold": threshold,
-            "target_sensitivity": float(target_sensitivity),
-        }
-        called = probs[:, k] >= threshold
-        metrics["decision"] = {
-            **decision,
-            "val_sensitivity": float(called[y_pos == 1].mean()),
-            "val_specificity": float((~called[y_pos == 0]).mean()) if (y_pos == 0).any() else None,
-        }
+        decision = _sensitivity_threshold(probs, y_true, classes, configured_positive, target_sensitivity)
+        metrics["decision"] = decision_report(probs, y_true, classes, decision, "val_")
     elif target_sensitivity is not None:
         logger.warning(
             "target_sensitivity is for binary tasks; %d classes here, no decision threshold set", len(classes)
         )
     elif train_counts is not None:
         decision = fit_prior_decision(probs, y_true, train_counts)
-        pred = (probs * np.array(decision["class_weights"])).argmax(1)
-        metrics["decision"] = {**decision, "balanced_accuracy": balanced_accuracy(y_true, pred),
-                               "accuracy": float((pred == y_true).mean()),
-                               "recall": per_class_recall(y_true, pred, classes)}  # fmt: skip
+        metrics["decision"] = decision_report(probs, y_true, classes, decision)
     flags = fit_group_flags(probs, y_true, classes, groups, group_sensitivity) if groups else None
     if flags:
         metrics["groups"] = flags
     return {"temperature": temperature, "decision": decision, "groups": flags}, metrics
+
+
+def _sensitivity_threshold(
+    probs: np.ndarray, y_true: np.ndarray, classes: list[str], configured: str | None, sensitivity: float
+) -> dict:
+    """The binary rule: the positive class when its probability reaches the threshold of ``sensitivity``."""
+    from medlens.evaluation.calibration import threshold_for_sensitivity
+
+    pos = positive_class(classes, configured)
+    k = classes.index(pos)
+    threshold = float(threshold_for_sensitivity(probs[:, k], (y_true == k).astype(np.int64), sensitivity))
+    return {"positive_class": pos, "threshold": threshold, "target_sensitivity": float(sensitivity)}
+
+
+def decision_report(
+    probs: np.ndarray, y_true: np.ndarray, classes: list[str], decision: dict, prefix: str = ""
+) -> dict:
+    """The rule with its figures on ``probs``: a binary threshold its sensitivity and specificity
+    (``{prefix}sensitivity``...), a prior-corrected rule its balanced accuracy, accuracy and per-class
+    recall."""
+    if "class_weights" in decision:
+        pred = (probs * np.array(decision["class_weights"])).argmax(1)
+        recall = per_class_recall(y_true, pred, classes)
+        return {**decision, "balanced_accuracy": balanced_accuracy(y_true, pred),
+                "accuracy": float((pred == y_true).mean()), "recall": recall}  # fmt: skip
+    k = classes.index(decision["positive_class"])
+    called, y_pos = probs[:, k] >= decision["threshold"], y_true == k
+    return {**decision, f"{prefix}sensitivity": float(called[y_pos].mean()) if y_pos.any() else None,
+            f"{prefix}specificity": float((~called[~y_pos]).mean()) if (~y_pos).any() else None,
+            "accuracy": float((called == y_pos).mean())}  # fmt: skip
 
 
 def per_class_recall(y_true: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, float | None]:
@@ -261,21 +274,8 @@ def classification_test_report(
 
     probs = apply_temperature(logits, float(spec.temperature))
     metrics = classification_metrics(y_true, probs, classes)
-    decision = spec.decision
-    if decision and "class_weights" in decision:  # multi-class, prior-corrected arg-max
-        pred = (probs * np.array(decision["class_weights"])).argmax(1)
-        metrics["decision"] = {**decision, "balanced_accuracy": balanced_accuracy(y_true, pred),
-                               "accuracy": float((pred == y_true).mean()),
-                               "recall": per_class_recall(y_true, pred, classes)}  # fmt: skip
-    elif decision:  # binary: the positive class when its probability reaches the threshold
-        k = classes.index(decision["positive_class"])
-        called, y_pos = probs[:, k] >= decision["threshold"], y_true == k
-        metrics["decision"] = {
-            **decision,
-            "sensitivity": float(called[y_pos].mean()) if y_pos.any() else None,
-            "specificity": float((~called[~y_pos]).mean()) if (~y_pos).any() else None,
-            "accuracy": float((called == y_pos).mean()),
-        }
+    if spec.decision:
+        metrics["decision"] = decision_report(probs, y_true, classes, spec.decision)
     if spec.groups:
         metrics["groups"] = []
         for flag in spec.groups:

@@ -1,0 +1,163 @@
+"""Writing bundles: a training run folder packaged as a versioned, self-describing folder (format in
+:mod:`medlens.inference.bundle`); the model card and ``bundle.json`` rewritten when figures are recorded."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from medlens.errors import BundleError
+from medlens.inference.bundle import (
+    BUNDLE_FORMAT_VERSION,
+    BUNDLE_JSON,
+    CARD_FILE,
+    ONNX_FILE,
+    RUN_CHECKPOINT,
+    WEIGHTS_FILE,
+    _load_into,
+    _read_json,
+    build_from_spec,
+    clean_state_dict,
+    is_bundle,
+    read_run,
+    sha256_file,
+)
+from medlens.inference.card import write_model_card
+
+logger = logging.getLogger(__name__)
+
+# Run-folder files copied into a bundle when present (provenance for the model card and for re-training).
+_RUN_EXTRAS = (
+    "config.yaml",
+    "plan.json",
+    "fingerprint.json",
+    "val_metrics.json",
+    "test_metrics.json",
+    "split.json",
+    "metrics.csv",
+    "curves.png",
+)
+
+
+def _storage_state(state: dict[str, torch.Tensor], fp16: bool) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in clean_state_dict(state).items():
+        value = value.detach().cpu()
+        # Normalisation statistics keep fp32: a running variance near 1e-5 loses its precision in fp16.
+        if fp16 and value.is_floating_point() and not key.endswith(("running_mean", "running_var")):
+            value = value.half()
+        out[key] = value.contiguous().clone()
+    return out
+
+
+def _training_summary(run_dir: Path, ckpt: dict) -> dict:
+    import yaml
+
+    config: dict = {}
+    if (run_dir / "config.yaml").is_file():
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    data = config.get("data") or {}
+    splits = _read_json(run_dir / "split.json") if (run_dir / "split.json").is_file() else {}
+    epochs = None
+    if (run_dir / "metrics.csv").is_file():
+        epochs = max(0, len((run_dir / "metrics.csv").read_text().strip().splitlines()) - 1)
+    return {
+        "run_name": run_dir.name,
+        "data_roots": [r for r in [data.get("root"), *(data.get("extra_roots") or [])] if r],
+        "split_sizes": {k: len(v) for k, v in splits.items() if isinstance(v, list)},
+        "epochs_trained": epochs,
+        "best_epoch": ckpt.get("epoch"),
+        "best_score": ckpt.get("best_score"),
+        "config": config,
+    }
+
+
+def _copy_extras(run_dir: Path, out_dir: Path) -> None:
+    for rel in _RUN_EXTRAS:
+        if (run_dir / rel).is_file():
+            shutil.copy2(run_dir / rel, out_dir / rel)
+    if (run_dir / "plots").is_dir():
+        shutil.copytree(run_dir / "plots", out_dir / "plots", dirs_exist_ok=True)
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir``; an older bundle there is replaced (its own files only), other content refused."""
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not is_bundle(out_dir):
+            raise BundleError(
+                f"{out_dir} exists, is not empty and is not a bundle; refusing to write into it"
+            )
+        try:
+            old = json.loads((out_dir / BUNDLE_JSON).read_text()).get("files") or {}
+        except (OSError, json.JSONDecodeError, AttributeError):
+            old = {}
+        for rel in [*old, ONNX_FILE, BUNDLE_JSON]:
+            (out_dir / rel).unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def write_bundle_meta(out_dir: Path, meta: dict) -> list[Path]:
+    """(Re)write a bundle's model card and ``bundle.json`` with every file's sha256; returns the files."""
+    write_model_card(out_dir / CARD_FILE, meta, meta.get("card"))
+    files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p.name != BUNDLE_JSON)
+    meta["files"] = {p.relative_to(out_dir).as_posix(): sha256_file(p) for p in files}
+    (out_dir / BUNDLE_JSON).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    return files
+
+
+def read_bundle_meta(path: str | Path) -> dict:
+    """The raw ``bundle.json`` of a bundle folder."""
+    return _read_json(Path(path) / BUNDLE_JSON)
+
+
+def make_bundle(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    name: str | None = None,
+    fp16: bool = True,
+    card: dict | str | None = None,
+) -> Path:
+    """Package a training run folder as a bundle in ``out_dir`` (the bundle folder itself) and return it.
+
+    ``name`` defaults to ``out_dir``'s folder name. ``card``: extra model-card content, either markdown
+    appended as a section or a dict of section title -> markdown that replaces/extends the generated sections
+    (keys such as ``"Intended use"``, ``"Limitations"``, ``"Description"``).
+    """
+    from safetensors.torch import save_file
+
+    import medlens
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    spec, ckpt = read_run(run_dir)
+    name = name or out_dir.name
+    _prepare_out_dir(out_dir)
+    # Fail before writing anything when the checkpoint does not fit its spec.
+    _load_into(build_from_spec(spec), ckpt["model"], run_dir / RUN_CHECKPOINT)
+    save_file(
+        _storage_state(ckpt["model"], fp16),
+        str(out_dir / WEIGHTS_FILE),
+        metadata={"format_version": str(BUNDLE_FORMAT_VERSION), "dtype": "float16" if fp16 else "float32"},
+    )
+    _copy_extras(run_dir, out_dir)
+    metrics = _read_json(run_dir / "val_metrics.json") if (run_dir / "val_metrics.json").is_file() else {}
+    if isinstance(card, str) and card.strip():
+        card = {"Notes": card.strip()}
+    meta = {
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "name": name,
+        "spec": spec.to_dict(),
+        "metrics": metrics,
+        "evaluations": {},
+        "training": _training_summary(run_dir, ckpt),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "medlens_version": medlens.__version__,
+        "card": card or {},
+    }
+    files = write_bundle_meta(out_dir, meta)
+    logger.info("bundle %r written to %s (%d files)", name, out_dir, len(files))
+    return out_dir
