@@ -137,7 +137,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         largest_component=args.largest_component,
         batch_size=args.batch_size,
         models_dir=args.models_dir,
+        precision=args.precision,
     )
+    stats = json.loads(summary.with_name("summary.json").read_text())
+    _echo(f"{stats['ok']} images in {stats['seconds']} s ({stats['images_per_s']} images/s), "
+          f"{stats['errors']} unreadable")  # fmt: skip
     _echo(str(summary))
     return 0
 
@@ -170,7 +174,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from medlens.inference.export import export_onnx
 
     bundle = _existing(args.bundle, "bundle")
-    result = export_onnx(bundle, out=args.out, opset=args.opset, check=not args.no_check)
+    if args.int8:
+        from medlens.inference.quantize import quantize_model
+
+        result = quantize_model(
+            bundle, data=args.data, n_calibration=args.calibration, tolerance=args.tolerance
+        )
+    else:
+        result = export_onnx(bundle, out=args.out, opset=args.opset, check=not args.no_check)
     _echo(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.items()}, indent=2))
     return 0
 
@@ -185,6 +196,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         home=args.home,
         token=args.token,
         insecure=args.insecure,
+        runtime=args.runtime,
+        precision=args.precision,
+        workers=args.workers,
     )
     return 0
 
@@ -284,8 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true")
     p.add_argument("--fill-holes", action="store_true")
     p.add_argument("--largest-component", action="store_true")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="images per batched model call")
     p.add_argument("--models-dir", default="models")
+    p.add_argument(
+        "--precision", default="fp32", choices=["fp32", "int8"], help="ONNX graphs (--runtime onnx)"
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("bundle", help="package a run folder as a versioned bundle")
@@ -302,6 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output file (default <bundle>/model.onnx)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="instead: make a static int8 graph in $MEDLENS_HOME/cache/onnx/<sha256>/, accepted (used by "
+        "--precision int8) only if its held-out Dice/accuracy stays within --tolerance of float32",
+    )
+    p.add_argument("--data", nargs="+", help="--int8: data folders (default: the bundle's training data)")
+    p.add_argument("--calibration", type=int, default=64, help="--int8: training images for calibration")
+    p.add_argument("--tolerance", type=float, default=0.005, help="--int8: largest accepted metric drop")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="serve the web app (FastAPI + Gradio)")
@@ -311,6 +337,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", help="data folder for history (default MEDLENS_HOME or ~/.medlens)")
     p.add_argument("--token", help="API token required on every request")
     p.add_argument("--insecure", action="store_true", help="allow a non-local host without a token")
+    p.add_argument(
+        "--runtime", choices=["torch", "onnx"], help="model runtime (default MEDLENS_RUNTIME or torch)"
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "int8"],
+        help="ONNX graphs (int8: those `medlens export --int8` accepted)",
+    )
+    p.add_argument(
+        "--workers", type=int, help="analyses at once per pipeline (default MEDLENS_WORKERS or cores)"
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("models", help="list the bundles and pipelines in a models folder")

@@ -14,13 +14,25 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    File,
+    Form,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+)
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 import medlens
 from medlens.app import security
+from medlens.app.pool import serving_plan
 from medlens.app.service import AnalysisService, NoPipelineError
 from medlens.app.store import HistoryStore
 from medlens.errors import ConfigError, ImageReadError, MedlensError, UnknownNameError
@@ -32,12 +44,12 @@ PictureKind = Literal["image", "mask", "overlay", "gradcam", "thumbnail"]
 _PIXEL_LIMIT_WORDS = ("exceeds the limit", "too many pixels", "too large", "decompression bomb", "max_pixels")
 
 
-def load_pipelines_safely(models_dir: str | Path) -> dict[str, Any]:
-    """``load_pipelines(models_dir)``, or {} with a warning when the folder has no usable bundles."""
+def load_pipelines_safely(models_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """``load_pipelines(models_dir, **kwargs)``, or {} with a warning when the folder has no usable bundle."""
     from medlens.pipelines.pipeline import load_pipelines
 
     try:
-        return dict(load_pipelines(models_dir))
+        return dict(load_pipelines(models_dir, **kwargs))
     except (MedlensError, OSError) as exc:
         logger.warning("no pipelines loaded from %s: %s", models_dir, exc)
         return {}
@@ -67,6 +79,10 @@ def create_app(
     examples_dir: str | Path | None = None,
     frame_ancestors: str | None = "'self'",
     root_path: str = "",
+    runtime: str | None = None,
+    precision: str | None = None,
+    workers: int | None = None,
+    warm_up: bool = True,
 ) -> FastAPI:
     """Build the FastAPI app (API + optional Gradio UI at ``/``).
 
@@ -85,12 +101,27 @@ def create_app(
         frame_ancestors: CSP ``frame-ancestors`` (who may embed the app); "'self'" also sends X-Frame-Options.
         root_path: public path prefix behind a reverse proxy (e.g. "/medlens"), for the UI's URLs; the server
             (uvicorn ``--root-path``) sets it for the API.
+        runtime, precision: of the loaded pipelines (default ``MEDLENS_RUNTIME`` or "torch",
+            ``MEDLENS_PRECISION`` or "fp32"; "int8" needs ``medlens export --int8``).
+        workers: analyses at once per pipeline (default ``MEDLENS_WORKERS`` or the cores); the models then
+            get ``cores // workers`` threads each (:func:`medlens.app.pool.serving_plan`).
+        warm_up: run every pipeline replica once in the background at start; ``/healthz`` answers 503
+            (``ready: false``) until that is done.
     """
+    plan = serving_plan(workers)
     if pipelines is None:
-        pipelines = load_pipelines_safely(models_dir)
+        runtime = runtime or os.environ.get("MEDLENS_RUNTIME") or "torch"
+        precision = precision or os.environ.get("MEDLENS_PRECISION") or "fp32"
+        pipelines = load_pipelines_safely(
+            models_dir, runtime=runtime, precision=precision, num_threads=plan.threads
+        )
     store = HistoryStore(home=home, db_url=db_url)
     pixel_limit = pixel_limit_from(max_pixels)
-    service = AnalysisService(pipelines, store, models_dir=models_dir, max_pixels=pixel_limit)
+    service = AnalysisService(
+        pipelines, store, models_dir=models_dir, max_pixels=pixel_limit, workers=plan.workers
+    )
+    if warm_up:
+        service.start_warm_up()
     upload_limit = security.max_upload_bytes(max_upload_mb)
 
     @asynccontextmanager
@@ -110,9 +141,17 @@ def create_app(
     _add_error_handlers(app)
 
     @app.get("/healthz", tags=["meta"])
-    def healthz() -> dict[str, Any]:
-        """Liveness: always open (no token), no data."""
-        return {"status": "ok", "version": medlens.__version__, "pipelines": service.pipeline_names}
+    def healthz(response: Response) -> dict[str, Any]:
+        """Readiness: always open (no token), no data; 503 with ``ready: false`` while the models warm up."""
+        if not service.ready:
+            response.status_code = 503
+        return {
+            "status": "ok" if service.ready else "starting",
+            "ready": service.ready,
+            "version": medlens.__version__,
+            "pipelines": service.pipeline_names,
+            "workers": {name: pool.size for name, pool in service.pools.items()},
+        }
 
     app.include_router(_api_router(service, upload_limit, pixel_limit, token))
     if ui:
