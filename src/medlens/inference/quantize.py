@@ -4,10 +4,11 @@
 Runtime's static QDQ quantisation (per-channel int8 weights, uint8 activations, MinMax ranges calibrated on
 ``n_calibration`` images of the model's own training split), then scores both graphs on the held-out split of
 its ``split.json`` (``test`` when it has one, else ``val``): mean Dice for segmentation, accuracy of the
-decision rule for classification. The int8 graph is *accepted* only when ``fp32 - int8 <= tolerance``
-(default 0.005). Graph and report (``int8.json``) go to the model's cache folder
-(``$MEDLENS_HOME/cache/onnx/<sha256 of the weights>/``); :func:`int8_path` returns the graph only when
-accepted, and predictors with ``precision="int8"`` load it (float32 otherwise).
+decision rule for classification. The int8 graph is *accepted* only when ``|int8 - fp32| <= tolerance``
+(default 0.005): a large gain is as much a sign of changed decisions as a loss. Graph and report
+(``int8.json``) go to the model's cache folder (``$MEDLENS_HOME/cache/onnx/<sha256 of the weights>/``);
+:func:`int8_path` returns the graph only when accepted, and predictors with ``precision="int8"`` load it
+(float32 otherwise).
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ def quantize_model(
     int8 = create_predictor(bundle, runtime="onnx", batch_size=32, precision="int8", onnx_path=out)
     a, b = score(fp32, items["heldout"], items["index"]), score(int8, items["heldout"], items["index"])
     report = {
-        "accepted": bool(a - b <= tolerance),
+        "accepted": bool(abs(b - a) <= tolerance),
         "metric": "dice" if bundle.spec.is_segmentation else "accuracy",
         "fp32": round(a, 5),
         "int8": round(b, 5),
