@@ -172,6 +172,13 @@ def test_healthz_is_503_until_every_pipeline_is_warm(tmp_path: Path) -> None:
         assert client.get("/api/v1/analyses").json()["total"] == 0
 
 
+def test_without_warm_up_the_app_is_ready_at_once(models_dir: Path, tmp_path: Path) -> None:
+    app = create_app(models_dir, tmp_path / "home", ui=False, runtime="onnx", workers=1, warm_up=False)
+    with TestClient(app) as client:
+        assert client.get("/healthz").json()["ready"] is True
+    assert app.state.service.warm_up_ms == {}
+
+
 @pytest.mark.parametrize("runtime", ["onnx", "torch"])
 def test_warm_up_runs_every_stage(models_dir: Path, runtime: str, monkeypatch) -> None:
     import medlens.inference.explain as explain

@@ -122,6 +122,8 @@ def create_app(
     )
     if warm_up:
         service.start_warm_up()
+    else:
+        service.skip_warm_up()
     upload_limit = security.max_upload_bytes(max_upload_mb)
 
     @asynccontextmanager

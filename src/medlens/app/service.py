@@ -144,6 +144,10 @@ class AnalysisService:
         thread.start()
         return thread
 
+    def skip_warm_up(self) -> None:
+        """Declare the service ready without warming up (first requests then pay the first-call costs)."""
+        self._ready.set()
+
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Block until :attr:`ready` (or ``timeout`` seconds); returns :attr:`ready`."""
         return self._ready.wait(timeout)
