@@ -147,7 +147,7 @@ def build_app(args: argparse.Namespace, work: Path, models_dir: Path, name: str,
             os.environ.pop("MEDLENS_NUM_THREADS", None)
         else:
             os.environ["MEDLENS_NUM_THREADS"] = saved
-    app.state.bench = {"workers": plan.workers, "threads": cfg.get("threads") or plan.threads, **cfg}
+    app.state.bench = {**cfg, "workers": plan.workers, "threads": cfg.get("threads") or plan.threads}
     return app
 
 

@@ -95,6 +95,25 @@ def test_objects_without_replicate_get_a_pool_of_one() -> None:
     assert pool.size == 1
 
 
+def test_waiting_threads_are_served_first_come_first_served() -> None:
+    pool = PipelinePool(FakePipeline("skin"), size=1)
+    order: list[int] = []
+
+    def wait_then_record(i: int) -> None:
+        with pool.acquire():
+            order.append(i)
+
+    threads = [threading.Thread(target=wait_then_record, args=(i,)) for i in range(6)]
+    with pool.acquire():
+        for n, t in enumerate(threads, 1):
+            t.start()
+            while pool.waiting < n:  # each one queued before the next starts
+                threading.Event().wait(0.001)
+    for t in threads:
+        t.join(timeout=60)
+    assert order == list(range(6))
+
+
 @pytest.mark.parametrize("runtime", ["onnx", "torch"])
 def test_concurrent_analyses_on_replicas_equal_sequential_ones(models_dir: Path, runtime: str) -> None:
     pipe = _skin(models_dir, runtime)

@@ -6,15 +6,17 @@ serialise analyses with one lock per pipeline. :class:`PipelinePool` instead hol
 time, so up to ``size`` analyses of one pipeline run at once. :func:`serving_plan` sizes the pool to the
 cores and gives each replica ``cores // workers`` model threads, so that the workers together use about as
 many threads as there are cores instead of oversubscribing them. Objects without ``replicate`` (test
-doubles) get a pool of one, which is the old lock.
+doubles) get a pool of one, which is the old lock. Waiting threads are served first come, first served (a
+plain lock let one client of eight wait 30 s under load, BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -58,31 +60,52 @@ class PipelinePool:
     def __init__(self, pipeline: Any, size: int = 1) -> None:
         n = max(1, size) if callable(getattr(pipeline, "replicate", None)) else 1
         self.replicas = [pipeline] + [pipeline.replicate() for _ in range(n - 1)]
-        self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        for replica in self.replicas:
-            self._free.put(replica)
+        self._free: deque[Any] = deque(self.replicas)
+        self._queue: deque[object] = deque()  # tickets of the waiting threads, first come first
+        self._changed = threading.Condition()
 
     @property
     def size(self) -> int:
         return len(self.replicas)
 
+    @property
+    def waiting(self) -> int:
+        """Threads waiting for a replica."""
+        with self._changed:
+            return len(self._queue)
+
+    def _take(self) -> Any:
+        ticket = object()
+        with self._changed:
+            self._queue.append(ticket)
+            while not (self._free and self._queue[0] is ticket):
+                self._changed.wait()
+            self._queue.popleft()
+            self._changed.notify_all()  # the next in line may take another free replica
+            return self._free.popleft()
+
+    def _give_back(self, replica: Any) -> None:
+        with self._changed:
+            self._free.append(replica)
+            self._changed.notify_all()
+
     @contextmanager
     def acquire(self) -> Iterator[Any]:
-        """A free replica for the ``with`` block (waits until one is free)."""
-        replica = self._free.get()
+        """A free replica for the ``with`` block (waits, in arrival order, until one is free)."""
+        replica = self._take()
         try:
             yield replica
         finally:
-            self._free.put(replica)
+            self._give_back(replica)
 
     def warm_up(self) -> float:
         """``warm_up()`` of every replica that has one, all at once (each holds its replica); returns ms."""
         t0 = time.perf_counter()
-        held = [self._free.get() for _ in self.replicas]
+        held = [self._take() for _ in self.replicas]
         try:
             with ThreadPoolExecutor(max_workers=len(held)) as run:
                 list(run.map(lambda r: r.warm_up() if callable(getattr(r, "warm_up", None)) else 0.0, held))
         finally:
             for replica in held:
-                self._free.put(replica)
+                self._give_back(replica)
         return (time.perf_counter() - t0) * 1000.0
