@@ -32,6 +32,7 @@ from benchmarks.common import (
     machine_info,
     machine_line,
     md_table,
+    models_label,
     prepare_skin_models,
     ratio,
     update_section,
@@ -73,7 +74,8 @@ def markdown(res: dict[str, Any]) -> str:
     rows = [[k, len(v), float(np.median([r["images_per_s"] for r in v])),
              float(np.median([r["seconds"] for r in v]))] for k, v in res["runs"].items()]  # fmt: skip
     return "\n".join([
-        f"## Batch prediction: `medlens predict skin <folder>` one at a time vs batches ({res['runtime']})",
+        f"## Batch prediction: `medlens predict skin <folder>` one at a time vs batches ({res['runtime']}; "
+        f"{models_label(res['models'])})",
         "",
         f"What: `predict_paths` in pipeline mode (skin pipeline, shipped out-of-scope checks, Grad-CAM, all "
         f"output files written; models loaded inside the timed call) over {res['n_images']} images, with "

@@ -294,6 +294,15 @@ def _describe(specs: dict[str, dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
+def models_label(desc: str) -> str:
+    """A short label of the models a run used, for section titles."""
+    if "STAND-INS of the v2" in desc:
+        return "v2 stand-ins, random weights"
+    if "random-weight" in desc:
+        return "random-weight stand-ins"
+    return "shipped bundles" if desc.startswith("shipped bundles from models/") else desc.split(" (")[0]
+
+
 def prepare_int8(models_dir: Path, images: Sequence[np.ndarray]) -> dict[str, dict[str, Any]]:
     """An int8 graph per skin bundle in the cache (``$MEDLENS_HOME``). Bundles with a ``split.json`` whose
     data folders are here go through `medlens.inference.quantize.quantize_model` (calibrated on training

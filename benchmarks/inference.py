@@ -50,6 +50,7 @@ from benchmarks.common import (
     machine_info,
     machine_line,
     md_table,
+    models_label,
     percentiles,
     prepare_int8,
     prepare_skin_models,
@@ -271,7 +272,7 @@ def markdown(res: dict[str, Any]) -> str:
     m, s = res["machine"], res["settings"]
     lines = [
         f"## Inference: skin pipeline, eager torch vs ONNX Runtime ({s['threads']} thread"
-        f"{'s' if s['threads'] > 1 else ''} per runtime)",
+        f"{'s' if s['threads'] > 1 else ''} per runtime; {models_label(res['models'])})",
         "",
         "What: `Pipeline.analyze` of the skin pipeline (segment + features + classify + Grad-CAM + advice; "
         f"flip TTA {'on' if s['tta'] else 'off'}; out-of-scope checks off so every stage runs) at the "

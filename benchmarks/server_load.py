@@ -42,6 +42,7 @@ from benchmarks.common import (
     machine_info,
     machine_line,
     md_table,
+    models_label,
     percentiles,
     prepare_int8,
     prepare_skin_models,
@@ -329,7 +330,8 @@ def markdown(res: dict[str, Any]) -> str:
                   f"p50 x{a['latency_ms']['p50'] / b['latency_ms']['p50']:.2f} faster, "
                   f"p99 x{a['latency_ms']['p99'] / b['latency_ms']['p99']:.2f} faster.")  # fmt: skip
     lines = [
-        "## Server load: POST /api/v1/analyze on loopback, before and after issue #14",
+        f"## Server load: POST /api/v1/analyze on loopback, before and after issue #14 "
+        f"({models_label(res['models'])})",
         "",
         "What: the app (`create_app` + uvicorn in a thread, 127.0.0.1, MEDLENS_HOME in a temporary folder, "
         f"{'with' if s['ui'] else 'without'} the Gradio UI mounted) with the skin pipeline (out-of-scope "
