@@ -243,12 +243,31 @@ def make_random_bundle(spec: dict[str, Any], out_dir: Path, seed: int = 0) -> Pa
     return bundle
 
 
-def prepare_skin_models(models_dir: str | Path, work_dir: Path, tiny: bool) -> tuple[Path, str]:
-    """A private models folder under ``work_dir`` holding skin-seg and skin-cls: copies of the shipped bundles
-    in ``models_dir`` (so that ONNX export never writes into them), or random-weight stand-ins of the same
-    architectures when ``tiny`` or when the shipped ones are missing. Returns ``(folder, description)``."""
+def v2_specs() -> dict[str, dict[str, Any]]:
+    """Model specs of the planned v2 skin bundles (issue "Shipped models v2"), for random-weight stand-ins:
+    U-Net / EfficientNet-Lite0 (timm) at 256x256 with decoder_channels [128, 64, 32, 16, 16], and a timm
+    tf_efficientnet_lite0 classifier at 168x224 (H x W)."""
+    specs = skin_specs()
+    specs["skin-seg"].update(encoder="tu-tf_efficientnet_lite0", input_size=[256, 256],
+                             model_kwargs={"decoder_channels": [128, 64, 32, 16, 16]})  # fmt: skip
+    specs["skin-cls"].update(arch="tf_efficientnet_lite0", input_size=[168, 224], model_kwargs={})
+    return specs
+
+
+def prepare_skin_models(
+    models_dir: str | Path, work_dir: Path, tiny: bool, v2: bool = False
+) -> tuple[Path, str]:
+    """A private models folder under ``work_dir`` holding skin-seg and skin-cls: copies of the bundles in
+    ``models_dir``, or random-weight stand-ins of the shipped architectures when ``tiny`` or when those are
+    missing, or of the v2 architectures (:func:`v2_specs`) when ``v2``. Returns ``(folder, description)``."""
     out = work_dir / "models"
     out.mkdir(parents=True, exist_ok=True)
+    if v2:
+        for name, spec in v2_specs().items():
+            make_random_bundle(spec, out / name)
+        return out, "random-weight STAND-INS of the v2 architectures (--v2-standins): " + _describe(
+            v2_specs()
+        )
     if not tiny and shipped_bundles_present(models_dir):
         for name in SKIN_BUNDLES:
             shutil.copytree(Path(models_dir) / name, out / name, dirs_exist_ok=True)
@@ -259,17 +278,65 @@ def prepare_skin_models(models_dir: str | Path, work_dir: Path, tiny: bool) -> t
         )
     for name, spec in skin_specs().items():
         make_random_bundle(spec, out / name)
+    desc = (
+        "random-weight stand-ins (--tiny) of the shipped architectures from "
+        f"{recipe_path('skin-seg').relative_to(REPO).parent}/: " + _describe(skin_specs())
+    )
+    return out, desc
+
+
+def _describe(specs: dict[str, dict[str, Any]]) -> str:
     parts = []
-    for name, spec in skin_specs().items():
+    for name, spec in specs.items():
         kw = spec.get("model_kwargs", {}).get("decoder_channels")
         arch = f"{spec['arch']}/{spec['encoder']}" if spec["encoder"] else spec["arch"]
         size = "x".join(map(str, spec["input_size"]))
         parts.append(f"{name} {arch} {size}" + (f" decoder_channels {list(kw)}" if kw else ""))
-    desc = (
-        "random-weight stand-ins (--tiny) of the shipped architectures from "
-        f"{recipe_path('skin-seg').relative_to(REPO).parent}/: " + "; ".join(parts)
-    )
-    return out, desc
+    return "; ".join(parts)
+
+
+def models_label(desc: str) -> str:
+    """A short label of the models a run used, for section titles."""
+    if "STAND-INS of the v2" in desc:
+        return "v2 stand-ins, random weights"
+    if "random-weight" in desc:
+        return "random-weight stand-ins"
+    return "shipped bundles" if desc.startswith("shipped bundles from models/") else desc.split(" (")[0]
+
+
+def prepare_int8(models_dir: Path, images: Sequence[np.ndarray]) -> dict[str, dict[str, Any]]:
+    """An int8 graph per skin bundle in the cache (``$MEDLENS_HOME``). Bundles with a ``split.json`` whose
+    data folders are here go through `medlens.inference.quantize.quantize_model` (calibrated on training
+    images, scored on the held-out split: accepted or not); random-weight stand-ins are calibrated on
+    ``images`` for timing only (``checked: False``). Returns a report per bundle, with its ``path``."""
+    from medlens.errors import DatasetError
+    from medlens.inference.bundle import Bundle
+    from medlens.inference.export import ensure_onnx, onnx_cache_dir
+    from medlens.inference.predictor import preprocess
+    from medlens.inference.quantize import INT8_FILE, quantize_model, quantize_onnx
+
+    reports = {}
+    for name in SKIN_BUNDLES:
+        bundle = Bundle.load(models_dir / name)
+        try:
+            reports[name] = {**quantize_model(bundle), "checked": True}
+            continue
+        except DatasetError as exc:
+            reason = str(exc)
+        out = onnx_cache_dir(bundle) / INT8_FILE
+        quantize_onnx(ensure_onnx(bundle), out, preprocess(list(images), bundle.spec).numpy())
+        reports[name] = {"path": str(out), "checked": False, "accepted": None, "reason": reason}
+    return reports
+
+
+def use_int8(pipeline: Any, reports: dict[str, dict[str, Any]]) -> Any:
+    """Point the pipeline's predictors at the int8 graphs of :func:`prepare_int8` (accepted or not)."""
+    from medlens.inference.runtime import OnnxRunner
+
+    for predictor, name in ((pipeline.segmenter, "skin-seg"), (pipeline.classifier, "skin-cls")):
+        predictor.runner = OnnxRunner(reports[name]["path"], "cpu", predictor.threads)
+        predictor.precision = "int8"
+    return pipeline
 
 
 def skin_pipeline(models_dir: Path, runtime: str, scope: bool = False) -> Any:

@@ -1,18 +1,29 @@
-"""Inference latency of the skin pipeline: eager torch vs ONNX Runtime, side by side in one process.
+"""Inference latency of the skin pipeline: eager torch vs ONNX Runtime variants, side by side in one process.
 
-Measures, for ``runtime="torch"`` and ``runtime="onnx"``:
+Variants (``--variants``):
+
+* ``torch``: eager torch, Grad-CAM by MONAI backpropagation (the reference);
+* ``onnx-before``: ONNX Runtime float32 as before issue #14: the segmenter's 3 TTA views in 3 calls, Grad-CAM
+  by torch backpropagation;
+* ``onnx``: float32, TTA views in one call, Grad-CAM from the classification pass (graph output ``features``);
+* ``onnx-int8``: as ``onnx`` with static int8 graphs (:func:`benchmarks.common.prepare_int8`: for bundles with
+  a split and their data, the held-out check of `medlens.inference.quantize` decides whether serving may use
+  them; random-weight stand-ins are timed only).
+
+Measures per variant:
 
 * batch 1: ``Pipeline.analyze(image)`` (segment with flip TTA, features, classify with flip TTA, Grad-CAM,
   advice) p50/p95 latency and the median of every ``timings_ms`` stage; out-of-scope checks are switched off
-  so that every stage runs on every image (Grad-CAM always runs in torch, whatever the runtime);
-* batch 8 (``--batch``): the predictors' batched ``predict_proba`` on 8 images (segmenter and classifier, no
-  TTA, one call each) and the pipeline on the same 8 images one after the other (``analyze`` takes one image);
+  so that every stage runs on every image;
+* batch 8 (``--batch``): the predictors' batched ``predict_proba`` on 8 images (no TTA, one call each), the
+  pipeline on the same 8 images one ``analyze`` after the other, and one ``analyze_batch`` of the 8;
 * on CUDA, when there is one: batched ``predict_proba`` throughput (images/s) of both predictors.
 
-Runtimes alternate in blocks (ABBA order), so both see the same background load; warm-up calls are not
+Variants alternate in blocks (ABBA order), so all see the same background load; warm-up calls are not
 timed. Results: a markdown table on stdout, a JSON file, and with ``--out BENCHMARKS.md`` its section there.
 
-    .venv/bin/python -m benchmarks.inference --repeats 20 --out BENCHMARKS.md
+    .venv/bin/python -m benchmarks.inference --threads 1 --repeats 20 --out BENCHMARKS.md
+    .venv/bin/python -m benchmarks.inference --threads 1 --models /path/to/v2/models --out BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -39,16 +50,19 @@ from benchmarks.common import (
     machine_info,
     machine_line,
     md_table,
+    models_label,
     percentiles,
+    prepare_int8,
     prepare_skin_models,
     ratio,
     skin_pipeline,
     synthetic_skin_images,
     update_section,
+    use_int8,
     write_json,
 )
 
-RUNTIMES = ("torch", "onnx")
+VARIANTS = ("torch", "onnx-before", "onnx", "onnx-int8")
 STAGES = ("preprocess", "segment", "features", "classify", "gradcam", "advice", "total")
 TARGET_P50_MS = 150.0
 TARGET_SPEEDUP = 1.5
@@ -61,6 +75,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--tiny",
         action="store_true",
         help="random-weight bundles of the shipped architectures (automatic when --models lacks them)",
+    )
+    p.add_argument(
+        "--v2-standins", action="store_true", help="random-weight bundles of the planned v2 architectures"
     )
     p.add_argument("--repeats", type=int, default=20, help="timed batch-1 analyses per runtime")
     p.add_argument("--batch", type=int, default=8, help="images per batched call")
@@ -77,7 +94,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="CPU threads for torch and ONNX Runtime (MEDLENS_NUM_THREADS; default: all cores)",
     )
-    p.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     p.add_argument("--json", default=None, help="results file (default: benchmarks/results/<section>.json)")
     p.add_argument("--out", default=None, help="markdown file whose section is replaced/appended")
     p.add_argument("--section", default="inference", help="section key in --out (one per configuration)")
@@ -141,34 +158,46 @@ def cuda_throughput(models_dir: Path, images: list[np.ndarray], batch_sizes: Seq
 
 
 # ------------------------------------------------------------------------------------------------ measure
-def measure(args: argparse.Namespace, models_dir: Path, images: list[np.ndarray]) -> dict[str, Any]:
-    pipes = {rt: skin_pipeline(models_dir, rt, scope=False) for rt in args.runtimes}
+def build(variant: str, models_dir: Path, int8: dict[str, dict[str, Any]] | None) -> Any:
+    """The skin pipeline of one variant (see the module docstring), out-of-scope checks off."""
+    pipe = skin_pipeline(models_dir, "torch" if variant == "torch" else "onnx", scope=False)
+    if variant == "onnx-before":
+        pipe.segmenter.batch_views = pipe.classifier.batch_views = False
+        pipe.classifier.onnx_cam = False
+    elif variant == "onnx-int8":
+        use_int8(pipe, int8 or {})
+    return pipe
+
+
+def measure(
+    args: argparse.Namespace, models_dir: Path, images: list[np.ndarray], int8: dict | None
+) -> dict[str, Any]:
+    pipes = {v: build(v, models_dir, int8) for v in args.variants}
     tta = not args.no_tta
     n = len(images)
 
-    def analyze(rt: str) -> Callable[[int], Any]:
-        return lambda i: pipes[rt].analyze(images[i % n], tta=tta)
+    def analyze(v: str) -> Callable[[int], Any]:
+        return lambda i: pipes[v].analyze(images[i % n], tta=tta)
 
-    b1 = interleaved({rt: analyze(rt) for rt in pipes}, args.repeats, args.warmup, args.block)
+    b1 = interleaved({v: analyze(v) for v in pipes}, args.repeats, args.warmup, args.block)
     batch = [images[i % n] for i in range(args.batch)]
-    seg_b = {f"{rt} segmenter": (lambda _i, rt=rt: pipes[rt].segmenter.predict_proba(batch)) for rt in pipes}
-    cls_b = {
-        f"{rt} classifier": (lambda _i, rt=rt: pipes[rt].classifier.predict_proba(batch)) for rt in pipes
-    }
-    seq_b = {
-        f"{rt} pipeline": (lambda _i, rt=rt: [pipes[rt].analyze(im, tta=tta) for im in batch]) for rt in pipes
-    }
+    groups = [
+        {f"{v} segmenter": (lambda _i, v=v: pipes[v].segmenter.predict_proba(batch)) for v in pipes},
+        {f"{v} classifier": (lambda _i, v=v: pipes[v].classifier.predict_proba(batch)) for v in pipes},
+        {f"{v} pipeline": (lambda _i, v=v: [pipes[v].analyze(im, tta=tta) for im in batch]) for v in pipes},
+        {f"{v} analyze_batch": (lambda _i, v=v: pipes[v].analyze_batch(batch, tta=tta)) for v in pipes},
+    ]
     bn: dict[str, list] = {}
-    for group in (seg_b, cls_b, seq_b):
+    for group in groups:
         bn.update(interleaved(group, args.batch_repeats, 1, 1))
     return summarise(b1, bn, args.batch)
 
 
 def summarise(b1: dict[str, list], bn: dict[str, list], batch: int) -> dict[str, Any]:
     out: dict[str, Any] = {"batch1": {}, "batched": {}}
-    for rt, runs in b1.items():
+    for v, runs in b1.items():
         timings = [a.timings_ms for _, a in runs]
-        out["batch1"][rt] = {
+        out["batch1"][v] = {
             "latency_ms": percentiles([ms for ms, _ in runs]),
             "stages_ms_p50": {
                 s: round(float(np.median([t.get(s, 0.0) for t in timings])), 1) for s in STAGES
@@ -179,98 +208,130 @@ def summarise(b1: dict[str, list], bn: dict[str, list], batch: int) -> dict[str,
     for name, runs in bn.items():
         stats = percentiles([ms for ms, _ in runs])
         out["batched"][name] = {"latency_ms": stats, "images_per_s": round(batch * 1000.0 / stats["p50"], 2)}
-    rts = list(b1)
-    if "torch" in rts and "onnx" in rts:
-        t, o = out["batch1"]["torch"]["latency_ms"], out["batch1"]["onnx"]["latency_ms"]
-        out["speedup_onnx_vs_torch"] = {
-            "batch1_p50": ratio(t["p50"], o["p50"]),
-            "batch1_p95": ratio(t["p95"], o["p95"]),
-            **{
-                f"batched_{part}": ratio(
-                    out["batched"][f"torch {part}"]["latency_ms"]["p50"],
-                    out["batched"][f"onnx {part}"]["latency_ms"]["p50"],
-                )
-                for part in ("segmenter", "classifier", "pipeline")
-            },
+    if "torch" in b1:
+        t = out["batch1"]["torch"]["latency_ms"]
+        out["speedup_vs_torch"] = {
+            v: {
+                "batch1_p50": ratio(t["p50"], out["batch1"][v]["latency_ms"]["p50"]),
+                "batch1_p95": ratio(t["p95"], out["batch1"][v]["latency_ms"]["p95"]),
+                **{
+                    f"batched_{part}": ratio(
+                        out["batched"][f"torch {part}"]["latency_ms"]["p50"],
+                        out["batched"][f"{v} {part}"]["latency_ms"]["p50"],
+                    )
+                    for part in ("segmenter", "classifier", "pipeline", "analyze_batch")
+                },
+            }
+            for v in b1
+            if v != "torch"
         }
-    if "onnx" in rts:
-        p50 = out["batch1"]["onnx"]["latency_ms"]["p50"]
-        speed = (out.get("speedup_onnx_vs_torch") or {}).get("batch1_p50")
-        out["targets"] = {
-            f"onnx_pipeline_p50_le_{TARGET_P50_MS:.0f}ms": bool(p50 <= TARGET_P50_MS),
-            f"onnx_ge_{TARGET_SPEEDUP}x_torch": None if speed is None else bool(speed >= TARGET_SPEEDUP),
+    out["analyze_batch_vs_sequential"] = {
+        v: ratio(out["batched"][f"{v} pipeline"]["latency_ms"]["p50"],
+                 out["batched"][f"{v} analyze_batch"]["latency_ms"]["p50"])
+        for v in b1
+    }  # fmt: skip
+    return out
+
+
+def targets(res: dict[str, Any]) -> dict[str, Any]:
+    """Issue #14 targets per ONNX variant: p50 <= 150 ms and >= 1.5x eager torch at batch 1."""
+    out = {}
+    for v, r in res["batch1"].items():
+        if v == "torch":
+            continue
+        speed = (res.get("speedup_vs_torch") or {}).get(v, {}).get("batch1_p50")
+        out[v] = {
+            f"p50_le_{TARGET_P50_MS:.0f}ms": bool(r["latency_ms"]["p50"] <= TARGET_P50_MS),
+            f"ge_{TARGET_SPEEDUP}x_torch": None if speed is None else bool(speed >= TARGET_SPEEDUP),
         }
     return out
 
 
 # ------------------------------------------------------------------------------------------------ report
+def _verdict(v: bool | None) -> str:
+    return "met" if v else "not met" if v is not None else "n/a"
+
+
+def _int8_lines(res: dict[str, Any]) -> list[str]:
+    reports = res.get("int8") or {}
+    lines = []
+    for name, r in reports.items():
+        if r.get("checked"):
+            lines.append(
+                f"- int8 {name}: {r['split']} {r['metric']} fp32 {r['fp32']:.4f} vs int8 {r['int8']:.4f} "
+                f"({r['delta']:+.4f}, n={r['n_images']}, calibrated on {r['n_calibration']} training "
+                "images): "
+                f"{'ACCEPTED (within' if r['accepted'] else 'REJECTED (beyond'} {r['tolerance']})"
+            )
+        else:
+            lines.append(f"- int8 {name}: timed only, accuracy not checked ({r['reason']})")
+    return lines + ([""] if lines else [])
+
+
 def markdown(res: dict[str, Any]) -> str:
     m, s = res["machine"], res["settings"]
     lines = [
         f"## Inference: skin pipeline, eager torch vs ONNX Runtime ({s['threads']} thread"
-        f"{'s' if s['threads'] > 1 else ''} per runtime)",
+        f"{'s' if s['threads'] > 1 else ''} per runtime; {models_label(res['models'])})",
         "",
         "What: `Pipeline.analyze` of the skin pipeline (segment + features + classify + Grad-CAM + advice; "
         f"flip TTA {'on' if s['tta'] else 'off'}; out-of-scope checks off so every stage runs) at the "
         f"models' input sizes, batch 1; and at batch {s['batch']} the predictors' batched `predict_proba` "
-        f"(no TTA, one call per model) and the pipeline over {s['batch']} images sequentially. Warm-up "
-        "excluded; runtimes alternate in blocks. Grad-CAM runs in torch with either runtime.",
+        f"(no TTA, one call per model), the pipeline over {s['batch']} images one `analyze` after the other "
+        f"and one `analyze_batch` of them. Warm-up excluded; variants alternate in blocks. Variants: "
+        "`torch` eager (MONAI Grad-CAM); `onnx-before` ONNX Runtime fp32 as before issue #14 (segmenter TTA "
+        "views one call each, Grad-CAM by torch backprop); `onnx` fp32, TTA views in one call, Grad-CAM from "
+        "the graph's `features` output; `onnx-int8` the same with static int8 graphs.",
         "",
         f"- Command: `{res['command']}`",
         f"- Machine: {machine_line(m)}; threads per runtime: {s['threads']}; "
-        f"load average before/after: {res['load_before']} / {res['load_after']}",
+        f"load average (1 min) before/after: {res['load_before']} / {res['load_after']}",
         f"- Models: {res['models']}",
         f"- Images: {res['images']}",
+        *_int8_lines(res)[:-1],
         "",
     ]
     rows = []
-    for rt, r in res["batch1"].items():
+    for v, r in res["batch1"].items():
         lat, st = r["latency_ms"], r["stages_ms_p50"]
-        rows.append([rt, lat["n"], lat["p50"], lat["p95"], *(st[k] for k in STAGES if k != "total")])
-    head = ["runtime", "n", "p50 ms", "p95 ms", *(f"{k} p50" for k in STAGES if k != "total")]
-    lines += [
-        "Batch 1, `Pipeline.analyze` latency and per-stage `timings_ms` (medians, ms):",
-        "",
-        md_table(head, rows),
-        "",
+        speed = (res.get("speedup_vs_torch") or {}).get(v, {}).get("batch1_p50")
+        rows.append([v, lat["n"], lat["p50"], lat["p95"], speed, *(st[k] for k in STAGES if k != "total")])
+    head = [
+        "variant",
+        "n",
+        "p50 ms",
+        "p95 ms",
+        "x torch (p50)",
+        *(f"{k} p50" for k in STAGES if k != "total"),
     ]
+    lines += ["Batch 1, `Pipeline.analyze` latency and per-stage `timings_ms` (medians, ms):", "",
+              md_table(head, rows), ""]  # fmt: skip
     rows = [
         [k, v["latency_ms"]["n"], v["latency_ms"]["p50"], v["latency_ms"]["p95"], v["images_per_s"]]
         for k, v in res["batched"].items()
     ]
     lines += [
         f"Batch {s['batch']} (predictors: one batched `predict_proba` call on {s['batch']} images; pipeline: "
-        f"{s['batch']} `analyze` calls one after the other):",
+        f"{s['batch']} `analyze` calls one after the other; analyze_batch: one call for the {s['batch']}):",
         "",
         md_table(["what", "n", "p50 ms", "p95 ms", "images/s"], rows),
         "",
     ]
-    sp = res.get("speedup_onnx_vs_torch")
-    if sp:
-        lines += [
-            "ONNX Runtime speed-up over eager torch (ratio of p50s): "
-            + ", ".join(f"{k} {v}x" for k, v in sp.items()),
-            "",
-        ]
-    if res.get("targets"):
-        lines += [
-            'Targets (issue "Speed"): '
-            + ", ".join(
-                f"{k}: {'met' if v else 'not met' if v is not None else 'n/a'}"
-                for k, v in res["targets"].items()
-            ),
-            "",
-        ]
+    for v, sp in (res.get("speedup_vs_torch") or {}).items():
+        lines.append(f"- {v} speed-up over eager torch (ratio of p50s): "
+                     + ", ".join(f"{k} {x}x" for k, x in sp.items()))  # fmt: skip
+    gains = res["analyze_batch_vs_sequential"].items()
+    lines += ["- analyze_batch over sequential analyze (ratio of p50s): "
+              + ", ".join(f"{v} {x}x" for v, x in gains), ""]  # fmt: skip
+    for v, t in res.get("targets", {}).items():
+        lines.append(f"- Targets (issue #14), {v}: " + ", ".join(f"{k}: {_verdict(x)}" for k, x in t.items()))
     cuda = res["cuda"]
     if cuda.get("status") == "ok":
-        lines += [
-            "CUDA batched `predict_proba` throughput (images/s): "
-            + ", ".join(f"{k} {v}" for k, v in cuda["results"].items()),
-            "",
-        ]
+        lines += ["", "CUDA batched `predict_proba` throughput (images/s): "
+                  + ", ".join(f"{k} {v}" for k, v in cuda["results"].items())]  # fmt: skip
     else:
-        lines += [f"CUDA batched throughput: {cuda['status']} (not measured: no GPU lent to this task).", ""]
-    return "\n".join(lines)
+        lines += ["", f"CUDA batched throughput: {cuda['status']} (not measured: no GPU lent to this task)."]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -279,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with bench_workdir("medlens-bench-", args.work_dir, args.threads) as (work, load_before):
         from medlens.inference.runtime import default_threads
 
-        models_dir, models_desc = prepare_skin_models(args.models, work, args.tiny)
+        models_dir, models_desc = prepare_skin_models(args.models, work, args.tiny, args.v2_standins)
         paths, images_desc = example_images(args.images, max(8, args.batch))
         images = load_images(paths) if paths else synthetic_skin_images(max(8, args.batch))
         if not paths:
@@ -297,13 +358,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "block": args.block,
                 "tta": not args.no_tta,
                 "threads": default_threads(),
-                "runtimes": args.runtimes,
+                "variants": args.variants,
             },
             "models": models_desc,
             "images": f"{images_desc} (sizes {', '.join(sizes)})",
             "load_before": load_before,
         }
-        res.update(measure(args, models_dir, images))
+        if "onnx-int8" in args.variants:
+            res["int8"] = prepare_int8(models_dir, images)
+        res.update(measure(args, models_dir, images, res.get("int8")))
+        res["targets"] = targets(res)
         res["cuda"] = cuda_throughput(models_dir, images)
         res["load_after"] = round(os.getloadavg()[0], 2)
     md = markdown(res)

@@ -1,14 +1,20 @@
 """Bounded load test of the web app on loopback: N concurrent clients POST images to /api/v1/analyze.
 
-Starts the app in this process (``medlens.app.api.create_app`` + uvicorn in a thread) on 127.0.0.1 at a free
-port, with MEDLENS_HOME in a temporary folder and the skin pipeline over the bundles in ``--models`` (copied
-first, so nothing is written into them) or random-weight stand-ins (``--tiny``). ``--clients`` threads, each
-with its own ``httpx.Client``, post real example images until ``--seconds`` have passed or ``--max-requests``
-were sent in all (the test stops by itself; requests in flight are awaited). Reports requests/s, p50/p99
-latency, errors (target 0) and whether every successful analysis was stored
-(``GET /api/v1/analyses`` total == successful requests). Only 127.0.0.1 is ever contacted.
+For each configuration (``--configs``, run one after the other in this process, in the order given):
+starts the app (``medlens.app.api.create_app`` + uvicorn in a thread) on 127.0.0.1 at a free port, with
+MEDLENS_HOME in a temporary folder and the skin pipeline over the bundles in ``--models`` (copied first),
+random-weight stand-ins of the shipped (``--tiny``) or v2 (``--v2-standins``) architectures; waits for
+``/healthz`` to say ready; sends 10 requests one after the other (first vs tenth: warm start); then
+``--clients`` threads, each with its own ``httpx.Client``, post real example images until ``--seconds`` have
+passed or ``--max-requests`` were sent in all (requests in flight are awaited). Reports requests/s, p50/p99
+latency, errors (target 0) and whether every successful analysis was stored (``GET /api/v1/analyses`` total
+== successful requests). Only 127.0.0.1 is ever contacted.
 
-    .venv/bin/python -m benchmarks.server_load --clients 8 --seconds 30 --out BENCHMARKS.md
+Configurations: ``before`` = main before issue #14 (torch runtime, one analysis at a time, no warm-up);
+``onnx-1`` = ONNX Runtime (int8 where available), one worker, warm-up; ``after`` = the same with one worker
+per core (`medlens.app.pool.serving_plan`).
+
+    .venv/bin/python -m benchmarks.server_load --threads 1 --configs before after --out BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -36,31 +42,37 @@ from benchmarks.common import (
     machine_info,
     machine_line,
     md_table,
+    models_label,
     percentiles,
+    prepare_int8,
     prepare_skin_models,
     skin_pipeline,
     synthetic_skin_images,
     update_section,
+    use_int8,
     write_json,
 )
 
 HOST = "127.0.0.1"
+#: runtime, int8 graphs, workers (None: one per core), warm-up at start
+CONFIGS: dict[str, dict[str, Any]] = {
+    "before": {"runtime": "torch", "int8": False, "workers": 1, "warm_up": False, "threads": 1},
+    "onnx-1": {"runtime": "onnx", "int8": True, "workers": 1, "warm_up": True},
+    "after": {"runtime": "onnx", "int8": True, "workers": None, "warm_up": True},
+}
+SEQUENTIAL = 10
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="models", help="folder with the skin-seg and skin-cls bundles")
     p.add_argument("--tiny", action="store_true", help="random-weight bundles of the shipped architectures")
+    p.add_argument("--v2-standins", action="store_true", help="random-weight bundles of the v2 architectures")
+    p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=["before", "after"])
     p.add_argument("--clients", type=int, default=8, help="concurrent clients")
     p.add_argument("--seconds", type=float, default=30.0, help="how long clients keep sending")
     p.add_argument("--max-requests", type=int, default=2000, help="upper bound on requests sent in all")
     p.add_argument("--timeout", type=float, default=300.0, help="per-request timeout (s)")
-    p.add_argument(
-        "--runtime",
-        choices=("torch", "onnx"),
-        default="torch",
-        help="pipeline runtime (torch = what `medlens serve` loads)",
-    )
     p.add_argument(
         "--scope",
         choices=("auto", "shipped", "off"),
@@ -115,16 +127,29 @@ class ThreadedServer:
         self.sock.close()
 
 
-def build_app(args: argparse.Namespace, work: Path) -> tuple[Any, dict[str, Any]]:
+def build_app(args: argparse.Namespace, work: Path, models_dir: Path, name: str, int8: dict | None) -> Any:
+    """The app of configuration ``name`` (see :data:`CONFIGS`) with its own history folder; its models get
+    ``cores // workers`` threads (``--threads`` = the cores), ``before`` one thread as measured before."""
     from medlens.app.api import create_app
+    from medlens.app.pool import serving_plan
 
-    models_dir, models_desc = prepare_skin_models(args.models, work, args.tiny)
-    tiny = "random-weight" in models_desc
-    scope = {"auto": not tiny, "shipped": True, "off": False}[args.scope]
-    pipelines = {"skin": skin_pipeline(models_dir, args.runtime, scope=scope)}
-    app = create_app(models_dir, home=work / "home", pipelines=pipelines, ui=args.ui)
-    info = {"models": models_desc, "scope_checks": "as shipped" if scope else "off (every stage runs)"}
-    return app, info
+    cfg = CONFIGS[name]
+    plan = serving_plan(cfg["workers"])
+    saved = os.environ.get("MEDLENS_NUM_THREADS")
+    os.environ["MEDLENS_NUM_THREADS"] = str(cfg.get("threads") or plan.threads)
+    try:
+        pipe = skin_pipeline(models_dir, cfg["runtime"], scope=args.scope_on)
+        if cfg["runtime"] == "onnx" and cfg["int8"] and int8:
+            use_int8(pipe, int8)
+        app = create_app(models_dir, home=work / f"home-{name}", pipelines={"skin": pipe}, ui=args.ui,
+                         workers=plan.workers, warm_up=cfg["warm_up"])  # fmt: skip
+    finally:
+        if saved is None:
+            os.environ.pop("MEDLENS_NUM_THREADS", None)
+        else:
+            os.environ["MEDLENS_NUM_THREADS"] = saved
+    app.state.bench = {**cfg, "workers": plan.workers, "threads": cfg.get("threads") or plan.threads}
+    return app
 
 
 def example_payloads(args: argparse.Namespace) -> tuple[list[tuple[str, bytes]], str]:
@@ -200,13 +225,37 @@ def server_stages(timings: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(float(np.median([t[k] for t in timings if k in t])), 1) for k in keys}
 
 
+def wait_ready(url: str, timeout: float) -> float:
+    """Seconds until ``/healthz`` answers 200 (ready)."""
+    import httpx
+
+    t0 = time.perf_counter()
+    with httpx.Client(base_url=url, timeout=30) as http:
+        while http.get("/healthz").status_code != 200:
+            if time.perf_counter() - t0 > timeout:
+                raise RuntimeError(f"the app was not ready within {timeout} s")
+            time.sleep(0.05)
+    return round(time.perf_counter() - t0, 2)
+
+
+def sequential(url: str, payloads: list[tuple[str, bytes]], timeout: float) -> list[float]:
+    """Latencies (ms) of :data:`SEQUENTIAL` requests sent one after the other right after readiness."""
+    import httpx
+
+    out = []
+    with httpx.Client(base_url=url, timeout=timeout) as http:
+        for i in range(SEQUENTIAL):
+            t0 = time.perf_counter()
+            http.post("/api/v1/analyze", files={"file": payloads[i % len(payloads)]},
+                      data={"pipeline": "skin"}).raise_for_status()  # fmt: skip
+            out.append(round((time.perf_counter() - t0) * 1000.0, 1))
+    return out
+
+
 def run_load(url: str, payloads: list[tuple[str, bytes]], args: argparse.Namespace) -> dict[str, Any]:
     import httpx
 
-    with httpx.Client(base_url=url, timeout=args.timeout) as http:  # warm-up: one request, not counted
-        http.post(
-            "/api/v1/analyze", files={"file": payloads[0]}, data={"pipeline": "skin"}
-        ).raise_for_status()
+    with httpx.Client(base_url=url, timeout=args.timeout) as http:
         before = http.get("/api/v1/analyses", params={"page_size": 1}).json()["total"]
     load = Load(args.max_requests, args.seconds)
     threads = [
@@ -239,29 +288,71 @@ def run_load(url: str, payloads: list[tuple[str, bytes]], args: argparse.Namespa
     }
 
 
+def run_config(args: argparse.Namespace, work: Path, models_dir: Path, name: str, payloads, int8) -> dict:
+    """Start configuration ``name``, time readiness and the first requests, then the load."""
+    t0 = time.perf_counter()
+    app = build_app(args, work, models_dir, name, int8)
+    built = round(time.perf_counter() - t0, 2)
+    with ThreadedServer(app) as server:
+        ready = wait_ready(server.url, args.timeout)
+        first = sequential(server.url, payloads, args.timeout)
+        result = run_load(server.url, payloads, args)
+    return {"config": app.state.bench, "load_s": built, "ready_s": ready, "first_requests_ms": first,
+            **result}  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------------ report
+def _describe(cfg: dict[str, Any]) -> str:
+    precision = "int8" if cfg["runtime"] == "onnx" and cfg["int8"] else "fp32"
+    return (f"{cfg['runtime']} {precision}, {cfg['workers']} worker(s) x {cfg['threads']} thread(s), "
+            f"warm-up {'on' if cfg['warm_up'] else 'off'}")  # fmt: skip
+
+
 def markdown(res: dict[str, Any]) -> str:
-    s, r = res["settings"], res["result"]
-    lat = r["latency_ms"]
+    s = res["settings"]
+    rows, seq_rows, notes = [], [], []
+    for name, r in res["results"].items():
+        lat, first = r["latency_ms"], r["first_requests_ms"]
+        rows.append([name, _describe(r["config"]), r["successful"], r["errors"], r["wall_s"],
+                     r["requests_per_s"], lat["p50"], lat["p99"], r["server_timings_ms_p50"].get("total"),
+                     r["stored"], "yes" if r["all_stored"] else "NO"])  # fmt: skip
+        seq_rows.append([name, r["load_s"], r["ready_s"], first[0], first[-1], float(np.median(first[1:])),
+                         round(first[0] / first[-1], 2)])  # fmt: skip
+        notes.append(f"- {name}: out of scope {r['out_of_scope']}, with Grad-CAM {r['with_gradcam']}"
+                     + (f"; errors: {'; '.join(r['error_examples'])}" if r["errors"] else "")
+                     + "; server-side `timings` (medians, ms; `wait` = waiting for a free pipeline replica): "
+                     + ", ".join(f"{k} {v}" for k, v in r["server_timings_ms_p50"].items()))  # fmt: skip
+    names = list(res["results"])
+    ratios = ""
+    if len(names) > 1:
+        a, b = res["results"][names[0]], res["results"][names[-1]]
+        ratios = (f"{names[-1]} vs {names[0]}: requests/s x{b['requests_per_s'] / a['requests_per_s']:.2f}, "
+                  f"p50 x{a['latency_ms']['p50'] / b['latency_ms']['p50']:.2f} faster, "
+                  f"p99 x{a['latency_ms']['p99'] / b['latency_ms']['p99']:.2f} faster.")  # fmt: skip
     lines = [
-        f"## Server load: POST /api/v1/analyze on loopback ({s['runtime']} runtime)",
+        f"## Server load: POST /api/v1/analyze on loopback, before and after issue #14 "
+        f"({models_label(res['models'])})",
         "",
-        f"What: the app (`create_app` + uvicorn in a thread, 127.0.0.1, MEDLENS_HOME in a temporary "
-        f"folder, {'with' if s['ui'] else 'without'} the Gradio UI mounted) with the skin pipeline "
-        f"({s['runtime']} runtime, out-of-scope checks {res['scope_checks']}); {s['clients']} concurrent "
-        f"clients (httpx) post example images for {s['seconds']:g} s (at most {s['max_requests']} requests; "
-        "those in flight at the deadline are awaited). The pipeline runs one analysis at a time "
-        "(per-pipeline lock), so latency grows with the number of clients.",
+        "What: the app (`create_app` + uvicorn in a thread, 127.0.0.1, MEDLENS_HOME in a temporary folder, "
+        f"{'with' if s['ui'] else 'without'} the Gradio UI mounted) with the skin pipeline (out-of-scope "
+        f"checks {res['scope_checks']}), one configuration after the other in one process (in the order of "
+        f"the table). Per configuration: time to `/healthz` ready, {SEQUENTIAL} requests one after the other "
+        f"(first vs tenth), then {s['clients']} concurrent clients (httpx) post example images for "
+        f"{s['seconds']:g} s (at most {s['max_requests']} requests; those in flight at the deadline are "
+        "awaited). `before` = main before issue #14 (torch, per-pipeline lock, no warm-up, 1 model thread as "
+        "measured then); `after` = ONNX Runtime int8 graphs, a pool of one replica per core with "
+        "cores // workers threads each, warm-up before ready.",
         "",
         f"- Command: `{res['command']}`",
-        f"- Machine: {machine_line(res['machine'])}; model threads {s['threads']}; "
-        f"load average before/after: {res['load_before']} / {res['load_after']}",
+        f"- Machine: {machine_line(res['machine'])}; load average (1 min) before/after: "
+        f"{res['load_before']} / {res['load_after']}",
         f"- Models: {res['models']}",
         f"- Images: {res['images']}",
         "",
         md_table(
             [
-                "clients",
+                "config",
+                "serving",
                 "requests ok",
                 "errors",
                 "wall s",
@@ -272,27 +363,27 @@ def markdown(res: dict[str, Any]) -> str:
                 "stored",
                 "all stored",
             ],
-            [
-                [
-                    s["clients"],
-                    r["successful"],
-                    r["errors"],
-                    r["wall_s"],
-                    r["requests_per_s"],
-                    lat["p50"],
-                    lat["p99"],
-                    r["server_timings_ms_p50"].get("total"),
-                    r["stored"],
-                    "yes" if r["all_stored"] else "NO",
-                ]
-            ],
+            rows,
         ),
         "",
-        f"Responses out of scope: {r['out_of_scope']}; with a Grad-CAM picture: {r['with_gradcam']}."
-        + (f" Errors: {'; '.join(r['error_examples'])}" if r["errors"] else ""),
+        ratios,
         "",
-        "Server-side `timings` (medians, ms; `analysis` includes waiting for the pipeline lock): "
-        + ", ".join(f"{k} {v}" for k, v in r["server_timings_ms_p50"].items()),
+        f"Start-up and the first {SEQUENTIAL} requests one at a time (load = building pipelines and app):",
+        "",
+        md_table(
+            [
+                "config",
+                "load s",
+                "until ready s",
+                "1st request ms",
+                f"{SEQUENTIAL}th request ms",
+                "median 2nd-10th ms",
+                "1st / 10th",
+            ],
+            seq_rows,
+        ),
+        "",
+        *notes,
     ]
     return "\n".join(lines) + "\n"
 
@@ -301,12 +392,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     with bench_workdir("medlens-load-", args.work_dir, args.threads) as (work, load_before):
-        from medlens.inference.runtime import default_threads
-
-        app, info = build_app(args, work)
+        models_dir, models_desc = prepare_skin_models(args.models, work, args.tiny, args.v2_standins)
+        random_weights = "random-weight" in models_desc.lower()
+        args.scope_on = {"auto": not random_weights, "shipped": True, "off": False}[args.scope]
         payloads, images_desc = example_payloads(args)
-        with ThreadedServer(app) as server:
-            result = run_load(server.url, payloads, args)
+        int8 = None
+        if any(CONFIGS[c]["int8"] for c in args.configs):
+            from benchmarks.common import load_images
+
+            paths, _ = example_images(args.images, 8)
+            int8 = prepare_int8(models_dir, load_images(paths) if paths else synthetic_skin_images(8))
+        results = {name: run_config(args, work, models_dir, name, payloads, int8) for name in args.configs}
         res: dict[str, Any] = {
             "benchmark": "server_load",
             "command": command_line("benchmarks.server_load", argv),
@@ -315,15 +411,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "clients": args.clients,
                 "seconds": args.seconds,
                 "max_requests": args.max_requests,
-                "runtime": args.runtime,
-                "threads": default_threads(),
                 "ui": args.ui,
+                "configs": args.configs,
             },
-            **info,
+            "models": models_desc,
+            "scope_checks": "as shipped" if args.scope_on else "off (every stage runs)",
+            "int8": int8,
             "images": images_desc,
             "load_before": load_before,
             "load_after": round(os.getloadavg()[0], 2),
-            "result": result,
+            "results": results,
         }
     md = markdown(res)
     print(md)

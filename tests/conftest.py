@@ -9,6 +9,13 @@ os.environ.setdefault("MEDLENS_NUM_THREADS", "1")  # predictors: one torch / onn
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+if "MEDLENS_HOME" not in os.environ:  # ONNX exports cached on first use and histories stay out of ~/.medlens
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["MEDLENS_HOME"] = tempfile.mkdtemp(prefix="medlens-test-home-")
+    atexit.register(shutil.rmtree, os.environ["MEDLENS_HOME"], ignore_errors=True)
 
 from pathlib import Path
 

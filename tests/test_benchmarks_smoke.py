@@ -60,14 +60,17 @@ def test_inference_benchmark_runs(bench_env: Path, tiny_models: Path) -> None:
          "--warmup", "0", "--block", "1", "--batch", "2", "--no-tta",
          "--json", str(bench_env / "inference.json"), "--out", str(out)]
     )  # fmt: skip
-    assert set(res["batch1"]) == {"torch", "onnx"}
+    assert set(res["batch1"]) == set(inference.VARIANTS)
     for r in res["batch1"].values():
         assert {"p50", "p95"} <= set(r["latency_ms"])
         assert set(r["stages_ms_p50"]) == set(inference.STAGES)
         assert r["gradcam_ran"] == 1  # scope checks are off: every stage runs
-    assert {"torch segmenter", "onnx classifier", "onnx pipeline"} <= set(res["batched"])
-    assert {"batch1_p50", "batched_pipeline"} <= set(res["speedup_onnx_vs_torch"])
-    assert len(res["targets"]) == 2
+    assert {"torch segmenter", "onnx classifier", "onnx-int8 pipeline", "onnx analyze_batch"} <= set(
+        res["batched"]
+    )
+    assert {"batch1_p50", "batched_pipeline"} <= set(res["speedup_vs_torch"]["onnx-int8"])
+    assert set(res["targets"]) == {"onnx-before", "onnx", "onnx-int8"}
+    assert {r["checked"] for r in res["int8"].values()} == {False}  # random weights: timed, not checked
     assert res["cuda"]["status"] in ("ok", "not run: no GPU")
     assert res["models"].startswith("shipped bundles from")  # the given folder, copied
     assert json.loads((bench_env / "inference.json").read_text())["benchmark"] == "inference"
@@ -101,10 +104,24 @@ def test_server_load_benchmark_runs(bench_env: Path, tiny_models: Path) -> None:
 
     res = server_load.main(
         ["--models", str(tiny_models), "--scope", "off", "--clients", "2", "--seconds", "2",
-         "--n-images", "2", "--json", str(bench_env / "server.json")]
+         "--n-images", "2", "--configs", "before", "after", "--json", str(bench_env / "server.json")]
     )  # fmt: skip
-    r = res["result"]
-    assert r["successful"] >= 1 and r["errors"] == 0
-    assert r["all_stored"] and r["stored"] == r["successful"]
-    assert {"p50", "p99"} <= set(r["latency_ms"]) and r["requests_per_s"] > 0
-    assert "total" in r["server_timings_ms_p50"]
+    assert list(res["results"]) == ["before", "after"]
+    for r in res["results"].values():
+        assert r["successful"] >= 1 and r["errors"] == 0
+        assert r["all_stored"] and r["stored"] == r["successful"]
+        assert {"p50", "p99"} <= set(r["latency_ms"]) and r["requests_per_s"] > 0
+        assert "total" in r["server_timings_ms_p50"] and len(r["first_requests_ms"]) == server_load.SEQUENTIAL
+    assert res["results"]["before"]["config"]["workers"] == 1
+    assert res["results"]["after"]["config"]["warm_up"] and res["results"]["after"]["config"]["int8"]
+
+
+def test_batch_predict_benchmark_runs(bench_env: Path, tiny_models: Path) -> None:
+    from benchmarks import batch_predict
+
+    res = batch_predict.main(
+        ["--models", str(tiny_models), "--n-images", "3", "--batch", "2", "--repeats", "1",
+         "--json", str(bench_env / "batch.json")]
+    )  # fmt: skip
+    assert set(res["runs"]) == {"1", "2"} and res["speedup"] > 0
+    assert all(r["ok"] == 3 and r["images_per_s"] > 0 for runs in res["runs"].values() for r in runs)

@@ -57,7 +57,7 @@ def test_run_export_to_a_chosen_path_and_tolerance_failure(tmp_path: Path):
     run = make_tiny_run(tmp_path, "classification")
     out = tmp_path / "exports" / "cls.onnx"
     unchecked = export_onnx(run, out=out, check=False)
-    assert unchecked == {"path": out, "max_abs_diff": None, "n_checked": 0}
+    assert unchecked == {"path": out, "max_abs_diff": None, "n_checked": 0, "features": True}
     assert out.is_file() and not (run / "model.onnx").exists()
     with pytest.raises(BundleError, match="differs from torch"):
         export_onnx(run, out=tmp_path / "strict.onnx", atol=-1.0)  # any difference fails

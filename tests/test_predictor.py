@@ -150,11 +150,17 @@ def test_apply_decision_rules():
 
 
 def test_onnx_runtime_matches_torch(seg_bundle: Path, cls_bundle: Path, images):
+    from medlens.inference.export import onnx_cache_dir
+
     assert not (cls_bundle / "model.onnx").exists()
     for cls, bundle in ((SegmentationPredictor, seg_bundle), (ClassificationPredictor, cls_bundle)):
         torch_pred = cls(bundle, tta=True)
         onnx_pred = cls(bundle, runtime="onnx", tta=True)
-        assert (bundle / "model.onnx").is_file()  # the classifier's is exported on first use, beside it
+        if bundle == cls_bundle:  # exported on first use into the cache, never beside the bundle
+            assert not (bundle / "model.onnx").exists()
+            assert onnx_pred.runner.path == onnx_cache_dir(bundle) / "model.onnx"
+        else:  # the bundle's own export (`medlens export`) is used
+            assert onnx_pred.runner.path == bundle / "model.onnx"
         a, b = torch_pred.predict_proba(images), onnx_pred.predict_proba(images)
         for x, y in zip(a, b, strict=True):
             np.testing.assert_allclose(x, y, atol=1e-4)
@@ -162,14 +168,15 @@ def test_onnx_runtime_matches_torch(seg_bundle: Path, cls_bundle: Path, images):
     assert seg_onnx.model is not None  # the torch model stays available (Grad-CAM)
 
 
-def test_read_only_bundles_export_into_the_cache(cls_bundle: Path, tmp_path: Path, monkeypatch):
+def test_bundles_export_into_the_cache_keyed_by_the_weights(cls_bundle: Path, tmp_path: Path, monkeypatch):
     from medlens.inference import export
+    from medlens.inference.bundle import sha256_file
 
     copy = Path(shutil.copytree(cls_bundle, tmp_path / "ro", ignore=shutil.ignore_patterns("model.onnx")))
     monkeypatch.setenv("MEDLENS_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(export.os, "access", lambda *a, **k: False)
     path = export.ensure_onnx(copy)
-    assert path.parent == tmp_path / "home" / "onnx-cache" and path.is_file()
+    sha = sha256_file(copy / "model.safetensors")
+    assert path == tmp_path / "home" / "cache" / "onnx" / sha / "model.onnx" and path.is_file()
     assert not (copy / "model.onnx").exists()
     assert export.ensure_onnx(copy) == path  # reused, not exported again
 

@@ -131,8 +131,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import csv
-
     from medlens.pipelines.batch import predict_paths
 
     for item in args.inputs:
@@ -149,12 +147,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         largest_component=args.largest_component,
         batch_size=args.batch_size,
         models_dir=args.models_dir,
+        precision=args.precision,
     )
-    with open(summary, newline="") as fh:
-        statuses = [row["status"] for row in csv.DictReader(fh)]
-    done = statuses.count("ok")
-    _echo(f"{summary}: {done} image(s) predicted, {len(statuses) - done} unreadable (listed there)")
-    return 0 if done else EXIT_NOTHING_DONE
+    stats = json.loads(summary.with_name("summary.json").read_text())
+    tta = "on" if stats["tta"] else "off"
+    _echo(f"{summary}: {stats['ok']} image(s) predicted in {stats['seconds']} s ({stats['images_per_s']} "
+          f"images/s, TTA {tta}), {stats['errors']} unreadable (listed there)")  # fmt: skip
+    return 0 if stats["ok"] else EXIT_NOTHING_DONE
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
@@ -173,7 +172,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     bundle = _existing(args.bundle, "bundle")
     if args.format not in EXPORT_FORMATS:
         raise MedlensError(f"--format {args.format}: medlens exports {', '.join(EXPORT_FORMATS)}")
-    result = export_onnx(bundle, out=args.out, opset=args.opset, check=not args.no_check)
+    if args.int8:
+        from medlens.inference.quantize import quantize_model
+
+        result = quantize_model(
+            bundle, data=args.data, n_calibration=args.calibration, tolerance=args.tolerance
+        )
+    else:
+        result = export_onnx(bundle, out=args.out, opset=args.opset, check=not args.no_check)
     _echo(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.items()}, indent=2))
     return 0
 
@@ -188,6 +194,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         home=args.home,
         token=args.token,
         insecure=args.insecure,
+        runtime=args.runtime,
+        precision=args.precision,
+        workers=args.workers,
     )
     return 0
 
@@ -294,7 +303,8 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
         "--tta",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="flip test-time augmentation (default: the model's or pipeline's)",
+        help="flip test-time augmentation (predict: on by default, as in the web app and the API; "
+        "evaluate: off)",
     )
     p.add_argument("--batch-size", type=int, default=8)
 
@@ -308,6 +318,9 @@ def _predict_parser(sub: Any) -> None:
     p.add_argument("--fill-holes", action="store_true")
     p.add_argument("--largest-component", action="store_true")
     p.add_argument("--models-dir", default="models")
+    p.add_argument(
+        "--precision", default="fp32", choices=["fp32", "int8"], help="ONNX graphs (--runtime onnx)"
+    )
     p.set_defaults(func=cmd_predict)
 
 
@@ -328,6 +341,15 @@ def _export_parser(sub: Any) -> None:
     p.add_argument("--out", help="output file (default <bundle>/model.onnx)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="instead: make a static int8 graph in $MEDLENS_HOME/cache/onnx/<sha256>/, accepted (used by "
+        "--precision int8) only if its held-out Dice/accuracy stays within --tolerance of float32",
+    )
+    p.add_argument("--data", nargs="+", help="--int8: data folders (default: the bundle's training data)")
+    p.add_argument("--calibration", type=int, default=64, help="--int8: training images for calibration")
+    p.add_argument("--tolerance", type=float, default=0.005, help="--int8: largest accepted metric drop")
     p.set_defaults(func=cmd_export)
 
 
@@ -339,6 +361,17 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--home", help="data folder for history (default MEDLENS_HOME or ~/.medlens)")
     p.add_argument("--token", help="API token required on every request")
     p.add_argument("--insecure", action="store_true", help="allow a non-local host without a token")
+    p.add_argument(
+        "--runtime", choices=["torch", "onnx"], help="model runtime (default MEDLENS_RUNTIME or torch)"
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "int8"],
+        help="ONNX graphs (int8: those `medlens export --int8` accepted)",
+    )
+    p.add_argument(
+        "--workers", type=int, help="analyses at once per pipeline (default MEDLENS_WORKERS or cores)"
+    )
     p.set_defaults(func=cmd_serve)
 
 

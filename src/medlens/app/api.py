@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 
 import medlens
 from medlens.app import schemas, security
 from medlens.app.handlers import add_error_handlers
+from medlens.app.pool import serving_plan
 from medlens.app.routes import API_PREFIX, api_router
 from medlens.app.service import AnalysisService
 from medlens.app.store import HistoryStore
@@ -33,12 +34,12 @@ __all__ = ["API_PREFIX", "create_app", "load_pipelines_safely", "pixel_limit_fro
 logger = logging.getLogger(__name__)
 
 
-def load_pipelines_safely(models_dir: str | Path) -> dict[str, Any]:
-    """``load_pipelines(models_dir)``, or {} with a warning when the folder has no usable bundles."""
+def load_pipelines_safely(models_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """``load_pipelines(models_dir, **kwargs)``, or {} with a warning when the folder has no usable bundle."""
     from medlens.pipelines.pipeline import load_pipelines
 
     try:
-        return dict(load_pipelines(models_dir))
+        return dict(load_pipelines(models_dir, **kwargs))
     except (MedlensError, OSError) as exc:
         logger.warning("no pipelines loaded from %s: %s", models_dir, exc)
         return {}
@@ -77,6 +78,10 @@ def create_app(
     frame_ancestors: str | None = "'self'",
     root_path: str = "",
     max_auth_failures: int = DEFAULT_MAX_FAILURES,
+    runtime: str | None = None,
+    precision: str | None = None,
+    workers: int | None = None,
+    warm_up: bool = True,
 ) -> FastAPI:
     """Build the FastAPI app (API + optional Gradio UI at ``/``).
 
@@ -96,15 +101,28 @@ def create_app(
         root_path: public path prefix behind a reverse proxy (e.g. "/medlens"), for the UI's URLs; the server
             (uvicorn ``--root-path``) sets it for the API.
         max_auth_failures: failed tokens or logins per client within 5 minutes before it gets 429.
+        runtime, precision: of the loaded pipelines (default ``MEDLENS_RUNTIME`` or "torch",
+            ``MEDLENS_PRECISION`` or "fp32"; "int8" needs ``medlens export --int8``).
+        workers: analyses at once per pipeline (default ``MEDLENS_WORKERS`` or the cores); the models then
+            get ``cores // workers`` threads each (:func:`medlens.app.pool.serving_plan`).
+        warm_up: run every pipeline replica once in the background at start; ``/healthz`` answers 503
+            (``ready: false``) until that is done.
     """
+    plan = serving_plan(workers)
     if pipelines is None:
-        pipelines = load_pipelines_safely(models_dir)
+        runtime = runtime or os.environ.get("MEDLENS_RUNTIME") or "torch"
+        precision = precision or os.environ.get("MEDLENS_PRECISION") or "fp32"
+        pipelines = load_pipelines_safely(
+            models_dir, runtime=runtime, precision=precision, num_threads=plan.threads
+        )
     limits = _Limits(
         security.max_upload_bytes(max_upload_mb), pixel_limit_from(max_pixels), max_auth_failures
     )
+    store = HistoryStore(home=home, db_url=db_url)
     service = AnalysisService(
-        pipelines, HistoryStore(home=home, db_url=db_url), models_dir=models_dir, max_pixels=limits.pixels
+        pipelines, store, models_dir=models_dir, max_pixels=limits.pixels, workers=plan.workers
     )
+    service.start_warm_up() if warm_up else service.skip_warm_up()
     app = _fastapi(service, limits)
     app.include_router(api_router(service, limits.upload, limits.pixels, token))
     if ui:
@@ -136,10 +154,20 @@ def _fastapi(service: AnalysisService, limits: _Limits) -> FastAPI:
     app.state.shutdown = []  # callables run at shutdown, before the service closes
     add_error_handlers(app)
 
-    @app.get("/healthz", tags=["meta"], response_model=schemas.Health)
-    def healthz() -> dict[str, Any]:
-        """Liveness: always open (no token), no data."""
-        return {"status": "ok", "version": medlens.__version__, "pipelines": service.pipeline_names}
+    @app.get(
+        "/healthz", tags=["meta"], response_model=schemas.Health, responses={503: {"model": schemas.Health}}
+    )
+    def healthz(response: Response) -> dict[str, Any]:
+        """Readiness: always open (no token), no data; 503 with ``ready: false`` while the models warm up."""
+        if not service.ready:
+            response.status_code = 503
+        return {
+            "status": "ok" if service.ready else "starting",
+            "ready": service.ready,
+            "version": medlens.__version__,
+            "pipelines": service.pipeline_names,
+            "workers": {name: pool.size for name, pool in service.pools.items()},
+        }
 
     return app
 

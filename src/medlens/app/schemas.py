@@ -87,9 +87,11 @@ class Deleted(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok, or starting while the models warm up")
+    ready: bool = Field(True, description="every pipeline replica has run once (503 until then)")
     version: str
     pipelines: list[str]
+    workers: dict[str, int] = Field(default_factory=dict, description="analyses at once, per pipeline")
 
 
 class ModelsView(BaseModel):

@@ -39,6 +39,9 @@ def serve(
     examples_dir: str | Path | None = None,
     frame_ancestors: str | None = "'self'",
     log_level: str = "info",
+    runtime: str | None = None,
+    precision: str | None = None,
+    workers: int | None = None,
 ) -> None:
     """Serve the REST API (``/api/v1``, docs at ``/docs``) and the UI (``/``) with uvicorn until interrupted.
 
@@ -51,6 +54,8 @@ def serve(
         root_path: public path prefix behind a reverse proxy that strips it (e.g. "/medlens").
         forwarded_allow_ips: proxies whose X-Forwarded-* headers are trusted (uvicorn; default
             ``FORWARDED_ALLOW_IPS`` or 127.0.0.1).
+        runtime, precision, workers: model runtime ("torch" / "onnx"), ONNX precision ("fp32" / "int8") and
+            analyses at once per pipeline (see `medlens.app.api.create_app`).
     Raises:
         ConfigError: non-loopback host without a token and without ``insecure``.
     """
@@ -67,6 +72,9 @@ def serve(
         examples_dir=examples_dir,
         frame_ancestors=frame_ancestors,
         root_path=root_path,
+        runtime=runtime,
+        precision=precision,
+        workers=workers,
     )
     shown = f"[{host}]" if ":" in host else host
     logger.info(
@@ -91,7 +99,8 @@ def serve(
 def app_from_env() -> FastAPI:
     """App factory for ``uvicorn --factory medlens.app.server:app_from_env``, configured by environment:
     ``MEDLENS_MODELS_DIR`` (default models), ``MEDLENS_HOME``, ``MEDLENS_DB_URL``, ``MEDLENS_API_TOKEN``,
-    ``MEDLENS_MAX_UPLOAD_MB``, ``MEDLENS_MAX_PIXELS``, ``MEDLENS_ROOT_PATH``.
+    ``MEDLENS_MAX_UPLOAD_MB``, ``MEDLENS_MAX_PIXELS``, ``MEDLENS_ROOT_PATH``, ``MEDLENS_RUNTIME``,
+    ``MEDLENS_PRECISION``, ``MEDLENS_WORKERS``.
 
     uvicorn decides the host here, so the binding rule cannot be checked: set ``MEDLENS_API_TOKEN`` whenever
     the port is reachable from other machines.

@@ -1,10 +1,12 @@
 """The service layer that the REST API and the Gradio UI share: bytes in, stored analysis out.
 
-``AnalysisService.analyze_bytes`` decodes an upload (type sniffed from content by ``read_image``), runs one
-pipeline under that pipeline's lock (Grad-CAM hooks make a pipeline unsafe to share between threads), and
-stores the de-identified pixels, mask, overlay, Grad-CAM and result in the
+``AnalysisService.analyze_bytes`` decodes an upload (type sniffed from content by ``read_image``), runs it on
+a free replica of the pipeline (:class:`~medlens.app.pool.PipelinePool`: up to ``workers`` analyses of one
+pipeline at once, since Grad-CAM hooks make a pipeline unsafe to share between threads), and stores the
+de-identified pixels, mask, overlay, Grad-CAM and result in the
 :class:`~medlens.app.store.HistoryStore`. It is synchronous and blocking: the API calls it through
-``run_in_threadpool``, Gradio runs it in its workers.
+``run_in_threadpool``, Gradio runs it in its workers. :meth:`AnalysisService.start_warm_up` runs every
+replica once on a synthetic image in the background; :attr:`AnalysisService.ready` turns true after it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from medlens.app.pool import PipelinePool, serving_plan
 from medlens.app.store import HistoryStore
 from medlens.drawing import viewable_mask
 from medlens.errors import MedlensError, UnknownNameError
@@ -101,6 +104,7 @@ class AnalysisService:
         models_dir: folder of bundles, for :meth:`models` and the dashboard.
         max_pixels: decompression-bomb limit handed to ``read_image`` (None = its default).
         max_side: larger images are decoded reduced to this longer side (see ``read_image``).
+        workers: replicas per pipeline (analyses at once); default :func:`~medlens.app.pool.serving_plan`.
     """
 
     def __init__(
@@ -110,15 +114,55 @@ class AnalysisService:
         models_dir: str | Path | None = None,
         max_pixels: int | None = None,
         max_side: int = MAX_ANALYSIS_SIDE,
+        workers: int | None = None,
     ) -> None:
         self.pipelines = dict(pipelines)
         self.max_side = max_side
         self.store = store
         self.models_dir = Path(models_dir) if models_dir is not None else None
         self.max_pixels = max_pixels
-        self._locks = {name: threading.Lock() for name in self.pipelines}
         self.delete_hooks: list[Callable[[str], None]] = []  # e.g. the UI removing its copies of the files
+        size = workers or serving_plan().workers
+        self.pools = {name: PipelinePool(p, size) for name, p in self.pipelines.items()}
         self.bundles = discover_bundles(self.models_dir)
+        self._ready = threading.Event()
+        self.warm_up_ms: dict[str, float] = {}
+        if not any(callable(getattr(p, "warm_up", None)) for p in self.pipelines.values()):
+            self._ready.set()  # nothing to warm up
+
+    @property
+    def ready(self) -> bool:
+        """Whether start-up is over: every pipeline replica has run once (:meth:`start_warm_up`)."""
+        return self._ready.is_set()
+
+    def start_warm_up(self) -> threading.Thread | None:
+        """Warm every pipeline's replicas up in a background thread; :attr:`ready` turns true when done
+        (also when a warm-up fails: that is logged, and the requests then report the error)."""
+        if self.ready:
+            return None
+
+        def run() -> None:
+            try:
+                for name, pool in self.pools.items():
+                    self.warm_up_ms[name] = round(pool.warm_up(), 1)
+                    logger.info("pipeline %s: %d replica(s) warm in %.0f ms", name, pool.size,
+                                self.warm_up_ms[name])  # fmt: skip
+            except Exception:  # a broken model must not keep the server from starting
+                logger.exception("warm-up failed")
+            finally:
+                self._ready.set()
+
+        thread = threading.Thread(target=run, name="medlens-warm-up", daemon=True)
+        thread.start()
+        return thread
+
+    def skip_warm_up(self) -> None:
+        """Declare the service ready without warming up (first requests then pay the first-call costs)."""
+        self._ready.set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until :attr:`ready` (or ``timeout`` seconds); returns :attr:`ready`."""
+        return self._ready.wait(timeout)
 
     @property
     def pipeline_names(self) -> list[str]:
@@ -158,8 +202,9 @@ class AnalysisService:
         size = _declared_size(data, self.max_pixels)  # ImageTooLargeError before any decoding
         image = read_image(data, max_pixels=self.max_pixels, max_side=self.max_side)
         t1 = time.perf_counter()
-        with self._locks[name]:
-            analysis = self.pipelines[name].analyze(image, clahe=clahe, gradcam=gradcam, tta=tta)
+        with self.pools[name].acquire() as pipe:
+            t_free = time.perf_counter()
+            analysis = pipe.analyze(image, clahe=clahe, gradcam=gradcam, tta=tta)
         t2 = time.perf_counter()
         result = analysis_result(analysis)
         result["pipeline"] = name
@@ -170,6 +215,7 @@ class AnalysisService:
         result["timings_ms"] = {
             "decode": round((t1 - t0) * 1000, 1),
             **{k: round(float(v), 1) for k, v in (analysis.timings_ms or {}).items()},
+            "wait": round((t_free - t1) * 1000, 1),
             "analysis": round((t2 - t1) * 1000, 1),
         }
         record = self.store.add(

@@ -15,6 +15,14 @@ vanish where the sigmoid/softmax saturates (as in Seg-Grad-CAM, Vinogradova et a
 The model is left as it was: its train/eval mode, ``requires_grad`` flags, parameter ``.grad`` tensors, hooks
 and ``inplace`` flags are restored, since MONAI's ``ModelWithHooks`` keeps no hook handles and zeroes the
 gradients.
+
+Grad-CAM without backpropagation (:func:`cam_from_features`): for a classifier whose head is global average
+pooling then one linear layer (timm's ResNets, MobileNetV2, EfficientNet(-Lite), ...), the gradient of logit
+``k`` with respect to the last feature map ``A`` is ``w_k / (h * w)`` at every position, so Grad-CAM is
+``ReLU(sum_c w_kc A_c)`` up to a positive factor that the min-max normalisation removes. The ONNX export
+returns ``A`` as a second output (``features``) for such models (:func:`linear_head_weights` checks the
+structure numerically), so the pipeline explains a prediction from the classification pass it already ran.
+MONAI's backpropagation (:func:`gradcam`) stays the reference path (torch runtime, other heads).
 """
 
 from __future__ import annotations
@@ -150,6 +158,64 @@ def gradcam(
         )
         cam = cam_fn(x, class_idx=index)
     return cam[0, 0].detach().cpu().numpy().astype(np.float32)
+
+
+def linear_head_weights(
+    model: nn.Module, in_channels: int, size: tuple[int, int], atol: float = 1e-4
+) -> np.ndarray | None:
+    """The ``(K, C)`` float32 class weights of a classifier whose logits are ``Linear(mean_hw(A))`` of the
+    map ``A = model.forward_features(x)`` that Grad-CAM hooks (:func:`find_target_layer`); None for any other
+    structure (no timm ``forward_features`` / ``forward_head``, a non-linear head, a norm after pooling...).
+
+    Checked numerically on a random ``(2, in_channels, *size)`` input, in eval mode, without gradients."""
+    needed = ("forward_features", "forward_head", "get_classifier")
+    if _is_segmentation(model) or not all(hasattr(model, a) for a in needed):
+        return None
+    head = model.get_classifier()
+    if not isinstance(head, nn.Linear):
+        return None
+    probe = tuple(size) if min(size) >= 64 else None  # as gradcam() finds it for inputs of this size
+    layer = model.get_submodule(find_target_layer(model, in_channels=in_channels, size=probe))
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    training = model.training
+    try:
+        model.eval()
+        x = torch.randn(2, in_channels, *size, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            feats = model.forward_features(x)
+            logits = model.forward_head(feats)
+            pooled = F.linear(feats.float().mean((2, 3)), head.weight, head.bias) if feats.ndim == 4 else None
+    finally:
+        handle.remove()
+        model.train(training)
+    if pooled is None or len(seen) != 1 or not torch.equal(seen[0], feats):
+        return None
+    tol = atol * max(1.0, float(logits.abs().max()))
+    if logits.shape != pooled.shape or not torch.allclose(logits.float(), pooled, atol=tol, rtol=0.0):
+        return None
+    return head.weight.detach().float().cpu().numpy().copy()
+
+
+def cam_from_features(
+    features: np.ndarray, weights: np.ndarray, class_index: int, size: tuple[int, int]
+) -> np.ndarray:
+    """Grad-CAM of a pooled linear head from its feature map, without backpropagation.
+
+    Args:
+        features: ``(C, h, w)`` float last feature map of one image (the ONNX graph's ``features`` output).
+        weights: ``(K, C)`` class weights of the head (:func:`linear_head_weights`).
+        class_index: the class to explain.
+        size: ``(H, W)`` of the model input.
+
+    Returns:
+        ``(H, W)`` float32 map in 0..1: ``ReLU(sum_c w_kc A_c)``, up-sampled bilinearly and min-max scaled as
+        :func:`gradcam` does (equal to it within float tolerance, see the tests).
+    """
+    acti = np.tensordot(np.asarray(weights[class_index], np.float32), np.asarray(features, np.float32), 1)
+    cam = torch.from_numpy(np.maximum(acti, 0.0, dtype=np.float32))[None, None]
+    cam = F.interpolate(cam, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)
+    return _normalise(cam)[0, 0].numpy().astype(np.float32, copy=False)
 
 
 def _jet_lut() -> np.ndarray:

@@ -1,13 +1,20 @@
 """ONNX export of a bundle or run folder, with a parity check against torch on random inputs.
 
 The graph takes ``input`` float32 ``(B, C, H, W)`` (dynamic batch ``B``, fixed ``H, W`` = the spec's input
-size, since predictors always resize to it) and returns ``logits`` (``(B, K, H, W)`` or ``(B, K)``). The model
-spec is stored in the ONNX metadata (``medlens_spec``), so the file describes itself.
+size, since predictors always resize to it) and returns ``logits`` (``(B, K, H, W)`` or ``(B, K)``). A
+classifier whose head is global average pooling + one linear layer also returns ``features``, its last
+feature map ``(B, C', h, w)``, and stores the head's class weights in the metadata (``medlens_cam``), so that
+Grad-CAM needs no backpropagation (:func:`medlens.inference.explain.cam_from_features`). The model spec is
+stored in the ONNX metadata (``medlens_spec``), so the file describes itself.
+
+Predictors get their graph from :func:`ensure_onnx`: ``<bundle>/model.onnx`` when ``medlens export`` wrote
+one, else an export cached under ``$MEDLENS_HOME/cache/onnx/<sha256 of the weights>/``; nothing is written
+into a bundle or run folder unless asked (``export_onnx`` without ``out``).
 """
 
 from __future__ import annotations
 
-import hashlib
+import base64
 import json
 import logging
 import os
@@ -15,6 +22,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,9 +31,11 @@ from medlens.inference.bundle import (
     ONNX_FILE,
     RUN_CHECKPOINT,
     RUN_SPEC,
+    WEIGHTS_FILE,
     Bundle,
     is_bundle,
     load_model_source,
+    sha256_file,
     source_name,
 )
 from medlens.spec import ModelSpec
@@ -34,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ATOL = 1e-3
 CHECK_BATCH_SIZES = (1, 3)
+#: graph layout version in the metadata: 2 = ``features`` output for pooled linear heads
+EXPORT_FORMAT = "2"
 
 
 def medlens_home() -> Path:
@@ -48,8 +60,21 @@ def _source_dir(source: str | Path | Bundle) -> Path:
     return path.parent.parent if path.is_file() else path
 
 
+class WithFeatures(nn.Module):
+    """A timm classifier returning ``(logits (B, K), features (B, C, h, w))``: the last feature map too."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(x)
+        return self.model.forward_head(features), features
+
+
 def _torch_export(model: nn.Module, x: torch.Tensor, path: Path, opset: int, dynamo: bool) -> None:
-    names = {"input_names": ["input"], "output_names": ["logits"], "opset_version": opset}
+    outputs = ["logits", "features"] if isinstance(model, WithFeatures) else ["logits"]
+    names = {"input_names": ["input"], "output_names": outputs, "opset_version": opset}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation and tracer warnings of the exporters
         if dynamo:
@@ -65,7 +90,7 @@ def _torch_export(model: nn.Module, x: torch.Tensor, path: Path, opset: int, dyn
                 **names,
             )
         else:
-            axes = {"input": {0: "batch"}, "logits": {0: "batch"}}
+            axes = {name: {0: "batch"} for name in ["input", *outputs]}
             torch.onnx.export(model, (x,), str(path), dynamo=False, dynamic_axes=axes, **names)
 
 
@@ -85,20 +110,37 @@ def _export_graph(model: nn.Module, spec: ModelSpec, path: Path, opset: int, dyn
             logger.warning("TorchScript ONNX export failed (%s); trying the dynamo exporter", exc)
 
 
-def _add_metadata(path: Path, spec: ModelSpec) -> None:
+def _add_metadata(path: Path, spec: ModelSpec, cam_weights: np.ndarray | None = None) -> None:
     import onnx
 
     import medlens
 
     proto = onnx.load(str(path))
-    for key, value in {
+    meta = {
         "medlens_spec": json.dumps(spec.to_dict()),
         "medlens_version": medlens.__version__,
-    }.items():
+        "medlens_export_format": EXPORT_FORMAT,
+    }
+    if cam_weights is not None:
+        meta["medlens_cam"] = encode_cam_weights(cam_weights)
+    for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
+
+
+def encode_cam_weights(weights: np.ndarray) -> str:
+    """``(K, C)`` class weights -> the ``medlens_cam`` metadata value (JSON, float32 little-endian base64)."""
+    data = np.ascontiguousarray(weights, dtype="<f4")
+    return json.dumps({"shape": list(data.shape), "float32_b64": base64.b64encode(data.tobytes()).decode()})
+
+
+def decode_cam_weights(value: str) -> np.ndarray:
+    """The ``(K, C)`` float32 class weights stored by :func:`encode_cam_weights`."""
+    meta = json.loads(value)
+    raw = base64.b64decode(meta["float32_b64"])
+    return np.frombuffer(raw, dtype="<f4").reshape(meta["shape"]).astype(np.float32)
 
 
 def check_parity(path: str | Path, model: nn.Module, spec: ModelSpec, seed: int = 0) -> tuple[float, int]:
@@ -113,13 +155,14 @@ def check_parity(path: str | Path, model: nn.Module, spec: ModelSpec, seed: int 
     for b in CHECK_BATCH_SIZES:
         x = torch.randn(b, spec.in_channels, h, w, generator=gen)
         with torch.inference_mode():
-            expected = model(x).float()
-        got = runner(x)
-        if got.shape != expected.shape:
-            raise BundleError(
-                f"{path}: ONNX output shape {tuple(got.shape)} != torch {tuple(expected.shape)}"
-            )
-        worst, n = max(worst, float((got - expected).abs().max())), n + b
+            out = model(x)
+        expected = [t.float() for t in (out if isinstance(out, tuple) else (out,))]
+        got = runner.run(x)
+        for e, g in zip(expected, got, strict=True):
+            if g.shape != e.shape:
+                raise BundleError(f"{path}: ONNX output shape {tuple(g.shape)} != torch {tuple(e.shape)}")
+            worst = max(worst, float((g - e).abs().max()))
+        n += b
     return worst, n
 
 
@@ -152,7 +195,13 @@ def export_onnx(
     Returns:
         ``{"path": Path, "max_abs_diff": float | None, "n_checked": int}``.
     """
+    from medlens.inference.explain import linear_head_weights
+
     model, spec = load_model_source(bundle_or_run)
+    cam_weights = None
+    if not spec.is_segmentation:
+        cam_weights = linear_head_weights(model, spec.in_channels, tuple(spec.input_size))
+        model = WithFeatures(model).eval() if cam_weights is not None else model
     path = Path(out) if out is not None else default_onnx_path(bundle_or_run)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write beside the target and rename, so a reader never sees a half-written model.onnx.
@@ -161,7 +210,7 @@ def export_onnx(
     tmp = Path(tmp_name)
     try:
         _export_graph(model, spec, tmp, opset, dynamo)
-        _add_metadata(tmp, spec)
+        _add_metadata(tmp, spec, cam_weights)
         diff, n = check_parity(tmp, model, spec) if check else (None, 0)
         if diff is not None and diff > atol:
             raise BundleError(f"ONNX export of {bundle_or_run} differs from torch by {diff:.3g} (> {atol:g})")
@@ -174,24 +223,25 @@ def export_onnx(
     if bundle is not None and path.resolve() == bundle.onnx_path.resolve():
         bundle.register_file(ONNX_FILE)
     logger.info(
-        "exported %s to %s (max |diff| %s over %d samples)", source_name(bundle_or_run), path, diff, n
-    )
-    return {"path": path, "max_abs_diff": diff, "n_checked": n}
+        "exported %s to %s (max |diff| %s over %d samples; features output: %s)",
+        source_name(bundle_or_run), path, diff, n, cam_weights is not None,
+    )  # fmt: skip
+    return {"path": path, "max_abs_diff": diff, "n_checked": n, "features": cam_weights is not None}
 
 
-def _cache_path(source: str | Path | Bundle) -> Path:
-    """A cache file keyed by the weights: a bundle's weights sha256, or a checkpoint's path, size, mtime."""
-    if isinstance(source, Bundle) or is_bundle(_source_dir(source)):
-        bundle = source if isinstance(source, Bundle) else Bundle.load(_source_dir(source))
-        key = (
-            bundle.files.get("model.safetensors")
-            or hashlib.sha256(bundle.weights_path.read_bytes()).hexdigest()
-        )
-    else:
-        ckpt = _source_dir(source) / RUN_CHECKPOINT
-        stat = ckpt.stat()
-        key = hashlib.sha256(f"{ckpt.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
-    return medlens_home() / "onnx-cache" / f"{source_name(source)}-{key[:16]}.onnx"
+def weights_sha256(source: str | Path | Bundle) -> str:
+    """sha256 of a source's weights: a bundle's ``model.safetensors`` (as recorded in ``bundle.json`` when it
+    is), a run folder's ``checkpoints/best.pt``."""
+    directory = _source_dir(source)
+    if isinstance(source, Bundle) or is_bundle(directory):
+        bundle = source if isinstance(source, Bundle) else Bundle.load(directory)
+        return bundle.files.get(WEIGHTS_FILE) or sha256_file(bundle.weights_path)
+    return sha256_file(directory / RUN_CHECKPOINT)
+
+
+def onnx_cache_dir(source: str | Path | Bundle) -> Path:
+    """``$MEDLENS_HOME/cache/onnx/<sha256 of the weights>``: where exports made on first use live."""
+    return medlens_home() / "cache" / "onnx" / weights_sha256(source)
 
 
 def _is_current(onnx_path: Path, source: str | Path | Bundle) -> bool:
@@ -204,17 +254,29 @@ def _is_current(onnx_path: Path, source: str | Path | Bundle) -> bool:
     return onnx_path.stat().st_mtime_ns >= (directory / RUN_CHECKPOINT).stat().st_mtime_ns
 
 
+def _fits(onnx_path: Path, spec: ModelSpec) -> bool:
+    """A cached export of this medlens graph layout, for the spec's input size and channels."""
+    import onnx
+
+    try:
+        meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+        cached = ModelSpec.from_dict(json.loads(meta["medlens_spec"]))
+    except Exception:  # a damaged or foreign file: export again
+        return False
+    same_graph = (cached.input_size, cached.in_channels) == (spec.input_size, spec.in_channels)
+    return same_graph and meta.get("medlens_export_format") == EXPORT_FORMAT
+
+
 def ensure_onnx(source: str | Path | Bundle) -> Path:
-    """The ONNX file for a predictor: ``<source>/model.onnx`` when present and current, else exported on first
-    use into ``<source>/model.onnx`` if that folder is writable, else into ``$MEDLENS_HOME/onnx-cache``."""
+    """The ONNX file for a predictor: ``<source>/model.onnx`` when ``medlens export`` wrote one (and, for a
+    run folder, it is newer than the checkpoint), else ``$MEDLENS_HOME/cache/onnx/<sha256>/model.onnx``,
+    exported there on first use. The bundle or run folder itself is never written to."""
+    from medlens.inference.bundle import read_spec
+
     local = default_onnx_path(source)
     if _is_current(local, source):
         return local
-    cached = _cache_path(source)
-    if cached.is_file():
+    cached = onnx_cache_dir(source) / ONNX_FILE
+    if cached.is_file() and _fits(cached, read_spec(source)):
         return cached
-    target = local if os.access(local.parent, os.W_OK) else cached
-    try:
-        return export_onnx(source, out=target)["path"]
-    except PermissionError:
-        return export_onnx(source, out=cached)["path"]
+    return export_onnx(source, out=cached)["path"]

@@ -5,10 +5,16 @@ Both runtimes (``"torch"`` and ``"onnx"``) share every step but the forward pass
 :func:`medlens.data.cache.resize_image`, 0..1, normalise by the spec's mean/std), optional flip test-time
 augmentation (identity, horizontal and vertical flip, probabilities averaged), temperature scaling for
 classifiers, and resizing probabilities back to each image's own size (bilinear) before thresholding.
+
+With ONNX Runtime, ``precision="int8"`` uses the model's statically quantised graph when
+:mod:`medlens.inference.quantize` made and accepted one (else float32, with a warning); TTA views run as one
+batched call; a classifier exported with its ``features`` output explains its predictions without torch
+(:meth:`ClassificationPredictor.predict_proba_with_features`, :meth:`ClassificationPredictor.cam`).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -108,6 +114,8 @@ class _Predictor:
         tta: bool = False,
         batch_size: int = 8,
         num_threads: int | None = None,
+        precision: str = "fp32",
+        onnx_path: str | Path | None = None,
     ) -> None:
         if runtime not in RUNTIMES:
             raise UnknownNameError("runtime", runtime, RUNTIMES)
@@ -123,17 +131,51 @@ class _Predictor:
         self.threads = num_threads or default_threads()
         self._model: nn.Module | None = None
         self._guide: SegmentationPredictor | None = None
+        self.precision = "fp32"
+        # TTA views in one call: faster in ONNX Runtime, not in eager torch (BENCHMARKS.md)
+        self.batch_views = runtime == "onnx"
         if runtime == "torch":
             if torch.get_num_threads() != self.threads:
                 torch.set_num_threads(self.threads)
             self.runner: Callable[[torch.Tensor], torch.Tensor] = TorchRunner(self.model, self.device)
         else:
-            from medlens.inference.export import ensure_onnx
-
-            self.runner = OnnxRunner(ensure_onnx(self.source), self.device, self.threads)
+            self.runner = OnnxRunner(self._onnx_file(precision, onnx_path), self.device, self.threads)
         logger.info(
-            "%s predictor %r ready (runtime %s, device %s)", self.task, self.name, runtime, self.device
-        )
+            "%s predictor %r ready (runtime %s %s, device %s)",
+            self.task, self.name, runtime, self.precision, self.device,
+        )  # fmt: skip
+
+    def _onnx_file(self, precision: str, onnx_path: str | Path | None) -> Path:
+        """The graph to load: ``onnx_path`` as given, the accepted int8 graph, else the float32 export."""
+        from medlens.inference.export import ensure_onnx
+        from medlens.inference.quantize import int8_path
+
+        if precision not in ("fp32", "int8"):
+            raise UnknownNameError("precision", precision, ["fp32", "int8"])
+        if onnx_path is not None:
+            self.precision = precision
+            return Path(onnx_path)
+        if precision == "int8":
+            path = int8_path(self.source)
+            if path is not None:
+                self.precision = "int8"
+                return path
+            logger.warning(
+                "%s: no accepted int8 graph (make one with `medlens export --int8`): using float32", self.name
+            )
+        return ensure_onnx(self.source)
+
+    def replicate(self) -> _Predictor:
+        """A twin for another thread: ONNX Runtime sessions are shared (thread-safe), torch models copied
+        (Grad-CAM hooks the model it explains)."""
+        twin = copy.copy(self)
+        if self.runtime == "torch":
+            twin._model = copy.deepcopy(self.model)
+            twin.runner = TorchRunner(twin._model, self.device)
+        elif self._model is not None:
+            twin._model = copy.deepcopy(self._model)
+        twin._guide = self._guide.replicate() if self._guide is not None else None
+        return twin
 
     @property
     def model(self) -> nn.Module:
@@ -161,12 +203,19 @@ class _Predictor:
         raise NotImplementedError
 
     def _views(self, images: Sequence[np.ndarray], tta: bool, spatial: bool) -> torch.Tensor:
-        return run_views(self.runner, self.preprocess(images), self._activate, tta, spatial)
+        return run_views(self.runner, self.preprocess(images), self._activate, tta, spatial, self.batch_views)
 
     def _chunks(self, images: Sequence[np.ndarray]) -> list[Sequence[np.ndarray]]:
         images = [images] if isinstance(images, np.ndarray) else list(images)
         step = max(1, self.batch_size)
         return [images[i : i + step] for i in range(0, len(images), step)]
+
+
+def view_std(views: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Population standard deviation over the TTA views ``(V, ...)`` given their mean ``(...)``; written out
+    because ``Tensor.std(0)`` over a short first axis took 8 ms for (3, 1, 1, 256, 256) on one CPU thread,
+    50x this."""
+    return (views - mean).square_().mean(0).sqrt_()
 
 
 # ---------------------------------------------------------------------------------- segmentation
@@ -201,7 +250,8 @@ class SegmentationPredictor(_Predictor):
         out: list[tuple[np.ndarray, np.ndarray | None]] = []
         for chunk in self._chunks(images):
             views = self._views(chunk, tta, spatial=True)  # (V, B, K, h, w)
-            mean, std = views.mean(0), views.std(0, correction=0) if with_std else None
+            mean = views.mean(0)
+            std = view_std(views, mean) if with_std else None
             for i, img in enumerate(chunk):
                 size = sizes[len(out)] if sizes is not None else np.asarray(img).shape[:2]
                 prob = resize_probs(mean[i], size)
@@ -303,7 +353,7 @@ class ClassificationPredictor(_Predictor):
         for chunk in self._chunks(images):
             views = self._views(chunk, tta, spatial=False)  # (V, B, K)
             means.append(views.mean(0))
-            stds.append(views.std(0, correction=0))
+            stds.append(view_std(views, means[-1]))
         k = len(self.classes) or self.spec.num_classes
         if not means:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.float32)
@@ -312,6 +362,38 @@ class ClassificationPredictor(_Predictor):
     def predict_proba(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """float32 ``(N, K)`` calibrated probabilities (flip-TTA averaged when the predictor has ``tta``)."""
         return self._probs(images, self.tta)[0]
+
+    #: explain from the ONNX graph's ``features`` output when it has one (False: torch Grad-CAM)
+    onnx_cam = True
+
+    @property
+    def has_features(self) -> bool:
+        """Whether the runtime returns the last feature map (an ONNX graph exported with ``features``)."""
+        return self.onnx_cam and bool(getattr(self.runner, "has_features", False))
+
+    def predict_proba_with_features(
+        self, images: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One forward pass per chunk, no TTA (pass the views as images): float32 ``(N, K)`` calibrated
+        probabilities and, when :attr:`has_features`, the float32 ``(N, C, h, w)`` last feature maps for
+        :meth:`cam` (else None)."""
+        if not self.has_features:
+            return self.predict_proba(images), None
+        probs, feats = [], []
+        for chunk in self._chunks(images):
+            logits, features = self.runner.run(self.preprocess(chunk))[:2]
+            probs.append(self._activate(logits))
+            feats.append(features)
+        return torch.cat(probs).numpy(), torch.cat(feats).numpy()
+
+    def cam(self, features: np.ndarray, class_index: int) -> np.ndarray:
+        """Grad-CAM ``(H, W)`` float32 0..1 at the input size from one image's ``(C, h, w)`` feature map
+        (:func:`medlens.inference.explain.cam_from_features`; needs :attr:`has_features`)."""
+        from medlens.inference.explain import cam_from_features
+
+        if not self.has_features:
+            raise MedlensError(f"{self.name}: the runtime returns no feature map; use explain.gradcam")
+        return cam_from_features(features, self.runner.cam_weights, class_index, self.input_size)
 
     def decide(self, probs: np.ndarray) -> list[str]:
         """Labels from probabilities with the spec's decision rule (see :func:`apply_decision`)."""
@@ -335,9 +417,14 @@ class ClassificationPredictor(_Predictor):
 
 
 def create_predictor(
-    source: Source, runtime: str = "torch", device: str = "cpu", tta: bool = False, batch_size: int = 8
+    source: Source,
+    runtime: str = "torch",
+    device: str = "cpu",
+    tta: bool = False,
+    batch_size: int = 8,
+    **kwargs: object,
 ) -> SegmentationPredictor | ClassificationPredictor:
-    """The predictor matching the model's task (from its spec)."""
+    """The predictor matching the model's task (from its spec); ``kwargs`` go to its constructor."""
     spec = read_spec(source if isinstance(source, Bundle) else Path(source))
     cls = SegmentationPredictor if spec.is_segmentation else ClassificationPredictor
-    return cls(source, runtime=runtime, device=device, tta=tta, batch_size=batch_size)
+    return cls(source, runtime=runtime, device=device, tta=tta, batch_size=batch_size, **kwargs)

@@ -1,4 +1,9 @@
-"""Runtimes: the forward pass of a model in torch or ONNX Runtime, with the thread count of this process."""
+"""Runtimes: the forward pass of a model in torch or ONNX Runtime, with the thread count of this process.
+
+Runners are callables ``(B, C, H, W) float32 -> logits``; :meth:`OnnxRunner.run` also returns the graph's
+other outputs (``features`` of classifiers exported for Grad-CAM). Both are safe to call from several threads
+at once (ONNX Runtime sessions are; torch modules in inference mode are), which the server's pool relies on.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +36,10 @@ class TorchRunner:
 
 
 class OnnxRunner:
-    """Forward pass of an ONNX model through ONNX Runtime (CPU, or CUDA when asked and available)."""
+    """Forward pass of an ONNX model through ONNX Runtime (CPU, or CUDA when asked and available).
+
+    ``cam_weights``: the ``(K, C)`` class weights stored by the export when the graph also returns
+    ``features`` (else None)."""
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -50,10 +58,26 @@ class OnnxRunner:
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.cam_weights: np.ndarray | None = None
+        if "features" in self.output_names and "medlens_cam" in meta:
+            from medlens.inference.export import decode_cam_weights
+
+            self.cam_weights = decode_cam_weights(meta["medlens_cam"])
+
+    @property
+    def has_features(self) -> bool:
+        """Whether :meth:`run` returns the last feature map beside the logits (Grad-CAM without backprop)."""
+        return self.cam_weights is not None
+
+    def run(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every output of the graph for ``x`` ``(B, C, H, W)``: ``[logits]`` or ``[logits, features]``."""
+        feed = {self.input_name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
+        return [torch.from_numpy(out).float() for out in self.session.run(None, feed)]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        feed = {self.input_name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
-        return torch.from_numpy(self.session.run(None, feed)[0]).float()
+        return self.run(x)[0]
 
 
 def run_views(
@@ -62,13 +86,18 @@ def run_views(
     activate: Callable[[torch.Tensor], torch.Tensor],
     tta: bool,
     spatial: bool,
+    batched: bool = False,
 ) -> torch.Tensor:
-    """Activated outputs of every TTA view, stacked ``(V, B, ...)``; ``spatial`` outputs are flipped back."""
-    outs = []
-    for dims in TTA_FLIPS if tta else TTA_FLIPS[:1]:
-        y = activate(runner(x.flip(dims) if dims else x))
-        outs.append(y.flip(dims) if dims and spatial else y)
-    return torch.stack(outs)
+    """Activated outputs of every TTA view, stacked ``(V, B, ...)``; ``spatial`` outputs are flipped back.
+
+    ``batched``: run the ``V`` views of ``x`` ``(B, C, H, W)`` as one ``(V * B, C, H, W)`` call instead of
+    ``V`` calls (faster in ONNX Runtime, int8 above all; see BENCHMARKS.md)."""
+    flips = TTA_FLIPS if tta else TTA_FLIPS[:1]
+    if batched and len(flips) > 1:
+        ys = activate(runner(torch.cat([x.flip(d) if d else x for d in flips]))).split(x.shape[0])
+    else:
+        ys = [activate(runner(x.flip(d) if d else x)) for d in flips]
+    return torch.stack([y.flip(d) if d and spatial else y for y, d in zip(ys, flips, strict=True)])
 
 
 def default_threads() -> int:

@@ -11,14 +11,17 @@ Pipeline mode (``model`` = a pipeline name under ``models_dir`` or a pipeline YA
 (``Analysis.to_dict()``), ``<stem>_mask.png``, ``<stem>_overlay.png`` and ``<stem>_gradcam.png``.
 
 Both write ``summary.csv``: one row per input with ``status`` ok/error; unreadable files are reported there
-with the reason and skipped, never fatal. ``<stem>`` is the file's path relative to the folder given, with
-``/`` turned into ``__`` so that files of the same name in different sub-folders do not collide.
+with the reason and skipped, never fatal. ``summary.json`` gives the counts, the wall time and the images/s.
+Both modes run the models on batches of ``batch_size`` images (pipelines: `Pipeline.analyze_batch`).
+``<stem>`` is the file's path relative to the folder given, with ``/`` turned into ``__`` so that files of
+the same name in different sub-folders do not collide.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,11 +32,13 @@ from PIL import Image
 from medlens.errors import BundleError, ImageReadError, MedlensError, UnknownNameError
 from medlens.inference.bundle import source_kind
 from medlens.jsonable import write_json
+from medlens.pipelines.config import DEFAULT_TTA
 from medlens.pipelines.groups import group_fields
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.csv"
+SUMMARY_JSON = "summary.json"
 _RED = (230, 40, 40)
 
 
@@ -226,11 +231,11 @@ def _predict_classification(predictor, batch, out: Path, options: dict) -> list[
 
 
 def _run_plain(
-    model, inputs, out: Path, runtime: str, tta: bool, batch_size: int, options: dict
+    model, inputs, out: Path, runtime: str, tta: bool, batch_size: int, options: dict, precision: str
 ) -> list[dict]:
     from medlens.inference.predictor import create_predictor
 
-    predictor = create_predictor(model, runtime=runtime, tta=tta, batch_size=batch_size)
+    predictor = create_predictor(model, runtime=runtime, tta=tta, batch_size=batch_size, precision=precision)
     handler = _predict_segmentation if predictor.task == "segmentation" else _predict_classification
     rows: dict[int, dict] = {}  # by input position, so that the summary keeps the input order
     batch, positions = [], []
@@ -251,22 +256,28 @@ def _run_plain(
 
 
 # ---------------------------------------------------------------------------------- pipeline mode
-def _load_pipeline(model: str | Path, models_dir: str | Path, runtime: str):
+def _load_pipeline(model: str | Path, models_dir: str | Path, runtime: str, batch_size: int, precision: str):
     """A pipeline from a YAML path, or by name among the shipped and ``<models_dir>/pipelines`` ones; only the
     chosen pipeline's bundles are loaded."""
-    from medlens.pipelines.pipeline import Pipeline, load_pipeline_configs
+    from medlens.pipelines.pipeline import Pipeline, PipelineConfig, load_pipeline_configs
 
     path = Path(model)
     if path.suffix.lower() in (".yaml", ".yml"):
         if not path.is_file():
             raise MedlensError(f"pipeline file {path} does not exist")
-        return Pipeline.from_yaml(path, models_dir=models_dir, runtime=runtime)
-    configs = load_pipeline_configs(models_dir)
-    if str(model) not in configs:
-        raise UnknownNameError(
-            "model (run folder, bundle, pipeline name or pipeline YAML)", str(model), configs
-        )
-    return Pipeline.from_config(configs[str(model)], models_dir, runtime)
+        config = PipelineConfig.from_yaml(path)
+    else:
+        configs = load_pipeline_configs(models_dir)
+        if str(model) not in configs:
+            raise UnknownNameError(
+                "model (run folder, bundle, pipeline name or pipeline YAML)", str(model), configs
+            )
+        config = configs[str(model)]
+    pipeline = Pipeline.from_config(config, models_dir, runtime, precision=precision)
+    for predictor in (pipeline.segmenter, pipeline.classifier):
+        if predictor is not None:  # the classifier sees 3 TTA views per image
+            predictor.batch_size = batch_size * (3 if predictor is pipeline.classifier else 1)
+    return pipeline
 
 
 def _write_analysis(analysis, stem: str, source: Path, out: Path) -> dict:
@@ -294,22 +305,27 @@ def _write_analysis(analysis, stem: str, source: Path, out: Path) -> dict:
     }
 
 
-def _run_pipeline(model, inputs, out: Path, models_dir, runtime: str) -> list[dict]:
-    pipeline = _load_pipeline(model, models_dir, runtime)
-    rows = []
+def _run_pipeline(
+    model, inputs, out: Path, models_dir, runtime: str, batch_size: int, precision: str, tta: bool
+) -> list:
+    pipeline = _load_pipeline(model, models_dir, runtime, batch_size, precision)
+    rows: dict[int, dict] = {}  # by input position
+    batch: list[tuple[int, Path, str, Any]] = []
     for n, (path, stem) in enumerate(inputs, 1):
-        row = {"id": stem, "source": str(path)}
         try:
-            analysis = pipeline.analyze(_read(path), gradcam=True)  # the pipeline's own TTA setting
+            batch.append((n, path, stem, _read(path)))
         except ImageReadError as exc:
             logger.warning("skipping %s: %s", path, exc.reason)
-            rows.append({**row, "status": "error", "error": exc.reason})
-            continue
-        analysis.id = analysis.id or stem
-        rows.append({**row, "status": "ok", "error": "", **_write_analysis(analysis, stem, path, out)})
-        if n % 50 == 0:
+            rows[n] = {"id": stem, "source": str(path), "status": "error", "error": exc.reason}
+        if len(batch) == batch_size or (n == len(inputs) and batch):
+            analyses = pipeline.analyze_batch([record for *_, record in batch], gradcam=True, tta=tta)
+            for (pos, p, s, _), analysis in zip(batch, analyses, strict=True):
+                analysis.id = analysis.id or s
+                rows[pos] = {"id": s, "source": str(p), "status": "ok", "error": "",
+                             **_write_analysis(analysis, s, p, out)}  # fmt: skip
+            batch = []
             logger.info("analysed %d / %d images", n, len(inputs))
-    return rows
+    return [rows[k] for k in sorted(rows)]
 
 
 # ---------------------------------------------------------------------------------- entry point
@@ -326,27 +342,31 @@ def predict_paths(
     inputs: str | Path | Sequence[str | Path],
     out: str | Path,
     runtime: str = "torch",
-    tta: bool = False,
+    tta: bool | None = None,
     fill_holes: bool = False,
     largest_component: bool = False,
     batch_size: int = 8,
     models_dir: str | Path = "models",
     *,
     min_size: int = 0,
+    precision: str = "fp32",
 ) -> Path:
     """Predict every image in ``inputs`` (files and/or folders, recursive) and write the results to ``out``.
 
     Args:
         model: run folder or bundle (plain prediction), or a pipeline name / pipeline YAML (full analysis).
         runtime: ``"torch"`` or ``"onnx"`` (both modes).
-        tta: flip test-time augmentation; adds an ``uncertainty`` per image (plain mode; pipelines always
-            use TTA, which their uncertainty and out-of-scope checks need).
+        tta: flip test-time augmentation (adds an ``uncertainty`` per image); None = the default of every
+            entry point, :data:`medlens.pipelines.config.DEFAULT_TTA`. It is recorded in ``summary.json``.
         fill_holes, largest_component, min_size: mask post-processing (plain segmentation).
-        batch_size: images per forward pass (plain mode).
+        batch_size: images per batched model call (both modes; a pipeline's classifier gets their 3 TTA
+            views each).
         models_dir: where pipelines and their bundles live (pipeline mode).
+        precision: ONNX graphs, "fp32" or "int8" (used when `medlens export --int8` accepted one).
 
     Returns:
-        The path of ``out/summary.csv`` (one row per input; unreadable files have ``status`` "error").
+        The path of ``out/summary.csv`` (one row per input; unreadable files have ``status`` "error");
+        ``out/summary.json`` holds the counts, seconds and images/s.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -354,10 +374,19 @@ def predict_paths(
     if not files:
         raise MedlensError(f"no images found in {inputs}")
     options = {"fill_holes": fill_holes, "largest_component": largest_component, "min_size": min_size}
+    t0, batch_size = time.perf_counter(), max(1, batch_size)
+    tta = DEFAULT_TTA if tta is None else bool(tta)
     if _is_model_source(model):
-        rows = _run_plain(model, files, out, runtime, tta, max(1, batch_size), options)
+        rows = _run_plain(model, files, out, runtime, tta, batch_size, options, precision)
     else:
-        rows = _run_pipeline(model, files, out, models_dir, runtime)
+        rows = _run_pipeline(model, files, out, models_dir, runtime, batch_size, precision, tta)
+    seconds = time.perf_counter() - t0  # models loaded, images read, predicted and written
     n_bad = sum(r["status"] != "ok" for r in rows)
-    logger.info("%d images predicted, %d unreadable; results in %s", len(rows) - n_bad, n_bad, out)
+    rate = (len(rows) - n_bad) / seconds if seconds > 0 else None
+    stats = {"images": len(rows), "ok": len(rows) - n_bad, "errors": n_bad, "seconds": round(seconds, 3),
+             "images_per_s": rate and round(rate, 2), "batch_size": batch_size, "runtime": runtime,
+             "precision": precision, "tta": tta}  # fmt: skip
+    write_json(out / SUMMARY_JSON, stats)
+    logger.info("%d images predicted (%.2f images/s), %d unreadable; results in %s",
+                len(rows) - n_bad, rate or 0.0, n_bad, out)  # fmt: skip
     return _write_summary(out / SUMMARY_FILE, rows)

@@ -7,19 +7,18 @@ re-exported here. ``Pipeline.analyze`` returns an `Analysis`; every stage is tim
 
 from __future__ import annotations
 
+import copy
 import logging
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medlens.data.io import ImageRecord
 from medlens.drawing import overlay_mask
 from medlens.errors import BundleError, ConfigError, MedlensError
-from medlens.inference.bundle import Bundle, is_bundle, list_bundles
+from medlens.inference.bundle import Bundle
 from medlens.inference.decisions import probs_to_mask
 from medlens.inference.guided import crop_box, guide_one
 from medlens.inference.postprocess import apply_postprocess, area_fraction, connected_components
@@ -44,7 +43,17 @@ from medlens.pipelines.config import (
 from medlens.pipelines.features import compute_features
 from medlens.pipelines.groups import group_scores
 from medlens.pipelines.heatmap import heatmap_overlay, place_cam
+from medlens.pipelines.stages import (
+    StageTimer,
+    as_image,
+    enhance_contrast,
+    find_bundle,
+    tta_views,
+)
 from medlens.spec import guide_channels
+
+if TYPE_CHECKING:
+    from medlens.pipelines.serving import Prefetched
 
 __all__ = [
     "Analysis",
@@ -64,80 +73,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------------------------------------------- helpers
-class StageTimer:
-    """Wall-clock milliseconds per stage (stages that did not run stay 0.0) plus ``total``."""
-
-    STAGES = ("preprocess", "segment", "features", "classify", "gradcam", "advice")
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.ms = dict.fromkeys(self.STAGES, 0.0)
-
-    @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - t0) * 1000.0
-
-    def finish(self) -> dict[str, float]:
-        out = {k: round(v, 2) for k, v in self.ms.items()}
-        out["total"] = round((time.perf_counter() - self.start) * 1000.0, 2)
-        return out
-
-
-def as_image(image: np.ndarray | ImageRecord) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """``(HWC uint8 array with C in {1, 3}, spacing_mm or None)`` from an array or an `ImageRecord`.
-
-    ``(H, W)`` arrays gain a channel axis and RGBA loses its alpha; anything else raises `MedlensError`.
-    """
-    if isinstance(image, ImageRecord):
-        arr, spacing = image.array, image.spacing_mm
-    else:
-        arr, spacing = image, None
-    arr = np.asarray(arr)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or 0 in arr.shape:
-        raise MedlensError(
-            f"expected an (H, W, C) uint8 image with C in 1, 3, 4; got {arr.dtype} {arr.shape}"
-        )
-    return np.ascontiguousarray(arr[..., :3]), spacing
-
-
-def enhance_contrast(image: np.ndarray, clip_limit: float = 0.01) -> np.ndarray:
-    """CLAHE (skimage ``equalize_adapthist``) of ``(H, W, C)`` uint8; for RGB on the Lab lightness only."""
-    from skimage.color import lab2rgb, rgb2lab
-    from skimage.exposure import equalize_adapthist
-
-    if image.shape[2] == 1:
-        out = equalize_adapthist(image[..., 0], clip_limit=clip_limit)[..., None]
-    else:
-        lab = rgb2lab(image)
-        lab[..., 0] = equalize_adapthist(lab[..., 0] / 100.0, clip_limit=clip_limit) * 100.0
-        out = lab2rgb(lab)
-    return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
-
-
-def find_bundle(models_dir: str | Path, name: str) -> Path:
-    """``models_dir/<name>`` when it is a bundle, else the bundle under ``models_dir`` named ``name`` in its
-    bundle.json; `BundleError` when there is none."""
-    models_dir = Path(models_dir)
-    if is_bundle(models_dir / name):
-        return models_dir / name
-    for bundle in list_bundles(models_dir):
-        if bundle.name == name:
-            return bundle.path
-    raise BundleError(f"bundle {name!r} not found in {models_dir} (make it with `medlens bundle`)")
-
-
 # ------------------------------------------------------------------------------------------------- pipeline
 class Pipeline:
     """A segmenter and/or classifier with features, advice and out-of-scope checks (see the module docstring).
 
-    Not thread-safe (Grad-CAM hooks the model): serialise calls per pipeline.
+    Not thread-safe (Grad-CAM hooks the model): serialise calls per pipeline, or give each thread its own
+    :meth:`replicate` (the server's pool does).
     """
 
     def __init__(
@@ -171,8 +112,12 @@ class Pipeline:
         models_dir: str | Path = "models",
         runtime: str = "torch",
         device: str = "cpu",
+        *,
+        num_threads: int | None = None,
+        precision: str = "fp32",
     ) -> Pipeline:
-        """Build the predictors a validated config names, from the bundles in ``models_dir``."""
+        """Build the predictors a validated config names, from the bundles in ``models_dir`` (``num_threads``
+        and ``precision``: see the predictors)."""
 
         def load(name: str) -> Bundle:
             try:
@@ -181,11 +126,26 @@ class Pipeline:
                 raise BundleError(f"pipeline {config.name!r} ({config.source}): {e}") from e
 
         seg = clf = None
+        kw = {"runtime": runtime, "device": device, "num_threads": num_threads, "precision": precision}
         if config.segmenter is not None:
-            seg = SegmentationPredictor(load(config.segmenter.bundle), runtime=runtime, device=device)
+            seg = SegmentationPredictor(load(config.segmenter.bundle), **kw)
         if config.classifier is not None:
-            clf = ClassificationPredictor(load(config.classifier.bundle), runtime=runtime, device=device)
+            clf = ClassificationPredictor(load(config.classifier.bundle), **kw)
         return cls(config, seg, clf)
+
+    def replicate(self) -> Pipeline:
+        """A twin to run in another thread at the same time: same config, predictors replicated (ONNX
+        Runtime sessions shared, torch models copied; see ``_Predictor.replicate``)."""
+        twin = copy.copy(self)
+        twin.segmenter = self.segmenter.replicate() if self.segmenter is not None else None
+        twin.classifier = self.classifier.replicate() if self.classifier is not None else None
+        return twin
+
+    def warm_up(self) -> float:
+        """Run every model stage once on a synthetic image (see `medlens.pipelines.serving.warm_up`)."""
+        from medlens.pipelines.serving import warm_up
+
+        return warm_up(self)
 
     # -- description ----------------------------------------------------------------------------------------
     name = property(lambda self: self.config.name)
@@ -251,13 +211,20 @@ class Pipeline:
         return mode
 
     # -- analysis -------------------------------------------------------------------------------------------
-    def analyze(
-        self,
-        image: np.ndarray | ImageRecord,
-        clahe: bool = False,
-        gradcam: bool = True,
+    def analyze_batch(
+        self, images: Sequence[np.ndarray | ImageRecord], clahe: bool = False, gradcam: bool = True,
         tta: bool = DEFAULT_TTA,
-    ) -> Analysis:
+    ) -> list[Analysis]:  # fmt: skip
+        """:meth:`analyze` of several images with one batched model call per model (TTA views included);
+        each result's model stage timings are its share of the batch's."""
+        from medlens.pipelines.serving import analyze_batch
+
+        return analyze_batch(self, images, clahe=clahe, gradcam=gradcam, tta=tta)
+
+    def analyze(
+        self, image: np.ndarray | ImageRecord, clahe: bool = False, gradcam: bool = True,
+        tta: bool = DEFAULT_TTA, *, prefetched: Prefetched | None = None,
+    ) -> Analysis:  # fmt: skip
         """Analyse one image.
 
         Args:
@@ -265,21 +232,21 @@ class Pipeline:
             clahe: contrast-enhance (CLAHE) the image the models see; features and overlays use the original.
             gradcam: compute the Grad-CAM overlay when the pipeline enables it.
             tta: flip test-time augmentation, which also yields the uncertainty (default `DEFAULT_TTA`).
+            prefetched: the image prepared and its model outputs computed by :meth:`analyze_batch`.
         """
         timer = StageTimer()
         with timer("preprocess"):
-            original, spacing = as_image(image)
-            work = enhance_contrast(original) if clahe else original
+            if prefetched is None:
+                original, spacing = as_image(image)
+                work = enhance_contrast(original) if clahe else original
+            else:
+                original, spacing, work = prefetched.original, prefetched.spacing, prefetched.work
             reason = check_modality(original, self.config.scope)
-        result = Analysis(
-            id=None, pipeline=self.name, image_size=(int(original.shape[0]), int(original.shape[1])),
-            mask=None, overlay=None, area_fraction=None, components=[], label=None, probabilities={},
-            uncertainty=None, out_of_scope=False, features={}, recommendation="",
-            notice=self.config.advice.notice, gradcam=None, timings_ms={}, tta=bool(tta),
-            class_names=dict(self.config.class_names),
-        )  # fmt: skip
+        result = self._empty_result(original, tta)
         if reason is None:
-            reason = self._run_models(result, original, work, spacing, gradcam, tta, timer)
+            reason = self._run_models(result, original, work, spacing, gradcam, tta, timer, prefetched)
+        for stage, ms in (prefetched.ms if prefetched is not None else {}).items():
+            timer.add(stage, ms)
         with timer("advice"):
             self._conclude(result, reason)
         result.timings_ms = timer.finish()
@@ -289,13 +256,23 @@ class Pipeline:
         )  # fmt: skip
         return result
 
+    def _empty_result(self, original: np.ndarray, tta: bool = DEFAULT_TTA) -> Analysis:
+        return Analysis(
+            id=None, pipeline=self.name, image_size=(int(original.shape[0]), int(original.shape[1])),
+            mask=None, overlay=None, area_fraction=None, components=[], label=None, probabilities={},
+            uncertainty=None, out_of_scope=False, features={}, recommendation="",
+            notice=self.config.advice.notice, gradcam=None, timings_ms={}, tta=bool(tta),
+            class_names=dict(self.config.class_names),
+        )  # fmt: skip
+
     def _run_models(self, result: Analysis, original: np.ndarray, work: np.ndarray, spacing: Any,
-                    want_cam: bool, tta: bool, timer: StageTimer) -> str | None:  # fmt: skip
+                    want_cam: bool, tta: bool, timer: StageTimer,
+                    pre: Prefetched | None = None) -> str | None:  # fmt: skip
         """Segment, describe, classify and explain; returns an out-of-scope reason or None."""
-        reason, raw_mask, cls_input = None, None, work
+        reason, raw_mask, cls_input, features = None, None, work, None
         if self.segmenter is not None:
             with timer("segment"):
-                raw_mask = self._segment(result, original, work, tta)
+                raw_mask = self._segment(result, original, work, tta, pre)
             reason = check_region(result.area_fraction, self.config.scope)
             with timer("features"):
                 result.features = compute_features(
@@ -306,20 +283,23 @@ class Pipeline:
             with timer("classify"):
                 if self.guide_mode is not None:
                     cls_input = guide_one(work, raw_mask, self.guide_mode, self.classifier.input_size)
-                self._classify(result, cls_input, tta)
+                features = self._classify(result, cls_input, tta, pre)
             top = max(result.probabilities.values()) if result.probabilities else None
             reason = reason or check_confidence(top, result.uncertainty, self.config.scope)
         else:
             result.uncertainty = result.segmentation_uncertainty
         if want_cam and reason is None:
             with timer("gradcam"):
-                result.gradcam = self._gradcam(result, original, work, cls_input, raw_mask)
+                result.gradcam = self._gradcam(result, original, work, cls_input, raw_mask, features)
         return reason
 
-    def _segment(self, result: Analysis, original: np.ndarray, work: np.ndarray, tta: bool) -> np.ndarray:
+    def _segment(self, result: Analysis, original: np.ndarray, work: np.ndarray, tta: bool,
+                 pre: Prefetched | None = None) -> np.ndarray:  # fmt: skip
         """Fill mask, area, components, overlay, TTA uncertainty; return the mask before post-processing."""
         seg = self.segmenter
-        if tta:
+        if pre is not None and pre.seg is not None:
+            prob, result.segmentation_uncertainty = pre.seg
+        elif tta:
             prob, _, result.segmentation_uncertainty = seg.predict_with_uncertainty(work)
         else:
             prob = seg.predict_proba([work])[0]
@@ -331,32 +311,41 @@ class Pipeline:
         result.overlay = overlay_mask(original, mask)
         return raw
 
-    def _classify(self, result: Analysis, x: np.ndarray, tta: bool) -> None:
-        """Calibrated probabilities, label and, with ``tta``, the flip-TTA uncertainty.
+    def _classify(self, result: Analysis, x: np.ndarray, tta: bool,
+                  pre: Prefetched | None = None) -> np.ndarray | None:  # fmt: skip
+        """Calibrated probabilities, label and, with ``tta``, the flip-TTA uncertainty; returns the identity
+        view's ``(C, h, w)`` feature map when the classifier's runtime gives one (Grad-CAM without backprop).
 
         TTA views are run here rather than by the predictor so that their spread is kept: the uncertainty is
         the standard deviation over the identity, horizontal and vertical flip views of the probability of the
-        predicted class (0 = the views agree).
+        predicted class (0 = the views agree). They run as one batch.
         """
         clf = self.classifier
-        views = [x, x[:, ::-1], x[::-1]] if tta else [x]
-        per_view = clf.predict_proba([np.ascontiguousarray(v) for v in views])  # (V, K)
+        if pre is not None and pre.cls is not None:
+            per_view, feats = pre.cls
+        else:
+            per_view, feats = clf.predict_proba_with_features(tta_views(x, tta))  # (V, K), (V, C, h, w)
         probs = per_view.mean(axis=0, keepdims=True)
         result.probabilities = {c: float(p) for c, p in zip(clf.classes, probs[0], strict=True)}
         result.label = clf.decide(probs)[0]
         result.groups = group_scores(result.probabilities, clf.spec.groups)
         if tta:
             result.uncertainty = float(per_view[:, clf.classes.index(result.label)].std())
+        return feats[0] if feats is not None else None
 
     def _gradcam(self, result: Analysis, original: np.ndarray, work: np.ndarray, cls_input: np.ndarray,
-                 raw_mask: np.ndarray | None) -> np.ndarray | None:  # fmt: skip
-        """Grad-CAM overlay on the original image: the classifier's predicted class, else the segmenter."""
+                 raw_mask: np.ndarray | None, features: np.ndarray | None) -> np.ndarray | None:  # fmt: skip
+        """Grad-CAM overlay on the original image: the classifier's predicted class (from ``features`` when
+        the classification pass returned them, else by backpropagation in torch), else the segmenter."""
         from medlens.inference.explain import gradcam
 
         cfg = self.config
         if self.classifier is not None and cfg.classifier.gradcam:
-            x = self.classifier.preprocess([cls_input])
-            cam = gradcam(self.classifier.model, x, class_index=self.classes.index(result.label))
+            clf, index = self.classifier, self.classes.index(result.label)
+            if features is not None:
+                cam = clf.cam(features, index)
+            else:
+                cam = gradcam(clf.model, clf.preprocess([cls_input]), class_index=index)
             box = crop_box(raw_mask) if self.guide_mode in ("crop", "both") else None
             cam = place_cam(cam, box, original.shape[:2])
         elif self.segmenter is not None and cfg.segmenter.gradcam and self.classifier is None:
@@ -386,14 +375,15 @@ class Pipeline:
 
 # ---------------------------------------------------------------------------------------------------- loading
 def load_pipelines(
-    models_dir: str | Path = "models", runtime: str = "torch", device: str = "cpu"
+    models_dir: str | Path = "models", runtime: str = "torch", device: str = "cpu", **kwargs: Any
 ) -> dict[str, Pipeline]:
     """Every pipeline (see `load_pipeline_configs`) whose bundles load from ``models_dir``; others are skipped
-    with a logged warning (missing bundle, wrong task, guide mismatch)."""
+    with a logged warning (missing bundle, wrong task, guide mismatch). ``kwargs``: `Pipeline.from_config`'s
+    ``num_threads`` and ``precision``."""
     out: dict[str, Pipeline] = {}
     for name, cfg in load_pipeline_configs(models_dir).items():
         try:
-            out[name] = Pipeline.from_config(cfg, models_dir, runtime, device)
+            out[name] = Pipeline.from_config(cfg, models_dir, runtime, device, **kwargs)
         except MedlensError as e:
             logger.warning("pipeline %r skipped: %s", name, e)
     logger.info("pipelines loaded from %s: %s", models_dir, ", ".join(out) or "none")

@@ -1,0 +1,93 @@
+"""Small stage helpers of the analysis pipelines: a stage timer, image intake, CLAHE, finding bundles, TTA
+views and placing a crop's Grad-CAM back on its image. Re-exported by `medlens.pipelines.pipeline`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from medlens.data.io import ImageRecord
+from medlens.errors import BundleError, MedlensError
+from medlens.inference.bundle import is_bundle, list_bundles
+
+
+class StageTimer:
+    """Wall-clock milliseconds per stage (stages that did not run stay 0.0) plus ``total``."""
+
+    STAGES = ("preprocess", "segment", "features", "classify", "gradcam", "advice")
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.ms = dict.fromkeys(self.STAGES, 0.0)
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - t0) * 1000.0
+
+    def add(self, stage: str, ms: float) -> None:
+        """Count ``ms`` spent elsewhere (a batched model call, shared out) in ``stage`` and in the total."""
+        self.ms[stage] = self.ms.get(stage, 0.0) + ms
+        self.start -= ms / 1000.0
+
+    def finish(self) -> dict[str, float]:
+        out = {k: round(v, 2) for k, v in self.ms.items()}
+        out["total"] = round((time.perf_counter() - self.start) * 1000.0, 2)
+        return out
+
+
+def as_image(image: np.ndarray | ImageRecord) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """``(HWC uint8 array with C in {1, 3}, spacing_mm or None)`` from an array or an `ImageRecord`.
+
+    ``(H, W)`` arrays gain a channel axis and RGBA loses its alpha; anything else raises `MedlensError`.
+    """
+    if isinstance(image, ImageRecord):
+        arr, spacing = image.array, image.spacing_mm
+    else:
+        arr, spacing = image, None
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or 0 in arr.shape:
+        raise MedlensError(
+            f"expected an (H, W, C) uint8 image with C in 1, 3, 4; got {arr.dtype} {arr.shape}"
+        )
+    return np.ascontiguousarray(arr[..., :3]), spacing
+
+
+def enhance_contrast(image: np.ndarray, clip_limit: float = 0.01) -> np.ndarray:
+    """CLAHE (skimage ``equalize_adapthist``) of ``(H, W, C)`` uint8; for RGB on the Lab lightness only."""
+    from skimage.color import lab2rgb, rgb2lab
+    from skimage.exposure import equalize_adapthist
+
+    if image.shape[2] == 1:
+        out = equalize_adapthist(image[..., 0], clip_limit=clip_limit)[..., None]
+    else:
+        lab = rgb2lab(image)
+        lab[..., 0] = equalize_adapthist(lab[..., 0] / 100.0, clip_limit=clip_limit) * 100.0
+        out = lab2rgb(lab)
+    return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def find_bundle(models_dir: str | Path, name: str) -> Path:
+    """``models_dir/<name>`` when it is a bundle, else the bundle under ``models_dir`` named ``name`` in its
+    bundle.json; `BundleError` when there is none."""
+    models_dir = Path(models_dir)
+    if is_bundle(models_dir / name):
+        return models_dir / name
+    for bundle in list_bundles(models_dir):
+        if bundle.name == name:
+            return bundle.path
+    raise BundleError(f"bundle {name!r} not found in {models_dir} (make it with `medlens bundle`)")
+
+
+def tta_views(x: np.ndarray, tta: bool) -> list[np.ndarray]:
+    """The classifier's TTA views of an HWC image: itself, flipped left-right, flipped up-down."""
+    return [np.ascontiguousarray(v) for v in ([x, x[:, ::-1], x[::-1]] if tta else [x])]
