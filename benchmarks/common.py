@@ -306,14 +306,15 @@ def models_label(desc: str) -> str:
 
 def prepare_int8(models_dir: Path, images: Sequence[np.ndarray]) -> dict[str, dict[str, Any]]:
     """An int8 graph per skin bundle in the cache (``$MEDLENS_HOME``). Bundles with a ``split.json`` whose
-    data folders are here go through `medlens.inference.quantize.quantize_model` (calibrated on training
+    data folders are here go through `medlens.evaluation.int8.quantize_model` (calibrated on training
     images, scored on the held-out split: accepted or not); random-weight stand-ins are calibrated on
     ``images`` for timing only (``checked: False``). Returns a report per bundle, with its ``path``."""
     from medlens.errors import DatasetError
+    from medlens.evaluation.int8 import quantize_model
     from medlens.inference.bundle import Bundle
     from medlens.inference.export import ensure_onnx, onnx_cache_dir
     from medlens.inference.predictor import preprocess
-    from medlens.inference.quantize import INT8_FILE, quantize_model, quantize_onnx
+    from medlens.inference.quantize import INT8_FILE, quantize_onnx
 
     reports = {}
     for name in SKIN_BUNDLES:

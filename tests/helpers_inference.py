@@ -117,7 +117,7 @@ def make_tiny_run(
     (run / "model_spec.json").write_text(json.dumps(spec, indent=2))
     config = {
         "data": {"root": "data/tiny", "task": task, "mode": spec["mode"]},
-        "model": {"arch": spec["arch"], "encoder": spec["encoder"], "pretrained": False},
+        "model": {"arch": spec["arch"], "encoder": spec["encoder"] or "resnet34", "pretrained": False},
         "epochs": 2,
         "seed": seed,
         "out_dir": str(run.parent),

@@ -158,7 +158,8 @@ def test_predict_errors_are_clear(tmp_path: Path, seg_bundle: Path, capsys: pyte
         cli.main(["predict", str(seg_bundle), str(bad), "--out", str(tmp_path / "o")])
         == cli.EXIT_NOTHING_DONE
     )
-    assert "0 image(s) predicted, 1 unreadable" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "0 image(s) predicted in" in out and "1 unreadable (listed there)" in out
 
 
 def test_export_refuses_an_unknown_format(seg_bundle: Path, capsys: pytest.CaptureFixture) -> None:

@@ -11,9 +11,10 @@ import onnx
 import pytest
 from PIL import Image
 
+from medlens.evaluation.int8 import quantize_model
 from medlens.inference.export import onnx_cache_dir
 from medlens.inference.predictor import ClassificationPredictor, SegmentationPredictor
-from medlens.inference.quantize import INT8_FILE, int8_path, quantize_model
+from medlens.inference.quantize import INT8_FILE, int8_path
 from tests.helpers_inference import CLS_CLASSES, make_tiny_bundle
 
 IDS = ("a", "b", "c", "d")  # the tiny runs' split.json: train a, b, c; val d

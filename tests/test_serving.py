@@ -66,7 +66,7 @@ class _Rendezvous(FakePipeline):
     def replicate(self) -> _Rendezvous:
         return _Rendezvous(self.barrier)
 
-    def analyze(self, image, clahe=False, gradcam=True):
+    def analyze(self, image, clahe=False, gradcam=True, tta=True):
         self.barrier.wait(timeout=60)  # raises BrokenBarrierError if the pool serialised the calls
         return super().analyze(image, clahe, gradcam)
 

@@ -173,7 +173,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format not in EXPORT_FORMATS:
         raise MedlensError(f"--format {args.format}: medlens exports {', '.join(EXPORT_FORMATS)}")
     if args.int8:
-        from medlens.inference.quantize import quantize_model
+        from medlens.evaluation.int8 import quantize_model
 
         result = quantize_model(
             bundle, data=args.data, n_calibration=args.calibration, tolerance=args.tolerance

@@ -19,7 +19,7 @@ from medlens.errors import BundleError, DatasetError
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("val", "test")
+SPLITS = ("val", "test")  # the sides a user evaluates on; "train" is read too (int8 calibration)
 PLOTS = (
     "confusion_matrix.png",
     "roc.png",
@@ -37,13 +37,19 @@ def model_folder(model: str | Path) -> Path:
     return path.parent.parent if path.is_file() else path
 
 
-def split_index(model: str | Path, split: str, skip_bad: bool = False) -> DatasetIndex:
-    """The items of side ``split`` of the model's ``split.json``, read as its ``config.yaml`` reads data."""
+def split_index(
+    model: str | Path, split: str, skip_bad: bool = False, roots: list[str | Path] | None = None
+) -> DatasetIndex:
+    """The items of side ``split`` of the model's ``split.json``, read as its ``config.yaml`` reads data.
+
+    ``roots`` replace the config's data folders (``data.root`` then ``data.extra_roots``, in that order) when
+    the data lives elsewhere than where the model was trained.
+    """
     from medlens.config import load_config
     from medlens.data.sources import discover_all
     from medlens.data.splits import load_splits
 
-    if split not in SPLITS:
+    if split not in (*SPLITS, "train"):
         raise DatasetError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
     folder = model_folder(model)
     for name in ("config.yaml", "split.json"):
@@ -53,6 +59,8 @@ def split_index(model: str | Path, split: str, skip_bad: bool = False) -> Datase
     if not ids:
         raise DatasetError(f"{folder / 'split.json'}: the {split} split is empty")
     data = load_config(folder / "config.yaml").data
+    if roots:
+        data.root, data.extra_roots = str(roots[0]), [str(r) for r in roots[1:]]
     for root in [data.root, *data.extra_roots, *data.partial_roots]:
         if not Path(root).is_dir():
             where = folder / "config.yaml"

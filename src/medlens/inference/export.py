@@ -14,7 +14,6 @@ into a bundle or run folder unless asked (``export_onnx`` without ``out``).
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from medlens.inference.bundle import (
     sha256_file,
     source_name,
 )
+from medlens.inference.runtime import encode_cam_weights
 from medlens.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -128,19 +128,6 @@ def _add_metadata(path: Path, spec: ModelSpec, cam_weights: np.ndarray | None = 
         entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
-
-
-def encode_cam_weights(weights: np.ndarray) -> str:
-    """``(K, C)`` class weights -> the ``medlens_cam`` metadata value (JSON, float32 little-endian base64)."""
-    data = np.ascontiguousarray(weights, dtype="<f4")
-    return json.dumps({"shape": list(data.shape), "float32_b64": base64.b64encode(data.tobytes()).decode()})
-
-
-def decode_cam_weights(value: str) -> np.ndarray:
-    """The ``(K, C)`` float32 class weights stored by :func:`encode_cam_weights`."""
-    meta = json.loads(value)
-    raw = base64.b64decode(meta["float32_b64"])
-    return np.frombuffer(raw, dtype="<f4").reshape(meta["shape"]).astype(np.float32)
 
 
 def check_parity(path: str | Path, model: nn.Module, spec: ModelSpec, seed: int = 0) -> tuple[float, int]:

@@ -7,6 +7,8 @@ at once (ONNX Runtime sessions are; torch modules in inference mode are), which 
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -62,8 +64,6 @@ class OnnxRunner:
         meta = self.session.get_modelmeta().custom_metadata_map
         self.cam_weights: np.ndarray | None = None
         if "features" in self.output_names and "medlens_cam" in meta:
-            from medlens.inference.export import decode_cam_weights
-
             self.cam_weights = decode_cam_weights(meta["medlens_cam"])
 
     @property
@@ -120,3 +120,16 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     if name == "cuda" and local_rank is not None:
         name = f"cuda:{local_rank}"
     return torch.device(name)
+
+
+def encode_cam_weights(weights: np.ndarray) -> str:
+    """``(K, C)`` class weights -> the ``medlens_cam`` metadata value (JSON, float32 little-endian base64)."""
+    data = np.ascontiguousarray(weights, dtype="<f4")
+    return json.dumps({"shape": list(data.shape), "float32_b64": base64.b64encode(data.tobytes()).decode()})
+
+
+def decode_cam_weights(value: str) -> np.ndarray:
+    """The ``(K, C)`` float32 class weights stored by :func:`encode_cam_weights`."""
+    meta = json.loads(value)
+    raw = base64.b64decode(meta["float32_b64"])
+    return np.frombuffer(raw, dtype="<f4").reshape(meta["shape"]).astype(np.float32)
