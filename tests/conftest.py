@@ -39,6 +39,7 @@ def _torch_threads() -> None:
     # One thread: the tests use tiny tensors, and several torch processes (torchrun, a live server) share
     # the CI machine's two cores; oversubscribed OpenMP threads are many times slower there.
     torch.set_num_threads(1)
+    os.environ.setdefault("MEDLENS_NUM_THREADS", "1")  # what the CLI and the app then configure
 
 
 @pytest.fixture(scope="module")

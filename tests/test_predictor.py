@@ -14,13 +14,8 @@ from medlens.data.cache import resize_image as cache_resize
 from medlens.errors import BundleError, MedlensError, UnknownNameError
 from medlens.inference.bundle import load_model_source
 from medlens.inference.decisions import apply_decision, probs_to_mask
-from medlens.inference.predictor import (
-    ClassificationPredictor,
-    SegmentationPredictor,
-    create_predictor,
-    ensure_channels,
-    preprocess,
-)
+from medlens.inference.predictor import ClassificationPredictor, SegmentationPredictor, create_predictor
+from medlens.inference.preprocess import ensure_channels, preprocess
 from medlens.spec import ModelSpec
 from tests.helpers_inference import make_tiny_run
 

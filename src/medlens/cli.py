@@ -105,7 +105,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_threads() -> None:
+    """torch's CPU threads for prediction: ``$MEDLENS_NUM_THREADS``, else every core."""
+    from medlens.inference.runtime import configure_threads
+
+    configure_threads()
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    _configure_threads()
     from medlens.evaluation.evaluate import evaluate
 
     _existing(args.model, "model (run folder or bundle)")
@@ -131,6 +139,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    _configure_threads()
     from medlens.pipelines.batch import predict_paths
 
     for item in args.inputs:

@@ -28,6 +28,7 @@ from medlens.app.service import AnalysisService
 from medlens.app.store import HistoryStore
 from medlens.app.throttle import DEFAULT_MAX_FAILURES, AuthThrottleMiddleware, FailureThrottle
 from medlens.errors import ConfigError, MedlensError
+from medlens.inference.runtime import configure_threads
 
 __all__ = ["API_PREFIX", "create_app", "load_pipelines_safely", "pixel_limit_from"]
 
@@ -109,6 +110,7 @@ def create_app(
             (``ready: false``) until that is done.
     """
     plan = serving_plan(workers)
+    configure_threads(plan.threads)  # torch's pool is the process's; ONNX sessions get plan.threads each
     if pipelines is None:
         runtime = runtime or os.environ.get("MEDLENS_RUNTIME") or "torch"
         precision = precision or os.environ.get("MEDLENS_PRECISION") or "fp32"

@@ -1,10 +1,11 @@
 """Predictors: images in, probabilities / masks / labels out, from a run folder or a bundle.
 
-Both runtimes (``"torch"`` and ``"onnx"``) share every step but the forward pass: :func:`preprocess`
-(channels per spec, resize to the spec's input size with the training cache's own
-:func:`medlens.data.cache.resize_image`, 0..1, normalise by the spec's mean/std), optional flip test-time
-augmentation (identity, horizontal and vertical flip, probabilities averaged), temperature scaling for
-classifiers, and resizing probabilities back to each image's own size (bilinear) before thresholding.
+Both runtimes (``"torch"`` and ``"onnx"``) share every step but the forward pass:
+:func:`medlens.inference.preprocess.preprocess` (the pixels the training cache gave the model), optional
+flip test-time augmentation (identity, horizontal and vertical flip, probabilities averaged), temperature
+scaling for classifiers, and resizing probabilities back to each image's own size (bilinear) before
+thresholding. Threads: ONNX Runtime sessions get ``num_threads``; torch's process-wide pool is set by the
+entry points (:func:`medlens.inference.runtime.configure_threads`).
 
 With ONNX Runtime, ``precision="int8"`` uses the model's statically quantised graph when
 :mod:`medlens.inference.quantize` made and accepted one (else float32, with a warning); TTA views run as one
@@ -34,6 +35,7 @@ from medlens.inference.bundle import (
     source_name,
 )
 from medlens.inference.decisions import apply_decision, probs_to_mask
+from medlens.inference.preprocess import ensure_channels, preprocess
 from medlens.inference.runtime import (
     RUNTIMES,
     OnnxRunner,
@@ -47,59 +49,6 @@ from medlens.spec import ModelSpec
 logger = logging.getLogger(__name__)
 
 Source = str | Path | Bundle
-
-
-# ---------------------------------------------------------------------------------- shared pre-processing
-def ensure_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """``(H, W)`` or ``(H, W, C)`` uint8 -> ``(H, W, channels)`` uint8 (ITU-R 601 luma for RGB -> grey,
-    grey repeated for grey -> RGB, alpha dropped). Images with ``channels`` channels pass unchanged."""
-    from medlens.data.io import convert_channels
-
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.dtype != np.uint8:
-        raise MedlensError(f"expected an (H, W, C) uint8 image, got shape {image.shape} dtype {image.dtype}")
-    if image.shape[2] == channels:
-        return image
-    if image.shape[2] == 4:
-        image = image[..., :3]
-    if image.shape[2] not in (1, 3) or channels not in (1, 3):
-        raise MedlensError(
-            f"cannot convert a {image.shape[2]}-channel image to the {channels} the model expects"
-        )
-    return convert_channels(image, channels)
-
-
-def resize_image(image: np.ndarray, size: Sequence[int]) -> torch.Tensor:
-    """``(H, W, C)`` uint8 -> ``(C, h, w)`` uint8 tensor at ``size = (h, w)``, resized by the training cache's
-    function (PIL antialiased bilinear) so that the model sees at inference the pixels it was trained on."""
-    from medlens.data.cache import resize_image as cache_resize
-
-    resized = cache_resize(image, (int(size[0]), int(size[1])))
-    if resized.ndim == 2:
-        resized = resized[..., None]
-    if not resized.flags.writeable or not resized.flags.c_contiguous:  # PIL-backed arrays are read-only
-        resized = np.array(resized, copy=True, order="C")
-    return torch.from_numpy(resized).permute(2, 0, 1)
-
-
-def normalise(x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
-    """uint8 ``(B, C, H, W)`` -> float32 ``(B, C, H, W)``: ``(x / 255 - mean) / std`` per channel."""
-    c = x.shape[1]
-    mean = torch.as_tensor(spec.mean or [0.0] * c, dtype=torch.float32)
-    std = torch.as_tensor(spec.std or [1.0] * c, dtype=torch.float32)
-    mean, std = mean.expand(c) if mean.numel() == 1 else mean, std.expand(c) if std.numel() == 1 else std
-    return (x.float() / 255.0 - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
-
-
-def preprocess(images: Sequence[np.ndarray], spec: ModelSpec) -> torch.Tensor:
-    """A list of HWC uint8 images of any sizes -> float32 ``(B, C, H, W)`` at the spec's ``input_size``
-    (guided classifiers: images that already carry the guide's mask channel)."""
-    batch = torch.stack(
-        [resize_image(ensure_channels(img, spec.in_channels), spec.input_size) for img in images]
-    )
-    return normalise(batch, spec)
 
 
 # ---------------------------------------------------------------------------------- base predictor
@@ -134,9 +83,7 @@ class _Predictor:
         self.precision = "fp32"
         # TTA views in one call: faster in ONNX Runtime, not in eager torch (BENCHMARKS.md)
         self.batch_views = runtime == "onnx"
-        if runtime == "torch":
-            if torch.get_num_threads() != self.threads:
-                torch.set_num_threads(self.threads)
+        if runtime == "torch":  # torch's threads are the process's: set where the process starts
             self.runner: Callable[[torch.Tensor], torch.Tensor] = TorchRunner(self.model, self.device)
         else:
             self.runner = OnnxRunner(self._onnx_file(precision, onnx_path), self.device, self.threads)

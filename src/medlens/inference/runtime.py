@@ -108,6 +108,18 @@ def default_threads() -> int:
     return os.cpu_count() or 1
 
 
+def configure_threads(threads: int | None = None) -> int:
+    """Set torch's CPU threads for this process (``threads``, else :func:`default_threads`); returns them.
+
+    torch's thread pool is process-wide, so entry points (the CLI, the web app, benchmarks) call this once;
+    predictors only size their own ONNX Runtime sessions.
+    """
+    threads = threads or default_threads()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
 def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; a torchrun rank's ``cuda`` is ``cuda:LOCAL_RANK``.
 
