@@ -100,6 +100,14 @@ def run_views(
     return torch.stack([y.flip(d) if d and spatial else y for y, d in zip(ys, flips, strict=True)])
 
 
+def image_views(image: np.ndarray, tta: bool) -> list[np.ndarray]:
+    """The :data:`TTA_FLIPS` views of one HWC image (itself, flipped left-right, flipped up-down), for callers
+    that keep each view's output apart (the pipeline's classification uncertainty)."""
+    hwc_axis = {3: 1, 2: 0}  # (B, C, H, W) flip dim -> (H, W, C) axis
+    flips = TTA_FLIPS if tta else TTA_FLIPS[:1]
+    return [np.ascontiguousarray(np.flip(image, [hwc_axis[d] for d in dims])) for dims in flips]
+
+
 def default_threads() -> int:
     """CPU threads for inference: ``$MEDLENS_NUM_THREADS`` when set, else ``os.cpu_count()``."""
     env = os.environ.get("MEDLENS_NUM_THREADS", "").strip()

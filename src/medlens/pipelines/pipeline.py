@@ -23,6 +23,7 @@ from medlens.inference.decisions import probs_to_mask
 from medlens.inference.guided import crop_box, guide_one
 from medlens.inference.postprocess import apply_postprocess, area_fraction, connected_components
 from medlens.inference.predictor import ClassificationPredictor, SegmentationPredictor
+from medlens.inference.runtime import image_views
 from medlens.pipelines.advice import (
     AdviceContext,
     check_confidence,
@@ -48,7 +49,6 @@ from medlens.pipelines.stages import (
     as_image,
     enhance_contrast,
     find_bundle,
-    tta_views,
 )
 from medlens.spec import guide_channels
 
@@ -324,7 +324,7 @@ class Pipeline:
         if pre is not None and pre.cls is not None:
             per_view, feats = pre.cls
         else:
-            per_view, feats = clf.predict_proba_with_features(tta_views(x, tta))  # (V, K), (V, C, h, w)
+            per_view, feats = clf.predict_proba_with_features(image_views(x, tta))  # (V, K), (V, C, h, w)
         probs = per_view.mean(axis=0, keepdims=True)
         result.probabilities = {c: float(p) for c, p in zip(clf.classes, probs[0], strict=True)}
         result.label = clf.decide(probs)[0]

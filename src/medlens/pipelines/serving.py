@@ -19,10 +19,11 @@ import numpy as np
 from medlens.data.io import ImageRecord
 from medlens.inference.decisions import probs_to_mask
 from medlens.inference.guided import guide_one
+from medlens.inference.runtime import image_views
 from medlens.pipelines.advice import check_modality
 from medlens.pipelines.analysis import Analysis
 from medlens.pipelines.features import compute_features
-from medlens.pipelines.stages import as_image, enhance_contrast, tta_views
+from medlens.pipelines.stages import as_image, enhance_contrast
 
 if TYPE_CHECKING:
     from medlens.pipelines.pipeline import Pipeline
@@ -76,7 +77,7 @@ def _classify_all(pipeline: Pipeline, live: list[Prefetched], tta: bool) -> None
         if pipeline.guide_mode is not None:
             raw = probs_to_mask(p.seg[0], pipeline.segmenter.spec.mode, pipeline.segmenter.spec.threshold)
             x = guide_one(p.work, raw, pipeline.guide_mode, clf.input_size)
-        inputs += tta_views(x, tta)
+        inputs += image_views(x, tta)
     probs, feats = clf.predict_proba_with_features(inputs)  # (N * V, K), (N * V, C, h, w) | None
     v = len(inputs) // len(live)
     share = (time.perf_counter() - t0) * 1e3 / len(live)

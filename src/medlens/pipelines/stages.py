@@ -86,8 +86,3 @@ def find_bundle(models_dir: str | Path, name: str) -> Path:
         if bundle.name == name:
             return bundle.path
     raise BundleError(f"bundle {name!r} not found in {models_dir} (make it with `medlens bundle`)")
-
-
-def tta_views(x: np.ndarray, tta: bool) -> list[np.ndarray]:
-    """The classifier's TTA views of an HWC image: itself, flipped left-right, flipped up-down."""
-    return [np.ascontiguousarray(v) for v in ([x, x[:, ::-1], x[::-1]] if tta else [x])]
