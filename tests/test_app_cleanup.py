@@ -4,6 +4,7 @@ and at shutdown; nothing outside Gradio's upload folder or the janitor's own fol
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 import pytest
@@ -45,16 +46,22 @@ def test_delete_removes_the_upload_and_the_mask_copy(janitor, tmp_path):
 
 def test_sweep_removes_old_files_and_stale_folders_only(janitor, tmp_path):
     old, new = _upload(janitor, "old.dcm"), _upload(janitor, "new.dcm")
+    failed = _upload(janitor, "failed.dcm")  # its analysis failed: never tracked, still removed by age
     janitor.track("a", old)
     janitor.track("b", new)
-    stale = janitor.folder.parent / f"{PREFIX}left-by-a-killed-server"
-    stale.mkdir(exist_ok=True)
-    (stale / "medlens-mask-x.png").write_bytes(b"png")
+    dead = janitor.folder.parent / f"{PREFIX}999999999-left-by-a-killed-server"
+    live = janitor.folder.parent / f"{PREFIX}{os.getppid()}-another-running-server"
     hour_ago = time.time() - 3600
-    os.utime(old, (hour_ago, hour_ago))
-    os.utime(stale, (hour_ago, hour_ago))
-    assert janitor.sweep() >= 2
-    assert not old.exists() and new.exists() and not stale.exists() and janitor.folder.exists()
+    for folder in (dead, live):
+        folder.mkdir(exist_ok=True)
+        (folder / "medlens-mask-x.png").write_bytes(b"png")
+        os.utime(folder, (hour_ago, hour_ago))
+    for path in (old, failed):
+        os.utime(path, (hour_ago, hour_ago))
+    assert janitor.sweep() >= 3
+    assert not old.exists() and not failed.exists() and new.exists() and janitor.folder.exists()
+    assert not dead.exists() and live.exists()  # another live server's downloads stay
+    shutil.rmtree(live)
 
 
 def test_shutdown_removes_everything_of_this_server(tmp_path, monkeypatch):

@@ -93,8 +93,15 @@ class _Raising(FakePipeline):
         (KeyError("SECRET-KEY-DETAIL"), 500),
     ],
 )
-def test_status_codes_follow_the_exception_type(tmp_path, caplog, exc, status):
-    with _client(tmp_path, {"skin": _Raising(exc)}) as c, caplog.at_level(logging.ERROR):
+def test_status_codes_follow_the_exception_type(tmp_path, caplog, monkeypatch, exc, status):
+    """Errors while the upload is read: bad input is 4xx by its type, anything else 500 with an id."""
+    from medlens.data import io
+
+    def failing_read(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(io, "read_image", failing_read)
+    with _client(tmp_path, {"skin": FakePipeline("skin")}) as c, caplog.at_level(logging.ERROR):
         r = _post(c, png_bytes(rgb_image(16)))
     assert r.status_code == status, r.text
     if status == 500:
@@ -102,6 +109,16 @@ def test_status_codes_follow_the_exception_type(tmp_path, caplog, exc, status):
         assert "SECRET" not in r.text and "SECRET" in caplog.text  # traceback logged under the id only
     if isinstance(exc, UnknownNameError):
         assert r.json()["valid"] == ["a", "b"]
+
+
+def test_a_failure_inside_the_pipeline_is_internal(tmp_path, caplog):
+    """A readable image whose analysis fails (Grad-CAM finds no layer, say) is an internal fault: 500."""
+    failing = _Raising(MedlensError("cannot find a Grad-CAM layer: SECRET-MODEL-DETAIL"))
+    with _client(tmp_path, {"skin": failing}) as c, caplog.at_level(logging.ERROR):
+        r = _post(c, png_bytes(rgb_image(16)))
+        assert r.status_code == 500 and r.json()["detail"] == "internal error"
+        assert "SECRET" not in r.text and r.json()["id"] in caplog.text
+        assert c.get("/healthz").status_code == 200  # and it keeps serving
 
 
 def test_too_large_image_reports_its_real_size(tmp_path):

@@ -43,7 +43,8 @@ class TempJanitor:
 
     def __init__(self, max_age_s: float = DEFAULT_MAX_AGE_S, uploads: Path | None = None) -> None:
         self.max_age_s = max_age_s
-        self.folder = Path(tempfile.mkdtemp(prefix=PREFIX)).resolve()
+        # the pid in the name: a sweep removes only the folders of servers that are no longer running
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")).resolve()
         self.uploads = (uploads or gradio_upload_folder()).resolve()
         self._files: dict[str, set[Path]] = {}  # analysis id -> files
         self._lock = threading.Lock()
@@ -63,9 +64,11 @@ class TempJanitor:
             self._remove(path)
 
     def sweep(self, now: float | None = None) -> int:
-        """Remove tracked files, uploads and stale ``medlens-ui-*`` folders older than ``max_age_s``."""
+        """Remove tracked files, every upload (analysed or not, e.g. one whose analysis failed) and the
+        ``medlens-ui-*`` folders of servers no longer running, once older than ``max_age_s``."""
         now = time.time() if now is None else now
-        old = [p for p in self._all() if _age(p, now) > self.max_age_s]
+        uploads = [p for p in self.uploads.rglob("*") if p.is_file()] if self.uploads.is_dir() else []
+        old = [p for p in {*self._all(), *uploads} if _age(p, now) > self.max_age_s]
         for path in old:
             self._remove(path)
         with self._lock:
@@ -74,7 +77,7 @@ class TempJanitor:
         stale = [
             d
             for d in self.folder.parent.glob(f"{PREFIX}*")
-            if d != self.folder and _age(d, now) > self.max_age_s
+            if d != self.folder and _age(d, now) > self.max_age_s and not _owner_alive(d)
         ]
         for folder in stale:
             shutil.rmtree(folder, ignore_errors=True)
@@ -99,6 +102,20 @@ class TempJanitor:
         shutil.rmtree(self.folder, ignore_errors=True)
         with self._lock:
             self._files.clear()
+
+
+def _owner_alive(folder: Path) -> bool:
+    """Whether the server that made ``medlens-ui-<pid>-*`` still runs (an unknown owner counts as gone)."""
+    pid = folder.name[len(PREFIX) :].split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def _age(path: Path, now: float) -> float:

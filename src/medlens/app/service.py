@@ -22,7 +22,7 @@ from typing import Any
 from medlens.app.pool import PipelinePool, serving_plan
 from medlens.app.store import HistoryStore
 from medlens.drawing import viewable_mask
-from medlens.errors import MedlensError, UnknownNameError
+from medlens.errors import InternalError, MedlensError, UnknownNameError
 from medlens.jsonable import to_jsonable
 from medlens.pipelines.config import DEFAULT_TTA
 
@@ -204,7 +204,10 @@ class AnalysisService:
         t1 = time.perf_counter()
         with self.pools[name].acquire() as pipe:
             t_free = time.perf_counter()
-            analysis = pipe.analyze(image, clahe=clahe, gradcam=gradcam, tta=tta)
+            try:
+                analysis = pipe.analyze(image, clahe=clahe, gradcam=gradcam, tta=tta)
+            except MedlensError as exc:  # the image was read: a failure now is medlens's, not the input's
+                raise InternalError(f"pipeline {name!r} failed on a readable image: {exc}") from exc
         t2 = time.perf_counter()
         result = analysis_result(analysis)
         result["pipeline"] = name
