@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -158,11 +159,37 @@ def test_live_server_with_real_pipelines_stores_every_analysis(models_dir: Path,
 def test_serving_plan_budgets_threads(monkeypatch) -> None:
     monkeypatch.delenv("MEDLENS_WORKERS", raising=False)
     monkeypatch.delenv("MEDLENS_NUM_THREADS", raising=False)
-    assert serving_plan(cores=8).workers == 8 and serving_plan(cores=8).threads == 1
+    assert serving_plan(cores=2).workers == 2 and serving_plan(cores=2).threads == 1
+    assert serving_plan(cores=8).workers == 4 and serving_plan(cores=8).threads == 2  # at most 4 by default
     assert (serving_plan(2, cores=8).workers, serving_plan(2, cores=8).threads) == (2, 4)
     assert serving_plan(16, cores=4).threads == 1
     monkeypatch.setenv("MEDLENS_WORKERS", "3")
     assert (serving_plan(cores=6).workers, serving_plan(cores=6).threads) == (3, 2)
+
+
+def test_workers_are_shared_by_every_pipeline(tmp_path) -> None:
+    """Two pipelines, one worker: analyses of both never overlap (the budget is the process's)."""
+    from medlens.app.service import AnalysisService
+    from medlens.app.store import HistoryStore
+
+    running, peak, lock = [0], [0], threading.Lock()
+
+    class Busy(FakePipeline):
+        def analyze(self, image, clahe=False, gradcam=True, tta=True):
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            time.sleep(0.05)
+            with lock:
+                running[0] -= 1
+            return super().analyze(image, clahe, gradcam, tta)
+
+    service = AnalysisService({"a": Busy("a"), "b": Busy("b")}, HistoryStore(home=tmp_path), workers=1)
+    image = png_bytes(rgb_image(16))
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda name: service.analyze_bytes(image, name), "abab"))
+    assert peak[0] == 1 and service.store.count() == 4 and len({r["id"] for r in results}) == 4
+    service.close()
 
 
 # ------------------------------------------------------------------------------------------------ warm start

@@ -124,6 +124,7 @@ class AnalysisService:
         self.delete_hooks: list[Callable[[str], None]] = []  # e.g. the UI removing its copies of the files
         size = workers or serving_plan().workers
         self.pools = {name: PipelinePool(p, size) for name, p in self.pipelines.items()}
+        self._slots = threading.BoundedSemaphore(size)  # analyses at once, all pipelines together
         self.bundles = discover_bundles(self.models_dir)
         self._ready = threading.Event()
         self.warm_up_ms: dict[str, float] = {}
@@ -202,7 +203,7 @@ class AnalysisService:
         size = _declared_size(data, self.max_pixels)  # ImageTooLargeError before any decoding
         image = read_image(data, max_pixels=self.max_pixels, max_side=self.max_side)
         t1 = time.perf_counter()
-        with self.pools[name].acquire() as pipe:
+        with self._slots, self.pools[name].acquire() as pipe:
             t_free = time.perf_counter()
             try:
                 analysis = pipe.analyze(image, clahe=clahe, gradcam=gradcam, tta=tta)

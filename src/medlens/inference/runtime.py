@@ -108,12 +108,15 @@ def image_views(image: np.ndarray, tta: bool) -> list[np.ndarray]:
     return [np.ascontiguousarray(np.flip(image, [hwc_axis[d] for d in dims])) for dims in flips]
 
 
+def positive_env(name: str) -> int | None:
+    """The positive integer in environment variable ``name``, else None."""
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else None
+
+
 def default_threads() -> int:
     """CPU threads for inference: ``$MEDLENS_NUM_THREADS`` when set, else ``os.cpu_count()``."""
-    env = os.environ.get("MEDLENS_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return os.cpu_count() or 1
+    return positive_env("MEDLENS_NUM_THREADS") or os.cpu_count() or 1
 
 
 def configure_threads(threads: int | None = None) -> int:
