@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medlens.pipelines.chest import cardiothoracic_ratio, ctr_of, draw_ctr_lines, lungs, lungs_by_side
+from medlens.evaluation.anatomy import ctr_of, lungs_by_side
+from medlens.pipelines.chest import cardiothoracic_ratio, draw_ctr_lines, lungs
 
 CLASSES = ["background", "left_lung", "right_lung", "heart"]
 

@@ -32,6 +32,8 @@ from sqlalchemy import JSON, DateTime, String, create_engine, event, func, or_, 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from medlens.home import medlens_home
+
 logger = logging.getLogger(__name__)
 
 FILE_KINDS = ("image", "mask", "overlay", "gradcam", "thumb")
@@ -41,11 +43,6 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _ID = re.compile(r"^[0-9a-f]{32}$")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 THUMB_SIZE = 256
-
-
-def default_home() -> Path:
-    """``MEDLENS_HOME`` or ``~/.medlens``."""
-    return Path(os.environ.get("MEDLENS_HOME") or Path.home() / ".medlens").expanduser()
 
 
 def is_valid_id(analysis_id: str) -> bool:
@@ -179,7 +176,7 @@ class HistoryStore:
     """
 
     def __init__(self, home: str | Path | None = None, db_url: str | None = None) -> None:
-        self.home = Path(home).expanduser() if home is not None else default_home()
+        self.home = Path(home).expanduser() if home is not None else medlens_home()
         self.home.mkdir(parents=True, exist_ok=True)
         self.files = FileStore(self.home / "files")
         self.db_url = db_url or os.environ.get("MEDLENS_DB_URL") or f"sqlite:///{self.home / 'history.db'}"

@@ -16,6 +16,7 @@ from typing import Any
 
 from medlens.data.index import DatasetIndex
 from medlens.errors import BundleError, DatasetError
+from medlens.inference.bundle import source_folder
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +30,6 @@ PLOTS = (
 )
 # Per-image and per-case details stay in the report folder; the bundle keeps the summary.
 _NOT_RECORDED = ("cases", "skipped", "model")
-
-
-def model_folder(model: str | Path) -> Path:
-    """The bundle or run folder of a model source (a checkpoint file's run folder)."""
-    path = Path(model)
-    return path.parent.parent if path.is_file() else path
 
 
 def split_index(
@@ -51,7 +46,7 @@ def split_index(
 
     if split not in (*SPLITS, "train"):
         raise DatasetError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
-    folder = model_folder(model)
+    folder = source_folder(model)
     for name in ("config.yaml", "split.json"):
         if not (folder / name).is_file():
             raise DatasetError(f"{folder}: no {name}, so its {split} split is unknown; give a data folder")
@@ -69,7 +64,8 @@ def split_index(
             )
     data.skip_bad = data.skip_bad or skip_bad
     index = discover_all(data)
-    missing = [i for i in ids if i not in set(index.ids)]
+    known = set(index.ids)
+    missing = [i for i in ids if i not in known]
     if missing:
         raise DatasetError(f"{len(missing)} {split} ids of {folder} are not in its data, e.g. {missing[:3]}")
     return index.subset(ids)
@@ -87,7 +83,7 @@ def record_evaluation(model: str | Path, name: str, metrics: dict[str, Any], rep
     from medlens.inference.bundle import is_bundle
     from medlens.inference.packaging import read_bundle_meta, write_bundle_meta
 
-    folder = model_folder(model)
+    folder = source_folder(model)
     if not is_bundle(folder):
         raise BundleError(f"{model}: --record stores figures in a bundle; this is not one (medlens bundle)")
     if not re.fullmatch(r"[A-Za-z0-9_.:-]+", name):

@@ -145,9 +145,9 @@ def evaluate_segmentation(
 ) -> dict:
     """Score every item of ``index``; returns the metrics (summary, ``by_source``, cases, skipped)."""
     from medlens.data.index import load_target
+    from medlens.evaluation.anatomy import HEART, ctr_of
     from medlens.evaluation.plots import plot_score_distribution
     from medlens.inference.decisions import probs_to_mask
-    from medlens.pipelines.chest import HEART, ctr_of
 
     spec, mode, classes = predictor.spec, predictor.mode, list(predictor.classes)
     acc, skipped, extras = _accumulator(predictor), list(index.skipped), {}

@@ -278,9 +278,22 @@ def load_model_source(source: str | Path | Bundle) -> tuple[nn.Module, ModelSpec
     return _load_into(build_from_spec(spec), _read_checkpoint(checkpoint)["model"], checkpoint), spec
 
 
-def source_name(source: str | Path | Bundle) -> str:
-    """A display name for a model source: the bundle name or the run folder name."""
+def source_folder(source: str | Path | Bundle) -> Path:
+    """The bundle or run folder of a model source (a checkpoint file's run folder)."""
+    if isinstance(source, Bundle):
+        return source.path
+    return Path(source).parent.parent if source_kind(source) == "checkpoint" else Path(source)
+
+
+def weights_file(source: str | Path | Bundle) -> Path:
+    """The file holding a source's weights: the bundle's safetensors, the checkpoint file given, or a run
+    folder's ``checkpoints/best.pt``."""
     kind = source_kind(source)
     if kind == "bundle":
-        return _as_bundle(source).name
-    return Path(source).parent.parent.name if kind == "checkpoint" else Path(source).name
+        return _as_bundle(source).weights_path
+    return Path(source) if kind == "checkpoint" else Path(source) / RUN_CHECKPOINT
+
+
+def source_name(source: str | Path | Bundle) -> str:
+    """A display name for a model source: the bundle name or the run folder name."""
+    return _as_bundle(source).name if source_kind(source) == "bundle" else source_folder(source).name

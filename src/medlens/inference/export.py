@@ -26,16 +26,17 @@ import torch
 from torch import nn
 
 from medlens.errors import BundleError
+from medlens.home import medlens_home
 from medlens.inference.bundle import (
     ONNX_FILE,
-    RUN_CHECKPOINT,
-    RUN_SPEC,
     WEIGHTS_FILE,
     Bundle,
     is_bundle,
     load_model_source,
     sha256_file,
+    source_folder,
     source_name,
+    weights_file,
 )
 from medlens.inference.runtime import encode_cam_weights
 from medlens.spec import ModelSpec
@@ -46,18 +47,6 @@ DEFAULT_ATOL = 1e-3
 CHECK_BATCH_SIZES = (1, 3)
 #: graph layout version in the metadata: 2 = ``features`` output for pooled linear heads
 EXPORT_FORMAT = "2"
-
-
-def medlens_home() -> Path:
-    """``$MEDLENS_HOME`` or ``~/.medlens``."""
-    return Path(os.environ.get("MEDLENS_HOME") or Path.home() / ".medlens").expanduser()
-
-
-def _source_dir(source: str | Path | Bundle) -> Path:
-    if isinstance(source, Bundle):
-        return source.path
-    path = Path(source)
-    return path.parent.parent if path.is_file() else path
 
 
 class WithFeatures(nn.Module):
@@ -155,7 +144,7 @@ def check_parity(path: str | Path, model: nn.Module, spec: ModelSpec, seed: int 
 
 def default_onnx_path(source: str | Path | Bundle) -> Path:
     """``<bundle or run folder>/model.onnx``."""
-    return _source_dir(source) / ONNX_FILE
+    return source_folder(source) / ONNX_FILE
 
 
 EXPORT_FORMATS = ("onnx",)
@@ -205,8 +194,8 @@ def export_onnx(
     finally:
         tmp.unlink(missing_ok=True)
     bundle = bundle_or_run if isinstance(bundle_or_run, Bundle) else None
-    if bundle is None and is_bundle(_source_dir(bundle_or_run)):
-        bundle = Bundle.load(_source_dir(bundle_or_run))
+    if bundle is None and is_bundle(source_folder(bundle_or_run)):
+        bundle = Bundle.load(source_folder(bundle_or_run))
     if bundle is not None and path.resolve() == bundle.onnx_path.resolve():
         bundle.register_file(ONNX_FILE)
     logger.info(
@@ -217,13 +206,12 @@ def export_onnx(
 
 
 def weights_sha256(source: str | Path | Bundle) -> str:
-    """sha256 of a source's weights: a bundle's ``model.safetensors`` (as recorded in ``bundle.json`` when it
-    is), a run folder's ``checkpoints/best.pt``."""
-    directory = _source_dir(source)
-    if isinstance(source, Bundle) or is_bundle(directory):
-        bundle = source if isinstance(source, Bundle) else Bundle.load(directory)
+    """sha256 of a source's weights (:func:`~medlens.inference.bundle.weights_file`; a bundle's as recorded
+    in its ``bundle.json``)."""
+    if isinstance(source, Bundle) or is_bundle(source):
+        bundle = source if isinstance(source, Bundle) else Bundle.load(source)
         return bundle.files.get(WEIGHTS_FILE) or sha256_file(bundle.weights_path)
-    return sha256_file(directory / RUN_CHECKPOINT)
+    return sha256_file(weights_file(source))
 
 
 def onnx_cache_dir(source: str | Path | Bundle) -> Path:
@@ -232,13 +220,12 @@ def onnx_cache_dir(source: str | Path | Bundle) -> Path:
 
 
 def _is_current(onnx_path: Path, source: str | Path | Bundle) -> bool:
-    """A bundle's model.onnx is current (bundles are immutable); a run folder's only if newer than best.pt."""
+    """A bundle's model.onnx is current (bundles are immutable); a run's only if newer than its weights."""
     if not onnx_path.is_file():
         return False
-    directory = _source_dir(source)
-    if isinstance(source, Bundle) or is_bundle(directory) or not (directory / RUN_SPEC).is_file():
+    if isinstance(source, Bundle) or is_bundle(source):
         return True
-    return onnx_path.stat().st_mtime_ns >= (directory / RUN_CHECKPOINT).stat().st_mtime_ns
+    return onnx_path.stat().st_mtime_ns >= weights_file(source).stat().st_mtime_ns
 
 
 def _fits(onnx_path: Path, spec: ModelSpec) -> bool:

@@ -1,4 +1,5 @@
-"""Chest X-ray anatomy from a segmentation: both lungs by side, and the cardiothoracic ratio.
+"""Chest X-ray anatomy features of a segmentation: both lungs by side, and the cardiothoracic ratio (the
+measurements themselves are in :mod:`medlens.evaluation.anatomy`, which evaluation shares).
 
 Sides are the patient's: on a posteroanterior (PA) film the patient's right lung is on the image left. A
 multi-class anatomy mask (classes ``left_lung``, ``right_lung``, ``heart``, as in the JSRT/SCR labels) names
@@ -17,75 +18,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from skimage.measure import label as label_components
 
+from medlens.evaluation.anatomy import cardiothoracic_lines, ctr_of, lungs_by_side
 from medlens.pipelines.features import Spacing, register_feature
 
-LEFT_LUNG, RIGHT_LUNG, HEART = "left_lung", "right_lung", "heart"
 #: A lung under this fraction of the other's area is flagged (missing, collapsed, or mis-segmented).
 SMALL_LUNG_RATIO = 0.5
 CTR_UPPER_NORMAL = 0.5  # adult PA films
 HEART_COLOUR, THORAX_COLOUR = (255, 60, 60), (255, 220, 0)
-
-
-def lungs_by_side(mask: np.ndarray, classes: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
-    """``(patient's right lung, patient's left lung)`` bool masks of a label mask.
-
-    Multi-class masks with ``left_lung`` / ``right_lung`` classes give them directly; otherwise the two
-    largest connected regions of the foreground (heart label excluded) are named by their centroid's side.
-    """
-    names = list(classes or [])
-    if LEFT_LUNG in names and RIGHT_LUNG in names:
-        return mask == names.index(RIGHT_LUNG), mask == names.index(LEFT_LUNG)
-    fg = mask > 0
-    if HEART in names:
-        fg &= mask != names.index(HEART)
-    lab = label_components(fg, connectivity=2)
-    sizes = np.bincount(lab.ravel())[1:]
-    largest = np.argsort(sizes)[::-1][:2] + 1
-    empty = np.zeros_like(fg)
-    parts = [lab == k for k in largest if sizes[k - 1] > 0]
-    right, left = empty, empty
-    for part in parts:
-        centre_x = np.nonzero(part)[1].mean()
-        if centre_x < mask.shape[1] / 2:  # image left = patient's right on a PA film
-            right = right | part
-        else:
-            left = left | part
-    return right, left
-
-
-def _widest_row(region: np.ndarray) -> tuple[int, int, int] | None:
-    """``(row, first column, last column)`` of the row where ``region`` spans widest (its outer extent)."""
-    rows = np.flatnonzero(region.any(axis=1))
-    if rows.size == 0:
-        return None
-    first = np.where(region[rows].any(axis=1), region[rows].argmax(axis=1), 0)
-    last = region.shape[1] - 1 - region[rows][:, ::-1].argmax(axis=1)
-    k = int(np.argmax(last - first))
-    return int(rows[k]), int(first[k]), int(last[k])
-
-
-def cardiothoracic_lines(mask: np.ndarray, classes: Sequence[str] | None) -> dict[str, list[int]] | None:
-    """``{"heart": [row, x0, x1], "thorax": [row, x0, x1]}`` of a mask with heart and lungs, else None."""
-    names = list(classes or [])
-    if HEART not in names:
-        return None
-    right, left = lungs_by_side(mask, classes)
-    heart = _widest_row(mask == names.index(HEART))
-    thorax = _widest_row(right | left)
-    if heart is None or thorax is None or not right.any() or not left.any():
-        return None
-    return {"heart": list(heart), "thorax": list(thorax)}
-
-
-def ctr_of(mask: np.ndarray, classes: Sequence[str] | None) -> float | None:
-    """The cardiothoracic ratio of a mask (None without a heart or without both lungs)."""
-    lines = cardiothoracic_lines(mask, classes)
-    if lines is None:
-        return None
-    (_, h0, h1), (_, t0, t1) = lines["heart"], lines["thorax"]
-    return (h1 - h0 + 1) / (t1 - t0 + 1)
 
 
 @register_feature("lungs")
