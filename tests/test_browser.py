@@ -18,7 +18,7 @@ import pytest
 
 from tests.helpers_app import LiveServer, png_bytes, rgb_image
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")  # Debian installs it there
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]  # fmt: skip
 REPO = Path(__file__).resolve().parents[1]
@@ -108,7 +108,7 @@ def live(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser(live):
     if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is absent (apt-get install -y chromium); browser tests need it")
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium); browser tests need it")
     pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
     from playwright.sync_api import sync_playwright
 
