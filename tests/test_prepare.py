@@ -12,7 +12,7 @@ import pytest
 from medlens.config import load_config
 from medlens.data.fingerprint import make_plan
 from medlens.errors import ConfigError, DatasetError, MedlensError
-from medlens.training.prepare import prepare_run, resolve_config, resolve_plan
+from medlens.training.prepare import model_spec, prepare_run, resolve_config, resolve_plan
 from medlens.training.runfolder import LAST, make_run_dir, write_metrics_csv
 from tests.conftest import make_synthetic_segmentation
 
@@ -31,10 +31,11 @@ def test_explicit_settings_and_guide_channel_resolve_once(tmp_path: Path) -> Non
                              "guide_bundle=some/bundle", "guide_mode=channel"])  # fmt: skip
     resolved = resolve_plan(plan, cfg)
     assert resolved.input_size == (64, 80) and resolved.batch_size == 5
-    assert resolved.in_channels == 4 and resolved.mean[-1] == 0.0 and resolved.std[-1] == 1.0
+    assert resolved.in_channels == 3  # the plan describes the images
+    spec = model_spec(cfg, resolved)  # the one place where the guide's mask channel joins them
+    assert spec.in_channels == 4 and spec.image_channels == 3 and spec.mean[-1] == 0.0 and spec.std[-1] == 1.0
     back = resolve_config(cfg, resolved, tmp_path / "run")
-    assert back.data.in_channels == 3  # the image's channels; resolve_plan adds the guide's again
-    assert resolve_plan(plan, back).in_channels == 4
+    assert back.data.in_channels == 3 and model_spec(back, resolve_plan(plan, back)).in_channels == 4
 
 
 def test_offline_weights_bring_their_normalisation() -> None:

@@ -41,6 +41,11 @@ class GuideMode(StrEnum):
         """Input channels the guide adds to the image's (the mask rides as one more channel)."""
         return 1 if self in (GuideMode.CHANNEL, GuideMode.BOTH) else 0
 
+    @property
+    def crops(self) -> bool:
+        """Whether the classifier sees a crop around the segmented region."""
+        return self in (GuideMode.CROP, GuideMode.BOTH)
+
 
 TASKS = tuple(t.value for t in Task)
 MODES = tuple(m.value for m in Mode)

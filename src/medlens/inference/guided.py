@@ -40,11 +40,6 @@ class MaskPredictor(Protocol):
     def predict(self, image: np.ndarray) -> np.ndarray: ...
 
 
-def check_mode(mode: str) -> str:
-    """``mode`` if it is a guide mode, else `UnknownNameError` listing the valid ones."""
-    return parse_enum(GuideMode, mode, "guide mode").value
-
-
 def crop_box(mask: np.ndarray, margin: float = DEFAULT_MARGIN) -> tuple[int, int, int] | None:
     """Square crop ``(top, left, side)`` around the largest region of ``mask`` ``(H, W)``; None when empty.
 
@@ -103,18 +98,18 @@ def guide_one(
     Returns:
         ``(size[0], size[1], C)`` uint8 for ``"crop"``, ``(size[0], size[1], C + 1)`` for the other modes.
     """
-    check_mode(mode)
+    guide = parse_enum(GuideMode, mode, "guide mode")
     image = image[..., None] if image.ndim == 2 else image
     if mask.shape[:2] != image.shape[:2]:
         raise ValueError(f"mask shape {mask.shape[:2]} does not match image shape {image.shape[:2]}")
     fg = (np.asarray(mask) > 0).astype(np.uint8) * 255
-    if mode in ("crop", "both"):
+    if guide.crops:
         box = crop_box(fg, margin)
         if box is not None:
             image, fg = _crop(image, *box), _crop(fg, *box)
     out = _resize(image, size)
     out = out[..., None] if out.ndim == 2 else out
-    if mode == "crop":
+    if not guide.extra_channels:
         return np.ascontiguousarray(out)
     return np.concatenate([out, _resize(fg, size, nearest=True)[..., None]], axis=-1)
 
@@ -139,7 +134,7 @@ def guide_inputs(
     Returns:
         One ``(size[0], size[1], C')`` uint8 array per image, ``C'`` = ``C`` (crop) or ``C + 1``.
     """
-    check_mode(mode)
+    guide = parse_enum(GuideMode, mode, "guide mode")
     if masks is None:
         if seg is None:
             raise ValueError("guide_inputs needs a segmentation predictor or precomputed masks")
@@ -147,7 +142,7 @@ def guide_inputs(
     if len(masks) != len(images):
         raise ValueError(f"{len(images)} images but {len(masks)} masks")
     empty = sum(1 for m in masks if not np.any(m))
-    if empty and mode in ("crop", "both"):
+    if empty and guide.crops:
         logger.info(
             "guided inputs: no region found in %d of %d images; using the whole image", empty, len(images)
         )

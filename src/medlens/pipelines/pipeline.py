@@ -50,7 +50,7 @@ from medlens.pipelines.stages import (
     enhance_contrast,
     find_bundle,
 )
-from medlens.spec import guide_channels
+from medlens.spec import GuideMode, guide_channels
 
 if TYPE_CHECKING:
     from medlens.pipelines.serving import Prefetched
@@ -346,7 +346,7 @@ class Pipeline:
                 cam = clf.cam(features, index)
             else:
                 cam = gradcam(clf.model, clf.preprocess([cls_input]), class_index=index)
-            box = crop_box(raw_mask) if self.guide_mode in ("crop", "both") else None
+            box = crop_box(raw_mask) if self.guide_mode and GuideMode(self.guide_mode).crops else None
             cam = place_cam(cam, box, original.shape[:2])
         elif self.segmenter is not None and cfg.segmenter.gradcam and self.classifier is None:
             cam = gradcam(self.segmenter.model, self.segmenter.preprocess([work]))

@@ -41,8 +41,8 @@ class RunData:
 
 
 def resolve_plan(plan: Plan, cfg: TrainConfig) -> Plan:
-    """The plan with the config's explicit choices applied (input size, channels, batch size, loss, guide
-    channel)."""
+    """The plan with the config's explicit choices applied (input size, channels, batch size, loss). The plan
+    describes the images; a guide's mask channel is added by :func:`model_spec` alone."""
     d = cfg.data
     changes: dict = {}
     if d.input_size is not None:
@@ -67,11 +67,6 @@ def resolve_plan(plan: Plan, cfg: TrainConfig) -> Plan:
     if changes:
         changes["notes"] = [*plan.notes, "set by the config: " + ", ".join(sorted(changes))]
     plan = dataclasses.replace(plan, **changes)
-    extra = guide_channels(cfg.guide_mode if cfg.guide_bundle else None)
-    if extra:  # the mask (0..1) rides as an extra channel; the plan counts the network's input channels
-        plan = dataclasses.replace(
-            plan, in_channels=plan.in_channels + extra, mean=[*plan.mean, 0.0], std=[*plan.std, 1.0]
-        )
     return plan
 
 
@@ -90,10 +85,7 @@ def resolve_config(cfg: TrainConfig, plan: Plan, run_dir: Path) -> TrainConfig:
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data))
     cfg.run_name = run_dir.name
     cfg.data.input_size = [int(s) for s in plan.input_size]
-    # the image's channels: resolve_plan adds the guide's again
-    cfg.data.in_channels = int(plan.in_channels) - guide_channels(
-        cfg.guide_mode if cfg.guide_bundle else None
-    )
+    cfg.data.in_channels = int(plan.in_channels)
     cfg.batch_size = int(plan.batch_size)
     cfg.loss = plan.loss
     cfg.augment = resolve_augment(cfg, plan)
@@ -187,7 +179,7 @@ def _guided_cache(run: RunData, ids: list[str], cfg: TrainConfig, device: torch.
     if not Path(cfg.guide_bundle).exists():
         raise ConfigError(f"guide_bundle: {cfg.guide_bundle} not found")
     seg = SegmentationPredictor(cfg.guide_bundle, device=str(device), num_threads=torch.get_num_threads())
-    base_channels = run.plan.in_channels - guide_channels(cfg.guide_mode)
+    base_channels = run.plan.in_channels
     size = tuple(run.plan.input_size)
     chunks, items = [], run.index.lookup(ids)
     for start in range(0, len(items), GUIDE_CHUNK):
@@ -202,20 +194,22 @@ def _guided_cache(run: RunData, ids: list[str], cfg: TrainConfig, device: torch.
 
 
 def model_spec(cfg: TrainConfig, plan: Plan) -> ModelSpec:
-    """``model_spec.json``: everything a predictor needs to rebuild and feed the network."""
+    """``model_spec.json``: everything a predictor needs to rebuild and feed the network. The one place where
+    a guide's mask channel joins the image's: input channels, and mean 0 / std 1 for the 0..1 mask."""
     seg = plan.task == "segmentation"
+    extra = guide_channels(cfg.guide_mode if cfg.guide_bundle else None)
     return ModelSpec(
         task=plan.task,
         mode=plan.mode,
         arch=cfg.model.arch,
         encoder=cfg.model.encoder if seg else None,
         model_kwargs=dict(cfg.model.kwargs),
-        in_channels=int(plan.in_channels),
+        in_channels=int(plan.in_channels) + extra,
         num_classes=int(plan.num_classes),
         classes=list(plan.classes),
         input_size=(int(plan.input_size[0]), int(plan.input_size[1])),
-        mean=[float(m) for m in plan.mean],
-        std=[float(s) for s in plan.std],
+        mean=[float(m) for m in plan.mean] + [0.0] * extra,
+        std=[float(s) for s in plan.std] + [1.0] * extra,
         guide=Guide(str(cfg.guide_bundle), cfg.guide_mode) if cfg.guide_bundle else None,
         mask_dirs=list(cfg.data.mask_dirs) if seg and cfg.data.mask_dirs else None,
         label_column=None if seg else cfg.data.label_column,

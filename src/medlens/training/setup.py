@@ -30,7 +30,7 @@ class SetupMixin:
             self.task,
             arch=self.cfg.model.arch,
             encoder=self.cfg.model.encoder,
-            in_channels=self.plan.in_channels,
+            in_channels=self.spec.in_channels,
             num_classes=self.plan.num_classes,
             pretrained=False if self.resume else self.cfg.model.pretrained,
             **self.cfg.model.kwargs,
@@ -90,8 +90,8 @@ class SetupMixin:
         from medlens.data.augment import GpuAugmenter
 
         self.augmenter = GpuAugmenter(self.cfg.augment, self.task)
-        self.mean = torch.tensor(self.plan.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(self.plan.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.mean = torch.tensor(self.spec.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(self.spec.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
 
     def set_frozen(self, frozen: bool) -> None:
         """Freeze/thaw the backbone and (re)wrap the network (DDP must see the final set of trainable
