@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from medlens import cli
+from medlens.cli import commands
 from medlens.errors import MedlensError
 
 COMMANDS = ("plan", "train", "evaluate", "predict", "bundle", "export", "serve", "models")
@@ -98,15 +99,15 @@ def test_train_flags_become_overrides() -> None:
             "augment.vflip=0.5",
         ]
     )
-    overrides = cli._train_overrides(args)
+    overrides = commands._train_overrides(args)
     assert "data.root=data/x" in overrides and "data.task=classification" in overrides
     assert "data.input_size=[64, 48]" in overrides and "model.pretrained=true" in overrides
     assert "optim.lr=0.01" in overrides and "epochs=3" in overrides and "batch_size=8" in overrides
     assert "data.skip_bad=true" in overrides and overrides[-2:] == ["mixup=0.2", "augment.vflip=0.5"]
     assert "model.encoder" not in " ".join(overrides)  # flags left out stay out
-    assert cli._input_size("96") == "[96, 96]"
+    assert commands._input_size("96") == "[96, 96]"
     with pytest.raises(MedlensError, match="--input-size"):
-        cli._input_size("big")
+        commands._input_size("big")
 
 
 def test_each_command_dispatches_to_its_api_function() -> None:
