@@ -23,11 +23,6 @@ from medlens.inference.quantize import INT8_FILE, REPORT_FILE, TOLERANCE, quanti
 logger = logging.getLogger(__name__)
 
 
-def _has_split(bundle: Bundle, side: str) -> bool:
-    path = bundle.path / "split.json"
-    return path.is_file() and bool(json.loads(path.read_text()).get(side))
-
-
 def _read(items: Sequence) -> list[np.ndarray]:
     from medlens.data.io import read_image
 
@@ -92,14 +87,13 @@ def quantize_model(
         raise BundleError(
             f"{source}: int8 quantisation needs a bundle (its split.json names the held-out ids)"
         )
-    heldout = "test" if _has_split(bundle, "test") else "val"
+    heldout = "test" if bundle.training.get("split_sizes", {}).get("test") else "val"
     held = split_index(bundle.path, heldout, roots=data)
-    train = split_index(bundle.path, "train", roots=data)
-    items = {"train": train.items, "heldout": held.items, "index": held}
+    train = split_index(bundle.path, "train", roots=data).items
     fp32 = create_predictor(bundle, runtime="onnx", batch_size=32)
     rng = np.random.default_rng(seed)
-    picks = rng.choice(len(items["train"]), min(n_calibration, len(items["train"])), replace=False)
-    calib_images = _inputs(fp32, _read([items["train"][i] for i in sorted(picks)]))
+    picks = rng.choice(len(train), min(n_calibration, len(train)), replace=False)
+    calib_images = _inputs(fp32, _read([train[i] for i in sorted(picks)]))
     out = onnx_cache_dir(bundle) / INT8_FILE
     quantize_onnx(ensure_onnx(bundle), out, fp32.preprocess(calib_images).numpy())
     int8 = create_predictor(bundle, runtime="onnx", batch_size=32, precision="int8", onnx_path=out)
@@ -112,7 +106,7 @@ def quantize_model(
         "delta": round(b - a, 5),
         "tolerance": tolerance,
         "split": heldout,
-        "n_images": len(items["heldout"]),
+        "n_images": len(held.items),
         "n_calibration": len(picks),
         "path": str(out),
     }

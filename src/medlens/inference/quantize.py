@@ -1,14 +1,11 @@
 """Static int8 quantisation of a model's ONNX graph, kept only when its held-out metric holds.
 
-:func:`quantize_model` quantises the float32 export (:func:`medlens.inference.export.ensure_onnx`) with ONNX
-Runtime's static QDQ quantisation (per-channel int8 weights, uint8 activations, MinMax ranges calibrated on
-``n_calibration`` images of the model's own training split), then scores both graphs on the held-out split of
-its ``split.json`` (``test`` when it has one, else ``val``): mean Dice for segmentation, accuracy of the
-decision rule for classification. The int8 graph is *accepted* only when ``|int8 - fp32| <= tolerance``
-(default 0.005): a large gain is as much a sign of changed decisions as a loss. Graph and report
-(``int8.json``) go to the model's cache folder (``$MEDLENS_HOME/cache/onnx/<sha256 of the weights>/``);
-:func:`int8_path` returns the graph only when accepted, and predictors with ``precision="int8"`` load it
-(float32 otherwise).
+:func:`quantize_onnx` quantises a float32 export with ONNX Runtime's static QDQ quantisation (per-channel int8
+weights, uint8 activations, MinMax ranges calibrated on training images). The acceptance check, which scores
+both graphs on the model's held-out split, is :func:`medlens.evaluation.int8.quantize_model`; it writes the
+graph and its report (``int8.json``) to the model's cache folder (``$MEDLENS_HOME/cache/onnx/<sha256 of the
+weights>/``). :func:`int8_path` returns the graph only when accepted, and predictors with
+``precision="int8"`` load it (float32 otherwise).
 """
 
 from __future__ import annotations
@@ -78,4 +75,3 @@ def quantize_onnx(fp32: str | Path, out: str | Path, calibration: np.ndarray) ->
     return out
 
 
-# ------------------------------------------------------------------------------------------------ data
