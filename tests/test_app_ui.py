@@ -55,8 +55,9 @@ def handlers(tmp_path):
     pytest.importorskip("gradio")
     from medlens.app.ui import UiHandlers
 
-    service = AnalysisService({"skin": FakePipeline("skin")}, HistoryStore(tmp_path / "home"))
-    yield UiHandlers(service, max_file_size=50_000, max_pixels=10_000)
+    store = HistoryStore(tmp_path / "home")
+    service = AnalysisService({"skin": FakePipeline("skin")}, store, max_pixels=10_000)
+    yield UiHandlers(service, max_file_size=50_000)
     service.close()
 
 

@@ -189,7 +189,6 @@ def _mount_ui(
         token=token,
         examples_dir=examples,
         max_file_size=limits.upload,
-        max_pixels=limits.pixels,
         root_path=root_path,
     )
 

@@ -79,7 +79,6 @@ def _analyze_route(router: APIRouter, service: AnalysisService, upload_limit: in
         """Analyse one image; the result is stored in the history (de-identified pixels only)."""
         service.resolve_pipeline(pipeline or None)  # fail fast, before reading the file into memory
         data = await security.read_upload(file, upload_limit)
-        security.check_image_size(data, max_pixels)
         record = await run_in_threadpool(service.analyze_bytes, data, pipeline or None, clahe, True, tta)
         return service.to_view(record, base_url(request))
 

@@ -132,19 +132,20 @@ def too_large_message(limit: int) -> str:
     return f"upload too large: the limit is {limit / 1024 / 1024:g} MB (MEDLENS_MAX_UPLOAD_MB)"
 
 
-def check_image_size(data: bytes, max_pixels: int) -> None:
-    """ImageTooLargeError (413, with the declared width x height) when the header declares more than
-    ``max_pixels`` pixels; reads the header only, so a decompression bomb is refused before any allocation.
-    Other header problems are left to ``read_image``, whose messages say more."""
+def declared_size(data: bytes, max_pixels: int | None) -> tuple[int, int] | None:
+    """(height, width) declared by an image's header; ImageTooLargeError (413, with the declared size) when it
+    declares more than ``max_pixels`` pixels. Reads the header only, so a decompression bomb is refused before
+    any allocation; None for other header problems, left to ``read_image``, whose messages say more."""
     from medlens.data.io import probe_image  # imported here: keeps `import medlens.app.security` light
     from medlens.errors import ImageReadError, ImageTooLargeError
 
     try:
-        probe_image(data, max_pixels=max_pixels)
+        info = probe_image(data, max_pixels=max_pixels)
     except ImageTooLargeError:
         raise
     except ImageReadError:
-        return
+        return None
+    return info.height, info.width
 
 
 # ------------------------------------------------------------------------------------------------ middlewares

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from medlens.app.pool import PipelinePool, serving_plan
+from medlens.app.security import declared_size
 from medlens.app.store import HistoryStore
 from medlens.drawing import viewable_mask
 from medlens.errors import InternalError, MedlensError, UnknownNameError
@@ -78,21 +79,6 @@ def discover_bundles(models_dir: str | Path | None) -> list[dict[str, Any]]:
             }
         )
     return infos
-
-
-def _declared_size(data: bytes, max_pixels: int | None) -> tuple[int, int] | None:
-    """(height, width) from the header; ImageTooLargeError beyond ``max_pixels``; None when unreadable (then
-    ``read_image`` says why)."""
-    from medlens.data.io import probe_image
-    from medlens.errors import ImageReadError, ImageTooLargeError
-
-    try:
-        info = probe_image(data, max_pixels=max_pixels)
-    except ImageTooLargeError:
-        raise
-    except ImageReadError:
-        return None
-    return info.height, info.width
 
 
 class AnalysisService:
@@ -200,7 +186,7 @@ class AnalysisService:
 
         name = self.resolve_pipeline(pipeline)
         t0 = time.perf_counter()
-        size = _declared_size(data, self.max_pixels)  # ImageTooLargeError before any decoding
+        size = declared_size(data, self.max_pixels)  # ImageTooLargeError before any decoding
         image = read_image(data, max_pixels=self.max_pixels, max_side=self.max_side)
         t1 = time.perf_counter()
         with self._slots, self.pools[name].acquire() as pipe:

@@ -64,11 +64,10 @@ def build_ui(
     service: AnalysisService,
     examples_dir: str | Path | None = None,
     max_file_size: int | None = None,
-    max_pixels: int | None = None,
     janitor: TempJanitor | None = None,
 ) -> gr.Blocks:
-    """The medlens Blocks (not launched, not mounted)."""
-    h = UiHandlers(service, max_file_size or security.max_upload_bytes(), max_pixels, janitor)
+    """The medlens Blocks (not launched, not mounted); the pixel limit is the service's."""
+    h = UiHandlers(service, max_file_size or security.max_upload_bytes(), janitor)
     names = service.pipeline_names
     with gr.Blocks(title="medlens", delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# medlens\nSegment and classify 2D medical images · [REST API docs](docs)")
@@ -144,7 +143,6 @@ def mount_ui(
     token: str | None = None,
     examples_dir: str | Path | None = None,
     max_file_size: int | None = None,
-    max_pixels: int | None = None,
     root_path: str = "",
 ) -> gr.Blocks:
     """Build the UI and mount it at ``/`` of ``app`` (after the API routes). With a token, Gradio asks for a
@@ -152,7 +150,7 @@ def mount_ui(
     (``app.state.shutdown``). Returns the Blocks (also at ``app.state.demo``)."""
     janitor = TempJanitor()
     sweeper = Sweeper(janitor).start()
-    demo = build_ui(service, examples_dir, max_file_size, max_pixels, janitor)
+    demo = build_ui(service, examples_dir, max_file_size, janitor)
     demo.queue(default_concurrency_limit=4)
     allowed = [str(service.store.files.root.resolve()), str(janitor.folder)]
     if examples_dir is not None and Path(examples_dir).is_dir():

@@ -17,7 +17,7 @@ import pandas as pd
 from medlens.app import render, security
 from medlens.app.cleanup import TempJanitor
 from medlens.app.service import AnalysisService
-from medlens.errors import ImageTooLargeError, MedlensError
+from medlens.errors import MedlensError
 from medlens.pipelines.config import DEFAULT_TTA
 
 logger = logging.getLogger(__name__)
@@ -53,10 +53,9 @@ class UiHandlers:
         self,
         service: AnalysisService,
         max_file_size: int,
-        max_pixels: int | None = None,
         janitor: TempJanitor | None = None,
     ) -> None:
-        self.service, self.max_file_size, self.max_pixels = service, max_file_size, max_pixels
+        self.service, self.max_file_size = service, max_file_size
         self.janitor = janitor or TempJanitor()
         service.delete_hooks.append(self.janitor.forget)
 
@@ -92,13 +91,7 @@ class UiHandlers:
             raise _error(security.too_large_message(self.max_file_size))
         if size == 0:
             raise _error("cannot read the upload: empty file")
-        data = path.read_bytes()
-        if self.max_pixels:
-            try:
-                security.check_image_size(data, self.max_pixels)
-            except ImageTooLargeError as exc:
-                raise _error(str(exc)) from exc
-        return data
+        return path.read_bytes()  # the service checks the declared size before decoding
 
     def has_classifier(self, pipeline: str | None) -> bool:
         return bool(getattr(self.service.pipelines.get(pipeline or ""), "classes", None))
