@@ -10,6 +10,7 @@ import pytest
 from medlens.app import render
 from medlens.app.service import AnalysisService
 from medlens.app.store import HistoryStore
+from medlens.drawing import PALETTE
 from tests.helpers_app import FakePipeline, bomb_png, png_bytes, rgb_image
 
 
@@ -22,13 +23,13 @@ def test_blend_colours_inside_the_mask_only():
     assert none.shape == (20, 20, 3) and none.dtype == np.uint8
     assert (none[0, 0] == 100).all() and (full[0, 0] == 100).all()  # outside untouched
     assert (none[10, 10] == 100).all()  # opacity 0: inside shows the image (outline aside)
-    assert (full[10, 10] == render.PALETTE[0]).all()
-    assert (none[5, 10] == render.PALETTE[0]).all()  # the outline is always drawn
+    assert (full[10, 10] == PALETTE[0]).all()
+    assert (none[5, 10] == PALETTE[0]).all()  # the outline is always drawn
     assert (render.blend(image, None) == 100).all()
     labels = np.zeros((20, 20), np.uint8)
     labels[:5], labels[-5:] = 1, 2
     two = render.blend(np.zeros((20, 20, 3), np.uint8), labels, 1.0)
-    assert (two[2, 2] == render.PALETTE[0]).all() and (two[17, 2] == render.PALETTE[1]).all()
+    assert (two[2, 2] == PALETTE[0]).all() and (two[17, 2] == PALETTE[1]).all()
 
 
 def test_tables_and_advice():

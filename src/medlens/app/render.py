@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
-from scipy import ndimage
 
+from medlens.drawing import as_rgb, overlay_mask
 from medlens.pipelines.describe import describe_features
 from medlens.pipelines.groups import display_name
 from medlens.pipelines.heatmap import colour_bar_stops
@@ -27,10 +27,6 @@ FEATURE_COLUMNS = ["Feature", "Value", "Unit", "What it means"]
 UNCERTAINTY_LEVELS = ((0.05, "low"), (0.15, "moderate"), (math.inf, "high"))
 UNCERTAINTY_TICKS = (0.0, 0.05, 0.15, 0.3)  # equally spaced on the drawn scale (the last is its right end)
 PIPELINE_COLUMNS = ("name", "title", "modality", "segmenter", "classifier", "classes", "description")
-PALETTE = np.array(
-    [[0, 230, 118], [255, 64, 129], [41, 182, 246], [255, 193, 7], [171, 71, 188], [255, 112, 67]],
-    dtype=np.float32,
-)
 
 
 def load_png(path: str | Path | None) -> np.ndarray | None:
@@ -41,39 +37,25 @@ def load_png(path: str | Path | None) -> np.ndarray | None:
         return np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
 
 
-def to_rgb(image: np.ndarray) -> np.ndarray:
-    """(H, W) / (H, W, 1) / (H, W, 3) uint8 -> (H, W, 3) uint8."""
-    if image.ndim == 2:
-        image = image[..., None]
-    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[..., :3]
-
-
 def blend(image: np.ndarray, mask: np.ndarray | None, opacity: float = 0.45) -> np.ndarray:
-    """Colour the mask over the image and outline it.
+    """The pipeline's overlay (:func:`medlens.drawing.overlay_mask`) redrawn at another opacity.
 
     Args:
         image: (H, W[, C]) uint8.
-        mask: (H, W) uint8, 0 = background; binary masks 0/255 (or 0/1), label maps 1..K get palette colours.
+        mask: (H, W) uint8 as stored, 0 = background; binary 0/255 (or 0/1), label maps 1..K.
         opacity: 0 (image only) .. 1 (solid colour) inside the mask; the outline is always drawn.
     Returns:
         (H, W, 3) uint8.
     """
-    rgb = to_rgb(image).astype(np.float32)
+    rgb = as_rgb(image)
     if mask is None:
-        return rgb.astype(np.uint8)
+        return rgb.copy()
     if mask.ndim == 3:
         mask = mask[..., 0]
     if mask.shape != rgb.shape[:2]:
         mask = np.asarray(Image.fromarray(mask).resize(rgb.shape[1::-1], Image.Resampling.NEAREST))
-    labels = np.where(mask == 255, 1, mask).astype(np.int64)
-    opacity = float(np.clip(opacity, 0.0, 1.0))
-    for value in np.unique(labels[labels > 0]):
-        region = labels == value
-        colour = PALETTE[(value - 1) % len(PALETTE)]
-        rgb[region] = (1 - opacity) * rgb[region] + opacity * colour
-        edge = region & ~ndimage.binary_erosion(region, iterations=max(1, min(mask.shape) // 150))
-        rgb[edge] = colour
-    return rgb.clip(0, 255).astype(np.uint8)
+    labels = np.where(mask == 255, 1, mask).astype(np.uint8)
+    return overlay_mask(rgb, labels, alpha=float(np.clip(opacity, 0.0, 1.0)))
 
 
 def _fmt(value: Any) -> str:
