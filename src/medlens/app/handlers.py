@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
+from medlens.app.security import log_internal_error
 from medlens.app.service import NoPipelineError
 from medlens.errors import ImageTooLargeError, InternalError, MedlensError, UnknownNameError
 
@@ -34,9 +34,7 @@ MULTIPART_HINT = {
 
 def internal_error_response(exc: BaseException, where: str) -> JSONResponse:
     """500 with a fresh error id; the traceback goes to the log under that id, never to the client."""
-    error_id = uuid.uuid4().hex[:12]
-    logger.error("internal error %s on %s", error_id, where, exc_info=(type(exc), exc, exc.__traceback__))
-    return JSONResponse({"detail": "internal error", "id": error_id}, status_code=500)
+    return JSONResponse({"detail": "internal error", "id": log_internal_error(exc, where)}, status_code=500)
 
 
 def _where(request: Request) -> str:

@@ -220,6 +220,14 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+def log_internal_error(exc: BaseException, where: str) -> str:
+    """Log an unexpected exception with its traceback under a fresh error id and return the id (the one thing
+    a client is told). Only the exception is logged, never local variables: no pixel data reaches the log."""
+    error_id = uuid.uuid4().hex[:12]
+    logger.error("internal error %s on %s", error_id, where, exc_info=(type(exc), exc, exc.__traceback__))
+    return error_id
+
+
 class ErrorIdMiddleware:
     """Answer any unhandled exception with 500 ``{"detail": "internal error", "id": <error id>}``.
 
@@ -246,8 +254,7 @@ class ErrorIdMiddleware:
         except HTTPException as exc:  # raised outside a route (e.g. by BodyLimitMiddleware's receive)
             if not started:
                 await send_json(send, exc.status_code, {"detail": exc.detail})
-        except Exception:
-            error_id = uuid.uuid4().hex[:12]
-            logger.exception("internal error %s on %s %s", error_id, scope.get("method"), scope.get("path"))
+        except Exception as exc:
+            error_id = log_internal_error(exc, f"{scope.get('method')} {scope.get('path')}")
             if not started:
                 await send_json(send, 500, {"detail": "internal error", "id": error_id})

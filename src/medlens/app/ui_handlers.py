@@ -6,7 +6,6 @@ from __future__ import annotations
 import html
 import logging
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +76,7 @@ class UiHandlers:
         except MedlensError as exc:
             raise _error(str(exc)) from exc
         except Exception as exc:
-            error_id = uuid.uuid4().hex[:12]
-            logger.exception("internal error %s in the UI's analysis", error_id)
+            error_id = security.log_internal_error(exc, "the UI's analysis")
             raise gr.Error(f"internal error (id {error_id})", print_exception=False) from exc
         self.janitor.track(record["id"], file)
         return (*self.detail(record, opacity), record["id"])
