@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from medlens.data.augment import AUGMENT_DEFAULTS
 from medlens.data.io import read_image
 from medlens.data.layout import DatasetIndex, discover, load_target
 from medlens.errors import ConfigError
@@ -238,24 +239,12 @@ def choose_pos_weight(fp: dict[str, Any]) -> tuple[float | None, str | None]:
 
 
 def choose_augment(fp: dict[str, Any], task: str) -> tuple[dict[str, Any], str]:
-    """Augmentation (AugmentConfig fields) by modality.
+    """Augmentation (AugmentConfig fields) by modality, starting from the built-in defaults.
 
     Colour photos (dermoscopy, endoscopy: no fixed up/down) get vertical flips, any rotation and a little hue;
     grey radiograph-like images keep their anatomical orientation (no vertical flip, small rotation), no hue.
     """
-    aug: dict[str, Any] = {
-        "hflip": 0.5,
-        "vflip": 0.0,
-        "rotate_deg": 15.0,
-        "scale": [0.85, 1.15],
-        "shift": 0.06,
-        "elastic": 0.0,
-        "brightness": 0.15,
-        "contrast": 0.15,
-        "gamma": 0.0,
-        "hue": 0.0,
-        "p_affine": 0.7,
-    }
+    aug: dict[str, Any] = {k: list(v) if isinstance(v, tuple) else v for k, v in AUGMENT_DEFAULTS.items()}
     if fp["modality"] == "xray-like":
         aug.update(rotate_deg=10.0, gamma=0.2, brightness=0.2, contrast=0.2)
         reason = "grey radiograph-like: no vertical flip, rotation 10, gamma, no hue"
