@@ -23,7 +23,7 @@ import yaml
 
 from medlens.data.augment import AugmentConfig
 from medlens.errors import ConfigError
-from medlens.spec import GUIDE_MODES, MODES, TASKS
+from medlens.spec import GUIDE_MODES, MODES, TASKS, Mode, Task
 
 logger = logging.getLogger(__name__)
 
@@ -356,8 +356,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         _range("target_sensitivity", cfg.target_sensitivity, 0.0, 1.0, low_open=True)
     if cfg.max_time_minutes is not None:
         _range("max_time_minutes", cfg.max_time_minutes, 0.0, 1e9, low_open=True)
-    if d.task == "classification" and d.mode != "multiclass":
-        if d.mode != "binary":
+    if d.task == Task.CLASSIFICATION and d.mode != Mode.MULTICLASS:
+        if d.mode != Mode.BINARY:
             raise ConfigError(f"data.mode: classification supports multiclass (and binary), got {d.mode!r}")
         d.mode = "multiclass"  # binary classification is K=2 softmax, one code path with multiclass
     return cfg

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from medlens.errors import ConfigError, UnknownNameError
-from medlens.spec import TASKS
+from medlens.spec import TASKS, Task
 
 if TYPE_CHECKING:
     import torch
@@ -139,14 +139,14 @@ class GpuAugmenter:
             raise ConfigError(
                 f"augment: images must be float (B, C, H, W), got {images.dtype} {tuple(images.shape)}"
             )
-        if self.task == "segmentation" and targets is None:
+        if self.task == Task.SEGMENTATION and targets is None:
             raise ConfigError("augment: segmentation needs target masks")
         b, c, h, w = images.shape
         pipeline = self._pipeline(c, h, w)
         if pipeline is None:
             return images, targets
         work = images.float()
-        if self.task == "classification" or targets is None:
+        if self.task == Task.CLASSIFICATION or targets is None:
             return pipeline(work, data_keys=["input"]).to(images.dtype), targets
         if targets.shape[0] != b or targets.shape[-2:] != (h, w):
             raise ConfigError(

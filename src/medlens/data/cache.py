@@ -17,6 +17,7 @@ from PIL import Image
 
 from medlens.data.index import DatasetIndex, Item, load_target
 from medlens.data.io import read_image
+from medlens.spec import Mode, Task
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +75,12 @@ def load_sample(
     size = (int(input_size[0]), int(input_size[1]))
     image = resize_image(read_image(item.image, channels=in_channels).array, size)
     image = np.ascontiguousarray(image.transpose(2, 0, 1))
-    if index.task == "classification":
+    if index.task == Task.CLASSIFICATION:
         return image, index.class_index(item)
     target = resize_mask(load_target(item, index), size)
-    if index.mode == "binary":
+    if index.mode == Mode.BINARY:
         target = target[None]
-    elif index.mode == "multilabel":
+    elif index.mode == Mode.MULTILABEL:
         target = target.transpose(2, 0, 1)
     return image, np.ascontiguousarray(target)
 
@@ -107,7 +108,7 @@ def build_cache(
         if samples
         else torch.zeros((0, in_channels, h, w), dtype=torch.uint8)
     )
-    if index.task == "classification":
+    if index.task == Task.CLASSIFICATION:
         targets = torch.tensor([int(s[1]) for s in samples], dtype=torch.int64)
     elif samples:
         targets = torch.from_numpy(np.stack([np.asarray(s[1]) for s in samples]))
@@ -124,8 +125,8 @@ def build_cache(
 
 
 def _empty_target_shape(index: DatasetIndex, h: int, w: int) -> tuple[int, ...]:
-    if index.mode == "binary":
+    if index.mode == Mode.BINARY:
         return (0, 1, h, w)
-    if index.mode == "multilabel":
+    if index.mode == Mode.MULTILABEL:
         return (0, len(index.mask_dirs), h, w)
     return (0, h, w)

@@ -13,6 +13,7 @@ import numpy as np
 from medlens.data.index import DatasetIndex, Item
 from medlens.data.io import probe_image, read_mask_with_format
 from medlens.errors import DatasetError, ImageReadError
+from medlens.spec import Mode, Task
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def _check_item(item: Item, index: DatasetIndex) -> tuple[list[tuple[str, str]],
         if index.mode in ("binary", "multilabel") and fmt != "jpeg" and len(values[values > 0]) > 1:
             shown = ", ".join(map(str, values[:8])) + (", ..." if len(values) > 8 else "")
             problems.append((str(path), f"non-binary mask in {index.mode} mode (values {shown})"))
-        elif index.mode == "multiclass" and index.classes and values[-1] >= len(index.classes):
+        elif index.mode == Mode.MULTICLASS and index.classes and values[-1] >= len(index.classes):
             problems.append((str(path), f"label value {values[-1]} outside the {len(index.classes)} classes"))
     return problems, max_value
 
@@ -84,7 +85,7 @@ def check_index(index: DatasetIndex, skip_bad: bool = False, num_workers: int | 
     results = _map(lambda it: _check_item(it, index), index.items, num_workers)
     problems = [p for item_problems, _ in results for p in item_problems]
     _resolve(index, problems, skip_bad)
-    if index.task == "segmentation" and index.mode == "multiclass" and not index.classes:
+    if index.task == Task.SEGMENTATION and index.mode == Mode.MULTICLASS and not index.classes:
         index.classes = _multiclass_names(index, max((m for _, m in results), default=0))
     return index
 

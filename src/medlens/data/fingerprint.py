@@ -21,6 +21,7 @@ from medlens.data.augment import AUGMENT_DEFAULTS
 from medlens.data.io import read_image
 from medlens.data.layout import DatasetIndex, discover, load_target
 from medlens.errors import ConfigError
+from medlens.spec import Mode, Task
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +56,11 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 def _foreground(index: DatasetIndex, target: np.ndarray) -> list[float]:
     """Per-class pixel fraction of one target (binary: [foreground]; multiclass: K; multilabel: K)."""
-    if index.mode == "multiclass":
+    if index.mode == Mode.MULTICLASS:
         k = max(len(index.classes), int(target.max()) + 1)
         counts = np.bincount(target.ravel(), minlength=k)  # codes >= K (merged classes) are not counted
         return (counts[: len(index.classes) or k] / target.size).tolist()
-    if index.mode == "multilabel":
+    if index.mode == Mode.MULTILABEL:
         return target.reshape(-1, target.shape[-1]).mean(axis=0).tolist()
     return [float(target.mean())]
 
@@ -92,10 +93,10 @@ def fingerprint(index: DatasetIndex, max_items: int = 500, seed: int = 0) -> dic
         s1 = sub.sum(0) if s1 is None else s1 + sub.sum(0)
         s2 = (sub**2).sum(0) if s2 is None else s2 + (sub**2).sum(0)
         n_pix += len(sub)
-        if index.task == "segmentation":
+        if index.task == Task.SEGMENTATION:
             fractions = _foreground(index, load_target(item, index))
             fg.append(fractions)
-            empty += int(sum(fractions[1:] if index.mode == "multiclass" else fractions) == 0)
+            empty += int(sum(fractions[1:] if index.mode == Mode.MULTICLASS else fractions) == 0)
     mean = s1 / max(n_pix, 1)
     std = np.sqrt(np.maximum(s2 / max(n_pix, 1) - mean**2, 0.0))
     grey_fraction = float(np.mean(greys)) if greys else 0.0
@@ -113,9 +114,9 @@ def fingerprint(index: DatasetIndex, max_items: int = 500, seed: int = 0) -> dic
         "modality": "xray-like" if grey_fraction >= 0.95 else "color-photo",
         "class_counts": index.label_counts(),
     }
-    if index.task == "segmentation":
+    if index.task == Task.SEGMENTATION:
         per_class = np.asarray(fg, dtype=np.float64).reshape(len(fg), -1)
-        names = index.classes if index.mode == "multiclass" else index.classes[-per_class.shape[1] :]
+        names = index.classes if index.mode == Mode.MULTICLASS else index.classes[-per_class.shape[1] :]
         fp["foreground"] = {
             "fraction": {name: _summary(per_class[:, k].tolist()) for k, name in enumerate(names)},
             "empty_fraction": empty / max(len(fg), 1),
@@ -251,7 +252,7 @@ def choose_augment(fp: dict[str, Any], task: str) -> tuple[dict[str, Any], str]:
     else:
         aug.update(vflip=0.5, rotate_deg=180.0, hue=0.02)
         reason = "colour photo (dermoscopy/endoscopy-like): vertical flip, any rotation, small hue"
-    if task == "classification":
+    if task == Task.CLASSIFICATION:
         aug["scale"] = [0.8, 1.2]
     return aug, f"augment: {reason}"
 
@@ -261,22 +262,22 @@ def make_plan(fp: dict[str, Any], task: str, mode: str = "binary") -> Plan:
     if task not in SIZE_CAP:
         raise ConfigError(f"unknown task {task!r}; expected one of {sorted(SIZE_CAP)}")
     classes = list(fp.get("classes") or [])
-    mode = "multiclass" if task == "classification" else mode
+    mode = "multiclass" if task == Task.CLASSIFICATION else mode
     size, size_note = choose_input_size(fp, task)
     batch, batch_note = choose_batch_size(size, task, int(fp["n_items"]))
     channels, mean, std, norm_note = choose_channels_and_norm(fp)
     augment, aug_note = choose_augment(fp, task)
     notes = [size_note, batch_note, norm_note, aug_note]
     class_weights, pos_weight = None, None
-    if task == "classification":
+    if task == Task.CLASSIFICATION:
         counts = [int(fp.get("class_counts", {}).get(c, 0)) for c in classes]
         class_weights = class_weights_inverse_sqrt(counts) if classes else None
         notes.append(f"class weights 1/sqrt(frequency) from counts {counts}")
         num_classes, loss = len(classes), "ce"
     else:
-        num_classes = 1 if mode == "binary" else len(classes)
+        num_classes = 1 if mode == Mode.BINARY else len(classes)
         loss = "dice_ce"
-        if mode == "binary":
+        if mode == Mode.BINARY:
             pos_weight, note = choose_pos_weight(fp)
             notes += [note] if note else []
     return Plan(

@@ -12,6 +12,7 @@ import numpy as np
 from medlens.data.io import read_mask_with_format
 from medlens.data.partial import PartialLabels
 from medlens.errors import DatasetError
+from medlens.spec import Mode, Task
 
 
 @dataclass
@@ -84,7 +85,7 @@ class DatasetIndex:
 
     def label_counts(self) -> dict[str, int]:
         """Items per label (classification classes in order; segmentation CSV labels when present)."""
-        counts: dict[str, int] = dict.fromkeys(self.classes, 0) if self.task == "classification" else {}
+        counts: dict[str, int] = dict.fromkeys(self.classes, 0) if self.task == Task.CLASSIFICATION else {}
         for item in self.items:
             if item.label is not None:
                 counts[item.label] = counts.get(item.label, 0) + 1
@@ -98,7 +99,7 @@ def load_target(item: Item, index: DatasetIndex) -> np.ndarray:
     multiclass: (H, W) uint8 labels; multilabel: (H, W, K) uint8 0/1, one channel per mask folder. An item of
     a partially labelled source gets target codes (:class:`~medlens.data.partial.PartialLabels`).
     """
-    if index.task != "segmentation":
+    if index.task != Task.SEGMENTATION:
         raise DatasetError(
             f"{item.image}: load_target is for segmentation items; use index.class_index(item)"
         )
@@ -108,9 +109,9 @@ def load_target(item: Item, index: DatasetIndex) -> np.ndarray:
     for path in item.masks:
         mask, fmt = read_mask_with_format(path)
         planes.append(
-            mask if index.mode == "multiclass" else (mask > (127 if fmt == "jpeg" else 0)).astype(np.uint8)
+            mask if index.mode == Mode.MULTICLASS else (mask > (127 if fmt == "jpeg" else 0)).astype(np.uint8)
         )
-    return np.stack(planes, axis=-1) if index.mode == "multilabel" else planes[0]
+    return np.stack(planes, axis=-1) if index.mode == Mode.MULTILABEL else planes[0]
 
 
 def merge_indexes(indexes: list[DatasetIndex]) -> DatasetIndex:

@@ -28,7 +28,7 @@ from medlens.data.tables import (
     read_table,
 )
 from medlens.errors import DatasetError
-from medlens.spec import MODES
+from medlens.spec import MODES, Mode, Task
 
 # The index types live in medlens.data.index and the CSV reading in medlens.data.tables; re-exported here as
 # the discovery API.
@@ -115,16 +115,16 @@ def discover(
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"data set folder {root} does not exist")
-    if task == "segmentation":
+    if task == Task.SEGMENTATION:
         index, problems = _discover_segmentation(root, mode, mask_dirs, label_column, group_column, classes)
-    elif task == "classification":
+    elif task == Task.CLASSIFICATION:
         index, problems = _discover_classification(root, label_column, group_column, classes)
     else:
         raise DatasetError(f"unknown task {task!r} for {root}; expected 'segmentation' or 'classification'")
     _resolve(index, problems, skip_bad)
     if check:
         check_index(index, skip_bad=skip_bad, num_workers=num_workers)
-    if task == "segmentation" and mode == "multiclass" and not index.classes:
+    if task == Task.SEGMENTATION and mode == Mode.MULTICLASS and not index.classes:
         index.classes = _classes_from_max_label(index, num_workers)
     if not index.items:
         raise DatasetError(f"no usable items left in {root} ({len(index.skipped)} skipped)")
@@ -146,7 +146,7 @@ def _discover_segmentation(root, mode, mask_dirs, label_column, group_column, cl
     if mode not in MODES:
         raise DatasetError(f"unknown segmentation mode {mode!r} for {root}; expected one of {MODES}")
     mask_dirs = list(mask_dirs or ["masks"])
-    if len(mask_dirs) > 1 and mode != "multilabel":
+    if len(mask_dirs) > 1 and mode != Mode.MULTILABEL:
         raise DatasetError(f"{root}: {len(mask_dirs)} mask folders {mask_dirs} need mode='multilabel'")
     images = _by_stem(_image_folder(root))
     masks_by_dir = [_mask_folder(root / d, images) for d in mask_dirs]
@@ -189,14 +189,14 @@ def _mask_folder(folder: Path, images: dict[str, Path]) -> dict[str, Path]:
 
 
 def _segmentation_classes(root, mode, mask_dirs, classes, items) -> list[str]:
-    if mode == "binary":
+    if mode == Mode.BINARY:
         if classes and len(classes) not in (1, 2):
             raise DatasetError(f"{root}: binary mode takes 1 or 2 class names, got {classes}")
         if classes:
             return ["background", classes[0]] if len(classes) == 1 else list(classes)
         labels = {item.label for item in items if item.label}
         return ["background", labels.pop() if len(labels) == 1 else "foreground"]
-    if mode == "multilabel":
+    if mode == Mode.MULTILABEL:
         if classes and len(classes) != len(mask_dirs):
             raise DatasetError(
                 f"{root}: {len(classes)} class names for {len(mask_dirs)} mask folders {mask_dirs}"

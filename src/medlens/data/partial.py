@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medlens.errors import ConfigError, DatasetError
+from medlens.spec import Mode
 
 
 @dataclass
@@ -33,7 +34,7 @@ class PartialLabels:
     def encode(self, mask: np.ndarray, path: object) -> np.ndarray:
         """``(H, W)`` raw mask -> ``(H, W)`` uint8 target codes; DatasetError naming ``path`` for a value
         the mapping does not give."""
-        values = (mask > 0).astype(np.uint8) if self.mode == "binary" else mask
+        values = (mask > 0).astype(np.uint8) if self.mode == Mode.BINARY else mask
         lut = np.full(256, 255, dtype=np.uint8)
         for value, code in self.codes.items():
             lut[value] = code

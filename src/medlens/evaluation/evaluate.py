@@ -16,6 +16,7 @@ from typing import Any
 
 from medlens.data.index import DatasetIndex
 from medlens.errors import DatasetError
+from medlens.spec import Mode, Task
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +30,10 @@ def folder_index(
     spec = predictor.spec
     if not data.is_dir():
         raise DatasetError(f"data set folder {data} does not exist")
-    if predictor.task == "classification":
+    if predictor.task == Task.CLASSIFICATION:
         return discover(data, "classification", label_column=label_column or spec.label_column or "label",
                         skip_bad=skip_bad)  # fmt: skip
-    classes = predictor.classes if predictor.mode == "multiclass" else None
+    classes = predictor.classes if predictor.mode == Mode.MULTICLASS else None
     return discover(data, "segmentation", mode=predictor.mode, mask_dirs=mask_dirs or spec.mask_dirs,
                     classes=classes, skip_bad=skip_bad)  # fmt: skip
 
@@ -89,7 +90,7 @@ def evaluate(
     else:
         index = folder_index(predictor, Path(data), skip_bad, label_column, mask_dirs)
     out.mkdir(parents=True, exist_ok=True)
-    if predictor.task == "segmentation":
+    if predictor.task == Task.SEGMENTATION:
         metrics = evaluate_segmentation(predictor, index, out, skip_bad, n_cases)
     else:
         metrics = evaluate_classification(predictor, index, out, skip_bad)

@@ -19,6 +19,7 @@ import numpy as np
 from medlens.errors import BundleError
 from medlens.inference.bundle import Bundle, is_bundle
 from medlens.inference.quantize import INT8_FILE, REPORT_FILE, TOLERANCE, quantize_onnx
+from medlens.spec import Mode, Task
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def _read(items: Sequence) -> list[np.ndarray]:
 
 
 def _inputs(predictor: Any, images: list[np.ndarray]) -> list[np.ndarray]:
-    return images if predictor.task == "segmentation" else predictor.guided_inputs(images)
+    return images if predictor.task == Task.SEGMENTATION else predictor.guided_inputs(images)
 
 
 def _dice(pred: np.ndarray, target: np.ndarray, k: int) -> float:
@@ -48,11 +49,11 @@ def score(predictor: Any, items: Sequence, index: Any, batch: int = 32) -> float
     from medlens.inference.decisions import probs_to_mask
 
     spec, values = predictor.spec, []
-    k = len(spec.classes) if spec.mode.value == "multiclass" else 0
+    k = len(spec.classes) if spec.mode.value == Mode.MULTICLASS else 0
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
         images = _inputs(predictor, _read(chunk))
-        if predictor.task == "segmentation":
+        if predictor.task == Task.SEGMENTATION:
             targets = [load_target(item, index) for item in chunk]
             probs = predictor.predict_proba(images, sizes=[t.shape[:2] for t in targets])
             values += [

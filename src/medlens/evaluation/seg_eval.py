@@ -17,6 +17,7 @@ import numpy as np
 from medlens.data.index import DatasetIndex, Item
 from medlens.errors import DatasetError
 from medlens.evaluation.reading import batches, read_batch, write_csv
+from medlens.spec import Mode
 
 GREEN, RED = (0, 200, 0), (230, 40, 40)
 
@@ -25,9 +26,9 @@ def score(acc, pred: np.ndarray, target: np.ndarray, mode: str, classes: list[st
     """Score one image into the accumulator; multi-label ``(H, W, K)`` masks average per-label scores."""
     from medlens.evaluation.metrics import SEGMENTATION_METRICS, segmentation_scores
 
-    if mode == "binary":
+    if mode == Mode.BINARY:
         return acc.update(pred > 0, target > 0, image_id=image_id)
-    if mode == "multiclass":
+    if mode == Mode.MULTICLASS:
         return acc.update(pred, target, image_id=image_id)
     per_label = [segmentation_scores(pred[..., k] > 0, target[..., k] > 0) for k in range(target.shape[-1])]
     names = classes if len(classes) == len(per_label) else [str(k) for k in range(len(per_label))]
@@ -58,7 +59,7 @@ def _save_cases(predictor, index, rows: list[dict], out: Path, n_cases: int) -> 
     ranked = sorted((r for r in rows if not np.isnan(r["dice"])), key=lambda r: r["dice"])
     chosen = {"worst": ranked[:n_cases], "best": ranked[::-1][:n_cases]}
     (out / "overlays").mkdir(exist_ok=True)
-    binary = predictor.mode == "binary"
+    binary = predictor.mode == Mode.BINARY
     for kind, picked in chosen.items():
         cases = []
         for rank, row in enumerate(picked, 1):
@@ -118,7 +119,7 @@ def ctr_agreement(pairs: list[tuple[float | None, float | None]], plot: Path) ->
 def _accumulator(predictor: Any):
     from medlens.evaluation.metrics import SegmentationMetricAccumulator
 
-    multiclass = predictor.mode == "multiclass"
+    multiclass = predictor.mode == Mode.MULTICLASS
     return SegmentationMetricAccumulator(
         num_classes=len(predictor.classes) if multiclass else None,
         class_names=predictor.classes if multiclass else None,
@@ -151,7 +152,7 @@ def evaluate_segmentation(
 
     spec, mode, classes = predictor.spec, predictor.mode, list(predictor.classes)
     acc, skipped, extras = _accumulator(predictor), list(index.skipped), {}
-    measures_ctr, ctr = mode == "multiclass" and HEART in classes, {}
+    measures_ctr, ctr = mode == Mode.MULTICLASS and HEART in classes, {}
     for batch in batches(index.items, predictor.batch_size):
         pairs = read_batch(batch, skip_bad, skipped)
         targets = [load_target(item, index) for item, _ in pairs]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medlens.errors import MedlensError
+from medlens.spec import Mode, Task
 
 _DEFAULT_INTENDED_USE = (
     "Research and teaching: {task} of 2D images like those it was trained on ({data}). It is not a medical "
@@ -52,7 +53,7 @@ def _card_sections(meta: dict) -> dict[str, str]:
     sections = {
         "Description": (
             f"A medlens {spec['task']} model ({spec.get('mode', '')}): `{spec['arch']}`"
-            + (f" with a `{spec['encoder']}` encoder" if spec["task"] == "segmentation" else "")
+            + (f" with a `{spec['encoder']}` encoder" if spec["task"] == Task.SEGMENTATION else "")
             + f", input {size}, {spec['in_channels']} channel(s). "
             + f"Classes: {', '.join(spec.get('classes', []))}."
         ),
@@ -91,7 +92,7 @@ def _rows_segmentation(spec: dict, sources: list[str]) -> list[tuple[str, str, s
     """(label, metric key, sub-dict key) of each row of a segmentation model's evaluation table."""
     rows = [(k, k, None) for k in ("dice", "iou", "hd95", "sensitivity", "precision")]
     rows += [(f"dice, {s}", "dice", f"by_source.{s}") for s in sources]
-    if spec.get("mode") == "multiclass":
+    if spec.get("mode") == Mode.MULTICLASS:
         rows += [(f"dice, {c}", f"dice_{c}", None) for c in spec.get("classes", [])[1:]]
     return rows
 
@@ -126,7 +127,7 @@ def _part(metrics: dict, path: str | None) -> dict:
 def _evaluations_section(evaluations: dict, spec: dict) -> str:
     """The validation / test / external figures side by side (``medlens evaluate --record``)."""
     names, runs = list(evaluations), list(evaluations.values())
-    if spec["task"] == "segmentation":
+    if spec["task"] == Task.SEGMENTATION:
         sources = sorted({s for m in runs for s in (m.get("by_source") or {})})
         rows = _rows_segmentation(spec, sources)
     else:

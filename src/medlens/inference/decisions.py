@@ -11,15 +11,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from medlens.errors import ConfigError, MedlensError
+from medlens.spec import Mode
 
 
 def probs_to_mask(prob: np.ndarray, mode: str, threshold: float = 0.5) -> np.ndarray:
     """Probabilities -> uint8 mask: binary ``(H, W)`` -> 0/1 at ``threshold``; multi-class ``(K, H, W)`` ->
     ``(H, W)`` arg-max labels; multi-label ``(K, H, W)`` -> ``(H, W, K)`` 0/1 at ``threshold``."""
     threshold = float(threshold)
-    if mode == "multiclass":
+    if mode == Mode.MULTICLASS:
         return prob.argmax(axis=0).astype(np.uint8)
-    if mode == "multilabel":
+    if mode == Mode.MULTILABEL:
         return np.moveaxis(prob >= threshold, 0, -1).astype(np.uint8)
     return (prob >= threshold).astype(np.uint8)
 

@@ -44,7 +44,7 @@ from medlens.inference.runtime import (
     resolve_device,
     run_views,
 )
-from medlens.spec import ModelSpec
+from medlens.spec import Mode, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class SegmentationPredictor(_Predictor):
         return self.spec.mode.value
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.softmax(dim=1) if self.mode == "multiclass" else logits.sigmoid()
+        return logits.softmax(dim=1) if self.mode == Mode.MULTICLASS else logits.sigmoid()
 
     def _predict(
         self, images: Sequence[np.ndarray], tta: bool, with_std: bool, sizes: Sequence[Sequence[int]] | None
@@ -203,7 +203,7 @@ class SegmentationPredictor(_Predictor):
                 size = sizes[len(out)] if sizes is not None else np.asarray(img).shape[:2]
                 prob = resize_probs(mean[i], size)
                 spread = resize_probs(std[i], size) if std is not None else None
-                if self.mode == "binary":
+                if self.mode == Mode.BINARY:
                     prob, spread = prob[0], spread[0] if spread is not None else None
                 out.append((prob, spread))
         return out
@@ -232,7 +232,7 @@ class SegmentationPredictor(_Predictor):
         return out
 
     def _uncertainty(self, prob: np.ndarray, std: np.ndarray) -> float:
-        fg = prob if prob.ndim == 2 else (1.0 - prob[0] if self.mode == "multiclass" else prob.max(axis=0))
+        fg = prob if prob.ndim == 2 else (1.0 - prob[0] if self.mode == Mode.MULTICLASS else prob.max(axis=0))
         spread = std if std.ndim == 2 else std.max(axis=0)
         region = fg > 0.1
         return float(spread[region].mean() if region.any() else spread.mean())

@@ -73,5 +73,3 @@ def quantize_onnx(fp32: str | Path, out: str | Path, calibration: np.ndarray) ->
         onnx.save(proto, str(q))
         os.replace(q, out)
     return out
-
-

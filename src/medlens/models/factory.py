@@ -21,6 +21,7 @@ from torch import nn
 
 from medlens.errors import ConfigError, UnknownNameError
 from medlens.models.parts import check_task
+from medlens.spec import Task
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def list_encoders() -> list[str]:
 
 def list_models(task: str, pattern: str | None = None) -> list[str]:
     """Architecture names for ``task``: smp architectures, or timm classifiers (``pattern`` filters)."""
-    if check_task(task) == "segmentation":
+    if check_task(task) == Task.SEGMENTATION:
         return sorted(SEG_ARCHITECTURES)
     return list(timm.list_models(pattern or "*"))
 
@@ -108,14 +109,14 @@ def create_model(
     check_task(task)
     if in_channels < 1 or num_classes < 1:
         raise ConfigError(f"model: in_channels ({in_channels}) and num_classes ({num_classes}) must be >= 1")
-    if task == "segmentation":
+    if task == Task.SEGMENTATION:
         model = _create_segmentation(arch, encoder, in_channels, num_classes, **kwargs)
     else:
         model = _create_classifier(arch, in_channels, num_classes, **kwargs)
     if pretrained is not False and pretrained is not None:
         from medlens.models.pretrained import load_pretrained
 
-        load_pretrained(model, task, pretrained, name=encoder if task == "segmentation" else arch)
+        load_pretrained(model, task, pretrained, name=encoder if task == Task.SEGMENTATION else arch)
     params = sum(p.numel() for p in model.parameters())
     logger.info("built %s model %s (%s params)", task, arch, f"{params:,}")
     return model

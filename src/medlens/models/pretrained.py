@@ -42,6 +42,7 @@ from medlens.models.offline import (
     timm_block_order,
     torchvision_mobilenet_v2_key_map,
 )
+from medlens.spec import Task
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +224,7 @@ def _counted(keys: list[str] | set[str]) -> set[str]:
 
 def _target(model: nn.Module, task: str) -> tuple[nn.Module, set[str]]:
     """(module to load into, its keys that must mostly be matched)."""
-    if task == "segmentation":
+    if task == Task.SEGMENTATION:
         if not is_segmentation_model(model):
             raise MedlensError(f"model {type(model).__name__}: not an smp segmentation model")
         return model.encoder, _counted(set(model.encoder.state_dict()))
@@ -256,7 +257,7 @@ def load_pretrained(
     report.source = str(path)
     report.missing = sorted(expected - set(tensors))
     report.loaded, report.expected = len(expected & set(tensors)), len(expected)
-    where = "encoder" if task == "segmentation" else "backbone"
+    where = "encoder" if task == Task.SEGMENTATION else "backbone"
     logger.info(
         "pretrained %s: matched %d/%d %s tensors (%.1f%%); %d adapted to the input channels, %d skipped "
         "for their shape, %d unused",
@@ -276,7 +277,7 @@ def load_pretrained(
             f"do the weights belong to this architecture?"
         )
     module.load_state_dict(tensors, strict=False)
-    if task == "classification":
+    if task == Task.CLASSIFICATION:
         _zero_init_new_head(module, loaded=set(tensors))
     return report
 
@@ -305,7 +306,7 @@ def _hub_candidates(model: nn.Module, task: str) -> tuple[list[tuple[str, str, s
     repos: list[tuple[str, str, str | None]] = []
     urls: list[str] = []
     cfg: dict = {}
-    if task == "classification":
+    if task == Task.CLASSIFICATION:
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     else:
         encoder = str(getattr(model, "_hub_mixin_config", {}).get("encoder_name", ""))

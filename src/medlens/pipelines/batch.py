@@ -34,6 +34,7 @@ from medlens.inference.bundle import source_kind
 from medlens.jsonable import write_json
 from medlens.pipelines.config import DEFAULT_TTA
 from medlens.pipelines.groups import group_fields
+from medlens.spec import Mode, Task
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def _mask_payload(mask: np.ndarray, classes: Sequence[str], mode: str) -> dict[s
         "components": connected_components(fg),
     }
     payload["n_components"] = len(payload["components"])
-    if mode != "binary":
+    if mode != Mode.BINARY:
         planes = (
             {k: mask[..., k] for k in range(mask.shape[-1])}
             if mask.ndim == 3
@@ -155,9 +156,9 @@ def _write_segmentation(predictor, stem: str, image: np.ndarray, prob, unc, out:
             name = classes[k] if len(classes) == mask.shape[-1] else str(k)
             files[f"mask_{name}"] = _save_png(out / f"{stem}_mask_{name}.png", mask[..., k] * 255)
     else:
-        files["mask"] = _save_png(out / f"{stem}_mask.png", mask * 255 if mode == "binary" else mask)
+        files["mask"] = _save_png(out / f"{stem}_mask.png", mask * 255 if mode == Mode.BINARY else mask)
     files["overlay"] = _save_png(
-        out / f"{stem}_overlay.png", overlay_mask(image, mask, colors=_RED if mode == "binary" else None)
+        out / f"{stem}_overlay.png", overlay_mask(image, mask, colors=_RED if mode == Mode.BINARY else None)
     )
     payload = {
         "id": stem,
@@ -236,7 +237,7 @@ def _run_plain(
     from medlens.inference.predictor import create_predictor
 
     predictor = create_predictor(model, runtime=runtime, tta=tta, batch_size=batch_size, precision=precision)
-    handler = _predict_segmentation if predictor.task == "segmentation" else _predict_classification
+    handler = _predict_segmentation if predictor.task == Task.SEGMENTATION else _predict_classification
     rows: dict[int, dict] = {}  # by input position, so that the summary keeps the input order
     batch, positions = [], []
     for n, (path, stem) in enumerate(inputs, 1):

@@ -50,7 +50,7 @@ from medlens.pipelines.stages import (
     enhance_contrast,
     find_bundle,
 )
-from medlens.spec import GuideMode, guide_channels
+from medlens.spec import GuideMode, Mode, guide_channels
 
 if TYPE_CHECKING:
     from medlens.pipelines.serving import Prefetched
@@ -92,7 +92,7 @@ class Pipeline:
         clf_ok = (config.classifier is None) == (classifier is None)
         if not (seg_ok and clf_ok):
             raise ConfigError(f"{config.source}: the predictors given do not match the pipeline's models")
-        if segmenter is not None and segmenter.mode == "multilabel":
+        if segmenter is not None and segmenter.mode == Mode.MULTILABEL:
             raise ConfigError(
                 f"{config.source}: pipelines take binary or multi-class segmenters, not multi-label"
             )

@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from medlens.spec import Mode
 from medlens.training.distributed import shard_indices
 
 
@@ -77,7 +78,7 @@ def seg_targets(targets: torch.Tensor, mode: str, device: torch.device) -> torch
     """Cached masks -> loss targets: binary ``(B,1,H,W)`` / multilabel ``(B,K,H,W)`` float, multiclass
     ``(B,H,W)`` long."""
     t = targets.to(device, non_blocking=True)
-    return t.long() if mode == "multiclass" else t.float()
+    return t.long() if mode == Mode.MULTICLASS else t.float()
 
 
 def mix_batch(

@@ -25,7 +25,7 @@ from segmentation_models_pytorch import losses as smp_losses
 from torch import nn
 
 from medlens.errors import ConfigError, UnknownNameError
-from medlens.spec import MODES
+from medlens.spec import MODES, TASKS, Mode, Task
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +69,14 @@ def create_loss(
             raise ConfigError("label_sets (data.partial_roots) need multi-class dice_ce and num_classes")
         return SegmentationLoss(MarginalDiceCELoss(int(kw.pop("num_classes")), label_sets), mode)
     kw.pop("num_classes", None)
-    if task == "segmentation":
+    if task == Task.SEGMENTATION:
         if name not in SEGMENTATION_LOSSES:
             raise UnknownNameError("segmentation loss", name, SEGMENTATION_LOSSES)
         if mode not in MODES:
             raise UnknownNameError("segmentation mode", mode, MODES)
         _check_kwargs(name, kw, _SEG_KWARGS[name])
         return SegmentationLoss(_segmentation_loss(name, mode, weights, kw), mode)
-    if task == "classification":
+    if task == Task.CLASSIFICATION:
         if name not in CLASSIFICATION_LOSSES:
             raise UnknownNameError("classification loss", name, CLASSIFICATION_LOSSES)
         _check_kwargs(name, kw, _CLS_KWARGS[name])
@@ -84,7 +84,7 @@ def create_loss(
         if name == "ce":
             return SoftTargetCrossEntropy(weights, smoothing)
         return MulticlassFocalLoss(weights, gamma=float(kw.get("gamma", 2.0)), label_smoothing=smoothing)
-    raise UnknownNameError("task", task, ("segmentation", "classification"))
+    raise UnknownNameError("task", task, TASKS)
 
 
 def _check_kwargs(name: str, kw: dict[str, Any], allowed: set[str]) -> None:
@@ -94,8 +94,10 @@ def _check_kwargs(name: str, kw: dict[str, Any], allowed: set[str]) -> None:
 
 
 def _segmentation_loss(name: str, mode: str, weights: list[float] | None, kw: dict[str, Any]) -> nn.Module:
-    per_class = None if mode == "binary" else weights  # smp's Dice/Tversky/focal take class weights for K > 1
-    if mode == "binary" and weights is not None and len(weights) != 2:
+    per_class = (
+        None if mode == Mode.BINARY else weights
+    )  # smp's Dice/Tversky/focal take class weights for K > 1
+    if mode == Mode.BINARY and weights is not None and len(weights) != 2:
         raise ConfigError(
             f"loss {name!r}: binary class_weights must be [background, foreground], got {weights}"
         )
@@ -113,9 +115,9 @@ def _segmentation_loss(name: str, mode: str, weights: list[float] | None, kw: di
         )
     if name == "focal":
         alpha = kw.get("alpha")
-        if alpha is None and mode == "binary" and kw.get("pos_weight"):
+        if alpha is None and mode == Mode.BINARY and kw.get("pos_weight"):
             alpha = float(kw["pos_weight"]) / (1.0 + float(kw["pos_weight"]))
-        elif alpha is None and mode == "binary" and weights is not None:
+        elif alpha is None and mode == Mode.BINARY and weights is not None:
             alpha = weights[1] / (weights[0] + weights[1])  # focal alpha = weight of the positive class
         return smp_losses.FocalLoss(
             mode,
@@ -156,18 +158,18 @@ class DiceCELoss(nn.Module):
         pos_weight: float | Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        if mode == "multiclass" and pos_weight is not None:
+        if mode == Mode.MULTICLASS and pos_weight is not None:
             logger.debug("dice_ce: pos_weight has no meaning for multi-class softmax; ignored")
             pos_weight = None
         self.mode, self.dice_weight, self.ce_weight = mode, dice_weight, ce_weight
         self.ignore_index = ignore_index
-        per_class = None if mode == "binary" else class_weights
+        per_class = None if mode == Mode.BINARY else class_weights
         self.dice = smp_losses.DiceLoss(
             mode, class_weights=per_class, ignore_index=ignore_index, smooth=smooth, log_loss=log_loss
         )
         weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", weights)
-        if pos_weight is None and weights is not None and mode == "binary":
+        if pos_weight is None and weights is not None and mode == Mode.BINARY:
             pos_weight = float(weights[1] / weights[0])
         pw = (
             None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float32).reshape(1, -1, 1, 1)
@@ -180,10 +182,10 @@ class DiceCELoss(nn.Module):
 
     def _ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         w = self.class_weights
-        if self.mode == "multiclass":
+        if self.mode == Mode.MULTICLASS:
             ignore = -100 if self.ignore_index is None else self.ignore_index
             return F.cross_entropy(logits, target, weight=w, ignore_index=ignore)
-        weight = w.reshape(1, -1, 1, 1) if w is not None and self.mode == "multilabel" else None
+        weight = w.reshape(1, -1, 1, 1) if w is not None and self.mode == Mode.MULTILABEL else None
         loss = F.binary_cross_entropy_with_logits(
             logits, target.clamp(0, 1), weight=weight, pos_weight=self.pos_weight, reduction="none"
         )
@@ -202,12 +204,12 @@ class SegmentationLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``logits`` float ``(B, C, H, W)``; ``target`` ``(B, 1, H, W)``/``(B, H, W)``/``(B, K, H, W)``."""
-        if self.mode == "multiclass":
+        if self.mode == Mode.MULTICLASS:
             if target.ndim == 4 and target.shape[1] == 1:
                 target = target[:, 0]
             target = target.long()
         else:
-            if self.mode == "binary" and target.ndim == 3:
+            if self.mode == Mode.BINARY and target.ndim == 3:
                 target = target.unsqueeze(1)
             target = target.to(logits.dtype)
         if target.shape[0] != logits.shape[0] or target.shape[-2:] != logits.shape[-2:]:

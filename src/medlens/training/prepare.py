@@ -24,7 +24,7 @@ from medlens.data.sources import discover_all
 from medlens.data.splits import check_splits, load_splits, make_splits, save_splits
 from medlens.errors import ConfigError, DatasetError
 from medlens.jsonable import write_json
-from medlens.spec import Guide, ModelSpec, guide_channels
+from medlens.spec import Guide, ModelSpec, Task, guide_channels
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def _offline_normalisation(cfg: TrainConfig) -> tuple[list[float], list[float]] 
         return None
     from medlens.models.offline import offline_weights_for
 
-    weights = offline_weights_for(cfg.model.encoder if cfg.data.task == "segmentation" else cfg.model.arch)
+    weights = offline_weights_for(cfg.model.encoder if cfg.data.task == Task.SEGMENTATION else cfg.model.arch)
     return list(weights.mean), list(weights.std)
 
 
@@ -122,7 +122,7 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> RunData:
         return RunData(index, plan, splits)
     fp = fingerprint(index, seed=cfg.data.split_seed)
     write_json(run_dir / "fingerprint.json", fp)
-    mode = "multiclass" if cfg.data.task == "classification" else cfg.data.mode
+    mode = "multiclass" if cfg.data.task == Task.CLASSIFICATION else cfg.data.mode
     plan = resolve_plan(make_plan(fp, cfg.data.task, mode), cfg)
     save_plan(plan, run_dir / "plan.json")
     if cfg.data.split_file:  # the user's own split (e.g. by acquisition period), checked against the data
@@ -174,7 +174,7 @@ def _guided_cache(run: RunData, ids: list[str], cfg: TrainConfig, device: torch.
     from medlens.inference.guided import guide_inputs
     from medlens.inference.predictor import SegmentationPredictor
 
-    if run.index.task != "classification":
+    if run.index.task != Task.CLASSIFICATION:
         raise ConfigError("guide_bundle: segmentation-guided inputs are for classification runs")
     if not Path(cfg.guide_bundle).exists():
         raise ConfigError(f"guide_bundle: {cfg.guide_bundle} not found")
@@ -196,7 +196,7 @@ def _guided_cache(run: RunData, ids: list[str], cfg: TrainConfig, device: torch.
 def model_spec(cfg: TrainConfig, plan: Plan) -> ModelSpec:
     """``model_spec.json``: everything a predictor needs to rebuild and feed the network. The one place where
     a guide's mask channel joins the image's: input channels, and mean 0 / std 1 for the 0..1 mask."""
-    seg = plan.task == "segmentation"
+    seg = plan.task == Task.SEGMENTATION
     extra = guide_channels(cfg.guide_mode if cfg.guide_bundle else None)
     return ModelSpec(
         task=plan.task,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from medlens.config import TrainConfig
 from medlens.errors import ConfigError, MedlensError
+from medlens.spec import Task
 
 LAST = Path("checkpoints") / "last.pt"
 BEST = Path("checkpoints") / "best.pt"
@@ -27,7 +28,7 @@ def make_run_dir(cfg: TrainConfig, resume: bool) -> Path:
             raise MedlensError(f"{run_dir}: no {LAST.as_posix()} to resume from")
         return run_dir
     parts = [Path(cfg.data.root).name or "data", cfg.model.arch]
-    parts += [cfg.model.encoder] if cfg.data.task == "segmentation" else []
+    parts += [cfg.model.encoder] if cfg.data.task == Task.SEGMENTATION else []
     run_dir = Path(cfg.out_dir) / (
         cfg.run_name or "-".join([*parts, datetime.now().strftime("%Y%m%d-%H%M%S")])
     )

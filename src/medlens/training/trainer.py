@@ -25,6 +25,7 @@ from medlens.config import TrainConfig, save_config, validate_config
 from medlens.errors import MedlensError
 from medlens.inference.runtime import resolve_device
 from medlens.jsonable import write_json
+from medlens.spec import Task
 from medlens.training import batches, distributed
 from medlens.training.checkpoint import (
     load_checkpoint,
@@ -39,9 +40,7 @@ from medlens.training.prepare import RunData, cache_split, model_spec, prepare_r
 from medlens.training.reports import ReportsMixin
 from medlens.training.runfolder import BEST, LAST, make_run_dir, write_metrics_csv
 from medlens.training.setup import SetupMixin
-from medlens.training.validation import (
-    dice_iou,
-)
+from medlens.training.validation import dice_iou
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ class Trainer(SetupMixin, ReportsMixin):
         self.resume = resume
         self.device = resolve_device(self.cfg.device, self.dist.local_rank if self.dist.enabled else None)
         self.task = self.cfg.data.task
-        self.score_key = "val_dice" if self.task == "segmentation" else "val_balanced_accuracy"
+        self.score_key = "val_dice" if self.task == Task.SEGMENTATION else "val_balanced_accuracy"
         self.epoch = 0  # completed epochs
         self.best_score, self.best_epoch, self.bad_epochs = -math.inf, 0, 0
         self.history: list[dict[str, float]] = []
@@ -254,7 +253,7 @@ class Trainer(SetupMixin, ReportsMixin):
     # ----------------------------------------------------------------------------------------------- helpers
     @property
     def is_seg(self) -> bool:
-        return self.task == "segmentation"
+        return self.task == Task.SEGMENTATION
 
     @property
     def label_sets(self) -> list[tuple[int, ...]]:

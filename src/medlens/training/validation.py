@@ -16,7 +16,7 @@ import torch
 from medlens.errors import ConfigError
 from medlens.evaluation.classification_metrics import balanced_accuracy, flag_scores
 from medlens.inference.decisions import group_probability
-from medlens.spec import ModelSpec
+from medlens.spec import Mode, ModelSpec
 from medlens.training.decisions import fit_group_flags, fit_prior_decision
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ NEGATIVE_NAMES = (
 def binarize(logits: torch.Tensor, mode: str, threshold: float = 0.5) -> tuple[torch.Tensor, bool]:
     """Logits -> boolean per-class maps ``(B, K', H, W)`` and whether channel 0 is background
     (multi-class)."""
-    if mode == "multiclass":
+    if mode == Mode.MULTICLASS:
         labels = logits.argmax(dim=1)
         return torch.nn.functional.one_hot(labels, logits.shape[1]).permute(0, 3, 1, 2).bool(), True
     return logits.float().sigmoid() > threshold, False
@@ -48,7 +48,7 @@ def binarize(logits: torch.Tensor, mode: str, threshold: float = 0.5) -> tuple[t
 def target_maps(targets: torch.Tensor, mode: str, num_classes: int) -> torch.Tensor:
     """Loss targets -> boolean ``(B, K', H, W)``: binary/multilabel ``(B, K, H, W)``; multiclass one-hot of
     ``(B, H, W)``."""
-    if mode == "multiclass":
+    if mode == Mode.MULTICLASS:
         return torch.nn.functional.one_hot(targets.long(), num_classes).permute(0, 3, 1, 2).bool()
     return targets > 0.5
 
@@ -68,7 +68,7 @@ def dice_iou(
         targets: binary/multilabel ``(B, K, H, W)`` float 0/1; multiclass ``(B, H, W)`` int labels, or codes
             with ``label_sets`` (partially labelled images are scored on the foreground groups they name).
     """
-    if mode == "multiclass" and label_sets:
+    if mode == Mode.MULTICLASS and label_sets:
         return _partial_dice_iou(logits, targets, label_sets)
     pred, has_background = binarize(logits, mode, threshold)
     true = target_maps(targets, mode, logits.shape[1])
