@@ -178,3 +178,7 @@ def test_own_split_is_scored_per_source_and_recorded_in_the_bundle(tmp_path: Pat
     assert "## Evaluation" in card and "| dice, site_a |" in card and "| | test |" in card
     with pytest.raises(DatasetError, match="not both"):
         evaluate(bundle, a, out, split="test")
+    reseeded = load_config(None, [*overrides, "data.split_seed=7", "run_name=other"])
+    other = make_bundle(train(reseeded), tmp_path / "models" / "other")  # another split of the same data
+    evaluate(other, None, tmp_path / "eval2", split="test", split_of=bundle)  # scored on the first's test ids
+    assert {r["id"] for r in _rows(tmp_path / "eval2" / "per_image.csv")} == set(test_ids)

@@ -118,6 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         skip_bad=args.skip_bad,
         split=args.split,
+        split_of=args.split_of,
         label_column=args.label_column,
         mask_dirs=args.mask_dirs,
         device=args.device,

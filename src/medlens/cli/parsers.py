@@ -76,6 +76,7 @@ def _evaluate_parser(sub: Any) -> None:
     p.add_argument("model", help="run folder or bundle")
     p.add_argument("data", nargs="?", help="labelled data folder (or --split)")
     p.add_argument("--split", choices=["val", "test"], help="the model's own split (data of its config.yaml)")
+    p.add_argument("--split-of", metavar="MODEL", help="--split of this bundle or run (to compare models)")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument(
         "--record", metavar="NAME", help="store the figures in the bundle (test, external:ph2, ...)"

@@ -48,6 +48,7 @@ def evaluate(
     skip_bad: bool = False,
     *,
     split: str | None = None,
+    split_of: str | Path | None = None,
     label_column: str | None = None,
     mask_dirs: list[str] | None = None,
     n_cases: int = 4,
@@ -60,6 +61,8 @@ def evaluate(
         data: a labelled folder; None with ``split``.
         split: ``"val"`` or ``"test"``: that side of the model's ``split.json``, read from the data folders of
             its ``config.yaml`` (relative paths are relative to the working directory).
+        split_of: another bundle or run folder whose split and data to use (to score two models on the same
+            held-out images, e.g. a bundle and the one it replaces).
         runtime: ``"torch"`` or ``"onnx"`` (same results within float tolerance).
         tta: flip test-time augmentation.
         skip_bad: drop unreadable / inconsistent items (listed under ``skipped``) instead of failing.
@@ -86,7 +89,7 @@ def evaluate(
     out = Path(out)
     predictor = create_predictor(model, runtime=runtime, device=device, tta=tta, batch_size=batch_size)
     if split is not None:
-        index = split_index(model, split, skip_bad)
+        index = split_index(split_of or model, split, skip_bad)
     else:
         index = folder_index(predictor, Path(data), skip_bad, label_column, mask_dirs)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +97,7 @@ def evaluate(
         metrics = evaluate_segmentation(predictor, index, out, skip_bad, n_cases)
     else:
         metrics = evaluate_classification(predictor, index, out, skip_bad)
-    shown = f"split {split}" if split else str(data)
+    shown = str(data) if split is None else f"split {split}" + (f" of {split_of}" if split_of else "")
     metrics.update(task=predictor.task, model=str(model), model_name=predictor.name, data=shown,
                    runtime=runtime, tta=tta, classes=predictor.classes)  # fmt: skip
     write_json(out / "metrics.json", metrics)
