@@ -44,6 +44,11 @@ def test_lungs_are_named_by_the_patients_side_and_a_small_one_is_flagged() -> No
     np.testing.assert_array_equal(b_left, left)
     ok = lungs(None, _chest(), classes=CLASSES)
     assert ok["lung_area_ratio"] == 1.0 and not ok["lung_asymmetry_flag"]
+    both = (_chest() == 1) | (_chest() == 2)
+    assert ok["lung_fraction_total"] == pytest.approx(both.mean(), abs=1e-6)
+    assert ok["lung_fraction_total"] == pytest.approx(
+        ok["right_lung_fraction"] + ok["left_lung_fraction"], abs=1e-5
+    )
     small = lungs(None, _chest(lung_scale=0.3), classes=CLASSES)
     assert small["lung_asymmetry_flag"] and small["smaller_lung"] == "left"
     mask = _chest(lung_scale=0.3)

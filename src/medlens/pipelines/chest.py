@@ -32,8 +32,9 @@ HEART_COLOUR, THORAX_COLOUR = (255, 60, 60), (255, 220, 0)
 def lungs(
     image: np.ndarray, mask: np.ndarray, spacing: Spacing = None, *, classes: Sequence[str] | None = None
 ) -> dict[str, Any]:
-    """Each lung by the patient's side: area (fraction of the image, mm² with a known pixel spacing), the
-    smaller-to-larger area ratio, and a flag when one lung is missing or under half the other's area."""
+    """Each lung by the patient's side and both together: area (fraction of the image, mm² with a known pixel
+    spacing), the smaller-to-larger area ratio, and a flag when one lung is missing or under half the other's
+    area."""
     right, left = lungs_by_side(mask, classes)
     total = mask.shape[0] * mask.shape[1]
     nr, nl = int(right.sum()), int(left.sum())
@@ -41,6 +42,7 @@ def lungs(
     ratio = min(nr, nl) / max(nr, nl) if max(nr, nl) else None
     smaller = None if ratio is None or ratio >= SMALL_LUNG_RATIO else ("right" if nr < nl else "left")
     return {
+        "lung_fraction_total": round((nr + nl) / total, 6),
         "right_lung_fraction": round(nr / total, 6),
         "left_lung_fraction": round(nl / total, 6),
         "right_lung_area_mm2": round(nr * px, 1) if px else None,
