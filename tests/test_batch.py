@@ -89,11 +89,17 @@ def test_pipeline_mode_by_name_and_yaml(seg_bundle: Path, cls_bundle: Path, inpu
     yaml_path = models / "pipelines" / "tiny.yaml"
     yaml_path.write_text(
         "name: tiny\nsegmenter:\n  bundle: tiny-seg\nclassifier:\n  bundle: tiny-cls\n  gradcam: true\n"
+        "features: [area, lungs]\n"
     )
     summary = predict_paths("tiny", [inputs / "a.png", inputs / "broken.png"], tmp_path, models_dir=models)
     rows = _summary(summary)
     assert [r["status"] for r in rows] == ["ok", "error"]
     info = json.loads((tmp_path / "a.json").read_text())
+    # scalar features are CSV columns, with the JSON's values
+    assert float(rows[0]["feature_right_lung_fraction"]) == pytest.approx(
+        info["features"]["right_lung_fraction"]
+    )
+    assert rows[0]["feature_lung_asymmetry_flag"] == str(info["features"]["lung_asymmetry_flag"])
     assert info["pipeline"] == "tiny" and info["id"] == "a" and info["source"].endswith("a.png")
     assert (tmp_path / "a_mask.png").is_file() and (tmp_path / "a_overlay.png").is_file()
     if not info["out_of_scope"]:

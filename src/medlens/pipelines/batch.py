@@ -301,8 +301,17 @@ def _write_analysis(analysis, stem: str, source: Path, out: Path) -> dict:
         "uncertainty": analysis.uncertainty,
         "out_of_scope": analysis.out_of_scope,
         "tta": analysis.tta,
+        **_scalar_features(analysis.features),
         **files,
         "json": f"{stem}.json",
+    }
+
+
+def _scalar_features(features: dict[str, Any]) -> dict[str, Any]:
+    """The features that fit a CSV cell (numbers, flags, words), as ``feature_<name>`` columns; structured
+    ones (e.g. the CTR measurement rows) stay in the JSON."""
+    return {
+        f"feature_{k}": v for k, v in features.items() if v is None or isinstance(v, bool | int | float | str)
     }
 
 
