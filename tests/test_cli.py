@@ -123,7 +123,7 @@ def test_each_command_dispatches_to_its_api_function() -> None:
     }
     for name, args in argv.items():
         ns = parser.parse_args(args)
-        assert isinstance(ns, argparse.Namespace) and ns.func is getattr(cli, f"cmd_{name}")
+        assert isinstance(ns, argparse.Namespace) and ns.func is getattr(commands, f"cmd_{name}")
 
 
 def test_plan_prints_the_plan(synthetic_seg: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -143,7 +143,7 @@ def test_models_lists_bundles_and_pipeline_readiness(tmp_path: Path, capsys: pyt
 def test_models_takes_the_folder_as_an_argument(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["models", str(tmp_path)]) == 0
     assert f"bundles in {tmp_path}:" in capsys.readouterr().out
-    assert cli.main(["models", str(tmp_path / "absent")]) == cli.EXIT_BAD_INPUT
+    assert cli.main(["models", str(tmp_path / "absent")]) == commands.EXIT_BAD_INPUT
     assert "models folder not found" in capsys.readouterr().err
 
 
@@ -153,16 +153,16 @@ def test_predict_errors_are_clear(tmp_path: Path, seg_bundle: Path, capsys: pyte
     (bad / "notes.png").write_text("not an image")
     existing = tmp_path / "README.md"
     existing.write_text("x")
-    assert cli.main(["predict", str(seg_bundle), str(bad), "--out", str(existing)]) == cli.EXIT_BAD_INPUT
+    assert cli.main(["predict", str(seg_bundle), str(bad), "--out", str(existing)]) == commands.EXIT_BAD_INPUT
     assert "exists and is not a folder" in capsys.readouterr().err
     assert (
         cli.main(["predict", str(seg_bundle), str(bad), "--out", str(tmp_path / "o")])
-        == cli.EXIT_NOTHING_DONE
+        == commands.EXIT_NOTHING_DONE
     )
     out = capsys.readouterr().out
     assert "0 image(s) predicted in" in out and "1 unreadable (listed there)" in out
 
 
 def test_export_refuses_an_unknown_format(seg_bundle: Path, capsys: pytest.CaptureFixture) -> None:
-    assert cli.main(["export", str(seg_bundle), "--format", "tflite"]) == cli.EXIT_BAD_INPUT
+    assert cli.main(["export", str(seg_bundle), "--format", "tflite"]) == commands.EXIT_BAD_INPUT
     assert "medlens exports onnx" in capsys.readouterr().err

@@ -11,35 +11,11 @@ import logging
 import os
 import sys
 
-from medlens.cli.commands import (
-    EXIT_BAD_INPUT,
-    EXIT_NOTHING_DONE,
-    cmd_bundle,
-    cmd_evaluate,
-    cmd_export,
-    cmd_models,
-    cmd_plan,
-    cmd_predict,
-    cmd_serve,
-    cmd_train,
-)
+from medlens.cli.commands import EXIT_BAD_INPUT
 from medlens.cli.parsers import build_parser
 from medlens.errors import MedlensError
 
-__all__ = [
-    "EXIT_BAD_INPUT",
-    "EXIT_NOTHING_DONE",
-    "build_parser",
-    "cmd_bundle",
-    "cmd_evaluate",
-    "cmd_export",
-    "cmd_models",
-    "cmd_plan",
-    "cmd_predict",
-    "cmd_serve",
-    "cmd_train",
-    "main",
-]
+__all__ = ["build_parser", "main"]
 
 
 def _setup_logging(verbose: bool) -> None:
