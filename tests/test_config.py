@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -137,15 +139,29 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert yaml.safe_load(path.read_text())["epochs"] == 3
 
 
-@pytest.mark.parametrize("name", ["polyp", "skin-seg", "skin-cls", "chest-xray-cls", "lung-seg"])
-def test_presets_load(name: str) -> None:
-    cfg = load_config(REPO / "configs" / f"{name}.yaml", [])
-    assert cfg.data.root.startswith("../shared/datasets/")
+PRESETS = sorted((REPO / "configs").glob("*.yaml")) + sorted((REPO / "configs" / "cpu").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: str(p.relative_to(REPO)))
+def test_presets_load_with_offline_weights_and_a_held_out_test_split(path: Path) -> None:
+    from medlens.models.offline import offline_weights_for
+
+    cfg = load_config(path, [])
+    roots = [cfg.data.root, *cfg.data.extra_roots, *cfg.data.partial_roots]
+    assert all(root.startswith("../shared/datasets/") for root in roots)
     assert cfg.model.pretrained == "offline"
-    if cfg.data.task == "segmentation":
-        assert cfg.model.encoder == "mobilenet_v2"
+    offline_weights_for(cfg.model.encoder if cfg.data.task == "segmentation" else cfg.model.arch)
+    if cfg.data.split_file:  # a fixed split with its own test side
+        split = json.loads((REPO / cfg.data.split_file).read_text())
+        assert split["test"] and not set(split["test"]) & (set(split["train"]) | set(split["val"]))
     else:
-        assert cfg.model.arch == "mobilenetv2_100"
+        assert cfg.data.test_fraction > 0, "every preset keeps a test split that no choice sees"
+
+
+def test_the_gpu_script_trains_every_gpu_preset() -> None:
+    script = (REPO / "configs" / "train_all_gpu.sh").read_text()
+    named = set(re.findall(r"configs/([\w-]+)\.yaml", script))
+    assert named == {p.stem for p in (REPO / "configs").glob("*.yaml")}
 
 
 def test_polyp_preset_merges_cvc_with_automatic_groups() -> None:
