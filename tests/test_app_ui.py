@@ -44,6 +44,8 @@ def test_tables_and_advice():
     assert "looks like a chest X-ray" in text and "See a dermatologist." in text
     table = render.pipelines_table([{"name": "skin", "classes": ["a", "b"], "segmenter": None}])
     assert table.to_dict("records") == [{"name": "skin", "segmenter": "—", "classes": "a, b"}]
+    widths = render.pipelines_widths(table)  # one per column present, summing to the whole table
+    assert len(widths) == 3 and sum(float(w.rstrip("%")) for w in widths) == pytest.approx(100, abs=0.2)
     counts = render.label_counts_frame(
         [{"day": "2024-01-01", "pipeline": "skin", "label": "nv", "count": 2},
          {"day": "2024-01-01", "pipeline": "polyp", "label": "(none)", "count": 1}]

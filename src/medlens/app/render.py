@@ -27,6 +27,10 @@ FEATURE_COLUMNS = ["Feature", "Value", "Unit", "What it means"]
 UNCERTAINTY_LEVELS = ((0.05, "low"), (0.15, "moderate"), (math.inf, "high"))
 UNCERTAINTY_TICKS = (0.0, 0.05, 0.15, 0.3)  # equally spaced on the drawn scale (the last is its right end)
 PIPELINE_COLUMNS = ("name", "title", "modality", "segmenter", "classifier", "classes", "description")
+#: Relative column widths of the pipelines table: the description gets the room, so it wraps instead of
+#: running off the side at 1280 px.
+PIPELINE_WIDTHS = {"name": 7, "title": 12, "modality": 9, "segmenter": 10, "classifier": 10, "classes": 14,
+                   "description": 38}  # fmt: skip
 
 
 def load_png(path: str | Path | None) -> np.ndarray | None:
@@ -233,3 +237,9 @@ def pipelines_table(pipelines: list[dict[str, Any]]) -> pd.DataFrame:
         for row in ([p.get(c) for c in columns] for p in pipelines)
     ]
     return pd.DataFrame(rows, columns=columns)
+
+
+def pipelines_widths(frame: pd.DataFrame) -> list[str]:
+    """CSS widths of ``pipelines_table``'s columns, in percent of the table."""
+    weights = [PIPELINE_WIDTHS[c] for c in frame.columns]
+    return [f"{100 * w / sum(weights):.1f}%" for w in weights]

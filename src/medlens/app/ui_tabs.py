@@ -193,8 +193,13 @@ def dashboard_tab(h: UiHandlers) -> dict[str, Any]:
     service, c = h.service, {}
     models = service.models()
     if models["pipelines"]:
+        table = render.pipelines_table(models["pipelines"])
         gr.Dataframe(
-            render.pipelines_table(models["pipelines"]), label="Pipelines", interactive=False, wrap=True
+            table,
+            label="Pipelines",
+            interactive=False,
+            wrap=True,
+            column_widths=render.pipelines_widths(table),
         )
     if not service.bundles:
         gr.Markdown("No model bundles found in the models folder.")
