@@ -199,3 +199,54 @@ def test_guided_classifier_builds_its_inputs_from_the_guide_bundle(seg_bundle: P
     (run / "model_spec.json").write_text(json.dumps(spec))
     with pytest.raises(BundleError, match="moved/elsewhere"):
         ClassificationPredictor(run).guided_inputs(images)
+
+
+# ---------------------------------------------------------------------------------- test-time flips
+def test_trained_flips_come_from_the_augmentation():
+    from medlens.spec import trained_flips
+
+    assert trained_flips({"hflip": 0.5, "vflip": 0.0}) == ["hflip"]
+    assert trained_flips({"hflip": 0, "vflip": 0}) == []
+    assert trained_flips({}) == []
+    spec = ModelSpec.from_dict({**_spec_dict(), "tta_flips": ["vflip"]})
+    assert spec.flip_dims == ((), (2,))
+    assert ModelSpec.from_dict(_spec_dict()).flip_dims == ((), (3,), (2,))  # unrecorded: both, as before
+    with pytest.raises(BundleError, match="unknown test-time flip 'rotate90'"):
+        ModelSpec.from_dict({**_spec_dict(), "tta_flips": ["rotate90"]})
+
+
+def _spec_dict() -> dict:
+    from tests.helpers_inference import tiny_spec
+
+    return tiny_spec("segmentation")
+
+
+def test_a_model_trained_without_flips_is_not_run_flipped(tmp_path: Path, images):
+    """A side-aware model (left / right lung by label) averaged over a mirrored view would swap its labels."""
+    run = make_tiny_run(tmp_path, "segmentation", tta_flips=[])
+    plain, tta = SegmentationPredictor(run), SegmentationPredictor(run, tta=True)
+    assert tta.flips == ((),)
+    for a, b in zip(plain.predict_proba(images), tta.predict_proba(images), strict=True):
+        np.testing.assert_array_equal(a, b)
+    prob, std, uncertainty = tta.predict_with_uncertainty(images[0])
+    assert uncertainty is None and not std.any()  # one view: no spread to report
+
+
+def test_specs_without_the_record_take_the_flips_of_their_training_config(tmp_path: Path):
+    import yaml
+
+    from medlens.inference.bundle import Bundle, read_spec
+    from medlens.inference.packaging import make_bundle
+
+    run = make_tiny_run(tmp_path, "segmentation")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["augment"] = {"hflip": 0.5, "vflip": 0.0}  # a chest film is never upside down
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert read_spec(run).flip_dims == ((), (3,))
+    bundle = make_bundle(run, tmp_path / "models" / "chest")
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["spec"]["tta_flips"] == ["hflip"]  # recorded when bundled
+    del meta["spec"]["tta_flips"]  # as in bundles made before the record
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    assert Bundle.load(bundle).spec.flip_dims == ((), (3,))
+    assert SegmentationPredictor(bundle, tta=True).flips == ((), (3,))

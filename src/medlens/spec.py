@@ -50,6 +50,16 @@ class GuideMode(StrEnum):
 TASKS = tuple(t.value for t in Task)
 MODES = tuple(m.value for m in Mode)
 GUIDE_MODES = tuple(g.value for g in GuideMode)
+# The test-time flips a model may be run under, by augmentation name, and the (B, C, H, W) dims they mirror.
+FLIP_DIMS: dict[str, tuple[int, ...]] = {"hflip": (3,), "vflip": (2,)}
+
+
+def trained_flips(augment: Any) -> list[str]:
+    """The flips a model was trained under (augmentation probability > 0), from its ``augment`` config section
+    (a mapping or an object with ``hflip`` / ``vflip``): the only ones its test-time augmentation may use. A
+    chest film flipped up-down, or left-right for a model that names the lungs by side, is another image."""
+    get = augment.get if isinstance(augment, dict) else lambda name, default: getattr(augment, name, default)
+    return [name for name in FLIP_DIMS if float(get(name, 0.0) or 0.0) > 0.0]
 
 
 def parse_enum(kind: type[Enum], value: Any, what: str) -> Any:
@@ -98,6 +108,7 @@ class ModelSpec:
     guide: Guide | None = None  # segmentation-guided classification
     mask_dirs: list[str] | None = None  # segmentation: the mask folders it was trained on (None: masks/)
     label_column: str | None = None  # classification: the labels.csv column it was trained on
+    tta_flips: list[str] | None = None  # its test-time flips (trained_flips); None: unrecorded
 
     def __post_init__(self) -> None:
         self.task = parse_enum(Task, self.task, "task")
@@ -106,6 +117,18 @@ class ModelSpec:
         self.in_channels, self.num_classes = int(self.in_channels), int(self.num_classes)
         if isinstance(self.guide, dict):
             self.guide = Guide(**self.guide)
+        if self.tta_flips is not None:
+            self.tta_flips = [str(f) for f in self.tta_flips]
+            unknown = sorted(set(self.tta_flips) - set(FLIP_DIMS))
+            if unknown:
+                raise UnknownNameError("test-time flip", unknown[0], list(FLIP_DIMS))
+
+    @property
+    def flip_dims(self) -> tuple[tuple[int, ...], ...]:
+        """Its test-time views as flip dims over ``(B, C, H, W)``: itself first, then each flip it was trained
+        under (both flips when unrecorded, as bundles without the record were run)."""
+        names = list(FLIP_DIMS) if self.tta_flips is None else self.tta_flips
+        return ((), *(FLIP_DIMS[name] for name in names))
 
     @property
     def image_channels(self) -> int:

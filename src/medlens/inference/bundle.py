@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from medlens.errors import BundleError
-from medlens.spec import ModelSpec
+from medlens.spec import ModelSpec, trained_flips
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ CARD_FILE = "README.md"
 ONNX_FILE = "model.onnx"
 RUN_SPEC = "model_spec.json"
 RUN_CHECKPOINT = Path("checkpoints") / "best.pt"
+RUN_CONFIG = "config.yaml"
 # Parameter prefixes left by DistributedDataParallel and torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -50,6 +51,26 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _spec_with_flips(spec: dict, config: object) -> dict:
+    """A spec written before ``tta_flips`` was recorded gets the flips of its training config's ``augment``
+    section when that was kept (a model trained without flips must not be averaged over flipped views)."""
+    augment = config.get("augment") if isinstance(config, dict) else None
+    if isinstance(spec, dict) and spec.get("tta_flips") is None and isinstance(augment, dict):
+        return {**spec, "tta_flips": trained_flips(augment)}
+    return spec
+
+
+def _run_spec(run_dir: Path, spec: dict, source: object) -> ModelSpec:
+    """A run folder's spec, its test-time flips completed from the run's ``config.yaml`` when unrecorded."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((run_dir / RUN_CONFIG).read_text())
+    except (OSError, yaml.YAMLError):
+        config = None
+    return ModelSpec.from_dict(_spec_with_flips(spec, config), source)
 
 
 def _read_json(path: Path) -> dict:
@@ -131,7 +152,9 @@ class Bundle:
         return cls(
             path=path,
             name=str(meta.get("name") or path.name),
-            spec=ModelSpec.from_dict(meta["spec"], meta_path),
+            spec=ModelSpec.from_dict(
+                _spec_with_flips(meta["spec"], (meta.get("training") or {}).get("config")), meta_path
+            ),
             metrics=meta.get("metrics") or {},
             evaluations=meta.get("evaluations") or {},
             format_version=int(version),
@@ -228,7 +251,7 @@ def read_run(run_dir: str | Path) -> tuple[ModelSpec, dict]:
     for rel in (RUN_SPEC, RUN_CHECKPOINT):
         if not (run_dir / rel).is_file():
             raise BundleError(f"{run_dir} is not a medlens run folder: {rel} is missing")
-    spec = ModelSpec.from_dict(_read_json(run_dir / RUN_SPEC), run_dir / RUN_SPEC)
+    spec = _run_spec(run_dir, _read_json(run_dir / RUN_SPEC), run_dir / RUN_SPEC)
     return spec, _read_checkpoint(run_dir / RUN_CHECKPOINT)
 
 
@@ -258,11 +281,11 @@ def read_spec(source: str | Path | Bundle) -> ModelSpec:
     path = Path(source)
     spec_file = path.parent.parent / RUN_SPEC if kind == "checkpoint" else path / RUN_SPEC
     if spec_file.is_file():  # the run's final spec (with calibration and decisions) comes first
-        return ModelSpec.from_dict(_read_json(spec_file), spec_file)
+        return _run_spec(spec_file.parent, _read_json(spec_file), spec_file)
     spec = _read_checkpoint(path).get("model_spec")
     if not spec:
         raise BundleError(f"{path}: no model_spec in the checkpoint and no {spec_file}")
-    return ModelSpec.from_dict(spec, path)
+    return _run_spec(path.parent.parent if kind == "checkpoint" else path, spec, path)
 
 
 def load_model_source(source: str | Path | Bundle) -> tuple[nn.Module, ModelSpec]:

@@ -139,6 +139,11 @@ class _Predictor:
         return list(self.spec.classes)
 
     @property
+    def flips(self) -> tuple[tuple[int, ...], ...]:
+        """Its test-time views (flip dims, identity first): the flips it was trained under."""
+        return self.spec.flip_dims
+
+    @property
     def input_size(self) -> tuple[int, int]:
         return self.spec.input_size
 
@@ -150,7 +155,9 @@ class _Predictor:
         raise NotImplementedError
 
     def _views(self, images: Sequence[np.ndarray], tta: bool, spatial: bool) -> torch.Tensor:
-        return run_views(self.runner, self.preprocess(images), self._activate, tta, spatial, self.batch_views)
+        return run_views(
+            self.runner, self.preprocess(images), self._activate, tta, spatial, self.batch_views, self.flips
+        )
 
     def _chunks(self, images: Sequence[np.ndarray]) -> list[Sequence[np.ndarray]]:
         images = [images] if isinstance(images, np.ndarray) else list(images)
@@ -224,25 +231,28 @@ class SegmentationPredictor(_Predictor):
 
     def predict_batch_with_uncertainty(
         self, images: Sequence[np.ndarray]
-    ) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    ) -> list[tuple[np.ndarray, np.ndarray, float | None]]:
         """:meth:`predict_with_uncertainty` for a list of images, batched."""
         out = []
         for prob, std in self._predict(images, True, True, None):
             out.append((prob, std, self._uncertainty(prob, std)))
         return out
 
-    def _uncertainty(self, prob: np.ndarray, std: np.ndarray) -> float:
+    def _uncertainty(self, prob: np.ndarray, std: np.ndarray) -> float | None:
+        if len(self.flips) < 2:  # trained under no flip: a single view, no spread to measure
+            return None
         fg = prob if prob.ndim == 2 else (1.0 - prob[0] if self.mode == Mode.MULTICLASS else prob.max(axis=0))
         spread = std if std.ndim == 2 else std.max(axis=0)
         region = fg > 0.1
         return float(spread[region].mean() if region.any() else spread.mean())
 
-    def predict_with_uncertainty(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    def predict_with_uncertainty(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, float | None]:
         """Flip-TTA prediction of one image: ``(prob, tta_std_map, uncertainty)``.
 
         ``prob`` and ``tta_std_map`` have :meth:`predict_proba`'s shape; ``uncertainty`` is the mean TTA
         standard deviation over the pixels any view could call foreground (mean foreground probability > 0.1),
-        or over the whole image when there are none. TTA runs even if the predictor has ``tta=False``.
+        or over the whole image when there are none (None for a model trained under no flip: one view).
+        TTA runs even if the predictor has ``tta=False``; its views are the flips the model was trained under.
         """
         return self.predict_batch_with_uncertainty([image])[0]
 

@@ -20,8 +20,10 @@ from torch import nn
 from medlens.errors import ConfigError
 
 RUNTIMES = ("torch", "onnx")
-# Flip dims of the TTA views over (B, C, H, W): identity, horizontal flip, vertical flip.
+# Flip dims of the TTA views over (B, C, H, W): identity, horizontal flip, vertical flip; a model's own views
+# are those of the flips it was trained under (ModelSpec.flip_dims), identity first.
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,))
+Flips = tuple[tuple[int, ...], ...]
 
 
 class TorchRunner:
@@ -87,12 +89,14 @@ def run_views(
     tta: bool,
     spatial: bool,
     batched: bool = False,
+    flips: Flips = TTA_FLIPS,
 ) -> torch.Tensor:
     """Activated outputs of every TTA view, stacked ``(V, B, ...)``; ``spatial`` outputs are flipped back.
 
     ``batched``: run the ``V`` views of ``x`` ``(B, C, H, W)`` as one ``(V * B, C, H, W)`` call instead of
-    ``V`` calls (faster in ONNX Runtime, int8 above all; see BENCHMARKS.md)."""
-    flips = TTA_FLIPS if tta else TTA_FLIPS[:1]
+    ``V`` calls (faster in ONNX Runtime, int8 above all; see BENCHMARKS.md). ``flips``: the views, identity
+    first (a model's own: ``ModelSpec.flip_dims``)."""
+    flips = flips if tta else flips[:1]
     if batched and len(flips) > 1:
         ys = activate(runner(torch.cat([x.flip(d) if d else x for d in flips]))).split(x.shape[0])
     else:
@@ -100,11 +104,11 @@ def run_views(
     return torch.stack([y.flip(d) if d and spatial else y for y, d in zip(ys, flips, strict=True)])
 
 
-def image_views(image: np.ndarray, tta: bool) -> list[np.ndarray]:
-    """The :data:`TTA_FLIPS` views of one HWC image (itself, flipped left-right, flipped up-down), for callers
-    that keep each view's output apart (the pipeline's classification uncertainty)."""
+def image_views(image: np.ndarray, tta: bool, flips: Flips = TTA_FLIPS) -> list[np.ndarray]:
+    """The ``flips`` views of one HWC image (itself, then e.g. flipped left-right, flipped up-down), for
+    callers that keep each view's output apart (the pipeline's classification uncertainty)."""
     hwc_axis = {3: 1, 2: 0}  # (B, C, H, W) flip dim -> (H, W, C) axis
-    flips = TTA_FLIPS if tta else TTA_FLIPS[:1]
+    flips = flips if tta else flips[:1]
     return [np.ascontiguousarray(np.flip(image, [hwc_axis[d] for d in dims])) for dims in flips]
 
 

@@ -324,12 +324,13 @@ class Pipeline:
         if pre is not None and pre.cls is not None:
             per_view, feats = pre.cls
         else:
-            per_view, feats = clf.predict_proba_with_features(image_views(x, tta))  # (V, K), (V, C, h, w)
+            views = image_views(x, tta, clf.flips)
+            per_view, feats = clf.predict_proba_with_features(views)  # (V, K), (V, C, h, w)
         probs = per_view.mean(axis=0, keepdims=True)
         result.probabilities = {c: float(p) for c, p in zip(clf.classes, probs[0], strict=True)}
         result.label = clf.decide(probs)[0]
         result.groups = group_scores(result.probabilities, clf.spec.groups)
-        if tta:
+        if tta and len(per_view) > 1:
             result.uncertainty = float(per_view[:, clf.classes.index(result.label)].std())
         return feats[0] if feats is not None else None
 

@@ -77,7 +77,7 @@ def _classify_all(pipeline: Pipeline, live: list[Prefetched], tta: bool) -> None
         if pipeline.guide_mode is not None:
             raw = probs_to_mask(p.seg[0], pipeline.segmenter.spec.mode, pipeline.segmenter.spec.threshold)
             x = guide_one(p.work, raw, pipeline.guide_mode, clf.input_size)
-        inputs += image_views(x, tta)
+        inputs += image_views(x, tta, clf.flips)
     probs, feats = clf.predict_proba_with_features(inputs)  # (N * V, K), (N * V, C, h, w) | None
     v = len(inputs) // len(live)
     share = (time.perf_counter() - t0) * 1e3 / len(live)

@@ -24,7 +24,7 @@ from medlens.data.sources import discover_all
 from medlens.data.splits import check_splits, load_splits, make_splits, save_splits
 from medlens.errors import ConfigError, DatasetError
 from medlens.jsonable import write_json
-from medlens.spec import Guide, ModelSpec, Task, guide_channels
+from medlens.spec import Guide, ModelSpec, Task, guide_channels, trained_flips
 
 logger = logging.getLogger(__name__)
 
@@ -213,4 +213,5 @@ def model_spec(cfg: TrainConfig, plan: Plan) -> ModelSpec:
         guide=Guide(str(cfg.guide_bundle), cfg.guide_mode) if cfg.guide_bundle else None,
         mask_dirs=list(cfg.data.mask_dirs) if seg and cfg.data.mask_dirs else None,
         label_column=None if seg else cfg.data.label_column,
+        tta_flips=trained_flips(cfg.augment),
     )
