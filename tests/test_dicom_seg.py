@@ -94,6 +94,30 @@ def test_source_without_patient_fields_stays_empty_and_record_dataset_works(tmp_
     np.testing.assert_array_equal(pixels[0, ..., 0], lesion_mask())
 
 
+def test_label_mask_gives_one_coded_segment_per_class(tmp_path):
+    src_path = make_source(tmp_path / "cxr.dcm", rgb=False)
+    uid = pydicom.dcmread(src_path).SOPInstanceUID
+    labels = np.zeros((64, 64), np.uint8)
+    labels[10:50, 6:28], labels[10:50, 36:58], labels[30:50, 28:36] = 2, 1, 3
+    classes = ["background", "left_lung", "right_lung", "heart"]
+    data = dicom_seg_bytes(labels, src_path, segment="lung", classes=classes)
+    seg = pydicom.dcmread(io.BytesIO(data))
+    meanings = [item.SegmentedPropertyTypeCodeSequence[0].CodeMeaning for item in seg.SegmentSequence]
+    assert meanings == ["Left lung", "Right lung", "Heart"]
+    assert [item.SegmentLabel for item in seg.SegmentSequence] == classes[1:]
+    for number in (1, 2, 3):
+        np.testing.assert_array_equal(read_dicom_seg_mask(data, uid, segment_number=number), labels == number)
+    # a class name that is no known structure is coded as the pipeline's structure kind
+    other = dicom_seg_bytes(labels.clip(0, 2), src_path, segment="lesion", classes=["bg", "a", "b"])
+    types = [
+        i.SegmentedPropertyTypeCodeSequence[0].CodeMeaning
+        for i in pydicom.dcmread(io.BytesIO(other)).SegmentSequence
+    ]
+    assert types == ["Lesion", "Lesion"]
+    with pytest.raises(MedlensError, match="label 3 is not one of the 2 classes"):
+        dicom_seg_bytes(labels, src_path, classes=["bg", "a", "b"])
+
+
 def test_empty_mask_is_written(tmp_path):
     src_path = make_source(tmp_path / "s.dcm", rgb=True)
     data = dicom_seg_bytes(np.zeros((64, 64), np.uint8), src_path)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +66,15 @@ SAFE_KEYWORDS = (
     "ImagerPixelSpacing",
     "NumberOfFrames",
 )
+
+
+# SNOMED CT codes of the anatomical structures a multi-class model's classes may be named after.
+ANATOMY_CODES = {
+    "lung": ("39607008", "Lung"),
+    "left_lung": ("44029006", "Left lung"),
+    "right_lung": ("3341006", "Right lung"),
+    "heart": ("80891009", "Heart"),
+}
 
 
 def segment_types() -> dict[str, tuple[Any, Any]]:
@@ -178,6 +187,14 @@ def _with_type2(ds: pydicom.Dataset) -> pydicom.Dataset:
     return out
 
 
+def _anatomy_code(name: str) -> Any:
+    """The SNOMED CT code of a class named after an anatomical structure (`ANATOMY_CODES`), else None."""
+    from pydicom.sr.coding import Code
+
+    known = ANATOMY_CODES.get(name.lower())
+    return Code(known[0], "SCT", known[1]) if known else None
+
+
 def make_dicom_seg(
     mask: np.ndarray,
     source: str | Path | bytes | pydicom.Dataset,
@@ -185,16 +202,21 @@ def make_dicom_seg(
     label: str | None = None,
     series_number: int = 100,
     series_description: str = "medlens segmentation",
+    classes: Sequence[str] | None = None,
 ) -> hd.seg.Segmentation:
-    """A BINARY DICOM SEG of ``mask`` over its source image.
+    """A BINARY DICOM SEG of ``mask`` over its source image: one segment, or one per class of a label mask.
 
     Args:
-        mask: ``(H, W)`` mask at the source's Rows x Columns; any non-zero value is the segment.
+        mask: ``(H, W)`` mask at the source's Rows x Columns; any non-zero value is the segment, or with
+            more than two ``classes`` the class index of each pixel.
         source: the source image (path, bytes or ``pydicom.Dataset``), see `read_source`.
         segment: structure kind, a key of `segment_types`: ``"lesion"``, ``"skin_lesion"``, ``"polyp"``,
             ``"lung"``.
         label: segment label (default: ``segment``).
         series_number / series_description: of the new SEG series.
+        classes: a multi-class model's class names, background first: segment ``k`` is class ``k``, labelled
+            with its name and coded as that structure when the name is one (`ANATOMY_CODES`: left lung,
+            heart...), else as ``segment``.
     Returns:
         the ``highdicom.seg.Segmentation`` (a ``pydicom.Dataset``), new Series/SOP Instance UIDs, same study.
     """
@@ -216,19 +238,28 @@ def make_dicom_seg(
     algorithm = hd.AlgorithmIdentificationSequence(
         name="medlens", family=codes.DCM.ArtificialIntelligence, version=medlens.__version__
     )
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label=label or segment,
-        segmented_property_category=category,
-        segmented_property_type=prop_type,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm,
-    )
+    names = list(classes)[1:] if classes is not None and len(classes) > 2 else [label or segment]
+    if len(names) > 1 and int(mask.max(initial=0)) > len(names):
+        raise MedlensError(f"mask label {int(mask.max())} is not one of the {len(names)} classes {names}")
+    descriptions = []
+    for number, name in enumerate(names, start=1):
+        anatomy = _anatomy_code(name) if len(names) > 1 else None
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=name,
+                segmented_property_category=codes.SCT.AnatomicalStructure if anatomy else category,
+                segmented_property_type=anatomy or prop_type,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+            )
+        )
     seg = hd.seg.Segmentation(
         source_images=[_with_type2(src)],
-        pixel_array=(mask > 0).astype(np.uint8),
+        # a label map: highdicom writes pixel value k into segment k
+        pixel_array=mask.astype(np.uint8) if len(names) > 1 else (mask > 0).astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[description],
+        segment_descriptions=descriptions,
         series_instance_uid=generate_uid(),
         series_number=series_number,
         sop_instance_uid=generate_uid(),
