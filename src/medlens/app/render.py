@@ -177,8 +177,8 @@ def advice_markdown(record: Mapping[str, Any] | None, expected_groups: tuple[str
 
 
 _CLASS_UNCERTAINTY = (
-    "how much the probability of the result changes between the image and its left-right and up-down flips "
-    "(flip test-time augmentation: standard deviation over the three views)"
+    "how much the probability of the result changes between the image and its flips (flip test-time "
+    "augmentation over the flips the model was trained with: standard deviation over the views)"
 )
 _SEG_UNCERTAINTY = (
     "how much the segmentation's pixel probabilities change between the image and its flips (flip test-time "

@@ -2,7 +2,8 @@
 
 Both runtimes (``"torch"`` and ``"onnx"``) share every step but the forward pass:
 :func:`medlens.inference.preprocess.preprocess` (the pixels the training cache gave the model), optional
-flip test-time augmentation (identity, horizontal and vertical flip, probabilities averaged), temperature
+flip test-time augmentation (the identity and the flips the model was trained under, ``spec.flip_dims``;
+probabilities averaged), temperature
 scaling for classifiers, and resizing probabilities back to each image's own size (bilinear) before
 thresholding. Threads: ONNX Runtime sessions get ``num_threads``; torch's process-wide pool is set by the
 entry points (:func:`medlens.inference.runtime.configure_threads`).

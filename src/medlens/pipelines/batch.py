@@ -308,11 +308,9 @@ def _write_analysis(analysis, stem: str, source: Path, out: Path) -> dict:
 
 
 def _scalar_features(features: dict[str, Any]) -> dict[str, Any]:
-    """The features that fit a CSV cell (numbers, flags, words), as ``feature_<name>`` columns; structured
-    ones (e.g. the CTR measurement rows) stay in the JSON."""
-    return {
-        f"feature_{k}": v for k, v in features.items() if v is None or isinstance(v, bool | int | float | str)
-    }
+    """The features that fit a CSV cell as ``feature_<name>`` columns; structured ones stay in the JSON."""
+    scalar = (bool, int, float, str, type(None))
+    return {f"feature_{k}": v for k, v in features.items() if isinstance(v, scalar)}
 
 
 def _run_pipeline(

@@ -317,8 +317,8 @@ class Pipeline:
         view's ``(C, h, w)`` feature map when the classifier's runtime gives one (Grad-CAM without backprop).
 
         TTA views are run here rather than by the predictor so that their spread is kept: the uncertainty is
-        the standard deviation over the identity, horizontal and vertical flip views of the probability of the
-        predicted class (0 = the views agree). They run as one batch.
+        the standard deviation over the views (the identity and the flips the model was trained under) of the
+        probability of the predicted class (0 = the views agree; None with a single view). One batch.
         """
         clf = self.classifier
         if pre is not None and pre.cls is not None:
