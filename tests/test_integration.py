@@ -168,3 +168,44 @@ def test_real_chest_xray_classification(shared_datasets: Path, tmp_path: Path) -
     assert main(["evaluate", str(run), str(data), "--out", str(ev)]) == 0
     metrics = json.loads((ev / "metrics.json").read_text())
     assert metrics["n_images"] == 16 and "sensitivity_at_specificity" in metrics
+
+
+def test_shipped_chest_pipeline_on_a_real_film(shared_datasets: Path, tmp_path: Path) -> None:
+    """The shipped chest-xray pipeline (bundles chest-anatomy, chest-xray-cls) on a JSRT film of the anatomy
+    model's test split: both lungs by the patient's side, the heart, a CTR near the reference masks' one with
+    its lines drawn, and the same through `medlens predict chest-xray`."""
+    from medlens.evaluation.anatomy import ctr_of
+    from medlens.pipelines.pipeline import Pipeline, load_pipeline_configs
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    split = json.loads((models / "chest-anatomy" / "split.json").read_text())
+    film = next(i for i in split["test"] if i.startswith("JPC"))  # a JSRT film (heart and lungs annotated)
+    jsrt = shared_datasets / "cxr_lungs_jsrt"
+    image = np.asarray(Image.open(jsrt / "images" / f"{film}.png").convert("RGB"))
+    reference = np.asarray(Image.open(jsrt / "masks_multiclass" / f"{film}.png"))
+    pipe = Pipeline.from_config(load_pipeline_configs(models)["chest-xray"], models)
+    classes = pipe.segmenter.classes
+    assert classes == ["background", "left_lung", "right_lung", "heart"]
+
+    a = pipe.analyze(image, gradcam=False)
+    assert set(np.unique(a.mask)) == {0, 1, 2, 3}
+    right_x = np.nonzero(a.mask == classes.index("right_lung"))[1].mean()
+    left_x = np.nonzero(a.mask == classes.index("left_lung"))[1].mean()
+    assert right_x < image.shape[1] / 2 < left_x  # PA film: the patient's right lung on the image's left
+    for k in (1, 2, 3):  # each structure overlaps its reference outline well
+        dice = 2 * ((a.mask == k) & (reference == k)).sum() / ((a.mask == k).sum() + (reference == k).sum())
+        assert dice > 0.8, (classes[k], dice)
+    f = a.features
+    assert f["lung_asymmetry_flag"] is False and 0.6 < f["lung_area_ratio"] <= 1.0
+    assert abs(f["cardiothoracic_ratio"] - ctr_of(reference, classes)) < 0.05
+    row, x0, x1 = f["cardiothoracic_lines"]["heart"]
+    assert tuple(a.overlay[row, (x0 + x1) // 2]) == (255, 60, 60)  # the heart diameter is drawn
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(image).save(tmp_path / "in" / f"{film}.png")
+    rc = main(["predict", "chest-xray", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+               "--models-dir", str(models)])  # fmt: skip
+    assert rc == 0
+    with (tmp_path / "out" / "summary.csv").open() as fh:
+        summary = next(csv.DictReader(fh))
+    assert summary["status"] == "ok" and float(summary["feature_cardiothoracic_ratio"]) > 0

@@ -26,16 +26,22 @@ from medlens.pipelines.pipeline import (
 from tests.helpers_inference import make_tiny_bundle
 
 SKIN_CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+CHEST_CLASSES = ["background", "left_lung", "right_lung", "heart"]  # the chest-anatomy bundle's labels
 SMALL_CLS = {"arch": "resnet10t"}
 STAGES = {"preprocess", "segment", "features", "classify", "gradcam", "advice", "total"}
 
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory) -> Path:
-    """The five shipped bundle names, as tiny random-weight bundles (small networks to keep the test fast)."""
+    """The bundle names the shipped pipelines use, as tiny random-weight bundles (small networks to keep the
+    test fast)."""
     root = tmp_path_factory.mktemp("pipelines")
-    for name in ("skin-seg", "polyp-seg", "lung-seg"):
+    for name in ("skin-seg", "polyp-seg"):
         make_tiny_bundle(root, "segmentation", name=name, encoder="mobilenet_v2")
+    make_tiny_bundle(
+        root, "segmentation", name="chest-anatomy", encoder="mobilenet_v2", mode="multiclass",
+        num_classes=len(CHEST_CLASSES), classes=CHEST_CLASSES,
+    )  # fmt: skip
     make_tiny_bundle(
         root, "classification", name="skin-cls", **SMALL_CLS, classes=SKIN_CLASSES, num_classes=7
     )
@@ -55,8 +61,15 @@ def real_image(shared: Path, dataset: str, name: str) -> np.ndarray:
 
 
 def fix_segmentation(pipe: Pipeline, monkeypatch, mask: np.ndarray) -> None:
-    """Make the pipeline's segmenter predict ``mask`` (as probabilities 0.05 / 0.95) for any image."""
-    prob = np.where(mask > 0, 0.95, 0.05).astype(np.float32)
+    """Make the pipeline's segmenter predict label ``mask`` for any image (probability 0.95 on each pixel's
+    label, the rest spread over the other classes)."""
+    k = pipe.segmenter.spec.num_classes
+    if k > 1:
+        prob = np.full((k, *mask.shape), 0.05 / (k - 1), np.float32)
+        for c in range(k):
+            prob[c][mask == c] = 0.95
+    else:
+        prob = np.where(mask > 0, 0.95, 0.05).astype(np.float32)
     monkeypatch.setattr(pipe.segmenter, "predict_proba", lambda images, sizes=None: [prob for _ in images])
     monkeypatch.setattr(pipe.segmenter, "predict_with_uncertainty", lambda image: (prob, prob * 0, 0.01))
 
@@ -85,7 +98,8 @@ def test_shipped_pipelines_are_valid_and_name_the_bundles():
     skin, polyp, chest = configs["skin"], configs["polyp"], configs["chest-xray"]
     assert (skin.segmenter.bundle, skin.classifier.bundle) == ("skin-seg", "skin-cls")
     assert polyp.segmenter.bundle == "polyp-seg" and polyp.classifier is None
-    assert (chest.segmenter.bundle, chest.classifier.bundle) == ("lung-seg", "chest-xray-cls")
+    assert (chest.segmenter.bundle, chest.classifier.bundle) == ("chest-anatomy", "chest-xray-cls")
+    assert chest.features == ["lungs", "cardiothoracic_ratio"]
     assert skin.scope.expect == "colour" and chest.scope.expect == "grayscale"
     for cfg in configs.values():
         assert cfg.advice.notice.startswith("Research tool, not a diagnosis.")
@@ -174,19 +188,28 @@ def test_polyp_pipeline_end_to_end_on_colonoscopy(pipelines, shared_datasets):
     assert expected in a.recommendation
 
 
-def test_chest_pipeline_with_spacing_and_known_lungs(pipelines, shared_datasets, monkeypatch):
+def test_chest_pipeline_with_spacing_and_known_anatomy(pipelines, shared_datasets, monkeypatch):
     pipe = pipelines["chest-xray"]
     rec = read_image(shared_datasets / "chestxray_pneumonia" / "images" / "IM-0115-0001.jpeg")
     h, w = rec.array.shape[:2]
-    lungs = np.zeros((h, w), np.uint8)
-    lungs[40:180, 30:100] = 1
-    lungs[40:170, 125:195] = 1
-    fix_segmentation(pipe, monkeypatch, lungs)
+    labels = np.zeros((h, w), np.uint8)
+    labels[40:180, 30:100] = CHEST_CLASSES.index("right_lung")  # the patient's right is the image's left (PA)
+    labels[40:170, 125:195] = CHEST_CLASSES.index("left_lung")
+    labels[120:175, 100:125] = CHEST_CLASSES.index("heart")
+    labels[10:14, 10:14] = CHEST_CLASSES.index("left_lung")  # a speck of "left lung": not the largest piece
+    fix_segmentation(pipe, monkeypatch, labels)
     a = pipe.analyze(ImageRecord(rec.array, (0.5, 0.5), "png"), tta=False, gradcam=False)
     check_structure(a, pipe, (h, w))
-    assert len(a.components) == 2 and a.area_fraction == pytest.approx(lungs.mean())
-    assert a.features["lung_fraction_image_left"] == pytest.approx(140 * 70 / (h * w), rel=1e-4)
-    assert a.features["lung_area_mm2"] == pytest.approx(lungs.sum() * 0.25)
+    assert set(np.unique(a.mask)) == {0, 1, 2, 3} and a.mask[10:14, 10:14].max() == 0
+    f = a.features
+    assert f["right_lung_area_mm2"] == pytest.approx(140 * 70 * 0.25)
+    assert f["left_lung_area_mm2"] == pytest.approx(130 * 70 * 0.25)
+    assert f["lung_area_ratio"] == pytest.approx(130 / 140, abs=1e-4) and f["lung_asymmetry_flag"] is False
+    # heart 25 px wide (columns 100-124) over a thorax 165 px wide (right lung column 30 to left lung 194)
+    assert f["cardiothoracic_ratio"] == pytest.approx(25 / 165, abs=1e-4)
+    heart_row, h0, h1 = f["cardiothoracic_lines"]["heart"]
+    assert (h0, h1) == (100, 124) and f["cardiothoracic_lines"]["thorax"][1:] == [30, 194]
+    assert tuple(a.overlay[heart_row, 110]) == (255, 60, 60)  # the heart diameter is drawn
     assert a.uncertainty is None and set(a.probabilities) == {"normal", "pneumonia"}
 
 
@@ -281,10 +304,13 @@ def test_dicom_input_spacing_and_seg_export(pipelines, tmp_path, monkeypatch):
     pipe = pipelines["chest-xray"]
     record = read_dicom(make_source(tmp_path / "cxr.dcm", rgb=False))  # 64 x 64 MONOCHROME2, 0.2 mm pixels
     lungs = np.zeros((64, 64), np.uint8)
-    lungs[10:50, 6:28], lungs[10:50, 36:58] = 1, 1
+    lungs[10:50, 6:28], lungs[10:50, 36:58] = 2, 1  # right lung (image left), left lung
     fix_segmentation(pipe, monkeypatch, lungs)
     a = pipe.analyze(record, gradcam=False, tta=False)
-    assert a.features["lung_area_mm2"] == pytest.approx(lungs.sum() * 0.04)
-    assert a.features["lung_ratio_left_right"] == pytest.approx(1.0)
-    seg = dicom_seg_bytes(a.mask, record.dicom, segment=pipe.structure)
-    np.testing.assert_array_equal(read_dicom_seg_mask(seg, record.dicom.SOPInstanceUID), lungs)
+    assert a.features["right_lung_area_mm2"] == pytest.approx(40 * 22 * 0.04)
+    assert a.features["lung_area_ratio"] == pytest.approx(1.0)
+    assert a.features["cardiothoracic_ratio"] is None  # no heart found: no ratio, rather than a wrong one
+    seg = dicom_seg_bytes(a.mask, record.dicom, segment=pipe.structure, classes=pipe.segmenter.classes)
+    for number in (1, 2, 3):  # one segment per class: left lung, right lung, heart (empty here)
+        read = read_dicom_seg_mask(seg, record.dicom.SOPInstanceUID, segment_number=number)
+        np.testing.assert_array_equal(read, lungs == number)

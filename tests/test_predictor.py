@@ -228,7 +228,7 @@ def test_a_model_trained_without_flips_is_not_run_flipped(tmp_path: Path, images
     assert tta.flips == ((),)
     for a, b in zip(plain.predict_proba(images), tta.predict_proba(images), strict=True):
         np.testing.assert_array_equal(a, b)
-    prob, std, uncertainty = tta.predict_with_uncertainty(images[0])
+    _, std, uncertainty = tta.predict_with_uncertainty(images[0])
     assert uncertainty is None and not std.any()  # one view: no spread to report
 
 
