@@ -2,8 +2,9 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python docs/screenshots/take.py            # writes docs/screenshots/*.png
 
-Starts the app on a free loopback port (history in a temporary folder), analyses a dermoscopy example in
-headless Chromium (/usr/bin/chromium), and saves each tab at 1280 px wide as a palette PNG under 300 KB.
+Starts the app on a free loopback port (history in a temporary folder), analyses a dermoscopy example and a
+chest X-ray example (lungs by side, heart, CTR lines) in headless Chromium (/usr/bin/chromium), and saves each
+tab at 1280 px wide as a palette PNG under 300 KB.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main() -> None:
     from tests.helpers_app import LiveServer
 
     example = sorted((REPO / "examples" / "skin").glob("*.jpg"))[1]
+    chest = sorted((REPO / "examples" / "chest-xray").glob("*.jp*g"))[0]
     app = create_app(
         REPO / "models", tempfile.mkdtemp(prefix="medlens-shots-"), examples_dir=REPO / "examples"
     )
@@ -64,6 +66,14 @@ def main() -> None:
             page.get_by_role("tab", name=tab).click()
             page.wait_for_timeout(2500)
             save_small(page.screenshot(full_page=True), OUT / f"{tab.lower()}.png")
+        page.goto(server.url + "/")  # a fresh Analyse tab (the upload box holds the skin image)
+        page.locator("#pipeline input").click()
+        page.get_by_role("option", name="chest-xray").click()
+        page.locator("#upload input[type=file]").set_input_files(str(chest))
+        page.click("#analyse-button")
+        page.locator("#advice").get_by_text("Recommendation").wait_for()
+        page.wait_for_timeout(2500)
+        save_small(page.screenshot(full_page=True), OUT / "analyse-chest.png")
         browser.close()
 
 
