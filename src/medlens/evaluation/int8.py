@@ -44,11 +44,13 @@ def _dice(pred: np.ndarray, target: np.ndarray, k: int) -> float:
 
 
 def score(predictor: Any, items: Sequence, index: Any, batch: int = 32) -> float:
-    """Mean Dice (segmentation, at each mask's size) or decision accuracy (classification) on ``items``."""
+    """Mean Dice (segmentation, at each mask's size) or decision accuracy (classification) on ``items``;
+    items of partially labelled sources are left out (their masks name merged classes, not the labels)."""
     from medlens.data.index import load_target
     from medlens.inference.decisions import probs_to_mask
 
     spec, values = predictor.spec, []
+    items = [item for item in items if item.source not in getattr(index, "partial", {})]
     k = len(spec.classes) if spec.mode.value == Mode.MULTICLASS else 0
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
@@ -107,7 +109,7 @@ def quantize_model(
         "delta": round(b - a, 5),
         "tolerance": tolerance,
         "split": heldout,
-        "n_images": len(held.items),
+        "n_images": sum(item.source not in held.partial for item in held.items),  # the images scored
         "n_calibration": len(picks),
         "path": str(out),
     }
