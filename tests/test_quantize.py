@@ -72,3 +72,29 @@ def test_int8_is_scored_on_the_held_out_split_and_used_only_when_accepted(
         np.testing.assert_allclose(int8.predict_proba([image]), fp32.predict_proba([image]), atol=0.1)
     else:
         assert int8.predict_proba([image])[0].shape == (40, 40)
+
+
+def test_score_leaves_out_partially_labelled_films(tmp_path: Path):
+    """A partially labelled source's masks hold merged-class codes, not the model's labels: not scored."""
+    from types import SimpleNamespace
+
+    from medlens.data.index import Item
+    from medlens.evaluation.int8 import score
+
+    data = _data(tmp_path / "data", "classification")
+    items = [
+        Item(i, data / "images" / f"{i}.png", [], CLS_CLASSES[0], None, "partial" if i in "ab" else "full")
+        for i in IDS
+    ]
+    seen: list[int] = []
+
+    def predict_label(images):
+        seen.append(len(images))
+        return [CLS_CLASSES[0]] * len(images)
+
+    predictor = SimpleNamespace(
+        spec=SimpleNamespace(mode=SimpleNamespace(value="multiclass"), classes=CLS_CLASSES),
+        task="classification", guided_inputs=lambda images: images, predict_label=predict_label,
+    )  # fmt: skip
+    assert score(predictor, items, SimpleNamespace(partial={"partial": object()})) == 1.0
+    assert seen == [2]  # c and d only
