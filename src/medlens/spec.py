@@ -54,12 +54,11 @@ GUIDE_MODES = tuple(g.value for g in GuideMode)
 FLIP_DIMS: dict[str, tuple[int, ...]] = {"hflip": (3,), "vflip": (2,)}
 
 
-def trained_flips(augment: Any) -> list[str]:
-    """The flips a model was trained under (augmentation probability > 0), from its ``augment`` config section
-    (a mapping or an object with ``hflip`` / ``vflip``): the only ones its test-time augmentation may use. A
-    chest film flipped up-down, or left-right for a model that names the lungs by side, is another image."""
-    get = augment.get if isinstance(augment, dict) else lambda name, default: getattr(augment, name, default)
-    return [name for name in FLIP_DIMS if float(get(name, 0.0) or 0.0) > 0.0]
+def trained_flips(augment: dict[str, Any]) -> list[str]:
+    """The flips a model was trained under (augmentation probability > 0), from its ``augment`` section:
+    the only ones its test-time augmentation may use. A chest film flipped up-down, or left-right for a model
+    that names the lungs by side, is another image."""
+    return [name for name in FLIP_DIMS if float(augment.get(name) or 0.0) > 0.0]
 
 
 def parse_enum(kind: type[Enum], value: Any, what: str) -> Any:

@@ -43,14 +43,20 @@ def _dice(pred: np.ndarray, target: np.ndarray, k: int) -> float:
     return float(np.mean([dice(pred == c, target == c) for c in range(1, k)]))
 
 
+def scored_items(items: Sequence, index: Any) -> list:
+    """The items the check scores: those of partially labelled sources are left out (their masks name merged
+    classes, not the model's labels)."""
+    return [item for item in items if item.source not in index.partial]
+
+
 def score(predictor: Any, items: Sequence, index: Any, batch: int = 32) -> float:
-    """Mean Dice (segmentation, at each mask's size) or decision accuracy (classification) on ``items``;
-    items of partially labelled sources are left out (their masks name merged classes, not the labels)."""
+    """Mean Dice (segmentation, at each mask's size) or decision accuracy (classification) on
+    :func:`scored_items` of ``items``."""
     from medlens.data.index import load_target
     from medlens.inference.decisions import probs_to_mask
 
     spec, values = predictor.spec, []
-    items = [item for item in items if item.source not in getattr(index, "partial", {})]
+    items = scored_items(items, index)
     k = len(spec.classes) if spec.mode.value == Mode.MULTICLASS else 0
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
@@ -109,7 +115,7 @@ def quantize_model(
         "delta": round(b - a, 5),
         "tolerance": tolerance,
         "split": heldout,
-        "n_images": sum(item.source not in held.partial for item in held.items),  # the images scored
+        "n_images": len(scored_items(held.items, held)),
         "n_calibration": len(picks),
         "path": str(out),
     }

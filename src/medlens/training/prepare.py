@@ -213,5 +213,5 @@ def model_spec(cfg: TrainConfig, plan: Plan) -> ModelSpec:
         guide=Guide(str(cfg.guide_bundle), cfg.guide_mode) if cfg.guide_bundle else None,
         mask_dirs=list(cfg.data.mask_dirs) if seg and cfg.data.mask_dirs else None,
         label_column=None if seg else cfg.data.label_column,
-        tta_flips=trained_flips(cfg.augment),
+        tta_flips=trained_flips(dataclasses.asdict(cfg.augment)),
     )
