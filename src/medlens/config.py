@@ -5,8 +5,8 @@ overrides (``--set optim.lr=3e-4``) are parsed with ``yaml.safe_load`` and then 
 type, so ``data.input_size=[256,256]``, ``model.pretrained=true`` and ``loss=null`` all work. An unknown key
 raises a ``ConfigError`` that lists the valid keys of its section.
 
-Relative paths (``data.root``, ``data.extra_roots``, ``out_dir``, ``guide_bundle``) are relative to the
-working directory, like every other command-line path.
+Relative paths (``data.root``, ``data.extra_roots``, ``out_dir``, ``guide_bundle``, ``from_bundle``) are
+relative to the working directory, like every other command-line path.
 """
 
 from __future__ import annotations
@@ -129,6 +129,9 @@ class TrainConfig:
     class_groups: dict[str, list[str]] = field(default_factory=dict)  # e.g. {malignant: [mel, bcc, akiec]}:
     # summed probabilities reported beside the classes, each flagged above a threshold fitted on validation
     group_sensitivity: float = 0.9  # ... that reaches this sensitivity for the group's items
+    # start from every weight of this bundle (medlens train --from; training/warmstart.py), not ImageNet
+    from_bundle: str | None = None
+    new_head: bool = False  # --from with other classes: a fresh class layer, the rest from the bundle
     guide_bundle: str | None = None  # segmentation bundle for segmentation-guided classification
     guide_mode: str = "crop"  # crop | channel | both
 

@@ -84,10 +84,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise MedlensError(f"{resume_dir}: not a run folder (no config.yaml)")
     if args.data:
         _existing(args.data, "data folder")
+    if (args.new_head or args.freeze_encoder) and not args.from_bundle:
+        raise MedlensError("--new-head and --freeze-encoder go with --from BUNDLE")
     overrides = _train_overrides(args)
     if resume_dir is not None:
         overrides += [f"out_dir={resume_dir.resolve().parent}", f"run_name={resume_dir.name}"]
-    cfg = load_config(config, overrides)
+    if args.from_bundle:
+        from medlens.training.warmstart import config_from_bundle
+
+        _existing(args.from_bundle, "bundle")
+        overrides += ["new_head=true"] if args.new_head else []
+        cfg = config_from_bundle(args.from_bundle, config, overrides, freeze_encoder=args.freeze_encoder)
+    else:
+        cfg = load_config(config, overrides)
     if not cfg.data.root:
         raise MedlensError("no data folder: give DATA or data.root in --config")
     run_dir = train(cfg, resume=resume_dir is not None)

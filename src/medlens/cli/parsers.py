@@ -57,7 +57,21 @@ def _train_parser(sub: Any) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--out", help="parent folder of run folders (default runs)")
     p.add_argument("--name", help="run folder name")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from checkpoints/last.pt")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument(
+        "--resume", metavar="RUN", help="continue the run in this folder from checkpoints/last.pt"
+    )
+    start.add_argument(
+        "--from",
+        dest="from_bundle",
+        metavar="BUNDLE",
+        help="start from all of a bundle's weights: fine-tune it on DATA (a tenth of its LR), or, without "
+        "DATA, continue it on its own data and split",
+    )
+    p.add_argument("--new-head", action="store_true", help="--from with other classes: a new class layer")
+    p.add_argument(
+        "--freeze-encoder", action="store_true", help="--from: train the decoder / head only (small data)"
+    )
     p.add_argument("--skip-bad", action="store_true", help="skip bad items (logged) instead of failing")
     p.add_argument(
         "--set",

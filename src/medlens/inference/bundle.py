@@ -40,6 +40,7 @@ ONNX_FILE = "model.onnx"
 RUN_SPEC = "model_spec.json"
 RUN_CHECKPOINT = Path("checkpoints") / "best.pt"
 RUN_CONFIG = "config.yaml"
+RUN_LINEAGE = "lineage.json"  # a run started from a bundle (train --from): which one, the epochs behind it
 # Parameter prefixes left by DistributedDataParallel and torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 

@@ -65,6 +65,8 @@ def _card_sections(meta: dict) -> dict[str, str]:
         f"- Epochs trained: {training.get('epochs_trained')}; best epoch: {training.get('best_epoch')}\n"
         f"- Normalisation: mean {spec.get('mean')}, std {spec.get('std')}"
     )
+    if training.get("lineage"):
+        sections["Data"] += "\n" + _lineage_line(training["lineage"], training.get("epochs_trained"))
     rows = _metric_rows(meta.get("metrics") or {})
     table = ["| metric | value | 95% CI |", "|---|---|---|"] + [
         f"| {k} | {_fmt(v)} | " + (f"{_fmt(ci[0])} – {_fmt(ci[1])} |" if ci else "– |") for k, v, ci in rows
@@ -75,6 +77,20 @@ def _card_sections(meta: dict) -> dict[str, str]:
     sections["Limitations"] = _DEFAULT_LIMITATIONS.format(size=size or "the input size")
     sections["Reproduce"] = _reproduce_section(meta)
     return sections
+
+
+def _lineage_line(lineage: dict, epochs: int | None) -> str:
+    """``- Lineage: ...`` of a bundle trained from another one's weights (``medlens train --from``)."""
+    start = lineage.get("from") or {}
+    chain = [a.get("name", "?") for a in lineage.get("ancestors") or []] + [start.get("name", "?")]
+    sha = str(start.get("weights_sha256", ""))[:12]
+    split = "its split reused" if lineage.get("split_reused") else "a split of its own"
+    head = ", new head" if start.get("new_head") else ""
+    return (
+        f"- Lineage: started from `{start.get('bundle')}` (weights sha256 {sha}…{head}; {split}); "
+        f"{lineage.get('epochs_before')} epochs before + {epochs} here = {lineage.get('epochs_total')} in "
+        f"total; ancestry: {' → '.join(chain)}"
+    )
 
 
 def _ci(metrics: dict, key: str) -> str:

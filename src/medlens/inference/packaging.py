@@ -18,6 +18,7 @@ from medlens.inference.bundle import (
     CARD_FILE,
     ONNX_FILE,
     RUN_CHECKPOINT,
+    RUN_LINEAGE,
     WEIGHTS_FILE,
     _load_into,
     _read_json,
@@ -39,6 +40,7 @@ _RUN_EXTRAS = (
     "val_metrics.json",
     "test_metrics.json",
     "split.json",
+    RUN_LINEAGE,
     "metrics.csv",
     "curves.png",
 )
@@ -66,6 +68,9 @@ def _training_summary(run_dir: Path, ckpt: dict) -> dict:
     epochs = None
     if (run_dir / "metrics.csv").is_file():
         epochs = max(0, len((run_dir / "metrics.csv").read_text().strip().splitlines()) - 1)
+    lineage = _read_json(run_dir / RUN_LINEAGE) if (run_dir / RUN_LINEAGE).is_file() else None
+    if lineage is not None:  # the epochs in these weights: the bundles it started from, then this run
+        lineage["epochs_total"] = int(lineage.get("epochs_before") or 0) + int(epochs or 0)
     return {
         "run_name": run_dir.name,
         "data_roots": [r for r in [data.get("root"), *(data.get("extra_roots") or [])] if r],
@@ -74,6 +79,7 @@ def _training_summary(run_dir: Path, ckpt: dict) -> dict:
         "best_epoch": ckpt.get("epoch"),
         "best_score": ckpt.get("best_score"),
         "config": config,
+        **({"lineage": lineage} if lineage is not None else {}),
     }
 
 

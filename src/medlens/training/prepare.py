@@ -111,6 +111,10 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> RunData:
     index = discover_all(cfg.data, cfg.num_workers or None)
     if len(index) == 0:
         raise DatasetError(f"{cfg.data.root}: no usable items")
+    if cfg.from_bundle:
+        from medlens.training.warmstart import align_classes
+
+        align_classes(index, cfg)
     if resume and (run_dir / "split.json").is_file() and (run_dir / "plan.json").is_file():
         plan, splits = load_plan(run_dir / "plan.json"), load_splits(run_dir / "split.json")
         missing = [i for side in ("train", "val") for i in splits[side] if i not in set(index.ids)]
@@ -124,6 +128,11 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> RunData:
     write_json(run_dir / "fingerprint.json", fp)
     mode = "multiclass" if cfg.data.task == Task.CLASSIFICATION else cfg.data.mode
     plan = resolve_plan(make_plan(fp, cfg.data.task, mode), cfg)
+    if cfg.from_bundle:
+        from medlens.training.warmstart import plan_for_start, write_lineage
+
+        plan = plan_for_start(plan, cfg)
+        write_lineage(run_dir, cfg)
     save_plan(plan, run_dir / "plan.json")
     if cfg.data.split_file:  # the user's own split (e.g. by acquisition period), checked against the data
         splits = load_splits(cfg.data.split_file)

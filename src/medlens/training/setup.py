@@ -22,19 +22,25 @@ class SetupMixin:
     """Set-up hooks and batches (see the module docstring)."""
 
     def build_model(self) -> None:
-        """The network (plain: ``self.net``) on the device, NHWC when asked; pretrained weights on a fresh
-        run."""
+        """The network (plain: ``self.net``) on the device, NHWC when asked; on a fresh run the pretrained
+        weights, or every weight of the bundle it starts from (``--from``)."""
         from medlens.models.factory import create_model
 
-        self.net = create_model(
+        start = self.cfg.from_bundle if not self.resume else None
+        net = create_model(
             self.task,
             arch=self.cfg.model.arch,
             encoder=self.cfg.model.encoder,
             in_channels=self.spec.in_channels,
             num_classes=self.plan.num_classes,
-            pretrained=False if self.resume else self.cfg.model.pretrained,
+            pretrained=False if self.resume or start else self.cfg.model.pretrained,
             **self.cfg.model.kwargs,
-        ).to(self.device)
+        )
+        if start:
+            from medlens.training.warmstart import load_start_weights
+
+            load_start_weights(net, start, new_head=self.cfg.new_head)
+        self.net = net.to(self.device)
         if self.cfg.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
