@@ -50,7 +50,8 @@ def config_from_bundle(
 ) -> TrainConfig:
     """The config of a run that starts from ``bundle_path``'s weights.
 
-    Base: ``config_path`` if given, else the bundle's own training config (run name and output folder reset).
+    Base: ``config_path`` if given, else the bundle's own training config (its run name, output folder, time
+    budget and precision reset).
     Then ``overrides`` (the user's flags and ``--set``), then what the weights fix: architecture, encoder
     and its arguments, input channels, guide; the input size unless the user set one. The bundle's split is
     reused when the data are the bundle's own; the learning rate, unless given, is a tenth of the bundle's on
@@ -59,7 +60,8 @@ def config_from_bundle(
     bundle = Bundle.load(bundle_path)
     own_config = Path(bundle.path) / RUN_CONFIG
     base = Path(config_path) if config_path else (own_config if own_config.is_file() else None)
-    reset = [] if config_path else ["run_name=null", "out_dir=runs"]
+    # what described the bundle's run, not the recipe: its folder, its time budget, the precision of its CPU
+    reset = [] if config_path else ["run_name=null", "out_dir=runs", "max_time_minutes=null", "amp=auto"]
     cfg = load_config(base, [*reset, *overrides, f"from_bundle={bundle.path}", "model.pretrained=false"])
     _fix_to_weights(cfg, bundle.spec, user_size=_given(overrides, "data.input_size"))
     bundle_cfg = load_config(own_config) if own_config.is_file() else None
