@@ -224,6 +224,26 @@ def test_classification_calibration_decision_two_stage_mixup(synthetic_cls: Path
     assert lrs == [1e-4, 1e-3]
 
 
+def test_decision_roots_join_validation_when_rules_are_fitted(synthetic_cls: Path, tmp_path: Path) -> None:
+    other = make_synthetic_classification(tmp_path / "other", n_per_class=8, size=40, seed=7)
+    run = train(cls_config(synthetic_cls, tmp_path, "epochs=1", "class_groups={bad: [malignant]}",
+                           "group_sensitivity=0.9", f"decision_roots=[{other}]"))  # fmt: skip
+    spec = json.loads((run / "model_spec.json").read_text())
+    metrics = json.loads((run / "val_metrics.json").read_text())
+    assert metrics["calibrated_on"] == f"val + {other}"
+    assert np.sum(metrics["decision_sources"][str(other)]["confusion_matrix"]) == 16
+    pooled = metrics["pooled_fit"]["groups"][0]
+    assert spec["groups"][0]["threshold"] == pooled["threshold"] and pooled["sensitivity"] >= 0.9
+    assert np.sum(metrics["confusion_matrix"]) == len(json.loads((run / "split.json").read_text())["val"])
+    # a folder whose labels are not the model's classes is refused, naming the label
+    (other / "cyst").mkdir()
+    shutil.copy(next((other / "benign").iterdir()), other / "cyst" / "x.png")
+    with pytest.raises(MedlensError, match="cyst"):
+        train(cls_config(synthetic_cls, tmp_path / "b", "epochs=1", f"decision_roots=[{other}]"))
+    with pytest.raises(ConfigError, match="decision_roots"):
+        load_config(None, ["data.task=segmentation", f"decision_roots=[{other}]"])
+
+
 def test_segmentation_guided_classification(seg_run: Path, synthetic_cls: Path, tmp_path: Path) -> None:
     from medlens.inference.packaging import make_bundle
 

@@ -129,6 +129,10 @@ class TrainConfig:
     class_groups: dict[str, list[str]] = field(default_factory=dict)  # e.g. {malignant: [mel, bcc, akiec]}:
     # summed probabilities reported beside the classes, each flagged above a threshold fitted on validation
     group_sensitivity: float = 0.9  # ... that reaches this sensitivity for the group's items
+    # classification: labelled folders of other collections, never trained on nor used to pick the epoch,
+    # whose images join the validation split when calibration and the decision rules are fitted at the end
+    # (an operating point fitted on one collection's look does not travel; training/reports.py)
+    decision_roots: list[str] = field(default_factory=list)
     # start from every weight of this bundle (medlens train --from; training/warmstart.py), not ImageNet
     from_bundle: str | None = None
     new_head: bool = False  # --from with other classes: a fresh class layer, the rest from the bundle
@@ -359,6 +363,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         _range("target_sensitivity", cfg.target_sensitivity, 0.0, 1.0, low_open=True)
     if cfg.max_time_minutes is not None:
         _range("max_time_minutes", cfg.max_time_minutes, 0.0, 1e9, low_open=True)
+    if cfg.decision_roots and d.task != Task.CLASSIFICATION:
+        raise ConfigError("decision_roots: labelled folders for a classifier's decision rules (data.task)")
     if d.task == Task.CLASSIFICATION and d.mode != Mode.MULTICLASS:
         if d.mode != Mode.BINARY:
             raise ConfigError(f"data.mode: classification supports multiclass (and binary), got {d.mode!r}")

@@ -111,13 +111,7 @@ class ReportsMixin:
             metrics = segmentation_report(out["dice"].numpy(), out["iou"].numpy(), self.spec.threshold,
                                           self.sources(self.val_data, distributed_=False))  # fmt: skip
         else:
-            c = self.cfg
-            counts = np.bincount(self.train_data.targets.cpu().numpy(), minlength=self.plan.num_classes)
-            update, metrics = classification_report(out["logits"].numpy(), out["targets"].numpy(),
-                                                    self.plan.classes, c.calibrate, c.target_sensitivity,
-                                                    c.positive_class, counts if c.balanced_decision else None,
-                                                    c.class_groups, c.group_sensitivity)  # fmt: skip
-            self.spec = dataclasses.replace(self.spec, **update)
+            metrics = self.fit_decisions(out["logits"].numpy(), out["targets"].numpy())
             save_checkpoint({**best, "model_spec": self.spec.to_dict()}, self.run_dir / BEST)
         metrics.update(split="val", best_epoch=self.best_epoch, epochs_trained=self.epoch,
                        val_loss=out["loss"], input_size=list(self.plan.input_size),
@@ -130,6 +124,48 @@ class ReportsMixin:
                     len(self.val_data.ids), key, metrics[key])  # fmt: skip
         if self.data.splits.get("test"):
             self.test_report()
+
+    def fit_decisions(self, logits: np.ndarray, targets: np.ndarray) -> dict:
+        """Calibration and decision rules fitted on the validation logits, pooled with those of
+        ``decision_roots`` when given (``self.spec`` updated); returns the validation split's metrics, and the
+        figures of each pooled source under the fitted rules (``decision_sources``)."""
+        c = self.cfg
+        counts = np.bincount(self.train_data.targets.cpu().numpy(), minlength=self.plan.num_classes)
+        extra = {root: self.predict_folder(root) for root in c.decision_roots}
+        pooled_logits = np.concatenate([logits, *(x for x, _ in extra.values())])
+        pooled_targets = np.concatenate([targets, *(y for _, y in extra.values())])
+        update, metrics = classification_report(pooled_logits, pooled_targets, self.plan.classes, c.calibrate,
+                                                c.target_sensitivity, c.positive_class,
+                                                counts if c.balanced_decision else None, c.class_groups,
+                                                c.group_sensitivity)  # fmt: skip
+        if not extra:
+            self.spec = dataclasses.replace(self.spec, **update)
+            return metrics
+        fitted_on = " + ".join(["val", *c.decision_roots])
+        if update.get("decision"):
+            update["decision"] = {**update["decision"], "fitted_on": fitted_on}
+        self.spec = dataclasses.replace(self.spec, **update)
+        val = classification_test_report(logits, targets, self.plan.classes, self.spec)
+        val.update(temperature=update["temperature"], calibrated_on=fitted_on, pooled_fit=metrics,
+                   decision_sources={root: classification_test_report(x, y, self.plan.classes, self.spec)
+                                     for root, (x, y) in extra.items()})  # fmt: skip
+        return val
+
+    def predict_folder(self, root: str) -> tuple[np.ndarray, np.ndarray]:
+        """fp32 logits and targets of every image of a labelled folder (its labels must be the model's
+        classes), read like the training data."""
+        from medlens.data.layout import discover
+        from medlens.training.prepare import RunData
+
+        d = self.cfg.data
+        index = discover(root, task=d.task, label_column=d.label_column, classes=list(self.plan.classes),
+                         skip_bad=d.skip_bad, num_workers=self.cfg.num_workers or None)  # fmt: skip
+        cached = cache_split(
+            RunData(index, self.plan, {"all": list(index.ids)}), "all", self.cfg, self.device
+        )
+        out = self.predict_split(cached, distributed_=False, fp32=True)
+        logger.info("decision rules: %d images of %s pooled with the validation split", len(index), root)
+        return out["logits"].numpy(), out["targets"].numpy()
 
     def test_report(self) -> None:
         """``test_metrics.json``: best.pt in fp32 on the test split, under the rule fixed on validation."""
