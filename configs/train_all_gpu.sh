@@ -19,7 +19,7 @@ EVAL=${EVAL:-eval-gpu}
 NPROC=${NPROC:-1}
 EXTRA=${EXTRA:-}
 PY=${PY:-.venv/bin/python}
-ALL="polyp-seg skin-seg skin-cls chest-xray-cls lung-seg chest-anatomy"
+ALL="polyp-seg skin-seg skin-cls chest-xray-cls chest-anatomy"  # lung-seg retired: chest-anatomy draws the lungs
 ONLY=${ONLY:-$ALL}
 
 declare -A CONFIG=(
