@@ -182,3 +182,42 @@ def test_own_split_is_scored_per_source_and_recorded_in_the_bundle(tmp_path: Pat
     other = make_bundle(train(reseeded), tmp_path / "models" / "other")  # another split of the same data
     evaluate(other, None, tmp_path / "eval2", split="test", split_of=bundle)  # scored on the first's test ids
     assert {r["id"] for r in _rows(tmp_path / "eval2" / "per_image.csv")} == set(test_ids)
+
+    # flip TTA by default only where validation shows that it helps, recorded in the bundle and followed
+    argv = ["evaluate", str(bundle), "--split", "val", "--choose-tta", "--out", str(tmp_path / "tta")]
+    assert cli.main(argv) == 0
+    scores = [
+        json.loads((tmp_path / "tta" / f"{k}-tta" / "metrics.json").read_text()) for k in ("without", "with")
+    ]
+    mean_dice = [np.mean([s["dice_mean"] for s in m["by_source"].values()]) for m in scores]
+    choice = json.loads((bundle / "bundle.json").read_text())["tta_choice"]
+    assert choice["tta"] == bool(mean_dice[1] > mean_dice[0]) and choice["with"] == pytest.approx(
+        mean_dice[1]
+    )
+    assert Bundle.load(bundle).spec.tta is choice["tta"]
+    assert (
+        "Flip test-time augmentation by default: " + ("on" if choice["tta"] else "off")
+        in (bundle / "README.md").read_text()
+    )
+    assert cli.main(["evaluate", str(bundle), str(a), "--choose-tta", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_tta_runs_as_recorded_unless_asked(seg_bundle: Path, synthetic_seg: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    from medlens.inference.bundle import Bundle
+    from medlens.inference.packaging import read_bundle_meta, write_bundle_meta
+    from medlens.pipelines.batch import predict_paths
+
+    spec = Bundle.load(seg_bundle).spec
+    assert spec.tta is None and spec.runs_tta(None) and not spec.runs_tta(False)
+    off = dataclasses.replace(spec, tta=False)
+    assert not off.runs_tta(None) and off.runs_tta(True)
+    meta = read_bundle_meta(seg_bundle)
+    meta["spec"]["tta"] = False
+    write_bundle_meta(seg_bundle, meta)
+    images = synthetic_seg / "images"
+    for asked, ran in ((None, False), (True, True)):
+        summary = predict_paths(seg_bundle, images, tmp_path / f"pred-{asked}", tta=asked)
+        rows = _rows(summary)
+        assert all((r["uncertainty"] != "") == ran for r in rows), (asked, rows[0])

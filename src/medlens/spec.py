@@ -108,6 +108,7 @@ class ModelSpec:
     mask_dirs: list[str] | None = None  # segmentation: the mask folders it was trained on (None: masks/)
     label_column: str | None = None  # classification: the labels.csv column it was trained on
     tta_flips: list[str] | None = None  # its test-time flips (trained_flips); None: unrecorded
+    tta: bool | None = None  # flip TTA by default, as chosen on validation (evaluate --choose-tta); None: on
 
     def __post_init__(self) -> None:
         self.task = parse_enum(Task, self.task, "task")
@@ -128,6 +129,11 @@ class ModelSpec:
         under (both flips when unrecorded, as bundles without the record were run)."""
         names = list(FLIP_DIMS) if self.tta_flips is None else self.tta_flips
         return ((), *(FLIP_DIMS[name] for name in names))
+
+    def runs_tta(self, requested: bool | None) -> bool:
+        """Whether flip TTA runs for this model: as ``requested``, else as chosen on validation and recorded
+        (on where nothing was recorded)."""
+        return bool(requested) if requested is not None else self.tta is not False
 
     @property
     def image_channels(self) -> int:

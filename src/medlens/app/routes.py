@@ -73,7 +73,11 @@ def _analyze_route(router: APIRouter, service: AnalysisService, upload_limit: in
         ] = None,
         clahe: Annotated[bool, Form(description="contrast-limited histogram equalisation first")] = False,
         tta: Annotated[
-            bool, Form(description="flip test-time augmentation (gives the uncertainty)")
+            bool | None,
+            Form(
+                description="flip test-time augmentation (gives the uncertainty); unset: each model as "
+                "chosen on its validation split"
+            ),
         ] = DEFAULT_TTA,
     ) -> dict[str, Any]:
         """Analyse one image; the result is stored in the history (de-identified pixels only)."""

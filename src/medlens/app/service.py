@@ -174,7 +174,7 @@ class AnalysisService:
         pipeline: str | None = None,
         clahe: bool = False,
         gradcam: bool = True,
-        tta: bool = DEFAULT_TTA,
+        tta: bool | None = DEFAULT_TTA,
     ) -> dict[str, Any]:
         """Decode ``data``, analyse it with ``pipeline`` and store it; returns the stored record.
 
@@ -199,7 +199,7 @@ class AnalysisService:
         result = analysis_result(analysis)
         result["pipeline"] = name
         result["clahe"] = bool(clahe)
-        result["tta"] = bool(tta)
+        result["tta"] = bool(analysis.tta)
         if size is not None and image.array.shape[:2] != size:
             result["original_size"] = list(size)
         result["timings_ms"] = {

@@ -17,7 +17,6 @@ from medlens.app import render, security
 from medlens.app.cleanup import TempJanitor
 from medlens.app.service import AnalysisService
 from medlens.errors import MedlensError
-from medlens.pipelines.config import DEFAULT_TTA
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ class UiHandlers:
         file: str | None,
         pipeline: str | None,
         clahe: bool,
-        tta: bool = DEFAULT_TTA,
+        tta: bool = False,
         opacity: float = 0.45,
     ) -> tuple:
         """Uploaded file -> (the :data:`DETAIL` values, analysis id)."""
@@ -72,7 +71,10 @@ class UiHandlers:
             raise _error("Upload an image (or pick an example) first.")
         data = self._read(Path(file))
         try:
-            record = self.service.analyze_bytes(data, pipeline or None, bool(clahe), tta=bool(tta))
+            # ticked: flips for every model; unticked: each model as chosen on validation (DEFAULT_TTA)
+            record = self.service.analyze_bytes(
+                data, pipeline or None, bool(clahe), tta=True if tta else None
+            )
         except MedlensError as exc:
             raise _error(str(exc)) from exc
         except Exception as exc:

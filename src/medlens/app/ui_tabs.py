@@ -9,7 +9,6 @@ import gradio as gr
 
 from medlens.app import dashboard, render
 from medlens.app.ui_handlers import ALL, HISTORY_PAGE, UiHandlers
-from medlens.pipelines.config import DEFAULT_TTA
 
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"]
 IMAGE_HEIGHT = 380
@@ -34,7 +33,10 @@ def _inputs(c: dict[str, Any], h: UiHandlers, names: list[str], examples: list[l
     with gr.Row():
         c["clahe"] = gr.Checkbox(False, label="CLAHE contrast enhancement first")
         c["tta"] = gr.Checkbox(
-            DEFAULT_TTA, label="Flip test-time augmentation (gives the uncertainty)", elem_id="tta"
+            False,
+            label="Flip test-time augmentation for every model",
+            info="gives the uncertainty; unticked, each model runs it where its validation showed it helps",
+            elem_id="tta",
         )
     c["run"] = gr.Button("Analyse", variant="primary", elem_id="analyse-button", interactive=bool(names))
     if examples:

@@ -113,9 +113,19 @@ def _configure_threads() -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     _configure_threads()
-    from medlens.evaluation.evaluate import evaluate
+    from medlens.evaluation.evaluate import choose_tta, evaluate
 
     _existing(args.model, "model (run folder or bundle)")
+    if args.choose_tta:
+        if args.split is None or args.data is not None or args.tta is not None or args.record:
+            raise MedlensError(
+                "--choose-tta scores the bundle's own split (--split val), with and without TTA"
+            )
+        choice = choose_tta(args.model, args.out, split=args.split, runtime=args.runtime,
+                            batch_size=args.batch_size, skip_bad=args.skip_bad,
+                            device=args.device)  # fmt: skip
+        _echo(json.dumps(choice, indent=2))
+        return 0
     if args.data is not None:
         _existing(args.data, "data folder")
     metrics = evaluate(
@@ -159,7 +169,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         precision=args.precision,
     )
     stats = json.loads(summary.with_name(SUMMARY_JSON).read_text())
-    tta = "on" if stats["tta"] else "off"
+    tta = {True: "on", False: "off"}.get(stats["tta"], "as chosen per model")
     _echo(f"{summary}: {stats['ok']} image(s) predicted in {stats['seconds']} s ({stats['images_per_s']} "
           f"images/s, TTA {tta}), {stats['errors']} unreadable (listed there)")  # fmt: skip
     return 0 if stats["ok"] else EXIT_NOTHING_DONE

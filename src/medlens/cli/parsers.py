@@ -99,6 +99,12 @@ def _evaluate_parser(sub: Any) -> None:
     p.add_argument("--mask-dirs", nargs="+", metavar="DIR", help="mask folders (default: the model's)")
     _runtime_args(p)
     p.add_argument("--skip-bad", action="store_true")
+    p.add_argument(
+        "--choose-tta",
+        action="store_true",
+        help="with --split val: score the bundle without and with flip TTA and record in it which is its "
+        "default (TTA only where it scores higher)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
 

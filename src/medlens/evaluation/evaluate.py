@@ -5,7 +5,7 @@ The data is a folder (``medlens evaluate MODEL DATA``) or one side of the model'
 ``split.json``). Segmentation: :mod:`medlens.evaluation.seg_eval`; classification:
 :mod:`medlens.evaluation.cls_eval`. Both write ``metrics.json`` into ``out``; with data from several folders
 the figures are also given per folder (``by_source``). ``record`` stores the figures and plots in the bundle
-(:func:`medlens.evaluation.record.record_evaluation`).
+(:func:`medlens.evaluation.record.record_evaluation`); :func:`choose_tta` records whether flip TTA helps.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medlens.data.index import DatasetIndex
-from medlens.errors import DatasetError
+from medlens.errors import BundleError, DatasetError
 from medlens.spec import Mode, Task
 
 logger = logging.getLogger(__name__)
@@ -107,3 +109,40 @@ def evaluate(
     if record:
         record_evaluation(model, record, metrics, out)
     return metrics
+
+
+def primary_score(metrics: dict) -> tuple[str, float]:
+    """``(name, value)`` of the figure that ranks two settings of one model: segmentation Dice (the mean over
+    sources when there are several, so that the smaller one counts as much), a classifier's balanced accuracy
+    at its shipped decision rule (arg-max without one)."""
+    if metrics.get("task") == Task.SEGMENTATION:
+        sources = metrics.get("by_source") or {}
+        if len(sources) > 1:
+            return "dice, mean over sources", float(np.mean([s["dice_mean"] for s in sources.values()]))
+        return "dice", float(metrics["dice_mean"])
+    if isinstance(metrics.get("decision"), dict):
+        return "balanced accuracy at the shipped rule", float(metrics["decision"]["balanced_accuracy"])
+    return "balanced accuracy", float(metrics["balanced_accuracy"])
+
+
+def choose_tta(model: str | Path, out: str | Path, split: str = "val", **kwargs: Any) -> dict:
+    """Score a bundle on its own ``split`` without and with flip TTA and record the choice in it
+    (``spec.tta``, ``tta_choice`` in bundle.json, a line in the card): TTA by default only where it scores
+    higher. ``kwargs`` go to :func:`evaluate`. Returns the choice."""
+    from medlens.inference.bundle import is_bundle
+    from medlens.inference.packaging import read_bundle_meta, write_bundle_meta
+
+    if not is_bundle(model):
+        raise BundleError(f"{model}: --choose-tta records the choice in a bundle; this is not one")
+    out = Path(out)
+    plain = evaluate(model, None, out / "without-tta", split=split, tta=False, **kwargs)
+    flips = evaluate(model, None, out / "with-tta", split=split, tta=True, **kwargs)
+    (name, without), (_, with_) = primary_score(plain), primary_score(flips)
+    choice = {"split": split, "metric": name, "without": without, "with": with_, "tta": with_ > without}
+    meta = read_bundle_meta(model)
+    meta["spec"]["tta"] = choice["tta"]
+    meta["tta_choice"] = choice
+    write_bundle_meta(Path(model), meta)
+    logger.info("%s: flip TTA %s by default (%s on %s: %.4f without, %.4f with)", model,
+                "on" if choice["tta"] else "off", name, split, without, with_)  # fmt: skip
+    return choice

@@ -65,6 +65,12 @@ def _card_sections(meta: dict) -> dict[str, str]:
         f"- Epochs trained: {training.get('epochs_trained')}; best epoch: {training.get('best_epoch')}\n"
         f"- Normalisation: mean {spec.get('mean')}, std {spec.get('std')}"
     )
+    if meta.get("tta_choice"):
+        c = meta["tta_choice"]
+        sections["Data"] += (
+            f"\n- Flip test-time augmentation by default: {'on' if c['tta'] else 'off'} ({c['metric']} on "
+            f"the {c['split']} split: {c['without']:.4f} without, {c['with']:.4f} with)"
+        )
     if training.get("lineage"):
         sections["Data"] += "\n" + _lineage_line(training["lineage"], training.get("epochs_trained"))
     rows = _metric_rows(meta.get("metrics") or {})

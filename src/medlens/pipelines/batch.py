@@ -30,9 +30,8 @@ import numpy as np
 from PIL import Image
 
 from medlens.errors import BundleError, ImageReadError, MedlensError, UnknownNameError
-from medlens.inference.bundle import source_kind
+from medlens.inference.bundle import read_spec, source_kind
 from medlens.jsonable import write_json
-from medlens.pipelines.config import DEFAULT_TTA
 from medlens.pipelines.groups import group_fields
 from medlens.spec import Mode, Task
 
@@ -232,10 +231,11 @@ def _predict_classification(predictor, batch, out: Path, options: dict) -> list[
 
 
 def _run_plain(
-    model, inputs, out: Path, runtime: str, tta: bool, batch_size: int, options: dict, precision: str
+    model, inputs, out: Path, runtime: str, tta: bool | None, batch_size: int, options: dict, precision: str
 ) -> list[dict]:
     from medlens.inference.predictor import create_predictor
 
+    tta = read_spec(model).runs_tta(tta)  # the model's own choice unless asked
     predictor = create_predictor(model, runtime=runtime, tta=tta, batch_size=batch_size, precision=precision)
     handler = _predict_segmentation if predictor.task == Task.SEGMENTATION else _predict_classification
     rows: dict[int, dict] = {}  # by input position, so that the summary keeps the input order
@@ -314,7 +314,7 @@ def _scalar_features(features: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_pipeline(
-    model, inputs, out: Path, models_dir, runtime: str, batch_size: int, precision: str, tta: bool
+    model, inputs, out: Path, models_dir, runtime: str, batch_size: int, precision: str, tta: bool | None
 ) -> list:
     pipeline = _load_pipeline(model, models_dir, runtime, batch_size, precision)
     rows: dict[int, dict] = {}  # by input position
@@ -364,8 +364,8 @@ def predict_paths(
     Args:
         model: run folder or bundle (plain prediction), or a pipeline name / pipeline YAML (full analysis).
         runtime: ``"torch"`` or ``"onnx"`` (both modes).
-        tta: flip test-time augmentation (adds an ``uncertainty`` per image); None = the default of every
-            entry point, :data:`medlens.pipelines.config.DEFAULT_TTA`. It is recorded in ``summary.json``.
+        tta: flip test-time augmentation (adds an ``uncertainty`` per image); None = each model as chosen on
+            its validation split. Each row says whether it ran; ``summary.json`` records what was asked.
         fill_holes, largest_component, min_size: mask post-processing (plain segmentation).
         batch_size: images per batched model call (both modes; a pipeline's classifier gets their 3 TTA
             views each).
@@ -383,7 +383,6 @@ def predict_paths(
         raise MedlensError(f"no images found in {inputs}")
     options = {"fill_holes": fill_holes, "largest_component": largest_component, "min_size": min_size}
     t0, batch_size = time.perf_counter(), max(1, batch_size)
-    tta = DEFAULT_TTA if tta is None else bool(tta)
     if _is_model_source(model):
         rows = _run_plain(model, files, out, runtime, tta, batch_size, options, precision)
     else:

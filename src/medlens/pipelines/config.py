@@ -44,9 +44,11 @@ from medlens.spec import GUIDE_MODES
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TTA = True
-"""Flip test-time augmentation by default, for every entry point (API, UI, ``medlens predict``): the
-uncertainty and the out-of-scope checks need it. Results say which setting was used (``"tta"``)."""
+DEFAULT_TTA = None
+"""Flip test-time augmentation by default, for every entry point (API, UI, ``medlens predict``): None lets
+each model run it as chosen on its validation split and recorded in its bundle (``ModelSpec.tta``, on where
+nothing was recorded: the uncertainty needs it); True or False force it. Results say whether it ran
+(``"tta"``)."""
 
 DESCRIPTION_KEYS = {"name", "title", "description", "modality"}
 TOP_KEYS = DESCRIPTION_KEYS | {"class_names", "class_groups", "segmenter", "classifier", "features", "advice",

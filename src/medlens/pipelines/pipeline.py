@@ -213,7 +213,7 @@ class Pipeline:
     # -- analysis -------------------------------------------------------------------------------------------
     def analyze_batch(
         self, images: Sequence[np.ndarray | ImageRecord], clahe: bool = False, gradcam: bool = True,
-        tta: bool = DEFAULT_TTA,
+        tta: bool | None = DEFAULT_TTA,
     ) -> list[Analysis]:  # fmt: skip
         """:meth:`analyze` of several images with one batched model call per model (TTA views included);
         each result's model stage timings are its share of the batch's."""
@@ -223,7 +223,7 @@ class Pipeline:
 
     def analyze(
         self, image: np.ndarray | ImageRecord, clahe: bool = False, gradcam: bool = True,
-        tta: bool = DEFAULT_TTA, *, prefetched: Prefetched | None = None,
+        tta: bool | None = DEFAULT_TTA, *, prefetched: Prefetched | None = None,
     ) -> Analysis:  # fmt: skip
         """Analyse one image.
 
@@ -231,7 +231,8 @@ class Pipeline:
             image: ``(H, W, C)`` uint8 (C in 1, 3, 4) or an `ImageRecord` (its DICOM pixel spacing gives mm).
             clahe: contrast-enhance (CLAHE) the image the models see; features and overlays use the original.
             gradcam: compute the Grad-CAM overlay when the pipeline enables it.
-            tta: flip test-time augmentation, which also yields the uncertainty (default `DEFAULT_TTA`).
+            tta: flip test-time augmentation, which also yields the uncertainty; None (`DEFAULT_TTA`): each
+                model as chosen on its validation split (:meth:`ModelSpec.runs_tta`).
             prefetched: the image prepared and its model outputs computed by :meth:`analyze_batch`.
         """
         timer = StageTimer()
@@ -256,23 +257,28 @@ class Pipeline:
         )  # fmt: skip
         return result
 
-    def _empty_result(self, original: np.ndarray, tta: bool = DEFAULT_TTA) -> Analysis:
+    def model_tta(self, model: Any, tta: bool | None) -> bool:
+        """Whether ``model`` (segmenter or classifier, None = absent) runs flip TTA when ``tta`` is asked."""
+        return model is not None and model.spec.runs_tta(tta)
+
+    def _empty_result(self, original: np.ndarray, tta: bool | None = DEFAULT_TTA) -> Analysis:
         return Analysis(
             id=None, pipeline=self.name, image_size=(int(original.shape[0]), int(original.shape[1])),
             mask=None, overlay=None, area_fraction=None, components=[], label=None, probabilities={},
             uncertainty=None, out_of_scope=False, features={}, recommendation="",
-            notice=self.config.advice.notice, gradcam=None, timings_ms={}, tta=bool(tta),
+            notice=self.config.advice.notice, gradcam=None, timings_ms={},
+            tta=self.model_tta(self.segmenter, tta) or self.model_tta(self.classifier, tta),
             class_names=dict(self.config.class_names),
         )  # fmt: skip
 
     def _run_models(self, result: Analysis, original: np.ndarray, work: np.ndarray, spacing: Any,
-                    want_cam: bool, tta: bool, timer: StageTimer,
+                    want_cam: bool, tta: bool | None, timer: StageTimer,
                     pre: Prefetched | None = None) -> str | None:  # fmt: skip
         """Segment, describe, classify and explain; returns an out-of-scope reason or None."""
         reason, raw_mask, cls_input, features = None, None, work, None
         if self.segmenter is not None:
             with timer("segment"):
-                raw_mask = self._segment(result, original, work, tta, pre)
+                raw_mask = self._segment(result, original, work, self.model_tta(self.segmenter, tta), pre)
             reason = check_region(result.area_fraction, self.config.scope)
             with timer("features"):
                 result.features = compute_features(
@@ -283,7 +289,7 @@ class Pipeline:
             with timer("classify"):
                 if self.guide_mode is not None:
                     cls_input = guide_one(work, raw_mask, self.guide_mode, self.classifier.input_size)
-                features = self._classify(result, cls_input, tta, pre)
+                features = self._classify(result, cls_input, self.model_tta(self.classifier, tta), pre)
             top = max(result.probabilities.values()) if result.probabilities else None
             reason = reason or check_confidence(top, result.uncertainty, self.config.scope)
         else:

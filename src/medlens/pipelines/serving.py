@@ -91,7 +91,7 @@ def analyze_batch(
     images: Sequence[np.ndarray | ImageRecord],
     clahe: bool = False,
     gradcam: bool = True,
-    tta: bool = True,
+    tta: bool | None = None,
 ) -> list[Analysis]:
     """`Pipeline.analyze` of every image, each model run once per batch (chunked by its ``batch_size``).
 
@@ -100,9 +100,9 @@ def analyze_batch(
     prepared = _prepare(images, clahe)
     live = [p for p in prepared if check_modality(p.original, pipeline.config.scope) is None]
     if live and pipeline.segmenter is not None:
-        _segment_all(pipeline, live, tta)
+        _segment_all(pipeline, live, pipeline.model_tta(pipeline.segmenter, tta))
     if live and pipeline.classifier is not None:
-        _classify_all(pipeline, live, tta)
+        _classify_all(pipeline, live, pipeline.model_tta(pipeline.classifier, tta))
     return [pipeline.analyze(p.original, clahe, gradcam, tta, prefetched=p) for p in prepared]
 
 
