@@ -114,6 +114,7 @@ def test_each_command_dispatches_to_its_api_function() -> None:
     parser = cli.build_parser()
     argv = {
         "plan": ["plan", "d"],
+        "compare": ["compare", "a", "b"],
         "evaluate": ["evaluate", "m", "d", "--out", "o"],
         "predict": ["predict", "m", "i", "--out", "o"],
         "bundle": ["bundle", "r", "--out", "o"],

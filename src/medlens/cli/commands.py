@@ -148,6 +148,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from medlens.evaluation.compare import compare_reports, format_comparison
+    from medlens.jsonable import write_json
+
+    result = compare_reports(_existing(args.new, "report folder"), _existing(args.old, "report folder"))
+    if args.out:
+        write_json(args.out, result)
+    _echo(format_comparison(result))
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     _configure_threads()
     from medlens.pipelines.batch import SUMMARY_JSON, predict_paths

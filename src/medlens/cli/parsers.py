@@ -8,6 +8,7 @@ from typing import Any
 from medlens import __version__
 from medlens.cli.commands import (
     cmd_bundle,
+    cmd_compare,
     cmd_evaluate,
     cmd_export,
     cmd_models,
@@ -194,12 +195,20 @@ def _models_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_models)
 
 
+def _compare_parser(sub: Any) -> None:
+    p = sub.add_parser("compare", help="two models on the same images: paired differences with bootstrap CIs")
+    p.add_argument("new", help="report folder of `medlens evaluate` for the new model")
+    p.add_argument("old", help="report folder for the model it would replace, on the same images")
+    p.add_argument("--out", help="also write the comparison as JSON here")
+    p.set_defaults(func=cmd_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medlens", description="Segment and classify 2D medical images.")
     parser.add_argument("--version", action="version", version=f"medlens {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_plan_parser, _train_parser, _evaluate_parser, _predict_parser, _bundle_parser,
-                _export_parser, _serve_parser, _models_parser):  # fmt: skip
+                _compare_parser, _export_parser, _serve_parser, _models_parser):  # fmt: skip
         add(sub)
     return parser
