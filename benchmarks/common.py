@@ -40,6 +40,8 @@ def bench_workdir(prefix: str, work_dir: str | None, threads: int | None) -> Ite
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if threads:
         os.environ["MEDLENS_NUM_THREADS"] = str(threads)
+    if work_dir:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=prefix, dir=work_dir) as tmp:
         work = Path(tmp)
         os.environ["MEDLENS_HOME"] = str(work / "home")

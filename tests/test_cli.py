@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from medlens import cli
 from medlens.cli import commands
@@ -162,6 +163,36 @@ def test_predict_errors_are_clear(tmp_path: Path, seg_bundle: Path, capsys: pyte
     )
     out = capsys.readouterr().out
     assert "0 image(s) predicted in" in out and "1 unreadable (listed there)" in out
+
+
+def test_failures_name_their_cause_and_leave_nothing_behind(
+    tmp_path: Path, seg_bundle: Path, capsys: pytest.CaptureFixture
+) -> None:
+    existing = tmp_path / "report.json"
+    existing.write_text("{}")
+    argv = ["evaluate", str(seg_bundle), str(tmp_path), "--out", str(existing)]
+    assert cli.main(argv) == commands.EXIT_BAD_INPUT
+    assert "exists and is not a folder" in capsys.readouterr().err and existing.read_text() == "{}"
+    image = tmp_path / "in" / "x.png"
+    image.parent.mkdir()
+    Image.new("RGB", (16, 16)).save(image)
+    out = tmp_path / "never"
+    empty_models = tmp_path / "elsewhere"
+    empty_models.mkdir()
+    argv = ["predict", "skin", str(image), "--out", str(out), "--models-dir", str(empty_models)]
+    assert cli.main(argv) == commands.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "not found in" in err and "--models-dir" in err and str(empty_models.resolve()) in err
+    assert not out.exists()  # no empty results folder after a failure
+    assert cli.main(["predict", str(tmp_path / "nope"), str(image), "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_benchmark_work_dir_is_created(tmp_path: Path) -> None:
+    from benchmarks.common import bench_workdir
+
+    with bench_workdir("x-", str(tmp_path / "new" / "dir"), None) as (work, _):
+        assert work.parent == tmp_path / "new" / "dir" and work.is_dir()
 
 
 def test_export_refuses_an_unknown_format(seg_bundle: Path, capsys: pytest.CaptureFixture) -> None:

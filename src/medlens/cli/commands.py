@@ -116,6 +116,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from medlens.evaluation.evaluate import choose_tta, evaluate
 
     _existing(args.model, "model (run folder or bundle)")
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # before the model and data are loaded
+        raise MedlensError(f"--out {args.out}: exists and is not a folder; give a folder for the report")
     if args.choose_tta:
         if args.split is None or args.data is not None or args.tta is not None or args.record:
             raise MedlensError(

@@ -130,7 +130,11 @@ def _predict_parser(sub: Any) -> None:
     _runtime_args(p)
     p.add_argument("--fill-holes", action="store_true")
     p.add_argument("--largest-component", action="store_true")
-    p.add_argument("--models-dir", default="models")
+    p.add_argument(
+        "--models-dir",
+        default="models",
+        help="folder of the pipelines and their bundles (default: models, in the working directory)",
+    )
     p.add_argument(
         "--precision", default="fp32", choices=["fp32", "int8"], help="ONNX graphs (--runtime onnx)"
     )
@@ -170,7 +174,11 @@ def _serve_parser(sub: Any) -> None:
     p = sub.add_parser("serve", help="serve the web app (FastAPI + Gradio)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--models-dir", default="models")
+    p.add_argument(
+        "--models-dir",
+        default="models",
+        help="folder of the pipelines and their bundles (default: models, in the working directory)",
+    )
     p.add_argument("--home", help="data folder for history (default MEDLENS_HOME or ~/.medlens)")
     p.add_argument("--token", help="API token required on every request")
     p.add_argument("--insecure", action="store_true", help="allow a non-local host without a token")

@@ -237,6 +237,7 @@ def _run_plain(
 
     tta = read_spec(model).runs_tta(tta)  # the model's own choice unless asked
     predictor = create_predictor(model, runtime=runtime, tta=tta, batch_size=batch_size, precision=precision)
+    out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     handler = _predict_segmentation if predictor.task == Task.SEGMENTATION else _predict_classification
     rows: dict[int, dict] = {}  # by input position, so that the summary keeps the input order
     batch, positions = [], []
@@ -317,6 +318,7 @@ def _run_pipeline(
     model, inputs, out: Path, models_dir, runtime: str, batch_size: int, precision: str, tta: bool | None
 ) -> list:
     pipeline = _load_pipeline(model, models_dir, runtime, batch_size, precision)
+    out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     rows: dict[int, dict] = {}  # by input position
     batch: list[tuple[int, Path, str, Any]] = []
     for n, (path, stem) in enumerate(inputs, 1):
@@ -377,7 +379,6 @@ def predict_paths(
         ``out/summary.json`` holds the counts, seconds and images/s.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     files = collect_inputs(inputs)
     if not files:
         raise MedlensError(f"no images found in {inputs}")

@@ -85,4 +85,8 @@ def find_bundle(models_dir: str | Path, name: str) -> Path:
     for bundle in list_bundles(models_dir):
         if bundle.name == name:
             return bundle.path
-    raise BundleError(f"bundle {name!r} not found in {models_dir} (make it with `medlens bundle`)")
+    raise BundleError(
+        f"bundle {name!r} not found in {models_dir.resolve()} (looked for {models_dir / name} and for a "
+        "bundle of that name there); give --models-dir the folder that holds the bundles, or make it with "
+        "`medlens bundle`"
+    )
