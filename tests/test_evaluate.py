@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medlens import cli
 from medlens.data.io import read_image, read_mask
 from medlens.errors import DatasetError
 from medlens.evaluation.evaluate import evaluate
@@ -103,6 +104,30 @@ def test_labels_csv_layout_and_unknown_classes(cls_bundle: Path, tmp_path: Path)
     bad = _csv_classification_set(tmp_path / "bad", ["benign", "melanoma", "nevus"])
     with pytest.raises(DatasetError, match=r"\['melanoma', 'nevus'\]"):
         evaluate(cls_bundle, bad, tmp_path / "r2")
+
+
+def test_label_column_and_mask_dirs_are_honoured_or_refused(
+    cls_bundle: Path, seg_bundle: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import make_synthetic_segmentation
+
+    data = _csv_classification_set(tmp_path / "cls", ["melanoma", "melanoma", "nevus"])
+    table = (data / "labels.csv").read_text().replace("id,label,", "id,label,grade,", 1).splitlines()
+    rows = [table[0]] + [f"{r.split(',')[0]},x,{g},{','.join(r.split(',')[2:])}" for r, g in
+                         zip(table[1:], ["malignant", "malignant", "benign"], strict=True)]  # fmt: skip
+    (data / "labels.csv").write_text("\n".join(rows) + "\n")
+    argv = ["evaluate", str(cls_bundle), str(data), "--label-column", "grade", "--out", str(tmp_path / "r")]
+    assert cli.main(argv) == 0
+    assert sorted(r["label"] for r in _rows(tmp_path / "r" / "predictions.csv")) == [
+        "benign",
+        *["malignant"] * 2,
+    ]
+    seg = make_synthetic_segmentation(tmp_path / "seg", n=3, size=32)
+    (seg / "masks").rename(seg / "outlines")
+    argv = ["evaluate", str(seg_bundle), str(seg), "--mask-dirs", "outlines", "--out", str(tmp_path / "s")]
+    assert cli.main(argv) == 0 and len(_rows(tmp_path / "s" / "per_image.csv")) == 3
+    with pytest.raises(DatasetError, match="--split reads the model's own data"):
+        evaluate(cls_bundle, None, tmp_path / "t", split="val", label_column="grade")
 
 
 def test_bad_images_fail_or_are_skipped(seg_bundle: Path, tmp_path: Path):

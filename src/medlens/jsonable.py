@@ -32,8 +32,8 @@ def to_jsonable(obj: Any) -> Any:
     return str(obj)  # Path, datetime, enums...
 
 
-def write_json(path: str | Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON (made JSON-safe first)."""
+def write_json(path: str | Path, data: Any, indent: int = 2) -> Path:
+    """Write ``data`` as indented JSON, made JSON-safe first (a nan metric is ``null``, not invalid JSON)."""
     path = Path(path)
-    path.write_text(json.dumps(to_jsonable(data), indent=2) + "\n")
+    path.write_text(json.dumps(to_jsonable(data), indent=indent) + "\n", encoding="utf-8")
     return path

@@ -47,6 +47,10 @@ class GuideMode(StrEnum):
         return self in (GuideMode.CROP, GuideMode.BOTH)
 
 
+# How a bundle can be run (inference/runtime.py, predictor.py) and which ONNX graph precisions exist: here, in
+# the leaf module, so that the CLI's parsers name them without importing torch.
+RUNTIMES = ("torch", "onnx")
+PRECISIONS = ("fp32", "int8")
 TASKS = tuple(t.value for t in Task)
 MODES = tuple(m.value for m in Mode)
 GUIDE_MODES = tuple(g.value for g in GuideMode)

@@ -17,7 +17,7 @@ from medlens.cli.commands import (
     cmd_serve,
     cmd_train,
 )
-from medlens.spec import MODES, TASKS
+from medlens.spec import MODES, PRECISIONS, RUNTIMES, TASKS
 
 
 def _plan_parser(sub: Any) -> None:
@@ -110,7 +110,7 @@ def _evaluate_parser(sub: Any) -> None:
 
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
+    p.add_argument("--runtime", default="torch", choices=RUNTIMES)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, auto")
     p.add_argument(
         "--tta",
@@ -135,9 +135,7 @@ def _predict_parser(sub: Any) -> None:
         default="models",
         help="folder of the pipelines and their bundles (default: models, in the working directory)",
     )
-    p.add_argument(
-        "--precision", default="fp32", choices=["fp32", "int8"], help="ONNX graphs (--runtime onnx)"
-    )
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="ONNX graphs (--runtime onnx)")
     p.set_defaults(func=cmd_predict)
 
 
@@ -182,12 +180,10 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--home", help="data folder for history (default MEDLENS_HOME or ~/.medlens)")
     p.add_argument("--token", help="API token required on every request")
     p.add_argument("--insecure", action="store_true", help="allow a non-local host without a token")
-    p.add_argument(
-        "--runtime", choices=["torch", "onnx"], help="model runtime (default MEDLENS_RUNTIME or torch)"
-    )
+    p.add_argument("--runtime", choices=RUNTIMES, help="model runtime (default MEDLENS_RUNTIME or torch)")
     p.add_argument(
         "--precision",
-        choices=["fp32", "int8"],
+        choices=PRECISIONS,
         help="ONNX graphs (int8: those `medlens export --int8` accepted)",
     )
     p.add_argument(

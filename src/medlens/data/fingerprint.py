@@ -21,6 +21,7 @@ from medlens.data.augment import AUGMENT_DEFAULTS
 from medlens.data.io import read_image
 from medlens.data.layout import DatasetIndex, discover, load_target
 from medlens.errors import ConfigError
+from medlens.jsonable import write_json
 from medlens.spec import Mode, Task
 
 logger = logging.getLogger(__name__)
@@ -303,7 +304,7 @@ def save_plan(plan: Plan, path: str | Path) -> Path:
     """Write the plan as indented JSON."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(plan.to_dict(), indent=2) + "\n", encoding="utf-8")
+    write_json(path, plan.to_dict())
     return path
 
 
@@ -330,7 +331,7 @@ def plan_dataset(
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "fingerprint.json").write_text(json.dumps(fp, indent=2) + "\n", encoding="utf-8")
+        write_json(out / "fingerprint.json", fp)
         save_plan(plan, out / "plan.json")
     logger.info("plan for %s:\n%s", root, plan.describe())
     return plan

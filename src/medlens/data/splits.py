@@ -18,6 +18,7 @@ import numpy as np
 
 from medlens.data.index import DatasetIndex
 from medlens.errors import ConfigError, DatasetError
+from medlens.jsonable import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def save_splits(splits: dict[str, list[str]], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {side: list(splits.get(side, [])) for side in SIDES}
-    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    write_json(path, data, indent=1)
     return path
 
 

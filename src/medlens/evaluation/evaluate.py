@@ -88,6 +88,11 @@ def evaluate(
 
     if (data is None) == (split is None):
         raise DatasetError("evaluate: give a data folder or a split (val or test), not both")
+    if split is not None and (label_column or mask_dirs):
+        raise DatasetError(
+            "evaluate: --label-column and --mask-dirs read a data folder; --split reads the model's own data "
+            "as its config.yaml does"
+        )
     out = Path(out)
     predictor = create_predictor(model, runtime=runtime, device=device, tta=tta, batch_size=batch_size)
     if split is not None:

@@ -8,7 +8,6 @@ The graph-level work (calibrated static quantisation, the cache of accepted grap
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from medlens.errors import BundleError
 from medlens.inference.bundle import Bundle, is_bundle
 from medlens.inference.quantize import INT8_FILE, REPORT_FILE, TOLERANCE, quantize_onnx
+from medlens.jsonable import write_json
 from medlens.spec import Mode, Task
 
 logger = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def quantize_model(
         "n_calibration": len(picks),
         "path": str(out),
     }
-    (out.parent / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out.parent / REPORT_FILE, report)
     logger.info("int8 %s: %s %s fp32 %.4f int8 %.4f -> %s", bundle.name, heldout, report["metric"], a, b,
                 "accepted" if report["accepted"] else "rejected")  # fmt: skip
     return report

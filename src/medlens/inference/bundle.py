@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from medlens.errors import BundleError
+from medlens.jsonable import write_json
 from medlens.spec import ModelSpec, trained_flips
 
 logger = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ class Bundle:
         self.files[rel] = sha256_file(self.path / rel)
         meta = _read_json(self.path / BUNDLE_JSON)
         meta["files"] = self.files
-        (self.path / BUNDLE_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+        write_json(self.path / BUNDLE_JSON, meta)
 
 
 def is_bundle(path: str | Path | Bundle) -> bool:

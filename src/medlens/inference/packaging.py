@@ -29,6 +29,7 @@ from medlens.inference.bundle import (
     sha256_file,
 )
 from medlens.inference.card import write_model_card
+from medlens.jsonable import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def write_bundle_meta(out_dir: Path, meta: dict) -> list[Path]:
     write_model_card(out_dir / CARD_FILE, meta, meta.get("card"))
     files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p.name != BUNDLE_JSON)
     meta["files"] = {p.relative_to(out_dir).as_posix(): sha256_file(p) for p in files}
-    (out_dir / BUNDLE_JSON).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    write_json(out_dir / BUNDLE_JSON, meta)
     return files
 
 

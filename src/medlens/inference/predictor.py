@@ -38,14 +38,13 @@ from medlens.inference.bundle import (
 from medlens.inference.decisions import apply_decision, probs_to_mask
 from medlens.inference.preprocess import ensure_channels, preprocess
 from medlens.inference.runtime import (
-    RUNTIMES,
     OnnxRunner,
     TorchRunner,
     default_threads,
     resolve_device,
     run_views,
 )
-from medlens.spec import Mode, ModelSpec
+from medlens.spec import PRECISIONS, RUNTIMES, Mode, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +97,8 @@ class _Predictor:
         from medlens.inference.export import ensure_onnx
         from medlens.inference.quantize import int8_path
 
-        if precision not in ("fp32", "int8"):
-            raise UnknownNameError("precision", precision, ["fp32", "int8"])
+        if precision not in PRECISIONS:
+            raise UnknownNameError("precision", precision, list(PRECISIONS))
         if onnx_path is not None:
             self.precision = precision
             return Path(onnx_path)

@@ -19,7 +19,6 @@ from torch import nn
 
 from medlens.errors import ConfigError
 
-RUNTIMES = ("torch", "onnx")
 # Flip dims of the TTA views over (B, C, H, W): identity, horizontal flip, vertical flip; a model's own views
 # are those of the flips it was trained under (ModelSpec.flip_dims), identity first.
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,))

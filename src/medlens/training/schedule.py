@@ -12,9 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from medlens.config import SCHEDULES
 from medlens.errors import ConfigError
-
-SCHEDULES = ("cosine", "poly", "constant")
 
 
 @dataclass
