@@ -15,7 +15,14 @@ import torch
 from safetensors import safe_open
 
 from medlens.errors import BundleError
-from medlens.inference.bundle import BUNDLE_FORMAT_VERSION, Bundle, list_bundles, load_model_source, read_spec
+from medlens.inference.bundle import (
+    BUNDLE_FORMAT_VERSION,
+    Bundle,
+    is_bundle,
+    list_bundles,
+    load_model_source,
+    read_spec,
+)
 from medlens.inference.card import write_model_card
 from medlens.inference.packaging import make_bundle
 from medlens.inference.predictor import SegmentationPredictor
@@ -234,3 +241,24 @@ def test_format_1_bundles_still_load_and_predict_alike(seg_bundle: Path, tmp_pat
     (old / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match=r"unknown model spec field\(s\) \['colour'\]"):
         Bundle.load(old)
+
+
+SHIPPED = sorted(p for p in (Path(__file__).resolve().parents[1] / "models").iterdir() if is_bundle(p))
+
+
+@pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_bundle_loads_verifies_and_predicts(folder: Path) -> None:
+    """The bundles in models/ (format 1 or 2) load with this medlens, match their sha256 and predict."""
+    from medlens.inference.predictor import create_predictor
+
+    bundle = Bundle.load(folder)
+    bundle.verify()
+    assert bundle.format_version in (1, 2) and (folder / "README.md").is_file()
+    predictor = create_predictor(bundle)
+    image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    if bundle.spec.is_segmentation:
+        mask = predictor.predict(image)
+        assert mask.shape == (96, 128) and mask.dtype == np.uint8
+    else:
+        probs = predictor.predict_proba(predictor.guided_inputs([image]))
+        assert probs.shape == (1, bundle.spec.num_classes) and np.allclose(probs.sum(1), 1, atol=1e-4)

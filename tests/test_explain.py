@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from medlens.errors import MedlensError
-from medlens.inference.explain import SegmentationScores, find_target_layer, gradcam, gradcam_overlay
+from medlens.inference.explain import SegmentationScores, find_target_layer, gradcam
 
 
 def _hook_count(model: nn.Module) -> int:
@@ -127,19 +127,3 @@ def test_gradcam_bad_input() -> None:
         gradcam(model, torch.zeros(2, 1, 16, 16))
     with pytest.raises(MedlensError, match="not a module"):
         gradcam(model, torch.zeros(1, 1, 16, 16), target_layer="nope")
-
-
-def test_gradcam_overlay() -> None:
-    image = np.full((20, 30, 3), 100, np.uint8)
-    cam = np.zeros((10, 15), np.float32)
-    cam[:5] = 1.0
-    out = gradcam_overlay(image, cam, alpha=0.5)
-    assert out.shape == (20, 30, 3) and out.dtype == np.uint8
-    # jet: 1.0 is dark red (128, 0, 0), 0.0 is dark blue (0, 0, 128)
-    assert out[0, 0].tolist() == [114, 50, 50]
-    assert out[-1, -1].tolist() == [50, 50, 114]
-    assert np.array_equal(gradcam_overlay(image, cam, alpha=0.0), image)
-    gray = gradcam_overlay(np.zeros((8, 8), np.uint8), np.ones((8, 8)), alpha=1.0)
-    assert gray.shape == (8, 8, 3) and gray[0, 0].tolist() == [128, 0, 0]
-    with pytest.raises(MedlensError):
-        gradcam_overlay(image.astype(np.float32), cam)

@@ -216,36 +216,3 @@ def cam_from_features(
     cam = torch.from_numpy(np.maximum(acti, 0.0, dtype=np.float32))[None, None]
     cam = F.interpolate(cam, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)
     return _normalise(cam)[0, 0].numpy().astype(np.float32, copy=False)
-
-
-def _jet_lut() -> np.ndarray:
-    from matplotlib import colormaps
-
-    return (colormaps["jet"](np.linspace(0.0, 1.0, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
-
-
-def gradcam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend a jet-coloured heat map over an image.
-
-    Args:
-        image: ``(H, W, C)`` or ``(H, W)`` uint8, C in {1, 3}.
-        cam: ``(h, w)`` float in 0..1 (resized bilinearly to ``(H, W)`` when it differs).
-        alpha: heat-map opacity.
-
-    Returns:
-        ``(H, W, 3)`` uint8 RGB.
-    """
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim not in (2, 3):
-        raise MedlensError(
-            f"Grad-CAM overlay needs an (H, W, C) uint8 image, got {image.dtype} {image.shape}"
-        )
-    rgb = image if image.ndim == 3 else image[..., None]
-    rgb = np.repeat(rgb, 3, axis=2) if rgb.shape[2] == 1 else rgb[..., :3]
-    cam = np.nan_to_num(np.asarray(cam, dtype=np.float32))
-    if cam.shape != rgb.shape[:2]:
-        resized = F.interpolate(torch.from_numpy(cam)[None, None], size=rgb.shape[:2], mode="bilinear")
-        cam = resized[0, 0].numpy()
-    heat = _jet_lut()[np.clip(cam * 255 + 0.5, 0, 255).astype(np.uint8)]
-    out = (1 - alpha) * rgb.astype(np.float32) + alpha * heat.astype(np.float32)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
