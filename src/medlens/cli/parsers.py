@@ -116,8 +116,8 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
         "--tta",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="flip test-time augmentation (predict: on by default, as in the web app and the API; "
-        "evaluate: off)",
+        help="flip test-time augmentation (predict: by default as each bundle's validation chose, as in the "
+        "web app and the API; evaluate: off)",
     )
     p.add_argument("--batch-size", type=int, default=8)
 
