@@ -65,3 +65,23 @@ def test_format_1_bundles_show_validation_only_and_hide_matrices():
     frame = dashboard.metrics_frame(bundle, {"mel": "Melanoma"})
     assert list(frame.columns) == ["metric", "validation"]
     assert list(frame["metric"]) == ["balanced accuracy", "Melanoma recall"]
+
+
+def test_a_classifier_shows_its_shipped_rule_and_flags_first():
+    test = {
+        "balanced_accuracy": 0.64, "accuracy": 0.8, "n_images": 100,
+        "decision": {"rule": {"class_weights": [1, 2]}, "balanced_accuracy": 0.69, "accuracy": 0.75,
+                     "recall": {"mel": 0.7, "nv": 0.8}},
+        "groups": [{"name": "malignant", "threshold": 0.3, "sensitivity": 0.86, "specificity": 0.72,
+                    "auc": 0.9}],
+    }  # fmt: skip
+    frame = dashboard.metrics_frame({"evaluations": {"test": test}}, {"mel": "Melanoma (mel)"})
+    names = list(frame["metric"])
+    assert names[:7] == [
+        "balanced accuracy at the shipped rule", "accuracy at the shipped rule",
+        "Melanoma (mel) recall at the shipped rule", "nv recall at the shipped rule",
+        "malignant flag sensitivity", "malignant flag specificity", "malignant flag AUC",
+    ]  # fmt: skip
+    rows = {r["metric"]: r["test"] for r in frame.to_dict("records")}
+    assert rows["balanced accuracy (arg-max)"] == "0.640" and rows["malignant flag specificity"] == "0.720"
+    assert "balanced accuracy" not in rows  # never unlabelled beside a rule that decides otherwise

@@ -142,6 +142,23 @@ def test_models_lists_bundles_and_pipeline_readiness(tmp_path: Path, capsys: pyt
     assert "missing bundle(s)" in out  # the shipped pipelines name bundles this empty folder lacks
 
 
+def test_models_shows_a_classifiers_rule_and_flags(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from medlens.inference.packaging import read_bundle_meta, write_bundle_meta
+    from tests.helpers_inference import make_tiny_bundle
+
+    bundle = make_tiny_bundle(tmp_path, "classification")
+    meta = read_bundle_meta(bundle)
+    flag = {"name": "bad", "sensitivity": 0.86, "specificity": 0.72}
+    meta["evaluations"] = {"test": {"balanced_accuracy": 0.64, "decision": {"balanced_accuracy": 0.69},
+                                    "groups": [flag]}}  # fmt: skip
+    write_bundle_meta(bundle, meta)
+    assert cli.main(["models", str(tmp_path / "models")]) == 0
+    assert (
+        "test bal. acc. 0.690 at the rule (0.640 arg-max), bad sens 0.860 / spec 0.720"
+        in capsys.readouterr().out
+    )
+
+
 def test_models_takes_the_folder_as_an_argument(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["models", str(tmp_path)]) == 0
     assert f"bundles in {tmp_path}:" in capsys.readouterr().out

@@ -77,14 +77,47 @@ def _words(key: str) -> str:
     return METRIC_WORDS.get(key, key.replace("_", " "))
 
 
-def metric_name(key: str, class_names: Mapping[str, str] | None = None) -> str:
+RULE = " at the shipped rule"
+
+
+def metric_name(key: str, class_names: Mapping[str, str] | None = None, argmax: bool = False) -> str:
     """A flat metric key in words: "dice_mean" -> "Dice", "per_class.mel.recall" -> "Melanoma recall",
-    "balanced_accuracy_ci_low" -> "balanced accuracy, 95% CI low"."""
+    "balanced_accuracy_ci_low" -> "balanced accuracy, 95% CI low", "rule.recall.mel" -> "Melanoma recall at
+    the shipped rule", "flag.malignant.sensitivity" -> "malignant flag sensitivity". ``argmax``: the model
+    decides by a fitted rule, so its plain arg-max figures are labelled as such."""
     parts = key.split(".")
+    if parts[0] == "rule":
+        if len(parts) == 3:
+            return f"{(class_names or {}).get(parts[2], parts[2])} recall{RULE}"
+        return _words(parts[1]) + RULE
+    if parts[0] == "flag" and len(parts) == 3:
+        return f"{parts[1]} flag {_words(parts[2])}"
+    if argmax and parts[0].removesuffix("_ci_low").removesuffix("_ci_high") in (
+        "accuracy",
+        "balanced_accuracy",
+    ):
+        return _words(parts[0]) + " (arg-max)"
     if len(parts) == 3 and parts[0] == "per_class":
         name = (class_names or {}).get(parts[1], parts[1])
         return f"{name} {_words(parts[2])}"
     return " · ".join(_words(p) for p in parts)
+
+
+def _rule_figures(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures of the shipped decision rule and the class-group flags, as flat ``rule.*`` / ``flag.*``
+    keys: what the app decides with, shown before the plain arg-max figures."""
+    out: dict[str, Any] = {}
+    decision = metrics.get("decision")
+    if isinstance(decision, Mapping):
+        for key in ("balanced_accuracy", "accuracy"):
+            out[f"rule.{key}"] = decision.get(key)
+        out.update({f"rule.recall.{c}": v for c, v in (decision.get("recall") or {}).items()})
+    for group in metrics.get("groups") or []:
+        if isinstance(group, Mapping) and group.get("name"):
+            out.update(
+                {f"flag.{group['name']}.{k}": group.get(k) for k in ("sensitivity", "specificity", "auc")}
+            )
+    return {k: v for k, v in out.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def _flat(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -115,10 +148,15 @@ def evaluations_of(bundle: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
 
 
 def metrics_frame(bundle: Mapping[str, Any], class_names: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """One row per scalar metric in words, one column per split (validation, test, external...)."""
-    splits = {split_name(k): _flat(v) for k, v in evaluations_of(bundle).items()}
+    """One row per scalar metric in words, one column per split (validation, test, external...); a
+    classifier's figures at its shipped decision rule and its group flags come first, its arg-max figures are
+    labelled."""
+    splits = {split_name(k): {**_rule_figures(v), **_flat(v)} for k, v in evaluations_of(bundle).items()}
     keys = [
         k for k in dict.fromkeys(k for flat in splits.values() for k in flat) if not re.search(r"_std$", k)
     ]
-    rows = [[metric_name(k, class_names), *(_fmt(flat.get(k)) for flat in splits.values())] for k in keys]
+    argmax = any(k.startswith("rule.") for k in keys)
+    rows = [
+        [metric_name(k, class_names, argmax), *(_fmt(flat.get(k)) for flat in splits.values())] for k in keys
+    ]
     return pd.DataFrame(rows, columns=["metric", *splits])

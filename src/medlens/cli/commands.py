@@ -252,9 +252,25 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _bundle_line(bundle: Any) -> str:
+    """Name, task, network and the headline figure of each split it was scored on: Dice, or a classifier's
+    balanced accuracy at its shipped rule (arg-max beside it) and its group flags' sensitivity and
+    specificity."""
     spec = bundle.spec
     net = spec.arch + (f"/{spec.encoder}" if spec.encoder else "")
-    key = "dice" if spec.is_segmentation else "balanced_accuracy"
-    score = bundle.metrics.get(key)
-    shown = f"{key} {score:.3f}" if isinstance(score, (int, float)) else ""
-    return f"  {bundle.name:<24} {spec.task.value:<15} {net:<28} {shown}"
+    figures = []
+    for split, m in (bundle.evaluations or {"val": bundle.metrics}).items():
+        if spec.is_segmentation:
+            score = m.get("dice_mean", m.get("dice"))
+            figures.append(f"{split} Dice {score:.3f}" if isinstance(score, int | float) else "")
+            continue
+        rule = (m.get("decision") or {}).get("balanced_accuracy")
+        plain = m.get("balanced_accuracy")
+        text = f"{split} bal. acc. {rule:.3f} at the rule" if isinstance(rule, int | float) else f"{split}"
+        text += f" ({plain:.3f} arg-max)" if isinstance(plain, int | float) else ""
+        for g in m.get("groups") or []:
+            if isinstance(g.get("sensitivity"), int | float) and isinstance(
+                g.get("specificity"), int | float
+            ):
+                text += f", {g['name']} sens {g['sensitivity']:.3f} / spec {g['specificity']:.3f}"
+        figures.append(text)
+    return f"  {bundle.name:<24} {spec.task.value:<15} {net:<28} " + "; ".join(f for f in figures if f)
