@@ -35,7 +35,9 @@ class FakePipeline:
         self.groups: list[dict] = []  # class groups to report, as a bundle with spec.groups would
         self._busy = threading.Lock()
 
-    def analyze(self, image: Any, clahe: bool = False, gradcam: bool = True, tta: bool = True) -> Analysis:
+    def analyze(
+        self, image: Any, clahe: bool = False, gradcam: bool = True, tta: bool | None = None
+    ) -> Analysis:
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("FakePipeline entered by two threads at once")
         try:
@@ -62,7 +64,8 @@ class FakePipeline:
                 recommendation="Routine follow-up." if label == self.classes[0] else "Refer for review.",
                 notice="Research tool, not a diagnosis.",
                 gradcam=rgb[..., ::-1].copy() if gradcam else None,
-                timings_ms={"segmentation": 1.0, "classification": 1.0}, tta=tta,
+                timings_ms={"segmentation": 1.0, "classification": 1.0},
+                tta=tta is not False,  # None: as each model recorded; these fakes record nothing (on)
                 groups=group_scores(probs, self.groups), class_names={self.classes[1]: "Malignant lesion"},
             )  # fmt: skip
         finally:

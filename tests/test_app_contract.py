@@ -51,6 +51,8 @@ def test_tta_default_is_stated_and_the_field_switches_it(tmp_path):
     fake = FakePipeline("skin")
     with _client(tmp_path, {"skin": fake}) as c:
         body = _post(c, png_bytes(rgb_image(32))).json()
+        assert body["tta"] is True and fake.last_tta is None  # unasked: each model as its validation chose
+        body = _post(c, png_bytes(rgb_image(32)), tta="true").json()
         assert body["tta"] is True and fake.last_tta is True
         body = _post(c, png_bytes(rgb_image(32)), tta="false").json()
         assert body["tta"] is False and fake.last_tta is False
