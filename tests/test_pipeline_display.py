@@ -52,9 +52,12 @@ def test_display_names_show_the_full_name_with_the_code():
 
 def test_skin_pipeline_reports_malignant_probability_names_and_tta(skin, monkeypatch):
     image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
-    assert DEFAULT_TTA is True and skin.info()["class_names"]["mel"] == "Melanoma"
-    plain = skin.analyze(image, gradcam=False)
+    assert DEFAULT_TTA is None and skin.info()["class_names"]["mel"] == "Melanoma"
+    plain = skin.analyze(image, gradcam=False)  # nothing recorded in these bundles: TTA on
     assert plain.tta is True and plain.groups == [] and "malignant_probability" not in plain.to_dict()
+    for model in (skin.segmenter, skin.classifier):  # validation chose no TTA for either: it does not run
+        monkeypatch.setattr(model.spec, "tta", False)
+    assert skin.analyze(image, gradcam=False).tta is False and skin.analyze(image, tta=True).tta is True
     monkeypatch.setattr(skin.classifier.spec, "groups", [MALIGNANT])
     a = skin.analyze(image, gradcam=False, tta=False)
     d = a.to_dict()
