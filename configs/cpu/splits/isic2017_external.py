@@ -5,8 +5,9 @@ HAM10000's, from other clinics and years, so it shows what the classifier and it
 own collection. Its labels are renamed to HAM10000's codes (melanoma -> mel, nevus -> nv,
 seborrheic_keratosis -> bkl) and the images are split, seeded and stratified by label, into two halves:
 
-- ``fit/``: pooled with the validation split when the decision rules are fitted (``decision_roots``): the
-  malignant flag's threshold then has to hold on two collections, not on one;
+- ``fit/``: pooled with the validation split when the decision rules are fitted (``decision_roots``), or
+  trained on beside HAM10000 (``data.extra_roots`` with ``data.classes`` set to HAM10000's seven codes); each
+  image is its own ``lesion_id`` (the archive gives none);
 - ``external/``: never seen by any choice; the external figures of the card.
 
     python configs/cpu/splits/isic2017_external.py ../shared/datasets/isic2017_seg runs/isic2017
@@ -37,11 +38,12 @@ def main(src: Path, dst: Path, seed: int = 0) -> None:
         ids = sorted(r["id"] for r in rows if r["label"] == label)
         rng.shuffle(ids)
         for k, image_id in enumerate(ids):
-            halves["fit" if k % 2 == 0 else "external"].append({"id": image_id, "label": HAM_CODES[label]})
+            row = {"id": image_id, "label": HAM_CODES[label], "lesion_id": image_id}  # one image a lesion
+            halves["fit" if k % 2 == 0 else "external"].append(row)
     for name, items in halves.items():
         (dst / name / "images").mkdir(parents=True, exist_ok=True)
         with (dst / name / "labels.csv").open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["id", "label"])
+            writer = csv.DictWriter(fh, fieldnames=["id", "label", "lesion_id"])
             writer.writeheader()
             writer.writerows(sorted(items, key=lambda r: r["id"]))
         for item in items:
