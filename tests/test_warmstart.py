@@ -80,6 +80,19 @@ def test_default_lr_on_new_data_is_a_tenth_of_the_bundles(seg_start: Path, tmp_p
     assert config_from_bundle(seg_start, None, ["optim.lr=0.01", f"data.root={tmp_path}"]).optim.lr == 0.01
 
 
+def test_new_data_takes_nothing_of_the_bundles_own_data(tmp_path: Path) -> None:
+    """The shipped polyp bundle trained on two folders: fine-tuning it on a user's folder trains on that
+    folder alone, with a split of its own; without DATA it continues on both folders and its split."""
+    from medlens.training.warmstart import config_from_bundle
+
+    bundle = Path(__file__).resolve().parents[1] / "models" / "polyp-seg"
+    new = config_from_bundle(bundle, None, [f"data.root={tmp_path}"])
+    assert new.data.extra_roots == [] and new.data.split_file is None and new.data.group_column is None
+    own = config_from_bundle(bundle, None, [])
+    assert [Path(r).name for r in own.data.extra_roots] == ["cvc_clinicdb"]
+    assert own.data.split_file == str(bundle / "split.json") and own.model.pretrained is False
+
+
 def test_continuing_on_its_own_data_reuses_the_split_and_adds_up_the_epochs(
     seg_start: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -66,6 +66,11 @@ def config_from_bundle(
     _fix_to_weights(cfg, bundle.spec, user_size=_given(overrides, "data.input_size"))
     bundle_cfg = load_config(own_config) if own_config.is_file() else None
     same_data = bundle_cfg is not None and _same_data(cfg, bundle_cfg)
+    if not config_path and not same_data:  # new data: nothing of the bundle's own data comes along
+        own_data = {"extra_roots": [], "partial_roots": {}, "split_file": None, "group_column": None}
+        for key, empty in own_data.items():
+            if not _given(overrides, f"data.{key}"):
+                setattr(cfg.data, key, empty)
     split = Path(bundle.path) / SPLIT_FILE
     if same_data and cfg.data.split_file is None and split.is_file():
         cfg.data.split_file = str(split)
