@@ -62,8 +62,14 @@ def test_reports_that_cannot_be_paired_are_refused(synthetic_cls: Path, tmp_path
     evaluate(cls, synthetic_cls, tmp_path / "eval-cls")
     with pytest.raises(DatasetError, match="a segmentation and a classification report"):
         compare_reports(tmp_path / "eval-seg", tmp_path / "eval-cls")
-    (tmp_path / "eval-other" / "per_image.csv").write_text("id,dice\nnot-there,1.0\n")
+    table = tmp_path / "eval-other" / "per_image.csv"
+    rows = table.read_text().splitlines()
+    table.write_text("\n".join([rows[0], *[r.replace("case", "kase", 1) for r in rows[1:]]]) + "\n")
     with pytest.raises(DatasetError, match="share no scored image"):
         compare_reports(tmp_path / "eval-seg", tmp_path / "eval-other")
+    # the same ids on other images (another folder): refused, not paired
+    evaluate(seg, make_synthetic_segmentation(tmp_path / "third", n=6, seed=9), tmp_path / "eval-third")
+    with pytest.raises(DatasetError, match="another reference in each report"):
+        compare_reports(tmp_path / "eval-seg", tmp_path / "eval-third")
     with pytest.raises(DatasetError, match=r"no metrics\.json"):
         compare_reports(tmp_path, tmp_path / "eval-seg")

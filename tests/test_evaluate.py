@@ -225,6 +225,8 @@ def test_own_split_is_scored_per_source_and_recorded_in_the_bundle(tmp_path: Pat
         in (bundle / "README.md").read_text()
     )
     assert cli.main(["evaluate", str(bundle), str(a), "--choose-tta", "--out", str(tmp_path / "x")]) == 2
+    argv = ["evaluate", str(bundle), "--split", "test", "--choose-tta", "--out", str(tmp_path / "x")]
+    assert cli.main(argv) == 2  # the test split chooses nothing
 
 
 def test_tta_runs_as_recorded_unless_asked(seg_bundle: Path, synthetic_seg: Path, tmp_path: Path) -> None:
@@ -234,6 +236,9 @@ def test_tta_runs_as_recorded_unless_asked(seg_bundle: Path, synthetic_seg: Path
     from medlens.inference.packaging import read_bundle_meta, write_bundle_meta
     from medlens.pipelines.batch import predict_paths
 
+    seg_bundle = Path(
+        shutil.copytree(seg_bundle, tmp_path / "models" / "tiny-seg")
+    )  # the module's stays as is
     spec = Bundle.load(seg_bundle).spec
     assert spec.tta is None and spec.runs_tta(None) and not spec.runs_tta(False)
     off = dataclasses.replace(spec, tta=False)

@@ -238,8 +238,11 @@ def test_decision_roots_join_validation_when_rules_are_fitted(synthetic_cls: Pat
     # a folder whose labels are not the model's classes is refused, naming the label
     (other / "cyst").mkdir()
     shutil.copy(next((other / "benign").iterdir()), other / "cyst" / "x.png")
-    with pytest.raises(MedlensError, match="cyst"):
-        train(cls_config(synthetic_cls, tmp_path / "b", "epochs=1", f"decision_roots=[{other}]"))
+    with pytest.raises(MedlensError, match="cyst"):  # before training, not after it
+        train(
+            cls_config(synthetic_cls, tmp_path / "b", "epochs=1", "run_name=r", f"decision_roots=[{other}]")
+        )
+    assert not (tmp_path / "b" / "r" / "metrics.csv").exists()
     with pytest.raises(ConfigError, match="decision_roots"):
         load_config(None, ["data.task=segmentation", f"decision_roots=[{other}]"])
 

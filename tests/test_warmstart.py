@@ -93,6 +93,24 @@ def test_new_data_takes_nothing_of_the_bundles_own_data(tmp_path: Path) -> None:
     assert own.data.split_file == str(bundle / "split.json") and own.model.pretrained is False
 
 
+def test_how_the_bundle_itself_was_started_does_not_carry_over(cls_start: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    from medlens.training.warmstart import config_from_bundle
+
+    bundle = Path(shutil.copytree(cls_start, tmp_path / "b"))
+    config = yaml.safe_load((bundle / "config.yaml").read_text())
+    config.update(new_head=True, freeze_epochs=5, device="cuda", class_groups={"bad": ["malignant"]})
+    (bundle / "config.yaml").write_text(yaml.safe_dump(config))
+    cfg = config_from_bundle(bundle, None, [])
+    assert (cfg.new_head, cfg.freeze_epochs, cfg.device) == (False, 0, "auto")
+    assert cfg.class_groups == {"bad": ["malignant"]}  # the same head: its rules stay
+    fresh = config_from_bundle(bundle, None, [f"data.root={tmp_path}", "new_head=true"])
+    assert fresh.class_groups == {} and fresh.positive_class is None and fresh.data.classes is None
+
+
 def test_continuing_on_its_own_data_reuses_the_split_and_adds_up_the_epochs(
     seg_start: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

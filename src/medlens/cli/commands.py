@@ -119,7 +119,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if Path(args.out).exists() and not Path(args.out).is_dir():  # before the model and data are loaded
         raise MedlensError(f"--out {args.out}: exists and is not a folder; give a folder for the report")
     if args.choose_tta:
-        if args.split is None or args.data is not None or args.tta is not None or args.record:
+        if args.split != "val" or args.data is not None or args.tta is not None or args.record:
             raise MedlensError(
                 "--choose-tta scores the bundle's own split (--split val), with and without TTA"
             )
@@ -265,8 +265,11 @@ def _bundle_line(bundle: Any) -> str:
             continue
         rule = (m.get("decision") or {}).get("balanced_accuracy")
         plain = m.get("balanced_accuracy")
-        text = f"{split} bal. acc. {rule:.3f} at the rule" if isinstance(rule, int | float) else f"{split}"
-        text += f" ({plain:.3f} arg-max)" if isinstance(plain, int | float) else ""
+        if isinstance(rule, int | float):
+            text = f"{split} bal. acc. {rule:.3f} at the rule"
+            text += f" ({plain:.3f} arg-max)" if isinstance(plain, int | float) else ""
+        else:
+            text = f"{split} bal. acc. {plain:.3f}" if isinstance(plain, int | float) else split
         for g in m.get("groups") or []:
             if isinstance(g.get("sensitivity"), int | float) and isinstance(
                 g.get("specificity"), int | float

@@ -82,6 +82,11 @@ def compare_reports(new: str | Path, old: str | Path) -> dict[str, dict]:
     pairs = [(r, old_by_id[r["id"]]) for r in rows_new if r["id"] in old_by_id]
     if not pairs:
         raise DatasetError(f"{new} and {old} share no scored image")
+    truth = "label" if m_new["task"] != "segmentation" else "target_fraction"  # the reference of each image
+    differ = [a["id"] for a, b in pairs if a.get(truth) != b.get(truth)]
+    if differ:
+        raise DatasetError(f"{new} and {old}: image {differ[0]!r} has another reference in each report "
+                           f"({len(differ)} such ids); were they scored on the same data?")  # fmt: skip
     if m_new["task"] == "segmentation":
         return _compare_segmentation(pairs)
     return _compare_classification(pairs, m_new, m_old)
@@ -92,6 +97,8 @@ def _column(pairs: list[tuple[dict, dict]], key: str, side: int) -> np.ndarray:
 
 
 def _compare_segmentation(pairs: list[tuple[dict, dict]]) -> dict[str, dict]:
+    finite = np.isfinite(_column(pairs, "dice", 0)) & np.isfinite(_column(pairs, "dice", 1))
+    pairs = [p for p, ok in zip(pairs, finite, strict=True) if ok]  # the same images on both sides
     out = {"dice": _paired(_column(pairs, "dice", 0), _column(pairs, "dice", 1), _mean)}
     sources = sorted({p[0].get("source") for p in pairs if p[0].get("source")})
     for source in sources if len(sources) > 1 else []:

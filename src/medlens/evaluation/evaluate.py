@@ -139,6 +139,10 @@ def choose_tta(model: str | Path, out: str | Path, split: str = "val", **kwargs:
 
     if not is_bundle(model):
         raise BundleError(f"{model}: --choose-tta records the choice in a bundle; this is not one")
+    if split != "val":
+        raise DatasetError(
+            f"--choose-tta chooses on the validation split, not on {split!r} (it sees no test)"
+        )
     out = Path(out)
     plain = evaluate(model, None, out / "without-tta", split=split, tta=False, **kwargs)
     flips = evaluate(model, None, out / "with-tta", split=split, tta=True, **kwargs)

@@ -143,7 +143,20 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> RunData:
     else:
         splits = make_splits(index, cfg.data.val_fraction, cfg.data.test_fraction, seed=cfg.data.split_seed)
     save_splits(splits, run_dir / "split.json")
+    check_decision_roots(cfg, plan)
     return RunData(index, plan, splits)
+
+
+def check_decision_roots(cfg: TrainConfig, plan: Plan) -> None:
+    """Fail before training, not after it, when a ``decision_roots`` folder is missing, unreadable or labelled
+    with classes the model does not have (the folders are read again when the rules are fitted)."""
+    from medlens.data.layout import discover
+
+    for root in cfg.decision_roots:
+        if not Path(root).is_dir():
+            raise DatasetError(f"decision_roots: {root} is not a folder")
+        discover(root, task=cfg.data.task, label_column=cfg.data.label_column, classes=list(plan.classes),
+                 skip_bad=cfg.data.skip_bad)  # fmt: skip
 
 
 def cache_split(run: RunData, side: str, cfg: TrainConfig, device: torch.device) -> CachedData:

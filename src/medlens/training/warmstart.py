@@ -60,8 +60,10 @@ def config_from_bundle(
     bundle = Bundle.load(bundle_path)
     own_config = Path(bundle.path) / RUN_CONFIG
     base = Path(config_path) if config_path else (own_config if own_config.is_file() else None)
-    # what described the bundle's run, not the recipe: its folder, its time budget, the precision of its CPU
-    reset = [] if config_path else ["run_name=null", "out_dir=runs", "max_time_minutes=null", "amp=auto"]
+    # what described the bundle's run, not the recipe: its folder, time budget, device and precision, and
+    # how it itself was started (this run's flags say that)
+    reset = [] if config_path else ["run_name=null", "out_dir=runs", "max_time_minutes=null", "amp=auto",
+                                    "device=auto", "new_head=false", "freeze_epochs=0"]  # fmt: skip
     cfg = load_config(base, [*reset, *overrides, f"from_bundle={bundle.path}", "model.pretrained=false"])
     _fix_to_weights(cfg, bundle.spec, user_size=_given(overrides, "data.input_size"))
     bundle_cfg = load_config(own_config) if own_config.is_file() else None
@@ -77,6 +79,12 @@ def config_from_bundle(
         logger.info("--from %s on its own data: reusing its split (%s)", bundle.path, split)
     if not _given(overrides, "optim.lr") and not config_path and not same_data:
         cfg.optim.lr = cfg.optim.lr * FINE_TUNE_LR_SCALE
+    if cfg.new_head:  # rules about the bundle's classes do not carry over to a new head's
+        for key, empty in (("class_groups", {}), ("positive_class", None)):
+            if not _given(overrides, key):
+                setattr(cfg, key, empty)
+        if not _given(overrides, "data.classes"):
+            cfg.data.classes = None
     if freeze_encoder:
         cfg.freeze_epochs = cfg.epochs
     return cfg
