@@ -23,6 +23,7 @@ PLOT_KINDS = {
     "roc": "ROC curves",
     "reliability": "Reliability diagram",
     "dice_distribution": "Dice distribution",
+    "bland_altman_ctr": "Cardiothoracic ratio against the reference (Bland–Altman)",
     "curves": "Training curves",
 }
 SPLIT_WORDS = {"val": "validation", "test": "test"}

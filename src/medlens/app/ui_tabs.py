@@ -13,6 +13,7 @@ from medlens.app.ui_handlers import ALL, HISTORY_PAGE, UiHandlers
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"]
 IMAGE_HEIGHT = 380
 FEATURE_WIDTHS = ["22%", "12%", "14%", "52%"]
+PLOTS_PER_ROW = 3  # at 1280 px, five or six to a row left each plot about 185 px wide
 
 
 def _inputs(c: dict[str, Any], h: UiHandlers, names: list[str], examples: list[list[str]]) -> None:
@@ -185,10 +186,11 @@ def _bundle_panel(bundle: dict[str, Any], class_names: dict[str, str]) -> None:
             interactive=False,
             elem_classes=["medlens-metrics"],
         )
-        if bundle["plots"]:
+        plots = list(bundle["plots"].items())
+        for start in range(0, len(plots), PLOTS_PER_ROW):  # wide enough to read a confusion matrix's numbers
             with gr.Row():
-                for name, path in bundle["plots"].items():
-                    gr.Image(str(path), label=dashboard.plot_title(name), interactive=False, height=320)
+                for name, path in plots[start : start + PLOTS_PER_ROW]:
+                    gr.Image(str(path), label=dashboard.plot_title(name), interactive=False, height=400)
 
 
 def dashboard_tab(h: UiHandlers) -> dict[str, Any]:
