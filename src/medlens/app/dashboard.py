@@ -23,7 +23,7 @@ PLOT_KINDS = {
     "roc": "ROC curves",
     "reliability": "Reliability diagram",
     "dice_distribution": "Dice distribution",
-    "bland_altman_ctr": "Cardiothoracic ratio against the reference (Bland–Altman)",
+    "bland_altman_ctr": "CTR agreement (Bland–Altman)",
     "curves": "Training curves",
 }
 SPLIT_WORDS = {"val": "validation", "test": "test"}

@@ -188,9 +188,13 @@ def _bundle_panel(bundle: dict[str, Any], class_names: dict[str, str]) -> None:
         )
         plots = list(bundle["plots"].items())
         for start in range(0, len(plots), PLOTS_PER_ROW):  # wide enough to read a confusion matrix's numbers
+            row = plots[start : start + PLOTS_PER_ROW]
             with gr.Row():
-                for name, path in plots[start : start + PLOTS_PER_ROW]:
-                    gr.Image(str(path), label=dashboard.plot_title(name), interactive=False, height=400)
+                for name, path in row:
+                    with gr.Column(scale=1, min_width=200):
+                        gr.Image(str(path), label=dashboard.plot_title(name), interactive=False, height=400)
+                for _ in range(PLOTS_PER_ROW - len(row)):  # a short last row keeps the plots' width
+                    gr.Column(scale=1, min_width=200)
 
 
 def dashboard_tab(h: UiHandlers) -> dict[str, Any]:
