@@ -71,5 +71,12 @@ def test_reports_that_cannot_be_paired_are_refused(synthetic_cls: Path, tmp_path
     evaluate(seg, make_synthetic_segmentation(tmp_path / "third", n=6, seed=9), tmp_path / "eval-third")
     with pytest.raises(DatasetError, match="another reference in each report"):
         compare_reports(tmp_path / "eval-seg", tmp_path / "eval-third")
+    (tmp_path / "eval-third" / "metrics.json").write_text("{broken")
+    with pytest.raises(DatasetError, match="not a readable report"):
+        compare_reports(tmp_path / "eval-seg", tmp_path / "eval-third")
+    (tmp_path / "eval-other" / "metrics.json").write_text('{"task": "segmentation"}')
+    (tmp_path / "eval-other" / "per_image.csv").write_text("id,iou\ncase000,0.5\n")
+    with pytest.raises(DatasetError, match=r"column\(s\) \['dice'\] missing"):
+        compare_reports(tmp_path / "eval-seg", tmp_path / "eval-other")
     with pytest.raises(DatasetError, match=r"no metrics\.json"):
         compare_reports(tmp_path, tmp_path / "eval-seg")

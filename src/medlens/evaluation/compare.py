@@ -30,12 +30,23 @@ def _read_report(folder: Path) -> tuple[dict, list[dict[str, str]]]:
     metrics_file = folder / "metrics.json"
     if not metrics_file.is_file():
         raise DatasetError(f"{folder}: no metrics.json; give a report folder of `medlens evaluate`")
-    metrics = json.loads(metrics_file.read_text())
-    table = folder / ("per_image.csv" if metrics.get("task") == "segmentation" else "predictions.csv")
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{metrics_file}: not a readable report ({exc})") from exc
+    if not isinstance(metrics, dict) or metrics.get("task") not in ("segmentation", "classification"):
+        raise DatasetError(f"{metrics_file}: no task; give a report folder of `medlens evaluate`")
+    segmentation = metrics["task"] == "segmentation"
+    table = folder / ("per_image.csv" if segmentation else "predictions.csv")
     if not table.is_file():
         raise DatasetError(f"{folder}: {table.name} is missing")
     with table.open(newline="") as fh:
-        return metrics, list(csv.DictReader(fh))
+        reader = csv.DictReader(fh)
+        needed = {"id", "dice"} if segmentation else {"id", "label", "pred"}
+        missing = sorted(needed - set(reader.fieldnames or []))
+        if missing:
+            raise DatasetError(f"{table}: column(s) {missing} missing; is it a report of `medlens evaluate`?")
+        return metrics, list(reader)
 
 
 def _paired(new: np.ndarray, old: np.ndarray, stat: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> dict:
@@ -99,6 +110,8 @@ def _column(pairs: list[tuple[dict, dict]], key: str, side: int) -> np.ndarray:
 def _compare_segmentation(pairs: list[tuple[dict, dict]]) -> dict[str, dict]:
     finite = np.isfinite(_column(pairs, "dice", 0)) & np.isfinite(_column(pairs, "dice", 1))
     pairs = [p for p, ok in zip(pairs, finite, strict=True) if ok]  # the same images on both sides
+    if not pairs:
+        raise DatasetError("the two reports share no image with a Dice on both sides")
     out = {"dice": _paired(_column(pairs, "dice", 0), _column(pairs, "dice", 1), _mean)}
     sources = sorted({p[0].get("source") for p in pairs if p[0].get("source")})
     for source in sources if len(sources) > 1 else []:
