@@ -14,10 +14,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from medlens.data.index import DatasetIndex
 from medlens.errors import BundleError, DatasetError
+from medlens.evaluation.metrics import selection_score
 from medlens.spec import Mode, Task
 
 logger = logging.getLogger(__name__)
@@ -122,9 +121,9 @@ def primary_score(metrics: dict) -> tuple[str, float]:
     at its shipped decision rule (arg-max without one)."""
     if metrics.get("task") == Task.SEGMENTATION:
         sources = metrics.get("by_source") or {}
-        if len(sources) > 1:
-            return "dice, mean over sources", float(np.mean([s["dice_mean"] for s in sources.values()]))
-        return "dice", float(metrics["dice_mean"])
+        per_source = {name: s["dice_mean"] for name, s in sources.items()} if len(sources) > 1 else {}
+        name = "dice, mean over sources" if per_source else "dice"
+        return name, selection_score(metrics["dice_mean"], per_source)
     if isinstance(metrics.get("decision"), dict):
         return "balanced accuracy at the shipped rule", float(metrics["decision"]["balanced_accuracy"])
     return "balanced accuracy", float(metrics["balanced_accuracy"])

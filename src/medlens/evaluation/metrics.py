@@ -291,3 +291,9 @@ class SegmentationMetricAccumulator:
 
     def reset(self) -> None:
         self.rows.clear()
+
+
+def selection_score(pooled: float, per_source: dict[str, float]) -> float:
+    """The score that ranks two epochs or two settings of a model: the mean over sources when there are
+    several (so that a small source counts as much as a large one), else the pooled score."""
+    return float(np.mean(list(per_source.values()))) if per_source else float(pooled)

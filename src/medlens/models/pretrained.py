@@ -278,11 +278,11 @@ def load_pretrained(
         )
     module.load_state_dict(tensors, strict=False)
     if task == Task.CLASSIFICATION:
-        _zero_init_new_head(module, loaded=set(tensors))
+        zero_init_new_head(module, loaded=set(tensors))
     return report
 
 
-def _zero_init_new_head(model: nn.Module, loaded: set[str]) -> None:
+def zero_init_new_head(model: nn.Module, loaded: set[str]) -> None:
     """Start a classifier head that the weights did not provide at zero (first loss = ln K).
 
     timm initialises a linear head uniformly in +-1/sqrt(num_classes), which for a handful of classes gives

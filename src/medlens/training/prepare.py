@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ class RunData:
     index: DatasetIndex
     plan: Plan
     splits: dict[str, list[str]]
+    decision: dict[str, DatasetIndex] = field(default_factory=dict)  # decision_roots, read once
 
 
 def resolve_plan(plan: Plan, cfg: TrainConfig) -> Plan:
@@ -123,7 +124,7 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> RunData:
                 f"{run_dir / 'split.json'}: {len(missing)} ids are no longer in the data, e.g. {missing[0]!r}"
             )
         logger.info("resume: reusing plan.json and split.json of %s", run_dir)
-        return RunData(index, plan, splits)
+        return RunData(index, plan, splits, decision_indexes(cfg, plan))
     fp = fingerprint(index, seed=cfg.data.split_seed)
     write_json(run_dir / "fingerprint.json", fp)
     mode = "multiclass" if cfg.data.task == Task.CLASSIFICATION else cfg.data.mode
@@ -143,20 +144,22 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> RunData:
     else:
         splits = make_splits(index, cfg.data.val_fraction, cfg.data.test_fraction, seed=cfg.data.split_seed)
     save_splits(splits, run_dir / "split.json")
-    check_decision_roots(cfg, plan)
-    return RunData(index, plan, splits)
+    return RunData(index, plan, splits, decision_indexes(cfg, plan))
 
 
-def check_decision_roots(cfg: TrainConfig, plan: Plan) -> None:
-    """Fail before training, not after it, when a ``decision_roots`` folder is missing, unreadable or labelled
-    with classes the model does not have (the folders are read again when the rules are fitted)."""
+def decision_indexes(cfg: TrainConfig, plan: Plan) -> dict[str, DatasetIndex]:
+    """The ``decision_roots`` folders read before training, so that one missing, unreadable or labelled with
+    classes the model does not have fails now rather than after the last epoch."""
     from medlens.data.layout import discover
 
+    indexes = {}
     for root in cfg.decision_roots:
         if not Path(root).is_dir():
             raise DatasetError(f"decision_roots: {root} is not a folder")
-        discover(root, task=cfg.data.task, label_column=cfg.data.label_column, classes=list(plan.classes),
-                 skip_bad=cfg.data.skip_bad)  # fmt: skip
+        indexes[root] = discover(root, task=cfg.data.task, label_column=cfg.data.label_column,
+                                 classes=list(plan.classes), skip_bad=cfg.data.skip_bad,
+                                 num_workers=cfg.num_workers or None)  # fmt: skip
+    return indexes
 
 
 def cache_split(run: RunData, side: str, cfg: TrainConfig, device: torch.device) -> CachedData:

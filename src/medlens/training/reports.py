@@ -152,14 +152,10 @@ class ReportsMixin:
         return val
 
     def predict_folder(self, root: str) -> tuple[np.ndarray, np.ndarray]:
-        """fp32 logits and targets of every image of a labelled folder (its labels must be the model's
-        classes), read like the training data."""
-        from medlens.data.layout import discover
+        """fp32 logits and targets of every image of a ``decision_roots`` folder (read by ``prepare_run``)."""
         from medlens.training.prepare import RunData
 
-        d = self.cfg.data
-        index = discover(root, task=d.task, label_column=d.label_column, classes=list(self.plan.classes),
-                         skip_bad=d.skip_bad, num_workers=self.cfg.num_workers or None)  # fmt: skip
+        index = self.data.decision[root]
         cached = cache_split(
             RunData(index, self.plan, {"all": list(index.ids)}), "all", self.cfg, self.device
         )

@@ -15,6 +15,7 @@ import torch
 
 from medlens.errors import ConfigError
 from medlens.evaluation.classification_metrics import balanced_accuracy, flag_scores
+from medlens.evaluation.metrics import selection_score
 from medlens.inference.decisions import group_probability
 from medlens.spec import Mode, ModelSpec
 from medlens.training.decisions import fit_group_flags, fit_prior_decision
@@ -127,12 +128,6 @@ def source_scores(values: np.ndarray, sources: list[str | None], score: Any = np
         return {}
     where = np.array([s or "" for s in sources])
     return {name: float(score(values[where == name])) for name in names}
-
-
-def selection_score(pooled: float, per_source: dict[str, float]) -> float:
-    """The score that picks the best epoch: the mean over sources when there are several (so that a small
-    source counts as much as a large one), else the pooled score."""
-    return float(np.mean(list(per_source.values()))) if per_source else float(pooled)
 
 
 def segmentation_report(

@@ -34,6 +34,7 @@ from medlens.errors import ConfigError
 from medlens.inference.bundle import RUN_CONFIG, RUN_LINEAGE, Bundle, clean_state_dict, sha256_file
 from medlens.jsonable import write_json
 from medlens.models.parts import is_segmentation_model
+from medlens.models.pretrained import zero_init_new_head
 from medlens.spec import Mode, ModelSpec, Task
 
 logger = logging.getLogger(__name__)
@@ -98,15 +99,12 @@ def _fix_to_weights(cfg: TrainConfig, spec: ModelSpec, user_size: bool) -> None:
     """Set (or check) the config fields that the bundle's weights determine."""
     if cfg.data.task != spec.task:
         raise ConfigError(f"--from: the bundle is a {spec.task.value} model; data.task is {cfg.data.task!r}")
-    wanted = {"model.arch": spec.arch}
-    if spec.task == Task.SEGMENTATION:
-        wanted["model.encoder"] = spec.encoder or cfg.model.encoder
-    for key, value in wanted.items():
-        section, name = key.split(".")
-        current = getattr(getattr(cfg, section), name)
-        if current != value:
-            logger.info("--from: %s=%s (the bundle's) instead of %s", key, value, current)
-            setattr(getattr(cfg, section), name, value)
+    if cfg.model.arch != spec.arch:
+        logger.info("--from: model.arch=%s (the bundle's) instead of %s", spec.arch, cfg.model.arch)
+        cfg.model.arch = spec.arch
+    if spec.task == Task.SEGMENTATION and spec.encoder and cfg.model.encoder != spec.encoder:
+        logger.info("--from: model.encoder=%s (the bundle's) instead of %s", spec.encoder, cfg.model.encoder)
+        cfg.model.encoder = spec.encoder
     cfg.model.kwargs = dict(spec.model_kwargs)
     cfg.data.in_channels = spec.image_channels
     if spec.guide is not None:
@@ -197,18 +195,8 @@ def load_start_weights(model: nn.Module, bundle_path: str | Path, new_head: bool
     with torch.no_grad():
         model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
     if new_head and not is_segmentation_model(model):
-        _zero_classifier(model)
+        zero_init_new_head(model, loaded=set(state))
     logger.info("--from %s: loaded %d tensors%s", bundle_path, len(state), " (new head)" if new_head else "")
-
-
-def _zero_classifier(model: nn.Module) -> None:
-    """A new classifier head starts at zero (first loss ln K), as after ImageNet weights."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if isinstance(head, nn.Linear):
-        with torch.no_grad():
-            head.weight.zero_()
-            if head.bias is not None:
-                head.bias.zero_()
 
 
 def epochs_behind(bundle: Bundle) -> int:
