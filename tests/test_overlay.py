@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from medlens.drawing import PALETTE, draw_key, key_box
 from medlens.pipelines.overlay import colour_key, draw_overlay
@@ -61,3 +62,14 @@ def test_multilabel_and_single_structure_overlays():
     overlay, key = draw_overlay(_grey(), binary, ["background", "lesion"])
     assert [e.name for e in key] == ["lesion"]  # one structure: nothing to tell apart, no key drawn
     assert (overlay[:40, :40] == 128).all() and (overlay[-40:, -40:] == 128).all()
+
+
+def test_the_ui_reblend_draws_the_lines_and_the_key():
+    pytest.importorskip("pandas")
+    from medlens.app import render
+
+    mask = np.zeros((256, 256), np.uint8)
+    mask[60:200, 30:110], mask[60:200, 150:230], mask[140:190, 100:160] = 2, 1, 3
+    shown = render.blend(_grey(), mask, 0.3, CHEST, LINES)
+    np.testing.assert_array_equal(shown, draw_overlay(_grey(), mask, CHEST, LINES, alpha=0.3)[0])
+    assert tuple(shown[150, 130]) == PALETTE[3]  # the heart width line

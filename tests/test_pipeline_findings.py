@@ -140,3 +140,30 @@ def test_each_class_says_what_it_was_learnt_from(chest):
     assert chest.config.class_names["tuberculosis"] == "Tuberculosis"
     a = chest.analyze(_film(None), gradcam=False, tta=False)
     assert a.learnt_from == info["learnt_from"] and a.to_dict()["learnt_from"] == info["learnt_from"]
+
+
+def test_the_ui_shows_the_overlay_the_api_serves(chest, monkeypatch, tmp_path):
+    pytest.importorskip("gradio")
+    from medlens.app import render
+    from medlens.app.service import AnalysisService
+    from medlens.app.store import HistoryStore
+    from medlens.app.ui_handlers import UiHandlers
+    from tests.helpers_app import png_bytes
+
+    fix_segmentation(chest, monkeypatch, _anatomy(small_left=True))
+    service = AnalysisService({"chest-xray": chest}, HistoryStore(tmp_path / "home"), workers=1)
+    try:
+        record = service.analyze_bytes(png_bytes(_film(None)), "chest-xray", tta=False)
+        served = render.load_png(service.file_path(record["id"], "overlay"))
+        shown = UiHandlers(service, max_file_size=10**7).overlay(record["id"], 0.45)
+        np.testing.assert_array_equal(shown, served)  # the CTR lines and the key included
+        assert record["result"]["colour_key"][3]["name"] == "heart width (CTR)"
+        view = service.to_view(record)
+        assert view["segmentation"]["colour_key"] == record["result"]["colour_key"]
+        assert view["segmentation"]["classes"] == CHEST_CLASSES
+        assert [f["source"] for f in view["findings"]][-1] == "one_lung_small"
+        assert set(view["classification"]["learnt_from"]) == {"normal", "pneumonia"}
+        text = render.advice_markdown(record)
+        assert "One lung field is under half" in text and "Learnt from" in text and "Guangzhou" in text
+    finally:
+        service.close()
