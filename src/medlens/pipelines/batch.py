@@ -3,12 +3,15 @@
 Plain mode (``model`` = run folder or bundle) writes per image into ``out``:
 
 - segmentation: ``<stem>_mask.png`` (0/255 for binary, class labels for multi-class, one
-  ``<stem>_mask_<class>.png`` per label for multi-label), ``<stem>_overlay.png`` and ``<stem>.json`` (image
+  ``<stem>_mask_<class>.png`` per label for multi-label), ``<stem>_overlay.png`` (several structures: with
+  their colour key drawn in, :func:`medlens.pipelines.overlay.draw_overlay`) and ``<stem>.json`` (image
   size, area fraction, bounding box, connected components, model name, post-processing, TTA uncertainty);
 - classification: ``<stem>.json`` (label, probabilities, uncertainty with TTA).
 
 Pipeline mode (``model`` = a pipeline name under ``models_dir`` or a pipeline YAML) writes ``<stem>.json``
-(``Analysis.to_dict()``), ``<stem>_mask.png``, ``<stem>_overlay.png`` and ``<stem>_gradcam.png``.
+(``Analysis.to_dict()``), ``<stem>_mask.png``, ``<stem>_overlay.png`` and ``<stem>_gradcam.png``; its
+``summary.csv`` rows are ``Analysis.csv_row()`` (the reading, the findings, the Grad-CAM share inside the
+region, scalar features) with the file names.
 
 Both write ``summary.csv``: one row per input with ``status`` ok/error; unreadable files are reported there
 with the reason and skipped, never fatal. ``summary.json`` gives the counts, the wall time and the images/s.
@@ -32,7 +35,6 @@ from PIL import Image
 from medlens.errors import BundleError, ImageReadError, MedlensError, UnknownNameError
 from medlens.inference.bundle import read_spec, source_kind
 from medlens.jsonable import write_json
-from medlens.pipelines.groups import group_fields
 from medlens.spec import Mode, Task
 
 logger = logging.getLogger(__name__)
@@ -146,6 +148,7 @@ def _postprocess(mask: np.ndarray, options: dict[str, Any]) -> np.ndarray:
 def _write_segmentation(predictor, stem: str, image: np.ndarray, prob, unc, out: Path, options) -> dict:
     from medlens.drawing import overlay_mask
     from medlens.inference.decisions import probs_to_mask
+    from medlens.pipelines.overlay import draw_overlay
 
     mask = _postprocess(probs_to_mask(prob, predictor.spec.mode, predictor.spec.threshold), options)
     mode, classes = predictor.mode, predictor.classes
@@ -156,9 +159,9 @@ def _write_segmentation(predictor, stem: str, image: np.ndarray, prob, unc, out:
             files[f"mask_{name}"] = _save_png(out / f"{stem}_mask_{name}.png", mask[..., k] * 255)
     else:
         files["mask"] = _save_png(out / f"{stem}_mask.png", mask * 255 if mode == Mode.BINARY else mask)
-    files["overlay"] = _save_png(
-        out / f"{stem}_overlay.png", overlay_mask(image, mask, colors=_RED if mode == Mode.BINARY else None)
-    )
+    binary = mode == Mode.BINARY  # one structure, in red; several: the pipelines' colours and colour key
+    overlay = overlay_mask(image, mask, colors=_RED) if binary else draw_overlay(image, mask, classes)[0]
+    files["overlay"] = _save_png(out / f"{stem}_overlay.png", overlay)
     payload = {
         "id": stem,
         "model": predictor.name,
@@ -293,25 +296,7 @@ def _write_analysis(analysis, stem: str, source: Path, out: Path) -> dict:
             (out / f"{stem}_{key}.png").write_bytes(png)
             files[key] = f"{stem}_{key}.png"
     write_json(out / f"{stem}.json", {**analysis.to_dict(), "source": str(source), "files": files})
-    return {
-        "label": analysis.label,
-        "label_name": analysis.label_name,
-        "probability": analysis.probability,
-        **group_fields(analysis.groups),
-        "area_fraction": analysis.area_fraction,
-        "uncertainty": analysis.uncertainty,
-        "out_of_scope": analysis.out_of_scope,
-        "tta": analysis.tta,
-        **_scalar_features(analysis.features),
-        **files,
-        "json": f"{stem}.json",
-    }
-
-
-def _scalar_features(features: dict[str, Any]) -> dict[str, Any]:
-    """The features that fit a CSV cell as ``feature_<name>`` columns; structured ones stay in the JSON."""
-    scalar = (bool, int, float, str, type(None))
-    return {f"feature_{k}": v for k, v in features.items() if isinstance(v, scalar)}
+    return {**analysis.csv_row(), **files, "json": f"{stem}.json"}
 
 
 def _run_pipeline(
