@@ -16,7 +16,7 @@ Shipped pipelines live in ``medlens/pipelines/*.yaml``; more (or same-name overr
       gradcam: false                # Grad-CAM of the segmenter when there is no classifier
     classifier:                     # optional (at least one of segmenter / classifier)
       bundle: skin-cls
-      guided: crop                  # false | crop | channel | both; left out: as the bundle was trained
+      guided: crop                  # false | crop | channel | both | field; left out: as trained
       gradcam: true
       learnt_from: {mel: "..."}     # optional: per class, the population / hospital the bundle learnt it from
     features: [area, asymmetry, border, colour, diameter]     # names from medlens.pipelines.features
