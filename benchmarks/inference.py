@@ -338,8 +338,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     with bench_workdir("medlens-bench-", args.work_dir, args.threads) as (work, load_before):
-        from medlens.inference.runtime import default_threads
+        from medlens.inference.runtime import configure_threads
 
+        threads = configure_threads()  # torch's pool: the threads each ONNX Runtime session gets
         models_dir, models_desc = prepare_skin_models(args.models, work, args.tiny, args.v2_standins)
         paths, images_desc = example_images(args.images, max(8, args.batch))
         images = load_images(paths) if paths else synthetic_skin_images(max(8, args.batch))
@@ -357,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "warmup": args.warmup,
                 "block": args.block,
                 "tta": not args.no_tta,
-                "threads": default_threads(),
+                "threads": threads,
                 "variants": args.variants,
             },
             "models": models_desc,

@@ -52,14 +52,21 @@ def test_percentiles_and_ratio() -> None:
 
 
 def test_inference_benchmark_runs(bench_env: Path, tiny_models: Path) -> None:
+    import torch
+
     from benchmarks import inference
 
     out = bench_env / "BENCHMARKS.md"
-    res = inference.main(
-        ["--models", str(tiny_models), "--repeats", "1", "--batch-repeats", "1",
-         "--warmup", "0", "--block", "1", "--batch", "2", "--no-tta",
-         "--json", str(bench_env / "inference.json"), "--out", str(out)]
-    )  # fmt: skip
+    torch.set_num_threads(2)  # a process's default on two cores: the benchmark must size torch's pool itself
+    try:
+        res = inference.main(
+            ["--models", str(tiny_models), "--repeats", "1", "--batch-repeats", "1",
+             "--warmup", "0", "--block", "1", "--batch", "2", "--no-tta", "--threads", "1",
+             "--json", str(bench_env / "inference.json"), "--out", str(out)]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(1)
+    assert res["settings"]["threads"] == res["machine"]["torch_threads"] == 1  # torch as many threads as ORT
     assert set(res["batch1"]) == set(inference.VARIANTS)
     for r in res["batch1"].values():
         assert {"p50", "p95"} <= set(r["latency_ms"])
