@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -216,12 +217,13 @@ class Trainer(SetupMixin, ReportsMixin):
 
     def fit_schedule_to_budget(self) -> None:
         """With ``max_time_minutes``, shorten the planned epochs, and the LR schedule with them, to what the
-        budget still holds (judged by the slowest of the last two epochs), so that a time-limited run ends its
-        decay instead of being cut off at a high learning rate."""
+        budget still holds, so that a time-limited run ends its decay instead of being cut off at a high
+        learning rate. An epoch's time is the median of the last three: one epoch slowed by a passing load (an
+        evaluation beside the training) must not halve the run, since the plan is never lengthened again."""
         budget = self.cfg.max_time_minutes
         if budget is None or self.stop_reason is not None or self.epoch >= self.planned_epochs:
             return
-        per_epoch = max(float(r["time_s"]) for r in self.history[-2:])
+        per_epoch = float(np.median([float(r["time_s"]) for r in self.history[-3:]]))
         left = 60.0 * budget - (time.monotonic() - self.start_time)
         fits = self.epoch + int(max(left, 0.0) // max(per_epoch, 1e-3))
         planned = distributed.broadcast_object(min(self.planned_epochs, fits), self.dist)
