@@ -21,7 +21,8 @@ spacing...) does not hold.
 The notice is mandatory: a YAML without one gets `DEFAULT_NOTICE`, and a custom notice that does not say
 "not a diagnosis" is prefixed with `NOTICE_PREFIX`.
 
-Out of scope (`ScopeConfig`, YAML ``scope:``) — an image is flagged instead of forced into a class when
+Out of scope (`ScopeConfig`, YAML ``scope:``) — after the modality classifier's check
+(`medlens.pipelines.modality`, YAML ``modality:``), an image is flagged instead of forced into a class when
 
 (a) it looks like another modality: the mean per-pixel chroma ``max(R,G,B) - min(R,G,B)`` (0..255) is below
     ``chroma_threshold`` for a pipeline that expects colour (dermoscopy, endoscopy), or above it for one that
@@ -284,9 +285,11 @@ def check_region(area_fraction: float | None, scope: ScopeConfig) -> str | None:
     return "the segmenter found no region of interest, which this pipeline requires"
 
 
-def out_of_scope_text(reason: str, title: str) -> str:
-    """Recommendation for an out-of-scope analysis."""
+def out_of_scope_text(reason: str, title: str | None) -> str:
+    """Recommendation for an out-of-scope analysis (``title``: the pipeline's; None when no pipeline took the
+    image, as with ``pipeline=auto``)."""
+    where = f" for the {title} pipeline" if title else ""
     return (
-        f"Out of scope for the {title} pipeline: {reason}. No class is given. Check that the right pipeline "
-        "and image were chosen, and ask a clinician to review the image."
+        f"Out of scope{where}: {reason}. No class is given. Check that the right pipeline and image were "
+        "chosen, and ask a clinician to review the image."
     )

@@ -24,6 +24,8 @@ class Analysis:
     (``scope_reason`` says why). ``groups``: the classifier's class groups (e.g. "malignant") with their
     summed probability, validation-fitted threshold and flag (see `medlens.pipelines.groups.group_scores`;
     empty for bundles without groups). ``class_names``: full names of the class codes, from the pipeline YAML.
+    ``modality``: what the modality check saw (`medlens.pipelines.modality.ModalityVerdict.describe`: class,
+    in words, probabilities, the pipeline that takes it); None for a pipeline without the check.
     """
 
     id: str | None
@@ -47,6 +49,7 @@ class Analysis:
     tta: bool | None = None
     groups: list[dict] = field(default_factory=list)
     class_names: dict[str, str] = field(default_factory=dict)
+    modality: dict | None = None
 
     @property
     def probability(self) -> float | None:
