@@ -156,12 +156,27 @@ def choice(record: Mapping[str, Any]) -> tuple[str, str]:
     return f"{record['id'][:8]} · {caption(record)}", record["id"]
 
 
+def modality_line(record: Mapping[str, Any]) -> str | None:
+    """What the modality check saw, and the pipeline ``auto`` chose, as Markdown (None without the check)."""
+    result = record["result"]
+    seen = result.get("modality")
+    if not seen:
+        return None
+    p = seen.get("probability")
+    text = f"**Modality check:** {seen.get('name') or seen.get('label')}" + (
+        f" ({p:.2f})" if isinstance(p, int | float) else "")  # fmt: skip
+    if result.get("auto") and record.get("pipeline") != "auto":
+        text += f"; sent to the {record['pipeline']} pipeline (auto)"
+    return text
+
+
 def advice_markdown(record: Mapping[str, Any] | None, expected_groups: tuple[str, ...] = ()) -> str:
-    """Out-of-scope warning, label, class groups, area, recommendation and notice as Markdown."""
+    """Modality check, out-of-scope warning, label, class groups, area, recommendation and notice as
+    Markdown."""
     if record is None:
         return ""
     result = record["result"]
-    parts = []
+    parts = [line] if (line := modality_line(record)) else []
     if result.get("out_of_scope"):
         reason = result.get("scope_reason") or "the image does not look like what the pipeline was trained on"
         parts.append(f"**Out of scope:** {reason}")
