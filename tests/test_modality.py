@@ -140,7 +140,9 @@ def test_a_batch_gives_what_single_images_give(pipelines):
         assert (a.out_of_scope, a.scope_reason, a.modality) == (b.out_of_scope, b.scope_reason, b.modality)
 
 
-def test_a_missing_modality_bundle_means_no_check_logged_once(models_dir, tmp_path, caplog):
+def test_a_missing_modality_bundle_means_no_check_logged_once(models_dir, tmp_path, caplog, capsys):
+    from medlens import cli
+
     folder = tmp_path / "models"
     shutil.copytree(models_dir, folder, ignore=shutil.ignore_patterns("modality"))
     with caplog.at_level(logging.WARNING, logger="medlens.pipelines.modality"):
@@ -156,6 +158,8 @@ def test_a_missing_modality_bundle_means_no_check_logged_once(models_dir, tmp_pa
         and "modality check" not in (a.scope_reason or "")
     )
     assert ModalityRouter.from_pipelines(loaded) is None
+    assert cli.main(["models", str(folder)]) == 0
+    assert "ready, no modality check (modality missing)" in capsys.readouterr().out
 
 
 def test_a_label_the_modality_bundle_lacks_is_a_config_error(models_dir, tmp_path, caplog):

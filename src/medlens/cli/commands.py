@@ -249,7 +249,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         check = cfg.modality_check
         if not missing and check is not None and check.bundle not in names:
             state += f", no modality check ({check.bundle} missing)"
-        lines.append(f"  {name:<24} {state:<40} {cfg.title}")
+        lines.append(f"  {name:<24} {state:<48} {cfg.title}")
     _echo("\n".join(lines))
     return 0
 
