@@ -49,10 +49,14 @@ def test_api_auto_routes_refuses_and_keeps_the_history(client):
     body = refused.json()
     assert body["pipeline"] == AUTO and body["out_of_scope"] and body["classification"] is None
     assert "retinal fundus photograph" in body["scope_reason"] and body["modality"]["pipeline"] is None
+    assert body["findings"] == [{"text": f"Out of scope: {body['scope_reason']}.", "severity": "high",
+                                 "source": "scope"}]  # fmt: skip
     listed = client.get("/api/v1/analyses", params={"pipeline": AUTO}).json()
     assert [i["id"] for i in listed["items"]] == [body["id"]]
     wrong = _post(client, marked("endoscopy"), pipeline="skin").json()
     assert wrong["out_of_scope"] and "use the polyp pipeline" in wrong["scope_reason"] and not wrong["auto"]
+    first = wrong["findings"][0]
+    assert first["source"] == "scope" and "use the polyp pipeline" in first["text"]
     models = client.get("/api/v1/models").json()
     assert models["auto"]["routes"]["fundus"] is None and models["auto"]["routes"]["dermoscopy"] == "skin"
     unknown = _post(client, marked("endoscopy"), pipeline="eye")
@@ -90,5 +94,6 @@ def test_ui_offers_auto_first_and_shows_what_the_check_saw(pipelines, tmp_path):
     text = render.advice_markdown(routed)
     assert "**Modality check:** a colonoscopy (endoscopy) frame (0.92); sent to the polyp pipeline" in text
     refused = render.advice_markdown(service.analyze_bytes(png_bytes(marked("other")), AUTO))
-    assert "**Out of scope:** this does not look like a medical image" in refused
+    # the refusal is a scope finding, as any out-of-scope result's reason is
+    assert "- **High:** Out of scope: this does not look like a medical image" in refused
     service.close()

@@ -97,3 +97,22 @@ def test_bad_mode_and_bad_inputs():
         guide_inputs([img], None, "crop", (8, 8))
     with pytest.raises(ValueError, match="does not match"):
         guide_one(img, np.zeros((5, 5), np.uint8), "crop", (8, 8))
+
+
+def test_field_mode_blanks_what_lies_away_from_the_region():
+    img = np.full((200, 240, 1), 200, np.uint8)
+    img[12:20, 32:40] = 255  # a burned-in marker inside the crop square, far from the region
+    mask = np.zeros((200, 240), np.uint8)
+    mask[60:140, 60:180] = 1  # crop square: side 180 at (10, 30)
+    field = guide_one(img, mask, "field", (90, 90))
+    crop = guide_one(img, mask, "crop", (90, 90))
+    assert field.shape == crop.shape == (90, 90, 1) and field.dtype == np.uint8
+    assert (crop == 0).mean() == 0  # the crop square lies inside the image: nothing blank
+    assert field[45, 45, 0] == 200  # the region keeps its pixels...
+    assert crop.max() == 255 and field.max() == 200  # ...the marker is gone
+    # the region fills 80 x 120 of the 180-px square, and with its edge of 4 % of 180 px on each side
+    edge = 2 * 0.04 * 180
+    assert (field > 0).mean() == pytest.approx((80 + edge) * (120 + edge) / 180**2, abs=0.02)
+    empty = np.zeros_like(mask)  # nothing found: the whole image, as "crop"
+    assert np.array_equal(guide_one(img, empty, "field", (90, 90)), guide_one(img, empty, "crop", (90, 90)))
+    assert guide_channels("field") == 0

@@ -113,6 +113,8 @@ def test_an_image_of_another_modality_is_refused_naming_what_fits(pipelines, pip
         assert w in a.scope_reason
     assert f"modality check: {label}, 0.92" in a.scope_reason
     assert a.recommendation.startswith(f"Out of scope for the {pipelines[pipeline].title} pipeline: this")
+    scope = [f for f in a.findings if f.source == "scope"]  # the refusal is a finding too, the first
+    assert a.findings[0] == scope[0] and scope[0].severity == "high" and a.scope_reason in scope[0].text
     assert a.modality["label"] == label and a.modality["probability"] == pytest.approx(0.92)
     assert a.timings_ms["segment"] == 0 and a.timings_ms["classify"] == 0  # no model ran after the check
     assert a.to_dict()["modality"]["pipeline"] == {"dermoscopy": "skin", "endoscopy": "polyp"}.get(
@@ -253,6 +255,9 @@ def test_predict_auto_writes_each_image_by_its_pipeline(models_dir, tmp_path):
         "dermoscopy": "skin", "endoscopy": "polyp", "chest_xray": "chest-xray", "fundus": AUTO, "other": AUTO
     }  # fmt: skip
     assert rows["fundus"]["modality"] == "fundus" and rows["fundus"]["out_of_scope"] == "True"
+    assert rows["fundus"]["findings"].startswith("high: Out of scope: this looks like a retinal fundus")
+    assert rows["fundus"]["recommendation"].startswith("Out of scope: this looks like a retinal fundus")
+    assert {"gradcam_inside_region", "findings", "recommendation"} <= set(rows["endoscopy"])
     assert rows["broken"]["status"] == "error"
     refused = json.loads((out / "fundus.json").read_text())
     assert refused["pipeline"] == AUTO and "retinal fundus photograph" in refused["scope_reason"]

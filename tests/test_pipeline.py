@@ -193,7 +193,9 @@ def test_chest_pipeline_with_spacing_and_known_anatomy(pipelines, shared_dataset
     assert f["cardiothoracic_ratio"] == pytest.approx(25 / 165, abs=1e-4)
     heart_row, h0, h1 = f["cardiothoracic_lines"]["heart"]
     assert (h0, h1) == (100, 124) and f["cardiothoracic_lines"]["thorax"][1:] == [30, 194]
-    assert tuple(a.overlay[heart_row, 110]) == (255, 60, 60)  # the heart diameter is drawn
+    key = {e.name: e for e in a.colour_key}  # the heart diameter is drawn in the colour its key entry names
+    assert tuple(a.overlay[heart_row, 110]) == key["heart width (CTR)"].rgb
+    assert a.mask_classes == CHEST_CLASSES
     assert a.uncertainty is None and set(a.probabilities) == {"normal", "pneumonia"}
 
 

@@ -137,7 +137,7 @@ class TrainConfig:
     from_bundle: str | None = None
     new_head: bool = False  # --from with other classes: a fresh class layer, the rest from the bundle
     guide_bundle: str | None = None  # segmentation bundle for segmentation-guided classification
-    guide_mode: str = "crop"  # crop | channel | both
+    guide_mode: str = "crop"  # crop | channel | both | field
 
 
 def config_to_dict(cfg: Any) -> dict:

@@ -29,12 +29,13 @@ class Mode(StrEnum):
 
 
 class GuideMode(StrEnum):
-    """How a segmentation bundle guides a classifier: crop around the region, add the mask as a channel, or
-    both."""
+    """How a segmentation bundle guides a classifier: crop around the region, add the mask as a channel, both,
+    or crop and blank everything outside the (slightly widened) region ("field": the lung fields only)."""
 
     CROP = "crop"
     CHANNEL = "channel"
     BOTH = "both"
+    FIELD = "field"
 
     @property
     def extra_channels(self) -> int:
@@ -44,7 +45,7 @@ class GuideMode(StrEnum):
     @property
     def crops(self) -> bool:
         """Whether the classifier sees a crop around the segmented region."""
-        return self in (GuideMode.CROP, GuideMode.BOTH)
+        return self in (GuideMode.CROP, GuideMode.BOTH, GuideMode.FIELD)
 
 
 # How a bundle can be run (inference/runtime.py, predictor.py) and which ONNX graph precisions exist: here, in

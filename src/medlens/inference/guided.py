@@ -12,6 +12,9 @@ Modes (:class:`medlens.spec.GuideMode`):
 - ``"channel"``: the whole image with the predicted mask (0/255) appended as an extra channel (RGB -> 4
   channels, grey -> 2 channels).
 - ``"both"``: the crop, with the cropped mask appended.
+- ``"field"``: the crop, every pixel farther than `FIELD_MARGIN` (4% of the crop's side) from the predicted
+  region set to 0, so that the classifier sees the region (e.g. the lung fields and heart) and its edge only:
+  burned-in markers, borders and soft tissue outside it cannot carry the decision.
 
 Outputs are resized to ``size`` ``(H, W)``: images with area-averaging (PIL ``BOX``) when shrinking and
 bilinear when enlarging, masks with nearest neighbour.
@@ -25,6 +28,7 @@ from typing import Protocol
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from medlens.inference.postprocess import bounding_box, keep_largest_component
 from medlens.spec import GuideMode, parse_enum
@@ -32,6 +36,7 @@ from medlens.spec import GuideMode, parse_enum
 logger = logging.getLogger(__name__)
 
 DEFAULT_MARGIN = 0.25
+FIELD_MARGIN = 0.04
 
 
 class MaskPredictor(Protocol):
@@ -96,7 +101,8 @@ def guide_one(
         mode: a :class:`medlens.spec.GuideMode` value.
         size: output ``(H, W)``.
     Returns:
-        ``(size[0], size[1], C)`` uint8 for ``"crop"``, ``(size[0], size[1], C + 1)`` for the other modes.
+        ``(size[0], size[1], C)`` uint8 for ``"crop"`` and ``"field"``, ``(size[0], size[1], C + 1)`` for the
+        others.
     """
     guide = parse_enum(GuideMode, mode, "guide mode")
     image = image[..., None] if image.ndim == 2 else image
@@ -107,6 +113,10 @@ def guide_one(
         box = crop_box(fg, margin)
         if box is not None:
             image, fg = _crop(image, *box), _crop(fg, *box)
+    if guide is GuideMode.FIELD and fg.any():
+        reach = FIELD_MARGIN * max(fg.shape)
+        near = ndimage.distance_transform_edt(fg == 0) <= reach
+        image = np.where(near[..., None], image, 0).astype(np.uint8)
     out = _resize(image, size)
     out = out[..., None] if out.ndim == 2 else out
     if not guide.extra_channels:
@@ -127,7 +137,7 @@ def guide_inputs(
     Args:
         images: ``(H, W, C)`` uint8 images (sizes may differ).
         seg: segmentation predictor giving each image's ``(H, W)`` mask; may be None when ``masks`` are given.
-        mode: ``"crop"``, ``"channel"`` or ``"both"`` (`UnknownNameError` otherwise).
+        mode: ``"crop"``, ``"channel"``, ``"both"`` or ``"field"`` (`UnknownNameError` otherwise).
         size: output ``(H, W)``, usually the classifier's input size.
         masks: precomputed masks (e.g. the pipeline's post-processed segmentation); skips ``seg``.
         margin: crop margin per side as a fraction of the region's longer side.

@@ -3,13 +3,16 @@
 Plain mode (``model`` = run folder or bundle) writes per image into ``out``:
 
 - segmentation: ``<stem>_mask.png`` (0/255 for binary, class labels for multi-class, one
-  ``<stem>_mask_<class>.png`` per label for multi-label), ``<stem>_overlay.png`` and ``<stem>.json`` (image
+  ``<stem>_mask_<class>.png`` per label for multi-label), ``<stem>_overlay.png`` (several structures: with
+  their colour key drawn in, :func:`medlens.pipelines.overlay.draw_overlay`) and ``<stem>.json`` (image
   size, area fraction, bounding box, connected components, model name, post-processing, TTA uncertainty);
 - classification: ``<stem>.json`` (label, probabilities, uncertainty with TTA).
 
 Pipeline mode (``model`` = a pipeline name under ``models_dir``, a pipeline YAML, or ``auto``: each image the
 pipeline of its modality, `medlens.pipelines.batch_analysis`) writes ``<stem>.json`` (``Analysis.to_dict()``),
-``<stem>_mask.png``, ``<stem>_overlay.png`` and ``<stem>_gradcam.png``.
+``<stem>_mask.png``, ``<stem>_overlay.png`` and ``<stem>_gradcam.png``; its ``summary.csv`` rows are
+``Analysis.csv_row()`` (the pipeline that analysed the image, the modality seen, the reading, the findings,
+the Grad-CAM share inside the region, scalar features) with the file names.
 
 Both write ``summary.csv``: one row per input with ``status`` ok/error; unreadable files are reported there
 with the reason and skipped, never fatal. ``summary.json`` gives the counts, the wall time and the images/s.
@@ -163,6 +166,7 @@ def _postprocess(mask: np.ndarray, options: dict[str, Any]) -> np.ndarray:
 def _write_segmentation(predictor, stem: str, image: np.ndarray, prob, unc, out: Path, options) -> dict:
     from medlens.drawing import overlay_mask
     from medlens.inference.decisions import probs_to_mask
+    from medlens.pipelines.overlay import draw_overlay
 
     mask = _postprocess(probs_to_mask(prob, predictor.spec.mode, predictor.spec.threshold), options)
     mode, classes = predictor.mode, predictor.classes
@@ -173,9 +177,9 @@ def _write_segmentation(predictor, stem: str, image: np.ndarray, prob, unc, out:
             files[f"mask_{name}"] = _save_png(out / f"{stem}_mask_{name}.png", mask[..., k] * 255)
     else:
         files["mask"] = _save_png(out / f"{stem}_mask.png", mask * 255 if mode == Mode.BINARY else mask)
-    files["overlay"] = _save_png(
-        out / f"{stem}_overlay.png", overlay_mask(image, mask, colors=_RED if mode == Mode.BINARY else None)
-    )
+    binary = mode == Mode.BINARY  # one structure, in red; several: the pipelines' colours and colour key
+    overlay = overlay_mask(image, mask, colors=_RED) if binary else draw_overlay(image, mask, classes)[0]
+    files["overlay"] = _save_png(out / f"{stem}_overlay.png", overlay)
     payload = {
         "id": stem,
         "model": predictor.name,

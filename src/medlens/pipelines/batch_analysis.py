@@ -11,7 +11,6 @@ from typing import Any
 from medlens.errors import MedlensError, UnknownNameError
 from medlens.jsonable import write_json
 from medlens.pipelines.analysis import Analysis
-from medlens.pipelines.groups import group_fields
 from medlens.pipelines.routing import AUTO, ModalityRouter
 
 Analyser = Callable[[Sequence[Any], "bool | None"], list[Analysis]]
@@ -61,7 +60,8 @@ def _batch_sizes(pipeline: Any, batch_size: int) -> None:
 
 def write_analysis(analysis: Analysis, stem: str, source: Path, out: Path) -> dict[str, Any]:
     """Write ``<stem>.json`` and the mask, overlay and Grad-CAM PNGs of one analysis into ``out``; returns
-    its row of the summary (the pipeline that analysed it, the modality seen, the result, the files)."""
+    its row of the summary (`Analysis.csv_row`: the pipeline that analysed it, the modality seen, the result,
+    the reading and findings; then the files)."""
     files = {}
     for key, png in (
         ("mask", analysis.mask_png()),
@@ -72,24 +72,4 @@ def write_analysis(analysis: Analysis, stem: str, source: Path, out: Path) -> di
             (out / f"{stem}_{key}.png").write_bytes(png)
             files[key] = f"{stem}_{key}.png"
     write_json(out / f"{stem}.json", {**analysis.to_dict(), "source": str(source), "files": files})
-    return {
-        "pipeline": analysis.pipeline,
-        "modality": (analysis.modality or {}).get("label"),
-        "label": analysis.label,
-        "label_name": analysis.label_name,
-        "probability": analysis.probability,
-        **group_fields(analysis.groups),
-        "area_fraction": analysis.area_fraction,
-        "uncertainty": analysis.uncertainty,
-        "out_of_scope": analysis.out_of_scope,
-        "tta": analysis.tta,
-        **_scalar_features(analysis.features),
-        **files,
-        "json": f"{stem}.json",
-    }
-
-
-def _scalar_features(features: dict[str, Any]) -> dict[str, Any]:
-    """The features that fit a CSV cell as ``feature_<name>`` columns; structured ones stay in the JSON."""
-    scalar = (bool, int, float, str, type(None))
-    return {f"feature_{k}": v for k, v in features.items() if isinstance(v, scalar)}
+    return {**analysis.csv_row(), **files, "json": f"{stem}.json"}

@@ -19,10 +19,11 @@ Shipped pipelines live in ``medlens/pipelines/*.yaml``; more (or same-name overr
       gradcam: false                # Grad-CAM of the segmenter when there is no classifier
     classifier:                     # optional (at least one of segmenter / classifier)
       bundle: skin-cls
-      guided: crop                  # false | crop | channel | both; left out: as the bundle was trained
+      guided: crop                  # false | crop | channel | both | field; left out: as trained
       gradcam: true
+      learnt_from: {mel: "..."}     # optional: per class, the population / hospital the bundle learnt it from
     features: [area, asymmetry, border, colour, diameter]     # names from medlens.pipelines.features
-    advice: {rules: [...], default: "...", notice: "..."}      # see medlens.pipelines.advice
+    advice: {rules: [...], findings: [...], default: "...", notice: "..."}  # see medlens.pipelines.advice
     scope: {expect: colour, min_probability: 0.35, max_uncertainty: 0.1, require_region: true}
 
 `medlens.pipelines.pipeline.Pipeline` builds the predictors a validated config names.
@@ -59,7 +60,7 @@ TOP_KEYS = DESCRIPTION_KEYS | {"class_names", "class_groups", "segmenter", "clas
                                "scope"}  # fmt: skip
 SEGMENTER_KEYS = {"bundle", "postprocess", "structure", "gradcam"}
 POSTPROCESS_KEYS = {"fill_holes", "largest_component", "min_size_px"}
-CLASSIFIER_KEYS = {"bundle", "guided", "gradcam"}
+CLASSIFIER_KEYS = {"bundle", "guided", "gradcam", "learnt_from"}
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -78,6 +79,7 @@ class ClassifierConfig:
     bundle: str
     guided: str | bool | None = None  # a guide mode, False = not guided, None = as the bundle's spec says
     gradcam: bool = True
+    learnt_from: dict[str, str] = field(default_factory=dict)  # class code -> the films it was learnt from
 
 
 @dataclass
@@ -135,7 +137,7 @@ class PipelineConfig:
             description=str(raw.get("description") or "").strip(),
             modality=modality,
             modality_check=check,
-            class_names=_class_names(raw.get("class_names"), source),
+            class_names=_class_texts(raw.get("class_names"), source),
             class_groups=_names(raw.get("class_groups"), source, "class_groups"),
             segmenter=seg,
             classifier=clf,
@@ -174,12 +176,12 @@ def _bundle_name(raw: dict, source: str, where: str) -> str:
     return bundle.strip()
 
 
-def _class_names(raw: Any, source: str) -> dict[str, str]:
+def _class_texts(raw: Any, source: str, key: str = "class_names", what: str = "full names") -> dict[str, str]:
     if raw is None:
         return {}
     if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
-        raise ConfigError(f"{source}: 'class_names' must map class codes to full names")
-    return {str(k): v.strip() for k, v in raw.items()}
+        raise ConfigError(f"{source}: '{key}' must map class codes to {what}")
+    return {str(k): " ".join(v.split()) for k, v in raw.items()}
 
 
 def _names(raw: Any, source: str, key: str) -> list[str]:
@@ -229,6 +231,7 @@ def _classifier(raw: Any, source: str) -> ClassifierConfig | None:
         bundle=_bundle_name(raw, source, "classifier"),
         guided=guided,
         gradcam=bool(raw.get("gradcam", True)),
+        learnt_from=_class_texts(raw.get("learnt_from"), source, "classifier.learnt_from", "text"),
     )
 
 

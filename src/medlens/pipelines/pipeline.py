@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medlens.data.io import ImageRecord
-from medlens.drawing import overlay_mask
 from medlens.errors import BundleError, ConfigError, MedlensError
 from medlens.inference.bundle import Bundle
 from medlens.inference.decisions import probs_to_mask
@@ -32,7 +31,6 @@ from medlens.pipelines.advice import (
     out_of_scope_text,
 )
 from medlens.pipelines.analysis import Analysis
-from medlens.pipelines.chest import draw_measurements
 from medlens.pipelines.config import (
     DEFAULT_TTA,
     ClassifierConfig,
@@ -43,7 +41,7 @@ from medlens.pipelines.config import (
 )
 from medlens.pipelines.features import compute_features
 from medlens.pipelines.groups import group_scores
-from medlens.pipelines.heatmap import heatmap_overlay, place_cam
+from medlens.pipelines.heatmap import heatmap_overlay, place_cam, share_inside
 from medlens.pipelines.modality import (
     ModalityGate,
     ModalityVerdict,
@@ -52,6 +50,7 @@ from medlens.pipelines.modality import (
     modality_routes,
     share_routes,
 )
+from medlens.pipelines.overlay import draw_overlay
 from medlens.pipelines.stages import StageTimer, as_image, enhance_contrast, find_bundle, resolve_guide
 from medlens.spec import GuideMode, Mode
 
@@ -102,6 +101,8 @@ class Pipeline:
             )
         self.guide_mode = resolve_guide(config, segmenter, classifier)
         self.modality_gate = modality
+        said = config.classifier.learnt_from if config.classifier else {}
+        self.learnt_from = {c: said[c] for c in self.classes if c in said}  # the YAML's, for its classes
 
     @classmethod
     def from_yaml(
@@ -192,6 +193,7 @@ class Pipeline:
             "class_groups": list(cfg.class_groups),
             "guided": self.guide_mode,
             "features": list(cfg.features),
+            "learnt_from": dict(self.learnt_from),
             "notice": cfg.advice.notice,
         }
 
@@ -259,7 +261,8 @@ class Pipeline:
             uncertainty=None, out_of_scope=False, features={}, recommendation="",
             notice=self.config.advice.notice, gradcam=None, timings_ms={},
             tta=self.model_tta(self.segmenter, tta) or self.model_tta(self.classifier, tta),
-            class_names=dict(self.config.class_names),
+            class_names=dict(self.config.class_names), learnt_from=dict(self.learnt_from),
+            mask_classes=self.segmenter.classes if self.segmenter is not None else [],
         )  # fmt: skip
 
     def _run_models(self, result: Analysis, original: np.ndarray, work: np.ndarray, spacing: Any,
@@ -275,7 +278,9 @@ class Pipeline:
                 result.features = compute_features(
                     self.config.features, original, result.mask, spacing, classes=self.segmenter.classes
                 )
-                result.overlay = draw_measurements(result.overlay, result.features)
+                result.overlay, result.colour_key = draw_overlay(
+                    original, result.mask, result.mask_classes, result.features
+                )
         if self.classifier is not None:
             with timer("classify"):
                 if self.guide_mode is not None:
@@ -292,7 +297,7 @@ class Pipeline:
 
     def _segment(self, result: Analysis, original: np.ndarray, work: np.ndarray, tta: bool,
                  pre: Prefetched | None = None) -> np.ndarray:  # fmt: skip
-        """Fill mask, area, components, overlay, TTA uncertainty; return the mask before post-processing."""
+        """Fill mask, area, components, TTA uncertainty; return the mask before post-processing."""
         seg = self.segmenter
         if pre is not None and pre.seg is not None:
             prob, result.segmentation_uncertainty = pre.seg
@@ -305,7 +310,6 @@ class Pipeline:
         mask = apply_postprocess(raw, post.fill_holes, post.largest_component, post.min_size_px)
         result.mask, result.area_fraction = mask, area_fraction(mask)
         result.components = connected_components(mask > 0)
-        result.overlay = overlay_mask(original, mask)
         return raw
 
     def _classify(self, result: Analysis, x: np.ndarray, tta: bool,
@@ -334,7 +338,8 @@ class Pipeline:
     def _gradcam(self, result: Analysis, original: np.ndarray, work: np.ndarray, cls_input: np.ndarray,
                  raw_mask: np.ndarray | None, features: np.ndarray | None) -> np.ndarray | None:  # fmt: skip
         """Grad-CAM overlay on the original image: the classifier's predicted class (from ``features`` when
-        the classification pass returned them, else by backpropagation in torch), else the segmenter."""
+        the classification pass returned them, else by backpropagation in torch), else the segmenter; sets
+        ``result.gradcam_inside_region``, the share of the map inside the segmented region."""
         from medlens.inference.explain import gradcam
 
         cfg = self.config
@@ -350,25 +355,25 @@ class Pipeline:
             cam = gradcam(self.segmenter.model, self.segmenter.preprocess([work]))
         else:
             return None
+        if result.mask is not None:
+            result.gradcam_inside_region = share_inside(cam, result.mask > 0)
         return heatmap_overlay(original, cam)
 
     def _conclude(self, result: Analysis, reason: str | None) -> None:
-        """Out-of-scope verdict, or the advice text."""
+        """Out-of-scope verdict or the reading, and every finding that applies."""
         result.out_of_scope, result.scope_reason = reason is not None, reason
         if reason is not None:
             result.label = None
             result.groups = [{**g, "flagged": None} for g in result.groups]
-            result.recommendation = out_of_scope_text(reason, self.title)
-            return
         ctx = AdviceContext(
-            label=result.label,
-            probability=result.probability,
-            probabilities=result.probabilities,
-            uncertainty=result.uncertainty,
-            features=result.features,
+            label=result.label, probability=result.probability, probabilities=result.probabilities,
+            uncertainty=result.uncertainty, features=result.features,
             region_found=None if self.segmenter is None else bool(result.area_fraction),
-        )
-        result.recommendation = self.config.advice.advise(ctx)
+            gradcam_inside=result.gradcam_inside_region,
+        )  # fmt: skip
+        advice = self.config.advice
+        result.recommendation = out_of_scope_text(reason, self.title) if reason else advice.advise(ctx)
+        result.findings = advice.find(ctx, reason)
 
 
 # ---------------------------------------------------------------------------------------------------- loading

@@ -4,8 +4,9 @@
 (`medlens.pipelines.modality`) and picks, for the class it decides, the pipeline that takes that class; the
 pipeline then analyses the image without running the classifier again. An image of a class no loaded
 pipeline takes (fundus, other, or a modality whose pipeline is not loaded) gets a refused `Analysis`: out of
-scope, pipeline ``"auto"``, no class, the reason naming what the image looks like. The REST API, the UI
-(through `medlens.app.service.AnalysisService`) and ``medlens predict auto`` use it.
+scope, pipeline ``"auto"``, no class, the reason naming what the image looks like, and that reason as its one
+finding (source ``scope``, as for any image out of scope). The REST API, the UI (through
+`medlens.app.service.AnalysisService`) and ``medlens predict auto`` use it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from medlens.data.io import ImageRecord
-from medlens.pipelines.advice import DEFAULT_NOTICE, out_of_scope_text
+from medlens.pipelines.advice import DEFAULT_NOTICE, out_of_scope_text, scope_finding
 from medlens.pipelines.analysis import Analysis
 from medlens.pipelines.modality import ModalityClassifier, ModalityVerdict, modality_reason
 from medlens.pipelines.stages import as_image
@@ -66,7 +67,7 @@ class ModalityRouter:
             overlay=None, area_fraction=None, components=[], label=None, probabilities={}, uncertainty=None,
             out_of_scope=True, features={}, recommendation=out_of_scope_text(reason, None),
             notice=DEFAULT_NOTICE, gradcam=None, timings_ms={"modality": round(ms, 2), "total": round(ms, 2)},
-            scope_reason=reason, modality=seen.describe(self.routes),
+            scope_reason=reason, modality=seen.describe(self.routes), findings=[scope_finding(reason)],
         )  # fmt: skip
 
     def analyze_batch(
