@@ -1,10 +1,12 @@
-"""Write the chest classifiers' comparison sets as folders ``medlens evaluate BUNDLE FOLDER`` reads (symlinks).
+"""Write the chest classifiers' comparison sets as folders ``medlens evaluate BUNDLE FOLDER`` reads
+(symlinks).
 
-- ``kermany-cohort-test``: the 781 children's films of Kermany's cohort test split (``chest-xray-cohort.json``),
-  which neither the shipped two-class model nor the three-class one trained on: paired comparisons of the two;
-- ``adult-test``: the adult films (Shenzhen normal / tuberculosis, JSRT normal) of the three-class split's test
-  side (``runs/chest3-split.json``); ``adult-normal-test``: its normal films only (the two-class model has no
-  tuberculosis class, so the paired comparison of "adults called pneumonia" runs on these).
+- ``kermany-cohort-test``: the 781 children's films of Kermany's cohort test split
+  (``chest-xray-cohort.json``), which neither the shipped two-class model nor the three-class one trained on:
+  paired comparisons of the two;
+- ``adult-test``: the adult films (Shenzhen normal / tuberculosis, JSRT normal) of the three-class split's
+  test side (``runs/chest3-split.json``); ``adult-normal-test``: its normal films only (the two-class model
+  has no tuberculosis class, so the paired comparison of "adults called pneumonia" runs on these).
 
     python configs/cpu/splits/chest_test_sets.py ../shared/datasets runs/chest3 runs/chest3-split.json runs
 """

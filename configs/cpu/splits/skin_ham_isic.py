@@ -7,7 +7,8 @@ the fitted decision rules see both archives. ISIC 2017's ``external`` half stays
 the external set of the comparison.
 
     python configs/cpu/splits/isic2017_external.py ../shared/datasets/isic2017_seg runs/isic2017
-    python configs/cpu/splits/skin_ham_isic.py models/skin-cls/split.json runs/isic2017/fit runs/skin-ham-isic.json
+    python configs/cpu/splits/skin_ham_isic.py models/skin-cls/split.json runs/isic2017/fit \
+        runs/skin-ham-isic.json
 """
 
 from __future__ import annotations

@@ -166,6 +166,20 @@ def choice(record: Mapping[str, Any]) -> tuple[str, str]:
     return f"{record['id'][:8]} · {caption(record)}", record["id"]
 
 
+def modality_line(record: Mapping[str, Any]) -> str | None:
+    """What the modality check saw, and the pipeline ``auto`` chose, as Markdown (None without the check)."""
+    result = record["result"]
+    seen = result.get("modality")
+    if not seen:
+        return None
+    p = seen.get("probability")
+    text = f"**Modality check:** {seen.get('name') or seen.get('label')}" + (
+        f" ({p:.2f})" if isinstance(p, int | float) else "")  # fmt: skip
+    if result.get("auto") and record.get("pipeline") != "auto":
+        text += f"; sent to the {record['pipeline']} pipeline (auto)"
+    return text
+
+
 def learnt_from_markdown(result: Mapping[str, Any], label: str | None) -> str | None:
     """Which films each class was learnt from (the predicted one first); None when the pipeline says not."""
     said = result.get("learnt_from") or {}
@@ -198,13 +212,14 @@ def findings_markdown(findings: list[Mapping[str, Any]]) -> str | None:
 
 
 def advice_markdown(record: Mapping[str, Any] | None, expected_groups: tuple[str, ...] = ()) -> str:
-    """Out-of-scope warning, label and what it was learnt from, class groups, area, where the model looked,
-    the reading (recommendation), every finding and the notice, as Markdown."""
+    """What the modality check saw (and where ``auto`` sent the image), out-of-scope warning, label and what
+    it was learnt from, class groups, area, where the model looked, the reading (recommendation), every
+    finding and the notice, as Markdown."""
     if record is None:
         return ""
     result = record["result"]
     findings = result.get("findings") or []
-    parts: list[str | None] = []
+    parts: list[str | None] = [modality_line(record)]
     if result.get("out_of_scope") and not any(f.get("source") == "scope" for f in findings):  # older records
         reason = result.get("scope_reason") or "the image does not look like what the pipeline was trained on"
         parts.append(f"**Out of scope:** {reason}")

@@ -71,6 +71,14 @@ class FindingView(BaseModel):
                         '"scope" for an image out of scope')  # fmt: skip
 
 
+class ModalityView(BaseModel):
+    label: str = Field(description='the modality classifier\'s class, e.g. "endoscopy" or "other"')
+    name: str = Field(description='the class in words, e.g. "a colonoscopy (endoscopy) frame"')
+    probability: float | None = Field(description="its calibrated probability")
+    probabilities: dict[str, float] = Field(description="calibrated probability per modality class")
+    pipeline: str | None = Field(description="the pipeline that takes this modality (None: none does)")
+
+
 class FeatureRow(BaseModel):
     key: str
     name: str = Field(description="human name")
@@ -82,7 +90,11 @@ class FeatureRow(BaseModel):
 class AnalysisView(BaseModel):
     id: str
     created: str = Field(description="ISO 8601, UTC")
-    pipeline: str
+    pipeline: str = Field(description='the pipeline that analysed it; "auto" when auto found none that fits')
+    auto: bool = Field(False, description="pipeline=auto chose the pipeline by the image's modality")
+    modality: ModalityView | None = Field(
+        None, description="what the modality check saw (None: the pipeline has no modality check)"
+    )
     source_format: str = Field(description="png, jpeg, tiff, bmp or dicom (sniffed from the content)")
     image_size: list[int] | None = Field(description="[height, width] analysed")
     original_size: list[int] | None = Field(
@@ -133,6 +145,11 @@ class Health(BaseModel):
 class ModelsView(BaseModel):
     pipelines: list[dict[str, Any]]
     bundles: list[dict[str, Any]]
+    auto: dict[str, Any] | None = Field(
+        None,
+        description="pipeline=auto: the modality bundle and the pipeline that takes each class; "
+        "None when no modality classifier is loaded",
+    )
 
 
 class ErrorBody(BaseModel):

@@ -29,7 +29,8 @@ spacing, no Grad-CAM...) does not hold.
 The notice is mandatory: a YAML without one gets `DEFAULT_NOTICE`, and a custom notice that does not say
 "not a diagnosis" is prefixed with `NOTICE_PREFIX`.
 
-Out of scope (`ScopeConfig`, YAML ``scope:``) — an image is flagged instead of forced into a class when
+Out of scope (`ScopeConfig`, YAML ``scope:``) — after the modality classifier's check
+(`medlens.pipelines.modality`, YAML ``modality:``), an image is flagged instead of forced into a class when
 
 (a) it looks like another modality: the mean per-pixel chroma ``max(R,G,B) - min(R,G,B)`` (0..255) is below
     ``chroma_threshold`` for a pipeline that expects colour (dermoscopy, endoscopy), or above it for one that
@@ -172,6 +173,12 @@ class Finding:
     source: str
 
 
+def scope_finding(reason: str) -> Finding:
+    """The finding of an image out of scope (source ``scope``, severity high), whichever check refused it:
+    the modality check (`medlens.pipelines.modality`), colour, confidence or region."""
+    return Finding(f"Out of scope: {reason}.", "high", "scope")
+
+
 def _parse_when(raw: dict, where: str, extra: frozenset[str] = frozenset()) -> dict:
     if set(raw) - {"when", "say", *extra} or not isinstance(raw.get("say"), str):
         raise ConfigError(
@@ -261,7 +268,7 @@ class AdviceConfig:
     def find(self, ctx: AdviceContext, scope_reason: str | None = None) -> list[Finding]:
         """Every finding that holds for ``ctx`` (plus one for ``scope_reason``, an image out of scope), most
         severe first; findings of equal severity keep the YAML's order."""
-        found = [Finding(f"Out of scope: {scope_reason}.", "high", "scope")] if scope_reason else []
+        found = [scope_finding(scope_reason)] if scope_reason else []
         found += [Finding(f.say, f.severity, f.name) for f in self.findings if f.matches(ctx)]
         return sorted(found, key=lambda f: SEVERITIES.index(f.severity))
 
@@ -358,9 +365,11 @@ def check_region(area_fraction: float | None, scope: ScopeConfig) -> str | None:
     return "the segmenter found no region of interest, which this pipeline requires"
 
 
-def out_of_scope_text(reason: str, title: str) -> str:
-    """Recommendation for an out-of-scope analysis."""
+def out_of_scope_text(reason: str, title: str | None) -> str:
+    """Recommendation for an out-of-scope analysis (``title``: the pipeline's; None when no pipeline took the
+    image, as with ``pipeline=auto``)."""
+    where = f" for the {title} pipeline" if title else ""
     return (
-        f"Out of scope for the {title} pipeline: {reason}. No class is given. Check that the right pipeline "
-        "and image were chosen, and ask a clinician to review the image."
+        f"Out of scope{where}: {reason}. No class is given. Check that the right pipeline and image were "
+        "chosen, and ask a clinician to review the image."
     )

@@ -28,6 +28,8 @@ class Analysis:
     (``scope_reason`` says why). ``groups``: the classifier's class groups (e.g. "malignant") with their
     summed probability, validation-fitted threshold and flag (see `medlens.pipelines.groups.group_scores`;
     empty for bundles without groups). ``class_names``: full names of the class codes, from the pipeline YAML.
+    ``modality``: what the modality check saw (`medlens.pipelines.modality.ModalityVerdict.describe`: class,
+    in words, probabilities, the pipeline that takes it); None for a pipeline without the check.
 
     ``recommendation`` is the reading (the first advice rule that holds, or why the image is out of scope);
     ``findings`` every finding that applies besides it, most severe first (`medlens.pipelines.advice`).
@@ -58,6 +60,7 @@ class Analysis:
     tta: bool | None = None
     groups: list[dict] = field(default_factory=list)
     class_names: dict[str, str] = field(default_factory=dict)
+    modality: dict | None = None
     findings: list[Finding] = field(default_factory=list)
     gradcam_inside_region: float | None = None
     mask_classes: list[str] = field(default_factory=list)
@@ -89,11 +92,14 @@ class Analysis:
         return to_jsonable(out)
 
     def csv_row(self) -> dict[str, Any]:
-        """The analysis as a row of batch prediction's ``summary.csv``: the scalar results, the reading, the
-        findings (``severity: text``, joined by `FINDINGS_SEPARATOR`) and the features that fit a cell as
-        ``feature_<name>`` columns (structured ones stay in the JSON)."""
+        """The analysis as a row of batch prediction's ``summary.csv``: the pipeline that analysed it
+        (``auto`` when none took it), the modality the check saw (its class; empty without the check), the
+        scalar results, the reading, the findings (``severity: text``, joined by `FINDINGS_SEPARATOR`) and the
+        features that fit a cell as ``feature_<name>`` columns (structured ones stay in the JSON)."""
         scalar = (bool, int, float, str, type(None))
         return {
+            "pipeline": self.pipeline,
+            "modality": (self.modality or {}).get("label"),
             "label": self.label,
             "label_name": self.label_name,
             "probability": self.probability,

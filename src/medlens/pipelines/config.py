@@ -6,7 +6,10 @@ Shipped pipelines live in ``medlens/pipelines/*.yaml``; more (or same-name overr
     name: skin                      # required, unique
     title: Skin lesion (dermoscopy)
     description: ...
-    modality: dermoscopy
+    modality:                       # optional; the older one-word form names the images and runs no check
+      name: dermoscopy              # how people call the images it takes
+      label: dermoscopy             # the modality classifier's class of them (medlens.pipelines.modality)
+      bundle: modality              # the modality classifier bundle; missing: no check (logged once)
     class_names: {mel: Melanoma, nv: Melanocytic nevus}   # optional: full names of the classifier's codes
     class_groups: [malignant]       # optional: class groups (spec.groups) the UI summarises, or says it lacks
     segmenter:                      # optional; a bundle folder (or bundle name) under models_dir
@@ -41,6 +44,7 @@ from medlens.pipelines import chest  # noqa: F401  (registers the chest anatomy 
 from medlens.pipelines.advice import AdviceConfig, ScopeConfig
 from medlens.pipelines.dicom_seg import segment_types
 from medlens.pipelines.features import get_feature
+from medlens.pipelines.modality import ModalityConfig
 from medlens.spec import GUIDE_MODES
 
 logger = logging.getLogger(__name__)
@@ -85,7 +89,10 @@ class PipelineConfig:
     name: str
     title: str
     description: str = ""
-    modality: str = ""
+    modality: str = ""  # the images it takes, in words
+    modality_check: ModalityConfig | None = (
+        None  # the modality classifier's check, when the YAML asks for one
+    )
     class_names: dict[str, str] = field(default_factory=dict)  # class code -> full name
     class_groups: list[str] = field(default_factory=list)  # groups the classifier's spec should provide
     segmenter: SegmenterConfig | None = None
@@ -120,14 +127,16 @@ class PipelineConfig:
                 raise ConfigError(f"{source}: {e}") from e
         if features and seg is None:
             raise ConfigError(f"{source}: 'features' are computed on the segmentation; add a segmenter")
+        modality, check = ModalityConfig.parse(raw.get("modality"), source)
         scope = ScopeConfig.from_dict(raw.get("scope"), source)
         if not scope.modality_name:
-            scope.modality_name = str(raw.get("modality") or "")
+            scope.modality_name = modality
         return cls(
             name=name.strip(),
             title=str(raw.get("title") or name),
             description=str(raw.get("description") or "").strip(),
-            modality=str(raw.get("modality") or ""),
+            modality=modality,
+            modality_check=check,
             class_names=_class_texts(raw.get("class_names"), source),
             class_groups=_names(raw.get("class_groups"), source, "class_groups"),
             segmenter=seg,
