@@ -15,6 +15,7 @@ from PIL import Image
 
 from medlens.pipelines.analysis import Analysis
 from medlens.pipelines.groups import group_scores
+from medlens.spec import ClassGroup
 
 
 class FakePipeline:
@@ -66,7 +67,8 @@ class FakePipeline:
                 gradcam=rgb[..., ::-1].copy() if gradcam else None,
                 timings_ms={"segmentation": 1.0, "classification": 1.0},
                 tta=tta is not False,  # None: as each model recorded; these fakes record nothing (on)
-                groups=group_scores(probs, self.groups), class_names={self.classes[1]: "Malignant lesion"},
+                groups=group_scores(probs, list(map(ClassGroup.from_dict, self.groups))),
+                class_names={self.classes[1]: "Malignant lesion"},
             )  # fmt: skip
         finally:
             self._busy.release()

@@ -262,3 +262,11 @@ def test_every_shipped_bundle_loads_verifies_and_predicts(folder: Path) -> None:
     else:
         probs = predictor.predict_proba(predictor.guided_inputs([image]))
         assert probs.shape == (1, bundle.spec.num_classes) and np.allclose(probs.sum(1), 1, atol=1e-4)
+
+
+@pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_spec_is_written_back_as_it_was_read(folder: Path) -> None:
+    """The typed spec (decision rule and class groups included) writes the JSON of bundle.json unchanged."""
+    spec = json.loads((folder / "bundle.json").read_text())["spec"]
+    written = json.loads(json.dumps(ModelSpec.from_dict(spec).to_dict()))
+    assert {k: written[k] for k in spec} == spec

@@ -390,7 +390,7 @@ def test_positive_class_and_decision() -> None:
     logits = np.array([[2.0, -1.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 2.0], [0.5, 0.4]])
     y = np.array([0, 0, 1, 1, 1])
     update, metrics = classification_report(logits, y, ["normal", "pneumonia"], True, 1.0, None)
-    assert update["decision"]["positive_class"] == "pneumonia"
+    assert update["decision"].positive_class == "pneumonia"
     assert metrics["decision"]["val_sensitivity"] == 1.0
     assert update["temperature"] == metrics["temperature"] > 0
 

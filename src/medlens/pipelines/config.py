@@ -31,7 +31,7 @@ import logging
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -40,7 +40,7 @@ from medlens.pipelines import chest  # noqa: F401  (registers the chest anatomy 
 from medlens.pipelines.advice import AdviceConfig, ScopeConfig
 from medlens.pipelines.dicom_seg import segment_types
 from medlens.pipelines.features import get_feature
-from medlens.spec import GUIDE_MODES
+from medlens.spec import GUIDE_MODES, GuideMode
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class SegmenterConfig:
 @dataclass
 class ClassifierConfig:
     bundle: str
-    guided: str | bool | None = None  # a guide mode, False = not guided, None = as the bundle's spec says
+    guided: GuideMode | Literal[False] | None = None  # False = not guided, None = as the bundle's spec says
     gradcam: bool = True
 
 
@@ -214,8 +214,10 @@ def _classifier(raw: Any, source: str) -> ClassifierConfig | None:
         raise ConfigError(f"{source}: 'classifier' must be a mapping")
     _check_keys(raw, CLASSIFIER_KEYS, source, "classifier")
     guided = raw.get("guided")
-    if guided is not None and guided is not False and guided not in GUIDE_MODES:
-        raise ConfigError(f"{source}: classifier.guided must be false or one of {', '.join(GUIDE_MODES)}")
+    if guided is not None and guided is not False:
+        if guided not in GUIDE_MODES:
+            raise ConfigError(f"{source}: classifier.guided must be false or one of {', '.join(GUIDE_MODES)}")
+        guided = GuideMode(guided)
     return ClassifierConfig(
         bundle=_bundle_name(raw, source, "classifier"),
         guided=guided,

@@ -50,7 +50,7 @@ from medlens.pipelines.stages import (
     enhance_contrast,
     find_bundle,
 )
-from medlens.spec import GuideMode, Mode, guide_channels
+from medlens.spec import GuideMode, Mode
 
 if TYPE_CHECKING:
     from medlens.pipelines.serving import Prefetched
@@ -181,28 +181,29 @@ class Pipeline:
             "notice": cfg.advice.notice,
         }
 
-    def _resolve_guide(self) -> str | None:
+    def _resolve_guide(self) -> GuideMode | None:
         """The guide mode: the YAML's ``classifier.guided`` if given, else the classifier spec's ``guide``."""
         if self.classifier is None or self.config.classifier is None:
             return None
         src, cfg = self.config.source, self.config.classifier
         guide = self.classifier.spec.guide
-        trained = guide.mode.value if guide is not None else None
+        trained = guide.mode if guide is not None else None
         mode = trained if cfg.guided is None else (cfg.guided or None)
         if trained is not None and mode != trained:
+            shown = mode.value if mode else mode
             raise ConfigError(
-                f"{src}: classifier.guided is {mode!r} but {cfg.bundle} was trained with {trained!r}"
+                f"{src}: classifier.guided is {shown!r} but {cfg.bundle} was trained with {trained.value!r}"
             )
         if mode is None:
             return None
         if self.segmenter is None:
             raise ConfigError(
-                f"{src}: the classifier {cfg.bundle} needs guided inputs ({mode}); add a segmenter"
+                f"{src}: the classifier {cfg.bundle} needs guided inputs ({mode.value}); add a segmenter"
             )
         in_ch = self.classifier.spec.in_channels
-        if guide_channels(mode) and in_ch not in (2, 4):
+        if not mode.fits(in_ch):
             raise ConfigError(
-                f"{src}: guided={mode!r} adds a mask channel but {cfg.bundle} takes {in_ch} channels"
+                f"{src}: guided={mode.value!r} does not fit {cfg.bundle}, which takes {in_ch} input channels"
             )
         trained_with = Path(guide.bundle).name if guide is not None else ""
         if trained_with and trained_with != self.config.segmenter.bundle:
@@ -353,7 +354,7 @@ class Pipeline:
                 cam = clf.cam(features, index)
             else:
                 cam = gradcam(clf.model, clf.preprocess([cls_input]), class_index=index)
-            box = crop_box(raw_mask) if self.guide_mode and GuideMode(self.guide_mode).crops else None
+            box = crop_box(raw_mask) if self.guide_mode and self.guide_mode.crops else None
             cam = place_cam(cam, box, original.shape[:2])
         elif self.segmenter is not None and cfg.segmenter.gradcam and self.classifier is None:
             cam = gradcam(self.segmenter.model, self.segmenter.preprocess([work]))

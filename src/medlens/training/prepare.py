@@ -24,7 +24,7 @@ from medlens.data.sources import discover_all
 from medlens.data.splits import check_splits, load_splits, make_splits, save_splits
 from medlens.errors import ConfigError, DatasetError
 from medlens.jsonable import write_json
-from medlens.spec import Guide, ModelSpec, Task, guide_channels, trained_flips
+from medlens.spec import Guide, ModelSpec, Task, trained_flips
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def model_spec(cfg: TrainConfig, plan: Plan) -> ModelSpec:
     """``model_spec.json``: everything a predictor needs to rebuild and feed the network. The one place where
     a guide's mask channel joins the image's: input channels, and mean 0 / std 1 for the 0..1 mask."""
     seg = plan.task == Task.SEGMENTATION
-    extra = guide_channels(cfg.guide_mode if cfg.guide_bundle else None)
+    extra = cfg.guide_mode.extra_channels if cfg.guide_bundle else 0
     return ModelSpec(
         task=plan.task,
         mode=plan.mode,

@@ -142,8 +142,8 @@ class ReportsMixin:
             self.spec = dataclasses.replace(self.spec, **update)
             return metrics
         fitted_on = " + ".join(["val", *c.decision_roots])
-        if update.get("decision"):
-            update["decision"] = {**update["decision"], "fitted_on": fitted_on}
+        if update["decision"] is not None:
+            update["decision"] = dataclasses.replace(update["decision"], fitted_on=fitted_on)
         self.spec = dataclasses.replace(self.spec, **update)
         val = classification_test_report(logits, targets, self.plan.classes, self.spec)
         val.update(temperature=update["temperature"], calibrated_on=fitted_on, pooled_fit=metrics,

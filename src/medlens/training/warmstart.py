@@ -108,7 +108,7 @@ def _fix_to_weights(cfg: TrainConfig, spec: ModelSpec, user_size: bool) -> None:
     cfg.model.kwargs = dict(spec.model_kwargs)
     cfg.data.in_channels = spec.image_channels
     if spec.guide is not None:
-        cfg.guide_bundle, cfg.guide_mode = spec.guide.bundle, spec.guide.mode.value
+        cfg.guide_bundle, cfg.guide_mode = spec.guide.bundle, spec.guide.mode
     if not user_size:
         cfg.data.input_size = list(spec.input_size)
 
