@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medlens.errors import MedlensError
+from medlens.folders import BundleFolder
 from medlens.spec import Mode, ModelSpec
 
 _DEFAULT_INTENDED_USE = (
@@ -47,7 +48,7 @@ def _fmt(value: float | int) -> str:
 
 
 def _card_sections(meta: dict) -> dict[str, str]:
-    spec, training = ModelSpec.from_dict(meta["spec"], "bundle.json"), meta["training"]
+    spec, training = ModelSpec.from_dict(meta["spec"], BundleFolder.META), meta["training"]
     size = "x".join(str(s) for s in spec.input_size)
     data = ", ".join(training.get("data_roots") or []) or "unrecorded data"
     sections = {

@@ -22,7 +22,6 @@ from medlens.training import distributed
 from medlens.training.checkpoint import load_checkpoint, save_checkpoint
 from medlens.training.distributed import DistInfo
 from medlens.training.prepare import cache_split
-from medlens.training.runfolder import BEST
 from medlens.training.validation import (
     classification_report,
     classification_test_report,
@@ -104,7 +103,7 @@ class ReportsMixin:
     def final_report(self) -> None:
         """Evaluate best.pt in fp32 on the val split (classification: calibrate and set the decision rule
         there) and, when the split has one, on the test split that no choice has seen."""
-        best = load_checkpoint(self.run_dir / BEST)
+        best = load_checkpoint(self.folder.best)
         self.net.load_state_dict(best["model"])
         out = self.predict_split(self.val_data, distributed_=False, fp32=True)
         if self.is_seg:
@@ -112,12 +111,12 @@ class ReportsMixin:
                                           self.sources(self.val_data, distributed_=False))  # fmt: skip
         else:
             metrics = self.fit_decisions(out["logits"].numpy(), out["targets"].numpy())
-            save_checkpoint({**best, "model_spec": self.spec.to_dict()}, self.run_dir / BEST)
+            save_checkpoint({**best, "model_spec": self.spec.to_dict()}, self.folder.best)
         metrics.update(split="val", best_epoch=self.best_epoch, epochs_trained=self.epoch,
                        val_loss=out["loss"], input_size=list(self.plan.input_size),
                        stop_reason=self.stop_reason, precision=self.cfg.amp)  # fmt: skip
-        write_json(self.run_dir / "model_spec.json", self.spec.to_dict())
-        write_json(self.run_dir / "val_metrics.json", metrics)
+        write_json(self.folder.spec, self.spec.to_dict())
+        write_json(self.folder.val_metrics, metrics)
         key = "dice" if self.is_seg else "balanced_accuracy"
         key = "dice_source_mean" if "dice_source_mean" in metrics else key
         logger.info("best checkpoint (epoch %d) on %d val images: %s %.4f", self.best_epoch,
@@ -174,6 +173,6 @@ class ReportsMixin:
             metrics = classification_test_report(out["logits"].numpy(), out["targets"].numpy(),
                                                  self.plan.classes, self.spec)  # fmt: skip
         metrics.update(split="test", best_epoch=self.best_epoch, input_size=list(self.plan.input_size))
-        write_json(self.run_dir / "test_metrics.json", metrics)
+        write_json(self.folder.test_metrics, metrics)
         key = "dice" if self.is_seg else "balanced_accuracy"
         logger.info("best checkpoint on %d test images: %s %.4f", len(test.ids), key, metrics[key])

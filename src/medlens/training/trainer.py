@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from medlens.config import TrainConfig, save_config, validate_config
 from medlens.errors import MedlensError
+from medlens.folders import RunFolder
 from medlens.inference.runtime import resolve_device
 from medlens.jsonable import write_json
 from medlens.spec import Task
@@ -38,7 +39,7 @@ from medlens.training.distributed import DistInfo
 from medlens.training.optim import amp_dtype, precision_name
 from medlens.training.prepare import RunData, cache_split, model_spec, prepare_run, resolve_config
 from medlens.training.reports import ReportsMixin
-from medlens.training.runfolder import BEST, LAST, make_run_dir, write_metrics_csv
+from medlens.training.runfolder import make_run_dir, write_metrics_csv
 from medlens.training.setup import SetupMixin
 from medlens.training.validation import dice_iou
 
@@ -81,7 +82,7 @@ class Trainer(SetupMixin, ReportsMixin):
             val_stats = self.validate() if self.validation_due() else {}
             self.on_epoch_end(train_stats, val_stats)
         self.on_train_end()
-        return self.run_dir
+        return self.folder.path
 
     # ------------------------------------------------------------------------------------------------- hooks
     def on_train_start(self) -> None:
@@ -95,7 +96,7 @@ class Trainer(SetupMixin, ReportsMixin):
         self.build_loss()
         self.build_augmenter()
         if self.resume:
-            self.load_state(load_checkpoint(self.run_dir / LAST))
+            self.load_state(load_checkpoint(self.folder.last))
         if self.dist.rank:  # every rank draws its own augmentations
             seed_everything(self.cfg.seed + 1000 * self.epoch + self.dist.rank)
         self.set_frozen(self.epoch < self.cfg.freeze_epochs)
@@ -110,16 +111,16 @@ class Trainer(SetupMixin, ReportsMixin):
     def setup_data(self) -> None:
         """Run folder, plan and split (rank 0, shared with all ranks), resolved config.yaml + model_spec.json,
         and the train/val caches."""
-        self.run_dir: Path = self.on_main(lambda: make_run_dir(self.cfg, self.resume))
-        self.data: RunData = self.on_main(lambda: prepare_run(self.cfg, self.run_dir, self.resume))
+        self.folder: RunFolder = self.on_main(lambda: make_run_dir(self.cfg, self.resume))
+        self.data: RunData = self.on_main(lambda: prepare_run(self.cfg, self.folder, self.resume))
         self.plan = self.data.plan
-        self.cfg = resolve_config(self.cfg, self.plan, self.run_dir)
+        self.cfg = resolve_config(self.cfg, self.plan, self.folder.path)
         self.amp_dtype = amp_dtype(self.cfg.amp, self.device)
         self.cfg.amp = precision_name(self.amp_dtype)  # config.yaml records the precision actually used
         self.spec = model_spec(self.cfg, self.plan)
         if self.dist.is_main:
-            save_config(self.cfg, self.run_dir / "config.yaml")
-            write_json(self.run_dir / "model_spec.json", self.spec.to_dict())
+            save_config(self.cfg, self.folder.config)
+            write_json(self.folder.spec, self.spec.to_dict())
         self.train_data = cache_split(self.data, "train", self.cfg, self.device)
         self.val_data = cache_split(self.data, "val", self.cfg, self.device)
 
@@ -247,7 +248,7 @@ class Trainer(SetupMixin, ReportsMixin):
             self.write_metrics(plot=True)
             self.final_report()
         distributed.barrier(self.dist)
-        logger.info("run folder: %s (best %s %.4f at epoch %d)", self.run_dir, self.score_key,
+        logger.info("run folder: %s (best %s %.4f at epoch %d)", self.folder.path, self.score_key,
                     self.best_score, self.best_epoch)  # fmt: skip
 
     # ----------------------------------------------------------------------------------------------- helpers
@@ -314,7 +315,7 @@ class Trainer(SetupMixin, ReportsMixin):
         self.history = [dict(r) for r in ckpt["history"]][: self.epoch]
         if self.dist.is_main:
             set_rng_state(ckpt["rng"])
-        logger.info("resumed %s after epoch %d (best %s %.4f at epoch %d)", self.run_dir, self.epoch,
+        logger.info("resumed %s after epoch %d (best %s %.4f at epoch %d)", self.folder.path, self.epoch,
                     self.score_key, self.best_score, self.best_epoch)  # fmt: skip
 
     def save_checkpoint(self, best: bool) -> None:
@@ -323,18 +324,18 @@ class Trainer(SetupMixin, ReportsMixin):
         if not self.dist.is_main:
             return
         state = self.state_dict()
-        save_checkpoint(state, self.run_dir / LAST)
+        save_checkpoint(state, self.folder.last)
         if best:  # the deployable weights; resuming always starts from last.pt, so no optimizer state here
             keep = ("model", "epoch", "best_score", "best_epoch", "model_spec")
-            save_checkpoint({k: state[k] for k in keep}, self.run_dir / BEST)
+            save_checkpoint({k: state[k] for k in keep}, self.folder.best)
 
     def write_metrics(self, plot: bool) -> None:
         """metrics.csv and, when ``plot``, curves.png."""
         from medlens.evaluation.plots import plot_training_curves
 
-        write_metrics_csv(self.history, self.run_dir / "metrics.csv")
+        write_metrics_csv(self.history, self.folder.metrics_csv)
         if plot:
-            plot_training_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
+            plot_training_curves(self.folder.metrics_csv, self.folder.curves)
             self.last_plot = time.monotonic()
 
     def log_epoch(self, row: dict[str, float]) -> None:
