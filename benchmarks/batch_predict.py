@@ -32,12 +32,11 @@ from benchmarks.common import (
     machine_info,
     machine_line,
     md_table,
-    models_label,
-    prepare_skin_models,
     ratio,
     update_section,
     write_json,
 )
+from benchmarks.pipelines import models_label, prepare_skin_models
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -1,29 +1,48 @@
-"""Inference latency of the skin pipeline: eager torch vs ONNX Runtime variants, side by side in one process.
+"""Inference latency of every shipped pipeline: eager torch vs ONNX Runtime variants, side by side in one
+process.
+
+Pipelines (``--pipeline``, repeatable; default ``all``): each shipped pipeline YAML (``skin``, ``polyp``,
+``chest-xray``, ...) with the bundles it names (segmenter and/or classifier), copied from ``--models``, or
+random-weight stand-ins of the shipped architectures (``models/<bundle>/bundle.json``) with ``--tiny`` or when
+``--models`` lacks some of a pipeline's bundles. Example images (:data:`benchmarks.pipelines.IMAGE_SOURCES`):
+HAM10000 for skin, Kvasir-SEG for polyp, paediatric (Kermany) and adult (Shenzhen) films for chest-xray, read
+as the app reads uploads; synthetic colour (grey for chest-xray) images where the data sets are missing.
 
 Variants (``--variants``):
 
 * ``torch``: eager torch, Grad-CAM by MONAI backpropagation (the reference);
-* ``onnx-before``: ONNX Runtime float32 as before issue #14: the segmenter's 3 TTA views in 3 calls, Grad-CAM
-  by torch backpropagation;
-* ``onnx``: float32, TTA views in one call, Grad-CAM from the classification pass (graph output ``features``);
-* ``onnx-int8``: as ``onnx`` with static int8 graphs (:func:`benchmarks.common.prepare_int8`: for bundles with
-  a split and their data, the held-out check of `medlens.inference.quantize` decides whether serving may use
-  them; random-weight stand-ins are timed only).
+* ``onnx-before``: ONNX Runtime float32 as before issue #14: TTA views one call each, Grad-CAM by torch
+  backpropagation;
+* ``onnx``: float32, TTA views in one call, a classifier's Grad-CAM from its classification pass (graph output
+  ``features``; a segmenter's Grad-CAM, in a pipeline without a classifier, is torch backpropagation in every
+  variant);
+* ``onnx-int8``: as ``onnx`` with a static int8 graph per bundle (:func:`benchmarks.pipelines.prepare_int8`:
+  for bundles with a split and their data, the held-out check of `medlens.evaluation.int8` says whether
+  serving may use them; random-weight stand-ins are timed only).
 
-Measures per variant:
+Measures per pipeline and variant:
 
-* batch 1: ``Pipeline.analyze(image)`` (segment with flip TTA, features, classify with flip TTA, Grad-CAM,
-  advice) p50/p95 latency and the median of every ``timings_ms`` stage; out-of-scope checks are switched off
-  so that every stage runs on every image;
-* batch 8 (``--batch``): the predictors' batched ``predict_proba`` on 8 images (no TTA, one call each), the
-  pipeline on the same 8 images one ``analyze`` after the other, and one ``analyze_batch`` of the 8;
-* on CUDA, when there is one: batched ``predict_proba`` throughput (images/s) of both predictors.
+* batch 1: ``Pipeline.analyze(image)`` p50/p95 latency and the median of every ``timings_ms`` stage the
+  pipeline reports; flip TTA as each bundle chose (as served; ``--no-tta``: off); out-of-scope checks off so
+  that every stage runs on every image;
+* batch N (``--batch``): the predictors' batched ``predict_proba`` on N images (no TTA, one call per model; a
+  guided classifier gets its guided inputs), the pipeline on the same N images one ``analyze`` after the
+  other, and one ``analyze_batch`` of the N;
+* on CUDA, when there is one: batched ``predict_proba`` throughput (images/s) of the pipeline's predictors;
+* targets: ONNX p50 <= 150 ms and >= 1.5x eager torch at batch 1.
 
-Variants alternate in blocks (ABBA order), so all see the same background load; warm-up calls are not
-timed. Results: a markdown table on stdout, a JSON file, and with ``--out BENCHMARKS.md`` its section there.
+torch and ONNX Runtime get the same threads (``--threads``, else all cores). Variants alternate in blocks
+(ABBA order), so all see the same background load; warm-up calls are not timed. Output per pipeline: a
+markdown section on stdout and, with ``--out BENCHMARKS.md``, in that file under the key ``--section`` for
+skin (the historic key) and ``<section>-<pipeline>`` for the others (``inference-polyp``,
+``inference-chest-xray``); a JSON file ``benchmarks/results/<key>.json`` (``--json``: the whole run in one
+file instead).
 
-    .venv/bin/python -m benchmarks.inference --threads 1 --repeats 20 --out BENCHMARKS.md
-    .venv/bin/python -m benchmarks.inference --threads 1 --models /path/to/v2/models --out BENCHMARKS.md
+    .venv/bin/python -m benchmarks.inference --threads 1 --repeats 30 --out BENCHMARKS.md
+    .venv/bin/python -m benchmarks.inference --pipeline chest-xray --threads 1 --repeats 30 \\
+        --out BENCHMARKS.md
+    .venv/bin/python -m benchmarks.inference --pipeline skin --threads 1 --v2-standins \\
+        --section inference-v2 --out BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -45,61 +64,85 @@ from benchmarks.common import (
     RESULTS,
     bench_workdir,
     command_line,
-    example_images,
-    load_images,
     machine_info,
-    machine_line,
-    md_table,
-    models_label,
     percentiles,
-    prepare_int8,
-    prepare_skin_models,
     ratio,
-    skin_pipeline,
-    synthetic_skin_images,
     update_section,
-    use_int8,
     write_json,
+)
+from benchmarks.inference_report import markdown
+from benchmarks.pipelines import (
+    build_pipeline,
+    bundle_names,
+    classifier_inputs,
+    pipeline_config,
+    pipeline_images,
+    pipeline_names,
+    prepare_int8,
+    prepare_models,
+    prepare_skin_models,
+    use_int8,
 )
 
 VARIANTS = ("torch", "onnx-before", "onnx", "onnx-int8")
-STAGES = ("preprocess", "segment", "features", "classify", "gradcam", "advice", "total")
 TARGET_P50_MS = 150.0
 TARGET_SPEEDUP = 1.5
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    names = pipeline_names()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="models", help="folder with the skin-seg and skin-cls bundles")
-    p.add_argument(
-        "--tiny",
-        action="store_true",
-        help="random-weight bundles of the shipped architectures (automatic when --models lacks them)",
-    )
-    p.add_argument(
-        "--v2-standins", action="store_true", help="random-weight bundles of the planned v2 architectures"
-    )
-    p.add_argument("--repeats", type=int, default=20, help="timed batch-1 analyses per runtime")
+    p.add_argument("--pipeline", action="append", choices=[*names, "all"], default=None,
+                   help="pipeline to time (repeatable; default: all; skin with --v2-standins)")  # fmt: skip
+    p.add_argument("--models", default="models", help="folder with the bundles the pipelines name")
+    p.add_argument("--tiny", action="store_true",
+                   help="random-weight bundles of the shipped architectures (automatic for a pipeline whose "
+                        "bundles --models lacks)")  # fmt: skip
+    p.add_argument("--v2-standins", action="store_true",
+                   help="random-weight bundles of the planned v2 skin architectures for the skin pipeline "
+                        "(the default --pipeline is then skin)")  # fmt: skip
+    p.add_argument("--repeats", type=int, default=20, help="timed batch-1 analyses per variant")
     p.add_argument("--batch", type=int, default=8, help="images per batched call")
-    p.add_argument("--batch-repeats", type=int, default=3, help="timed batched calls per runtime")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls per runtime before timing")
-    p.add_argument("--block", type=int, default=5, help="consecutive calls of one runtime before switching")
-    p.add_argument(
-        "--images", default=None, help="folder of example images (default: HAM10000 from ../shared)"
-    )
+    p.add_argument("--batch-repeats", type=int, default=3, help="timed batched calls per variant")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per variant before timing")
+    p.add_argument("--block", type=int, default=5, help="consecutive calls of one variant before switching")
+    p.add_argument("--images", action="append", default=[], metavar="[PIPELINE=]FOLDER",
+                   help="folder of example images, for one pipeline or, without PIPELINE=, for all "
+                        "(repeatable; default: the shared data sets)")  # fmt: skip
     p.add_argument("--no-tta", action="store_true", help="analyse without flip test-time augmentation")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads for torch and ONNX Runtime (MEDLENS_NUM_THREADS; default: all cores)",
-    )
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch and for ONNX Runtime (default: all cores)")  # fmt: skip
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    p.add_argument("--json", default=None, help="results file (default: benchmarks/results/<section>.json)")
-    p.add_argument("--out", default=None, help="markdown file whose section is replaced/appended")
-    p.add_argument("--section", default="inference", help="section key in --out (one per configuration)")
+    p.add_argument("--json", default=None, help="one results file for the run (default: one per pipeline, "
+                                                "benchmarks/results/<section key>.json)")  # fmt: skip
+    p.add_argument("--out", default=None, help="markdown file whose sections are replaced/appended")
+    p.add_argument("--section", default="inference",
+                   help="section key in --out: skin's; <section>-<pipeline> for the others")  # fmt: skip
     p.add_argument("--work-dir", default=None, help="scratch folder (default: a temporary one, removed)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    chosen = args.pipeline or (["skin"] if args.v2_standins else ["all"])
+    args.pipelines = names if "all" in chosen else list(dict.fromkeys(chosen))
+    args.image_folders = image_folders(p, args.images, names)
+    return args
+
+
+def image_folders(p: argparse.ArgumentParser, values: Sequence[str], names: Sequence[str]) -> dict[str, str]:
+    """``--images`` values -> ``{pipeline: folder}``; a bare folder is every pipeline's."""
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, folder = value.partition("=")
+        if sep and name in names:
+            out[name] = folder
+        elif sep and "/" not in name:
+            p.error(f"--images {value}: unknown pipeline {name!r} (valid: {', '.join(names)})")
+        else:
+            out.update(dict.fromkeys(names, value))
+    return out
+
+
+def section_key(section: str, pipeline: str) -> str:
+    """The BENCHMARKS.md / results key of a pipeline: ``section`` for skin, ``<section>-<pipeline>`` else."""
+    return section if pipeline == "skin" else f"{section}-{pipeline}"
 
 
 # ------------------------------------------------------------------------------------------------ timing
@@ -128,9 +171,11 @@ def interleaved(
     return out
 
 
-def cuda_throughput(models_dir: Path, images: list[np.ndarray], batch_sizes: Sequence[int] = (8, 32)) -> dict:
-    """Batched ``predict_proba`` images/s of both predictors on CUDA (torch; ONNX Runtime with its CUDA
-    provider when installed)."""
+def cuda_throughput(
+    name: str, models_dir: Path, images: list[np.ndarray], batch_sizes: Sequence[int] = (8, 32)
+) -> dict:
+    """Batched ``predict_proba`` images/s of the pipeline's predictors on CUDA (torch; ONNX Runtime with its
+    CUDA provider when installed)."""
     import torch
 
     from medlens.inference.predictor import ClassificationPredictor, SegmentationPredictor
@@ -139,13 +184,16 @@ def cuda_throughput(models_dir: Path, images: list[np.ndarray], batch_sizes: Seq
         return {"status": "not run: no GPU"}
     import onnxruntime as ort
 
+    pipe = build_pipeline(name, models_dir, "torch")
+    parts = [(pipe.config.segmenter, SegmentationPredictor, images),
+             (pipe.config.classifier, ClassificationPredictor, classifier_inputs(pipe, images))]  # fmt: skip
     runtimes = ["torch"] + (["onnx"] if "CUDAExecutionProvider" in ort.get_available_providers() else [])
     out: dict[str, Any] = {"status": "ok", "device": torch.cuda.get_device_name(0), "results": {}}
     for runtime in runtimes:
-        for name, cls in (("skin-seg", SegmentationPredictor), ("skin-cls", ClassificationPredictor)):
+        for part, cls, inputs in (p for p in parts if p[0] is not None):
             for bs in batch_sizes:
-                pred = cls(models_dir / name, runtime=runtime, device="cuda", batch_size=bs)
-                batch = [images[i % len(images)] for i in range(bs)]
+                pred = cls(models_dir / part.bundle, runtime=runtime, device="cuda", batch_size=bs)
+                batch = [inputs[i % len(inputs)] for i in range(bs)]
                 for _ in range(3):
                     pred.predict_proba(batch)
                 torch.cuda.synchronize()
@@ -153,27 +201,35 @@ def cuda_throughput(models_dir: Path, images: list[np.ndarray], batch_sizes: Seq
                 for _ in range(n):
                     pred.predict_proba(batch)
                 torch.cuda.synchronize()
-                out["results"][f"{runtime} {name} b{bs}"] = round(n * bs / (time.perf_counter() - t0), 1)
+                out["results"][f"{runtime} {part.bundle} b{bs}"] = round(
+                    n * bs / (time.perf_counter() - t0), 1
+                )
     return out
 
 
 # ------------------------------------------------------------------------------------------------ measure
-def build(variant: str, models_dir: Path, int8: dict[str, dict[str, Any]] | None) -> Any:
-    """The skin pipeline of one variant (see the module docstring), out-of-scope checks off."""
-    pipe = skin_pipeline(models_dir, "torch" if variant == "torch" else "onnx", scope=False)
+def build(variant: str, name: str, models_dir: Path, int8: dict[str, dict[str, Any]] | None) -> Any:
+    """Pipeline ``name`` in one variant (see the module docstring), out-of-scope checks off."""
+    pipe = build_pipeline(name, models_dir, "torch" if variant == "torch" else "onnx")
     if variant == "onnx-before":
-        pipe.segmenter.batch_views = pipe.classifier.batch_views = False
-        pipe.classifier.onnx_cam = False
+        for predictor in (pipe.segmenter, pipe.classifier):
+            if predictor is not None:
+                predictor.batch_views = False
+        if pipe.classifier is not None:
+            pipe.classifier.onnx_cam = False
     elif variant == "onnx-int8":
         use_int8(pipe, int8 or {})
     return pipe
 
 
 def measure(
-    args: argparse.Namespace, models_dir: Path, images: list[np.ndarray], int8: dict | None
+    args: argparse.Namespace, name: str, models_dir: Path, images: list[np.ndarray], int8: dict | None
 ) -> dict[str, Any]:
-    pipes = {v: build(v, models_dir, int8) for v in args.variants}
-    tta = not args.no_tta
+    """Batch-1 and batched timings of every variant of pipeline ``name`` (see the module docstring)."""
+    from medlens.pipelines.config import DEFAULT_TTA
+
+    pipes = {v: build(v, name, models_dir, int8) for v in args.variants}
+    tta = False if args.no_tta else DEFAULT_TTA
     n = len(images)
 
     def analyze(v: str) -> Callable[[int], Any]:
@@ -181,26 +237,54 @@ def measure(
 
     b1 = interleaved({v: analyze(v) for v in pipes}, args.repeats, args.warmup, args.block)
     batch = [images[i % n] for i in range(args.batch)]
-    groups = [
-        {f"{v} segmenter": (lambda _i, v=v: pipes[v].segmenter.predict_proba(batch)) for v in pipes},
-        {f"{v} classifier": (lambda _i, v=v: pipes[v].classifier.predict_proba(batch)) for v in pipes},
-        {f"{v} pipeline": (lambda _i, v=v: [pipes[v].analyze(im, tta=tta) for im in batch]) for v in pipes},
-        {f"{v} analyze_batch": (lambda _i, v=v: pipes[v].analyze_batch(batch, tta=tta)) for v in pipes},
-    ]
+    first = next(iter(pipes.values()))
+    parts: dict[str, Callable[[Any], Any]] = {}
+    if first.segmenter is not None:
+        parts["segmenter"] = lambda p: p.segmenter.predict_proba(batch)
+    if first.classifier is not None:
+        cls_batch = classifier_inputs(first, batch)
+        parts["classifier"] = lambda p: p.classifier.predict_proba(cls_batch)
+    parts["pipeline"] = lambda p: [p.analyze(im, tta=tta) for im in batch]
+    parts["analyze_batch"] = lambda p: p.analyze_batch(batch, tta=tta)
     bn: dict[str, list] = {}
-    for group in groups:
+    for part, fn in parts.items():
+        group = {f"{v} {part}": (lambda _i, p=p, fn=fn: fn(p)) for v, p in pipes.items()}
         bn.update(interleaved(group, args.batch_repeats, 1, 1))
-    return summarise(b1, bn, args.batch)
+    return {**summarise(b1, bn, args.batch, list(parts)), **describe(first, tta)}
 
 
-def summarise(b1: dict[str, list], bn: dict[str, list], batch: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"batch1": {}, "batched": {}}
+def describe(pipe: Any, tta: bool | None) -> dict[str, Any]:
+    """How the pipeline runs: flip TTA per bundle, its guide mode, whose Grad-CAM it computes (or None)."""
+    cfg = pipe.config
+    models = ((cfg.segmenter, pipe.segmenter), (cfg.classifier, pipe.classifier))
+    if cfg.classifier is not None:
+        cam = "classifier" if cfg.classifier.gradcam else None
+    else:
+        cam = "segmenter" if cfg.segmenter.gradcam else None
+    return {
+        "tta": {part.bundle: pipe.model_tta(model, tta) for part, model in models if model is not None},
+        "guided": pipe.guide_mode,
+        "gradcam_by": cam,
+    }
+
+
+def stage_names(timings: Sequence[dict[str, float]]) -> list[str]:
+    """Every ``timings_ms`` key, in the order the pipeline reports them, ``total`` last."""
+    keys = list(dict.fromkeys(k for t in timings for k in t))
+    return [k for k in keys if k != "total"] + ["total"]
+
+
+def summarise(b1: dict[str, list], bn: dict[str, list], batch: int, parts: Sequence[str]) -> dict[str, Any]:
+    all_timings = [a.timings_ms for runs in b1.values() for _, a in runs]
+    stages = stage_names(all_timings)
+    out: dict[str, Any] = {"stages": stages, "batch1": {}, "batched": {}, "batched_parts": list(parts)}
+    out["stages_zero"] = [s for s in stages if all(not t.get(s) for t in all_timings)]
     for v, runs in b1.items():
         timings = [a.timings_ms for _, a in runs]
         out["batch1"][v] = {
             "latency_ms": percentiles([ms for ms, _ in runs]),
             "stages_ms_p50": {
-                s: round(float(np.median([t.get(s, 0.0) for t in timings])), 1) for s in STAGES
+                s: round(float(np.median([t.get(s, 0.0) for t in timings])), 1) for s in stages
             },
             "gradcam_ran": sum(a.gradcam is not None for _, a in runs),
             "out_of_scope": sum(bool(a.out_of_scope) for _, a in runs),
@@ -208,33 +292,30 @@ def summarise(b1: dict[str, list], bn: dict[str, list], batch: int) -> dict[str,
     for name, runs in bn.items():
         stats = percentiles([ms for ms, _ in runs])
         out["batched"][name] = {"latency_ms": stats, "images_per_s": round(batch * 1000.0 / stats["p50"], 2)}
+
+    def p50(key: str) -> float:
+        return out["batched"][key]["latency_ms"]["p50"]
+
     if "torch" in b1:
         t = out["batch1"]["torch"]["latency_ms"]
         out["speedup_vs_torch"] = {
             v: {
                 "batch1_p50": ratio(t["p50"], out["batch1"][v]["latency_ms"]["p50"]),
                 "batch1_p95": ratio(t["p95"], out["batch1"][v]["latency_ms"]["p95"]),
-                **{
-                    f"batched_{part}": ratio(
-                        out["batched"][f"torch {part}"]["latency_ms"]["p50"],
-                        out["batched"][f"{v} {part}"]["latency_ms"]["p50"],
-                    )
-                    for part in ("segmenter", "classifier", "pipeline", "analyze_batch")
-                },
+                **{f"batched_{part}": ratio(p50(f"torch {part}"), p50(f"{v} {part}")) for part in parts},
             }
             for v in b1
             if v != "torch"
         }
     out["analyze_batch_vs_sequential"] = {
-        v: ratio(out["batched"][f"{v} pipeline"]["latency_ms"]["p50"],
-                 out["batched"][f"{v} analyze_batch"]["latency_ms"]["p50"])
-        for v in b1
-    }  # fmt: skip
+        v: ratio(p50(f"{v} pipeline"), p50(f"{v} analyze_batch")) for v in b1
+    }
     return out
 
 
 def targets(res: dict[str, Any]) -> dict[str, Any]:
-    """Issue #14 targets per ONNX variant: p50 <= 150 ms and >= 1.5x eager torch at batch 1."""
+    """Targets per ONNX variant: p50 <= 150 ms and >= 1.5x eager torch at batch 1 (issue #14, then every
+    pipeline)."""
     out = {}
     for v, r in res["batch1"].items():
         if v == "torch":
@@ -247,135 +328,67 @@ def targets(res: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# ------------------------------------------------------------------------------------------------ report
-def _verdict(v: bool | None) -> str:
-    return "met" if v else "not met" if v is not None else "n/a"
+# ------------------------------------------------------------------------------------------------ main
+def prepare(args: argparse.Namespace, name: str, work: Path) -> tuple[Path, str]:
+    """The models folder holding pipeline ``name``'s bundles (see :func:`benchmarks.pipelines.prepare_models`;
+    ``--v2-standins`` for skin) and their description."""
+    if name == "skin":
+        return prepare_skin_models(args.models, work, args.tiny, args.v2_standins)
+    out = work / "models"
+    return out, prepare_models(bundle_names(pipeline_config(name)), args.models, out, args.tiny)
 
 
-def _int8_lines(res: dict[str, Any]) -> list[str]:
-    reports = res.get("int8") or {}
-    lines = []
-    for name, r in reports.items():
-        if r.get("checked"):
-            lines.append(
-                f"- int8 {name}: {r['split']} {r['metric']} fp32 {r['fp32']:.4f} vs int8 {r['int8']:.4f} "
-                f"({r['delta']:+.4f}, n={r['n_images']}, calibrated on {r['n_calibration']} training "
-                "images): "
-                f"{'ACCEPTED (within' if r['accepted'] else 'REJECTED (beyond'} {r['tolerance']})"
-            )
-        else:
-            lines.append(f"- int8 {name}: timed only, accuracy not checked ({r['reason']})")
-    return lines + ([""] if lines else [])
+def bench_pipeline(args: argparse.Namespace, name: str, work: Path, run: dict[str, Any]) -> dict[str, Any]:
+    """Prepare pipeline ``name``'s models and images, then measure it: its results record."""
+    res: dict[str, Any] = {**run, "pipeline": name, "section": section_key(args.section, name),
+                           "load_before": round(os.getloadavg()[0], 2)}  # fmt: skip
+    models_dir, res["models"] = prepare(args, name, work)
+    images, images_desc = pipeline_images(name, args.image_folders.get(name), max(8, args.batch))
+    sizes = sorted({"x".join(map(str, (im.shape[1], im.shape[0], im.shape[2]))) for im in images})
+    res["images"] = f"{images_desc} (sizes W x H x channels: {', '.join(sizes)})"
+    if "onnx-int8" in args.variants:
+        pipe = build_pipeline(name, models_dir, "onnx")
+        calibration = {pipe.config.segmenter.bundle: images} if pipe.segmenter is not None else {}
+        if pipe.classifier is not None:
+            calibration[pipe.config.classifier.bundle] = classifier_inputs(pipe, images)
+        res["int8"] = prepare_int8(models_dir, calibration)
+    res.update(measure(args, name, models_dir, images, res.get("int8")))
+    res["targets"] = targets(res)
+    res["cuda"] = cuda_throughput(name, models_dir, images)
+    res["load_after"] = round(os.getloadavg()[0], 2)
+    return res
 
 
-def markdown(res: dict[str, Any]) -> str:
-    m, s = res["machine"], res["settings"]
-    lines = [
-        f"## Inference: skin pipeline, eager torch vs ONNX Runtime ({s['threads']} thread"
-        f"{'s' if s['threads'] > 1 else ''} per runtime; {models_label(res['models'])})",
-        "",
-        "What: `Pipeline.analyze` of the skin pipeline (segment + features + classify + Grad-CAM + advice; "
-        f"flip TTA {'on' if s['tta'] else 'off'}; out-of-scope checks off so every stage runs) at the "
-        f"models' input sizes, batch 1; and at batch {s['batch']} the predictors' batched `predict_proba` "
-        f"(no TTA, one call per model), the pipeline over {s['batch']} images one `analyze` after the other "
-        f"and one `analyze_batch` of them. Warm-up excluded; variants alternate in blocks. Variants: "
-        "`torch` eager (MONAI Grad-CAM); `onnx-before` ONNX Runtime fp32 as before issue #14 (segmenter TTA "
-        "views one call each, Grad-CAM by torch backprop); `onnx` fp32, TTA views in one call, Grad-CAM from "
-        "the graph's `features` output; `onnx-int8` the same with static int8 graphs.",
-        "",
-        f"- Command: `{res['command']}`",
-        f"- Machine: {machine_line(m)}; threads per runtime: {s['threads']}; "
-        f"load average (1 min) before/after: {res['load_before']} / {res['load_after']}",
-        f"- Models: {res['models']}",
-        f"- Images: {res['images']}",
-        *_int8_lines(res)[:-1],
-        "",
-    ]
-    rows = []
-    for v, r in res["batch1"].items():
-        lat, st = r["latency_ms"], r["stages_ms_p50"]
-        speed = (res.get("speedup_vs_torch") or {}).get(v, {}).get("batch1_p50")
-        rows.append([v, lat["n"], lat["p50"], lat["p95"], speed, *(st[k] for k in STAGES if k != "total")])
-    head = [
-        "variant",
-        "n",
-        "p50 ms",
-        "p95 ms",
-        "x torch (p50)",
-        *(f"{k} p50" for k in STAGES if k != "total"),
-    ]
-    lines += ["Batch 1, `Pipeline.analyze` latency and per-stage `timings_ms` (medians, ms):", "",
-              md_table(head, rows), ""]  # fmt: skip
-    rows = [
-        [k, v["latency_ms"]["n"], v["latency_ms"]["p50"], v["latency_ms"]["p95"], v["images_per_s"]]
-        for k, v in res["batched"].items()
-    ]
-    lines += [
-        f"Batch {s['batch']} (predictors: one batched `predict_proba` call on {s['batch']} images; pipeline: "
-        f"{s['batch']} `analyze` calls one after the other; analyze_batch: one call for the {s['batch']}):",
-        "",
-        md_table(["what", "n", "p50 ms", "p95 ms", "images/s"], rows),
-        "",
-    ]
-    for v, sp in (res.get("speedup_vs_torch") or {}).items():
-        lines.append(f"- {v} speed-up over eager torch (ratio of p50s): "
-                     + ", ".join(f"{k} {x}x" for k, x in sp.items()))  # fmt: skip
-    gains = res["analyze_batch_vs_sequential"].items()
-    lines += ["- analyze_batch over sequential analyze (ratio of p50s): "
-              + ", ".join(f"{v} {x}x" for v, x in gains), ""]  # fmt: skip
-    for v, t in res.get("targets", {}).items():
-        lines.append(f"- Targets (issue #14), {v}: " + ", ".join(f"{k}: {_verdict(x)}" for k, x in t.items()))
-    cuda = res["cuda"]
-    if cuda.get("status") == "ok":
-        lines += ["", "CUDA batched `predict_proba` throughput (images/s): "
-                  + ", ".join(f"{k} {v}" for k, v in cuda["results"].items())]  # fmt: skip
-    else:
-        lines += ["", f"CUDA batched throughput: {cuda['status']} (not measured: no GPU lent to this task)."]
-    return "\n".join(lines) + "\n"
+def report(args: argparse.Namespace, res: dict[str, Any]) -> dict[str, Any]:
+    """Print one pipeline's section; write it to ``--out`` and, without ``--json``, its own JSON file."""
+    md = markdown(res)
+    print(md)
+    if not args.json:
+        print(f"JSON: {write_json(RESULTS / (res['section'] + '.json'), res)}")
+    if args.out:
+        print(f"section {res['section']!r} written to {update_section(args.out, res['section'], md)}\n")
+    return res
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    with bench_workdir("medlens-bench-", args.work_dir, args.threads) as (work, load_before):
-        from medlens.inference.runtime import default_threads
+    with bench_workdir("medlens-bench-", args.work_dir, args.threads) as (work, _load):
+        from medlens.inference.runtime import configure_threads
 
-        models_dir, models_desc = prepare_skin_models(args.models, work, args.tiny, args.v2_standins)
-        paths, images_desc = example_images(args.images, max(8, args.batch))
-        images = load_images(paths) if paths else synthetic_skin_images(max(8, args.batch))
-        if not paths:
-            images_desc = f"{len(images)} synthetic 200x150 dermoscopy-like images ({images_desc})"
-        sizes = sorted({f"{im.shape[1]}x{im.shape[0]}" for im in images})
-        res: dict[str, Any] = {
-            "benchmark": "inference",
-            "command": command_line("benchmarks.inference", argv),
-            "machine": machine_info(),
-            "settings": {
-                "repeats": args.repeats,
-                "batch": args.batch,
-                "batch_repeats": args.batch_repeats,
-                "warmup": args.warmup,
-                "block": args.block,
-                "tta": not args.no_tta,
-                "threads": default_threads(),
-                "variants": args.variants,
-            },
-            "models": models_desc,
-            "images": f"{images_desc} (sizes {', '.join(sizes)})",
-            "load_before": load_before,
-        }
-        if "onnx-int8" in args.variants:
-            res["int8"] = prepare_int8(models_dir, images)
-        res.update(measure(args, models_dir, images, res.get("int8")))
-        res["targets"] = targets(res)
-        res["cuda"] = cuda_throughput(models_dir, images)
-        res["load_after"] = round(os.getloadavg()[0], 2)
-    md = markdown(res)
-    print(md)
-    print(f"\nJSON: {write_json(args.json or RESULTS / f'{args.section}.json', res)}")
-    if args.out:
-        print(f"section {args.section!r} written to {update_section(args.out, args.section, md)}")
-    return res
+        threads = configure_threads()  # torch's pool: the threads each ONNX Runtime session gets
+        settings = {"repeats": args.repeats, "batch": args.batch, "batch_repeats": args.batch_repeats,
+                    "warmup": args.warmup, "block": args.block, "tta": "off" if args.no_tta else "bundle",
+                    "threads": threads, "variants": args.variants, "pipelines": args.pipelines}  # fmt: skip
+        run = {"benchmark": "inference", "command": command_line("benchmarks.inference", argv),
+               "machine": machine_info(), "settings": settings}  # fmt: skip
+        results = {}
+        for name in args.pipelines:  # each written when measured: a later failure keeps the earlier ones
+            results[name] = report(args, bench_pipeline(args, name, work, run))
+    out = {**run, "pipelines": results}
+    if args.json:
+        print(f"JSON: {write_json(args.json, out)}")
+    return out
 
 
 if __name__ == "__main__":

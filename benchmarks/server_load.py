@@ -42,15 +42,18 @@ from benchmarks.common import (
     machine_info,
     machine_line,
     md_table,
-    models_label,
     percentiles,
+    synthetic_skin_images,
+    update_section,
+    write_json,
+)
+from benchmarks.pipelines import (
+    SKIN_BUNDLES,
+    models_label,
     prepare_int8,
     prepare_skin_models,
     skin_pipeline,
-    synthetic_skin_images,
-    update_section,
     use_int8,
-    write_json,
 )
 
 HOST = "127.0.0.1"
@@ -401,7 +404,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             from benchmarks.common import load_images
 
             paths, _ = example_images(args.images, 8)
-            int8 = prepare_int8(models_dir, load_images(paths) if paths else synthetic_skin_images(8))
+            images = load_images(paths) if paths else synthetic_skin_images(8)
+            int8 = prepare_int8(models_dir, dict.fromkeys(SKIN_BUNDLES, images))
         results = {name: run_config(args, work, models_dir, name, payloads, int8) for name in args.configs}
         res: dict[str, Any] = {
             "benchmark": "server_load",

@@ -13,9 +13,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from medlens.pipelines.advice import Finding
 from medlens.pipelines.analysis import Analysis
 from medlens.pipelines.groups import group_scores
+from medlens.pipelines.overlay import KeyEntry
 from medlens.spec import ClassGroup
+
+FAKE_FINDINGS = [
+    Finding("The model looked elsewhere.", "high", "evidence_outside"),
+    Finding("Big.", "low", "big"),
+]
 
 
 class FakePipeline:
@@ -69,6 +76,9 @@ class FakePipeline:
                 tta=tta is not False,  # None: as each model recorded; these fakes record nothing (on)
                 groups=group_scores(probs, list(map(ClassGroup.from_dict, self.groups))),
                 class_names={self.classes[1]: "Malignant lesion"},
+                findings=list(FAKE_FINDINGS), gradcam_inside_region=0.3 if gradcam else None,
+                learnt_from={c: f"{c} films of one clinic" for c in self.classes},
+                mask_classes=["background", "region"], colour_key=[KeyEntry("region", "#00e640", "region")],
             )  # fmt: skip
         finally:
             self._busy.release()

@@ -2,7 +2,8 @@
 
 ``make_tiny_run(tmp_path, task="segmentation")`` writes a run folder in the documented layout
 (model_spec.json, checkpoints/best.pt, config.yaml, val_metrics.json, metrics.csv, split.json, curves.png)
-without training; ``make_tiny_bundle`` packages one with :func:`medlens.inference.packaging.make_bundle`.
+without training; ``make_tiny_bundle`` packages one with :func:`medlens.inference.packaging.make_bundle`;
+``make_pipeline_bundles`` makes every bundle the shipped pipelines name.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from PIL import Image
 
 SEG_CLASSES = ["background", "lesion"]
 CLS_CLASSES = ["benign", "malignant"]
+SKIN_CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+CHEST_CLASSES = ["background", "left_lung", "right_lung", "heart"]  # the chest-anatomy bundle's labels
+MODALITY_CLASSES = ["chest_xray", "dermoscopy", "endoscopy", "fundus", "other"]
 
 
 def tiny_spec(task: str = "segmentation", input_size: int = 32, in_channels: int = 3, **overrides) -> dict:
@@ -170,3 +174,21 @@ def make_tiny_bundle(
     if target.exists():
         shutil.rmtree(target)
     return Path(shutil.copytree(_TEMPLATES[key], target))
+
+
+def make_pipeline_bundles(root: Path, modality: bool = False) -> Path:
+    """The bundle names the shipped pipelines use, as tiny random-weight bundles under ``root/models`` (small
+    networks to keep tests fast), and the modality classifier ``modality`` when asked; returns the folder."""
+    small = {"arch": "resnet10t"}
+    for name in ("skin-seg", "polyp-seg"):
+        make_tiny_bundle(root, "segmentation", name=name, encoder="mobilenet_v2")
+    make_tiny_bundle(
+        root, "segmentation", name="chest-anatomy", encoder="mobilenet_v2", mode="multiclass",
+        num_classes=len(CHEST_CLASSES), classes=CHEST_CLASSES,
+    )  # fmt: skip
+    make_tiny_bundle(root, "classification", name="skin-cls", **small, classes=SKIN_CLASSES, num_classes=7)
+    make_tiny_bundle(root, "classification", name="chest-xray-cls", **small, classes=["normal", "pneumonia"])
+    if modality:
+        make_tiny_bundle(root, "classification", name="modality", **small, classes=MODALITY_CLASSES,
+                         num_classes=len(MODALITY_CLASSES))  # fmt: skip
+    return Path(root) / "models"

@@ -119,3 +119,72 @@ def test_scope_config_validation():
         ScopeConfig.from_dict({"expect": "rgb"}, "x.yaml")
     with pytest.raises(ConfigError, match="min_probability"):
         ScopeConfig.from_dict({"min_probability": "low"}, "x.yaml")
+
+
+FINDINGS = {
+    **RULES,
+    "findings": [
+        {"name": "wide", "when": {"feature_gte": {"diameter_mm": 6}}, "severity": "moderate", "say": "Wide."},
+        {"name": "odd_shape", "when": {"feature_gte": {"asymmetry": 0.3}}, "severity": "low", "say": "Odd."},
+        {"name": "looked_away", "when": {"gradcam_inside_lt": 0.5}, "severity": "high", "say": "Elsewhere."},
+    ],
+}
+
+
+def test_every_finding_that_holds_is_listed_most_severe_first():
+    cfg = AdviceConfig.from_dict(FINDINGS, "skin.yaml")
+    ctx = AdviceContext(label="mel", probability=0.35, features={"diameter_mm": 7.0, "asymmetry": 0.4},
+                        gradcam_inside=0.2)  # fmt: skip
+    assert cfg.advise(ctx) == "High concern."  # the reading: still the first rule that holds
+    assert [(f.source, f.severity, f.text) for f in cfg.find(ctx)] == [
+        ("looked_away", "high", "Elsewhere."),
+        ("wide", "moderate", "Wide."),
+        ("odd_shape", "low", "Odd."),
+    ]
+    assert [f.source for f in cfg.find(AdviceContext(features={"asymmetry": 0.4}, gradcam_inside=0.9))] == [
+        "odd_shape"
+    ]
+    assert cfg.find(AdviceContext()) == []  # unknown values never make a finding
+    scope = cfg.find(AdviceContext(features={"diameter_mm": 9.0}), scope_reason="the image looks grayscale")
+    assert [(f.source, f.severity) for f in scope] == [("scope", "high"), ("wide", "moderate")]
+    assert scope[0].text == "Out of scope: the image looks grayscale."
+
+
+def test_advice_with_rules_only_still_loads_and_findings_are_validated():
+    old = AdviceConfig.from_dict(RULES, "old.yaml")  # a YAML written before findings existed
+    assert old.findings == [] and old.find(AdviceContext(features={"diameter_mm": 9.0})) == []
+    named = AdviceConfig.from_dict(
+        {"findings": [{"when": {"region_found": True}, "severity": "low", "say": "x"}]}
+    )
+    assert named.findings[0].name == "finding0"
+    for bad, match in (
+        ({"findings": [{"when": {}, "say": "x"}]}, "severity"),
+        ({"findings": [{"when": {}, "say": "x", "severity": "urgent"}]}, "severity"),
+        ({"findings": [{"when": {"gradcam_inside_lt": "most"}, "say": "x", "severity": "low"}]}, "bad value"),
+        ({"findings": [{"name": "a", "when": {}, "say": "x", "severity": "low"}] * 2}, "must differ"),
+        ({"findings": {"a": 1}}, "must be a list"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            AdviceConfig.from_dict(bad, "my.yaml")
+
+
+def test_shipped_chest_advice_shows_a_childs_film_findings_beside_the_reading():
+    """The issue's film: pneumonia, CTR .677, lung area ratio .17 (asymmetry flag): the reading no longer
+    hides the two measured findings."""
+    from medlens.pipelines.config import load_pipeline_configs
+
+    advice = load_pipeline_configs("/nonexistent-models")["chest-xray"].advice
+    features = {"cardiothoracic_ratio": 0.677, "lung_area_ratio": 0.17, "lung_asymmetry_flag": True,
+                "lung_fraction_total": 0.3}  # fmt: skip
+    ctx = AdviceContext(label="pneumonia", probability=0.9, uncertainty=0.01, features=features)
+    assert advice.advise(ctx).startswith("Pattern consistent with pneumonia")
+    assert [(f.source, f.severity) for f in advice.find(ctx)] == [
+        ("one_lung_small", "high"),
+        ("ctr_above_adult_limit", "moderate"),
+    ]
+    ctx.gradcam_inside = 0.2  # most of the evidence outside the lungs and heart
+    found = advice.find(ctx)
+    assert [f.source for f in found] == ["evidence_outside_lungs", "one_lung_small", "ctr_above_adult_limit"]
+    assert "looked outside the lungs" in found[0].text and "unreliable" in found[0].text
+    tb = AdviceContext(label="tuberculosis", probability=0.8, uncertainty=0.01, features={})
+    assert "tuberculosis" in advice.advise(tb)

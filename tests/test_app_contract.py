@@ -76,6 +76,39 @@ def test_class_groups_names_and_feature_details_in_the_response(tmp_path):
     assert rows["mean_intensity"]["name"] == "mean intensity" and rows["mean_intensity"]["value"]
 
 
+def test_findings_evidence_population_and_colour_key_in_the_response(tmp_path):
+    with _client(tmp_path, {"skin": FakePipeline("skin")}) as c:
+        body = _post(c, png_bytes(rgb_image(32))).json()
+        again = c.get(f"/api/v1/analyses/{body['id']}").json()
+        schemas = c.get("/openapi.json").json()["components"]["schemas"]
+    assert body["findings"] == [
+        {"text": "The model looked elsewhere.", "severity": "high", "source": "evidence_outside"},
+        {"text": "Big.", "severity": "low", "source": "big"},
+    ]
+    assert body["gradcam_inside_region"] == 0.3 and again["findings"] == body["findings"]
+    assert body["classification"]["learnt_from"]["malignant"] == "malignant films of one clinic"
+    seg = body["segmentation"]
+    assert seg["classes"] == ["background", "region"]
+    assert seg["colour_key"] == [{"name": "region", "colour": "#00e640", "kind": "region"}]
+    assert {"findings", "gradcam_inside_region", "recommendation"} <= set(
+        schemas["AnalysisView"]["properties"]
+    )
+    assert {"learnt_from"} <= set(schemas["Classification"]["properties"])
+    assert set(schemas["FindingView"]["properties"]) == {"text", "severity", "source"}
+    assert {"classes", "colour_key"} <= set(schemas["Segmentation"]["properties"])
+
+
+def test_records_stored_before_findings_still_view(tmp_path):
+    from medlens.app.views import analysis_view
+
+    old = {"id": "x", "created": "2026-01-01T00:00:00+00:00", "pipeline": "skin", "source_format": "png",
+           "label": "benign", "probabilities": {"benign": 0.9, "malignant": 0.1}, "features": {},
+           "files": {"mask": "m.png"}, "result": {"recommendation": "Routine."}}  # fmt: skip
+    view = analysis_view(old)
+    assert view["findings"] == [] and view["gradcam_inside_region"] is None
+    assert view["classification"]["learnt_from"] == {} and view["segmentation"]["colour_key"] == []
+
+
 class _Raising(FakePipeline):
     def __init__(self, exc: BaseException) -> None:
         super().__init__("skin")

@@ -53,6 +53,38 @@ def test_tables_and_advice():
     assert set(counts["label"]) == {"skin / nv", "polyp / (none)"} and counts["count"].sum() == 3
 
 
+def test_advice_lists_findings_where_the_model_looked_and_what_each_class_was_learnt_from():
+    key = [{"name": "left lung", "colour": "#00e640", "kind": "region"},
+           {"name": "heart", "colour": "#2878ff", "kind": "region"},
+           {"name": "heart width (CTR)", "colour": "#ffc800", "kind": "line"}]  # fmt: skip
+    result = {"out_of_scope": False, "recommendation": "Pattern consistent with pneumonia.",
+              "findings": [{"text": "The model looked outside the lungs.", "severity": "high",
+                            "source": "evidence_outside_lungs"},
+                           {"text": "Cardiothoracic ratio of 0.5 or more.", "severity": "moderate",
+                            "source": "ctr_above_adult_limit"}],
+              "gradcam_inside_region": 0.234, "class_names": {"pneumonia": "Pneumonia", "normal": "Normal"},
+              "colour_key": key, "learnt_from": {"normal": "children of one hospital",
+                                                 "pneumonia": "children, Guangzhou"}}  # fmt: skip
+    text = render.advice_markdown({"label": "pneumonia", "result": result})
+    high, moderate = text.index("looked outside the lungs"), text.index("Cardiothoracic ratio")
+    assert (
+        text.index("Recommendation") < high < moderate
+    )  # the reading, then every finding, most severe first
+    assert "23% of the Grad-CAM lies inside left lung, heart" in text  # regions only, not the lines
+    assert "Pneumonia (this result): children, Guangzhou" in text
+    assert text.index("(this result)") < text.index("Normal: children of one hospital")
+    scope = [{"text": "Out of scope: in colour.", "severity": "high", "source": "scope"}]
+    oos = {
+        "out_of_scope": True,
+        "scope_reason": "in colour",
+        "recommendation": "No class.",
+        "findings": scope,
+    }
+    assert render.advice_markdown({"result": oos}).count("in colour") == 1  # as a finding, not twice
+    older = render.advice_markdown({"result": {**oos, "findings": []}})  # a record stored before findings
+    assert "**Out of scope:** in colour" in older
+
+
 @pytest.fixture()
 def handlers(tmp_path):
     pytest.importorskip("gradio")

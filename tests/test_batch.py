@@ -90,6 +90,9 @@ def test_pipeline_mode_by_name_and_yaml(seg_bundle: Path, cls_bundle: Path, inpu
     yaml_path.write_text(
         "name: tiny\nsegmenter:\n  bundle: tiny-seg\nclassifier:\n  bundle: tiny-cls\n  gradcam: true\n"
         "features: [area, lungs]\n"
+        "advice:\n  findings:\n"
+        "    - {name: any_image, when: {}, severity: low, say: Low note.}\n"
+        "    - {name: lungs, when: {feature_gte: {lung_fraction_total: 0}}, severity: high, say: High.}\n"
     )
     summary = predict_paths("tiny", [inputs / "a.png", inputs / "broken.png"], tmp_path, models_dir=models)
     rows = _summary(summary)
@@ -100,6 +103,12 @@ def test_pipeline_mode_by_name_and_yaml(seg_bundle: Path, cls_bundle: Path, inpu
         info["features"]["right_lung_fraction"]
     )
     assert rows[0]["feature_lung_asymmetry_flag"] == str(info["features"]["lung_asymmetry_flag"])
+    # the reading, every finding (most severe first) and where the model looked, as in the JSON
+    assert rows[0]["recommendation"] == info["recommendation"]
+    assert rows[0]["findings"] == " | ".join(f"{f['severity']}: {f['text']}" for f in info["findings"])
+    assert rows[0]["findings"].endswith("high: High. | low: Low note.")  # most severe first, in one cell
+    share = info["gradcam_inside_region"]
+    assert rows[0]["gradcam_inside_region"] == ("" if share is None else str(share))
     assert info["pipeline"] == "tiny" and info["id"] == "a" and info["source"].endswith("a.png")
     assert (tmp_path / "a_mask.png").is_file() and (tmp_path / "a_overlay.png").is_file()
     if not info["out_of_scope"]:

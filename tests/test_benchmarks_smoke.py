@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import common
+from benchmarks import common, pipelines
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +18,8 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from medlens.inference.export import export_onnx
 
     work = tmp_path_factory.mktemp("bench-models")
-    models, _ = common.prepare_skin_models(work / "absent", work, tiny=True)
-    for name in common.SKIN_BUNDLES:
+    models, _ = pipelines.prepare_skin_models(work / "absent", work, tiny=True)
+    for name in pipelines.SKIN_BUNDLES:
         export_onnx(models / name)
     return models
 
@@ -51,30 +51,138 @@ def test_percentiles_and_ratio() -> None:
     assert common.ratio(3.0, 2.0) == 1.5 and common.ratio(1.0, 0.0) is None
 
 
-def test_inference_benchmark_runs(bench_env: Path, tiny_models: Path) -> None:
+TINY_RUN = ["--repeats", "1", "--batch-repeats", "1", "--warmup", "0", "--block", "1", "--batch", "2"]
+
+
+@pytest.fixture()
+def no_shared_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared data sets out of reach: every pipeline falls back to synthetic images."""
+    monkeypatch.setattr(pipelines, "SHARED_DATASETS", tmp_path / "no-datasets")
+
+
+def test_inference_cli_pipelines_images_and_keys() -> None:
+    from benchmarks import inference
+
+    names = pipelines.pipeline_names()
+    assert {"skin", "polyp", "chest-xray"} <= set(names)
+    assert inference.parse_args([]).pipelines == names  # default: all
+    args = inference.parse_args(["--pipeline", "polyp", "--pipeline", "skin", "--pipeline", "polyp",
+                                 "--images", "/data/all", "--images", "chest-xray=/data/cxr"])  # fmt: skip
+    assert args.pipelines == ["polyp", "skin"]
+    assert args.image_folders == {**dict.fromkeys(names, "/data/all"), "chest-xray": "/data/cxr"}
+    assert inference.parse_args(["--pipeline", "skin", "--pipeline", "all"]).pipelines == names
+    assert inference.parse_args(["--v2-standins"]).pipelines == ["skin"]  # v2 stand-ins are skin bundles
+    with pytest.raises(SystemExit):
+        inference.parse_args(["--images", "fundus=/data/x"])
+    assert inference.section_key("inference", "skin") == "inference"  # skin keeps the historic key
+    assert inference.section_key("inference", "chest-xray") == "inference-chest-xray"
+    assert inference.section_key("inference-v2", "polyp") == "inference-v2-polyp"
+
+
+def test_pipeline_bundles_and_synthetic_images(no_shared_data: None) -> None:
+    assert pipelines.bundle_names(pipelines.pipeline_config("polyp")) == ["polyp-seg"]
+    assert pipelines.bundle_names(pipelines.pipeline_config("chest-xray")) == [
+        "chest-anatomy",
+        "chest-xray-cls",
+    ]
+    assert pipelines.pipeline_config("chest-xray").scope.expect == "any"  # checks off: every stage runs
+    assert pipelines.pipeline_config("chest-xray", scope=True).scope.expect == "grayscale"
+    grey, desc = pipelines.pipeline_images("chest-xray", None, 3)
+    assert len(grey) == 3 and grey[0].shape[2] == 1 and grey[0].dtype.name == "uint8" and "synthetic" in desc
+    assert grey[0].std() > 10  # lungs and heart, not a flat image
+    colour, _ = pipelines.pipeline_images("polyp", None, 2)
+    assert colour[0].shape[2] == 3
+
+
+def test_inference_benchmark_covers_every_pipeline(bench_env: Path, no_shared_data: None) -> None:
+    """``--tiny --repeats 1``: random-weight stand-ins of every pipeline's bundles, synthetic images; one row
+    per pipeline and variant with the pipeline's stages, the speed-ups and the targets; one section each."""
     from benchmarks import inference
 
     out = bench_env / "BENCHMARKS.md"
-    res = inference.main(
-        ["--models", str(tiny_models), "--repeats", "1", "--batch-repeats", "1",
-         "--warmup", "0", "--block", "1", "--batch", "2", "--no-tta",
-         "--json", str(bench_env / "inference.json"), "--out", str(out)]
-    )  # fmt: skip
-    assert set(res["batch1"]) == set(inference.VARIANTS)
-    for r in res["batch1"].values():
-        assert {"p50", "p95"} <= set(r["latency_ms"])
-        assert set(r["stages_ms_p50"]) == set(inference.STAGES)
-        assert r["gradcam_ran"] == 1  # scope checks are off: every stage runs
-    assert {"torch segmenter", "onnx classifier", "onnx-int8 pipeline", "onnx analyze_batch"} <= set(
-        res["batched"]
+    out.write_text(
+        "# medlens benchmarks\n\n<!-- bench:inference -->\nOLD SKIN TEXT\n<!-- /bench:inference -->\n"
     )
-    assert {"batch1_p50", "batched_pipeline"} <= set(res["speedup_vs_torch"]["onnx-int8"])
-    assert set(res["targets"]) == {"onnx-before", "onnx", "onnx-int8"}
-    assert {r["checked"] for r in res["int8"].values()} == {False}  # random weights: timed, not checked
-    assert res["cuda"]["status"] in ("ok", "not run: no GPU")
-    assert res["models"].startswith("shipped bundles from")  # the given folder, copied
-    assert json.loads((bench_env / "inference.json").read_text())["benchmark"] == "inference"
-    assert "<!-- bench:inference -->" in out.read_text()
+    import torch
+
+    torch.set_num_threads(2)  # a process's default on two cores: the benchmark must size torch's pool itself
+    try:
+        res = inference.main(["--tiny", *TINY_RUN, "--threads", "1", "--json", str(bench_env / "inf.json"),
+                              "--out", str(out)])  # fmt: skip
+    finally:
+        torch.set_num_threads(1)
+    assert list(res["pipelines"]) == pipelines.pipeline_names()
+    assert res["settings"]["threads"] == res["machine"]["torch_threads"] == 1  # torch as many threads as ORT
+    for name, r in res["pipelines"].items():
+        config = pipelines.pipeline_config(name)
+        assert r["section"] == inference.section_key("inference", name)
+        assert r["models"].startswith("random-weight stand-ins") and "synthetic" in r["images"]
+        assert set(r["batch1"]) == set(inference.VARIANTS)
+        stages = r["stages"]
+        assert stages[-1] == "total" and {"segment", "gradcam", "advice"} <= set(stages)
+        if config.classifier is not None:
+            assert all(row["stages_ms_p50"]["classify"] > 0 for row in r["batch1"].values())
+        for row in r["batch1"].values():
+            assert row["latency_ms"]["n"] == 1 and row["latency_ms"]["p50"] > 0
+            assert list(row["stages_ms_p50"]) == stages and row["stages_ms_p50"]["total"] > 0
+            assert row["gradcam_ran"] == 1 and row["out_of_scope"] == 0  # scope checks off: every stage ran
+        parts = ["segmenter", *(["classifier"] if config.classifier else []), "pipeline", "analyze_batch"]
+        assert r["batched_parts"] == parts
+        assert set(r["batched"]) == {f"{v} {p}" for v in inference.VARIANTS for p in parts}
+        torch_p50 = r["batch1"]["torch"]["latency_ms"]["p50"]
+        for v in ("onnx-before", "onnx", "onnx-int8"):
+            speed = r["speedup_vs_torch"][v]
+            assert speed["batch1_p50"] == common.ratio(torch_p50, r["batch1"][v]["latency_ms"]["p50"]) > 0
+            assert set(speed) == {"batch1_p50", "batch1_p95", *(f"batched_{p}" for p in parts)}
+            assert None not in speed.values()
+            assert r["targets"][v]["p50_le_150ms"] == (r["batch1"][v]["latency_ms"]["p50"] <= 150.0)
+            assert r["targets"][v]["ge_1.5x_torch"] == (speed["batch1_p50"] >= 1.5)
+        assert set(r["analyze_batch_vs_sequential"]) == set(inference.VARIANTS)
+        assert set(r["int8"]) == set(pipelines.bundle_names(config))
+        assert {x["checked"] for x in r["int8"].values()} == {False}  # random weights: timed, not checked
+        assert set(r["tta"]) == set(pipelines.bundle_names(config))
+    polyp, chest = res["pipelines"]["polyp"], res["pipelines"]["chest-xray"]
+    assert polyp["gradcam_by"] == "segmenter" and "classify" in polyp["stages_zero"]
+    assert chest["gradcam_by"] == "classifier" and "x1" in chest["images"]  # grey films stay one channel
+    assert json.loads((bench_env / "inf.json").read_text())["pipelines"]["skin"]["benchmark"] == "inference"
+    text = out.read_text()
+    assert "OLD SKIN TEXT" not in text  # the skin section replaced, not duplicated
+    for name in pipelines.pipeline_names():
+        key = inference.section_key("inference", name)
+        assert text.count(f"<!-- bench:{key} -->") == 1 and text.count(f"<!-- /bench:{key} -->") == 1
+        block = text.split(f"<!-- bench:{key} -->")[1].split(f"<!-- /bench:{key} -->")[0]
+        assert f"## Inference: {name} pipeline" in block and "| variant | n | p50 ms" in block
+        assert " gradcam p50 |" in block and "| onnx-int8 |" in block and "p50 <= 150 ms" in block
+
+
+def test_inference_benchmark_guided_chest_classifier(
+    bench_env: Path, no_shared_data: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chest classifier guided by the anatomy segmentation (spec ``guide``: crop), copied from ``--models``:
+    its int8 graph is calibrated and its batched call timed on the guided crops, as the pipeline feeds it."""
+    from benchmarks import inference
+
+    models = tmp_path / "models"
+    pipelines.make_random_bundle(pipelines.shipped_spec("chest-anatomy"), models / "chest-anatomy")
+    spec = {**pipelines.shipped_spec("chest-xray-cls"), "guide": {"bundle": "chest-anatomy", "mode": "crop"}}
+    pipelines.make_random_bundle(spec, models / "chest-xray-cls")
+    fed: list[tuple[int, ...]] = []
+
+    def spy(pipeline: object, images: list) -> list:
+        out = pipelines.classifier_inputs(pipeline, images)
+        fed.extend(x.shape for x in out)
+        return out
+
+    monkeypatch.setattr(inference, "classifier_inputs", spy)
+    res = inference.main(["--pipeline", "chest-xray", "--models", str(models), *TINY_RUN, "--variants",
+                          "torch", "onnx-int8", "--json", str(bench_env / "guided.json")])  # fmt: skip
+    r = res["pipelines"]["chest-xray"]
+    assert r["models"].startswith("shipped bundles from") and r["guided"] == "crop"
+    assert set(r["batch1"]) == {"torch", "onnx-int8"} and r["batch1"]["onnx-int8"]["gradcam_ran"] == 1
+    assert r["batch1"]["onnx-int8"]["stages_ms_p50"]["classify"] > 0
+    assert "onnx-int8 classifier" in r["batched"] and r["speedup_vs_torch"]["onnx-int8"]["batched_classifier"]
+    assert "guided by the segmentation (crop)" in inference.markdown(r)
+    assert fed and set(fed) == {(224, 224, 1)}  # crops at the classifier's input size, not the 256x256 films
 
 
 def test_train_throughput_benchmark_runs(bench_env: Path) -> None:

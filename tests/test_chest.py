@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from medlens.evaluation.anatomy import ctr_of, lungs_by_side
-from medlens.pipelines.chest import cardiothoracic_ratio, draw_ctr_lines, lungs
+from medlens.pipelines.chest import cardiothoracic_ratio, lungs
+from medlens.pipelines.overlay import draw_overlay
 
 CLASSES = ["background", "left_lung", "right_lung", "heart"]
 
@@ -55,9 +56,12 @@ def test_lungs_are_named_by_the_patients_side_and_a_small_one_is_flagged() -> No
     assert small["lung_area_ratio"] == pytest.approx((mask == 1).sum() / (mask == 2).sum(), abs=1e-4)
 
 
-def test_ctr_lines_are_drawn_where_measured() -> None:
-    overlay = np.zeros((100, 100, 3), np.uint8)
-    lines = cardiothoracic_ratio(None, _chest(), classes=CLASSES)["cardiothoracic_lines"]
-    draw_ctr_lines(overlay, lines)
-    assert tuple(overlay[60, 50]) == (255, 60, 60) and tuple(overlay[20, 50]) == (255, 220, 0)
-    assert not overlay[40, 50].any()
+def test_ctr_lines_are_drawn_where_measured_in_colours_of_their_own() -> None:
+    image = np.zeros((100, 100, 3), np.uint8)
+    features = cardiothoracic_ratio(None, _chest(), classes=CLASSES)
+    overlay, key = draw_overlay(image, _chest(), CLASSES, features, alpha=0.0)
+    colours = {e.name: e.rgb for e in key}
+    assert tuple(overlay[60, 50]) == colours["heart width (CTR)"]
+    assert tuple(overlay[20, 50]) == colours["chest width (CTR)"]
+    assert not overlay[40, 50].any()  # between the lines: the image (opacity 0, no outline there)
+    assert len(set(colours.values())) == len(key) == 5  # three structures, two lines: five colours

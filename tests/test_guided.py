@@ -55,7 +55,8 @@ def test_crop_keeps_only_the_largest_region_and_matches_manual_crop():
 def test_modes_shapes_and_mask_channel():
     img = gradient_image()
     seg = FixedMaskPredictor((20, 30, 30, 50))
-    crop, chan, both = (guide_inputs([img], seg, mode, (32, 32))[0] for mode in GuideMode)
+    modes = (GuideMode.CROP, GuideMode.CHANNEL, GuideMode.BOTH)
+    crop, chan, both = (guide_inputs([img], seg, mode, (32, 32))[0] for mode in modes)
     assert crop.shape == (32, 32, 3) and chan.shape == (32, 32, 4) and both.shape == (32, 32, 4)
     assert crop.dtype == chan.dtype == both.dtype == np.uint8
     assert set(np.unique(chan[..., 3])) == {0, 255}
@@ -64,7 +65,7 @@ def test_modes_shapes_and_mask_channel():
     assert both[16, 16, 3] == 255 and both[0, 0, 3] == 0
     grey = gradient_image()[..., :1]
     assert guide_inputs([grey], seg, GuideMode.CHANNEL, (16, 16))[0].shape == (16, 16, 2)
-    assert [m.extra_channels for m in GuideMode] == [0, 1, 1]
+    assert [m.extra_channels for m in GuideMode] == [0, 1, 1, 0]  # crop, channel, both, field
     assert GuideMode.CHANNEL.fits(4) and GuideMode.BOTH.fits(2) and GuideMode.CROP.fits(3)
     assert not GuideMode.CHANNEL.fits(3) and not GuideMode.CROP.fits(4)
 
@@ -98,3 +99,23 @@ def test_bad_mode_and_bad_inputs():
         guide_inputs([img], None, GuideMode.CROP, (8, 8))
     with pytest.raises(ValueError, match="does not match"):
         guide_one(img, np.zeros((5, 5), np.uint8), GuideMode.CROP, (8, 8))
+
+
+def test_field_mode_blanks_what_lies_away_from_the_region():
+    img = np.full((200, 240, 1), 200, np.uint8)
+    img[12:20, 32:40] = 255  # a burned-in marker inside the crop square, far from the region
+    mask = np.zeros((200, 240), np.uint8)
+    mask[60:140, 60:180] = 1  # crop square: side 180 at (10, 30)
+    field = guide_one(img, mask, GuideMode.FIELD, (90, 90))
+    crop = guide_one(img, mask, GuideMode.CROP, (90, 90))
+    assert field.shape == crop.shape == (90, 90, 1) and field.dtype == np.uint8
+    assert (crop == 0).mean() == 0  # the crop square lies inside the image: nothing blank
+    assert field[45, 45, 0] == 200  # the region keeps its pixels...
+    assert crop.max() == 255 and field.max() == 200  # ...the marker is gone
+    # the region fills 80 x 120 of the 180-px square, and with its edge of 4 % of 180 px on each side
+    edge = 2 * 0.04 * 180
+    assert (field > 0).mean() == pytest.approx((80 + edge) * (120 + edge) / 180**2, abs=0.02)
+    empty = np.zeros_like(mask)  # nothing found: the whole image, as "crop"
+    as_crop = guide_one(img, empty, GuideMode.CROP, (90, 90))
+    assert np.array_equal(guide_one(img, empty, GuideMode.FIELD, (90, 90)), as_crop)
+    assert GuideMode.FIELD.extra_channels == 0 and GuideMode.FIELD.crops and GuideMode.FIELD.fits(3)

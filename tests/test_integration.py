@@ -199,7 +199,8 @@ def test_shipped_chest_pipeline_on_a_real_film(shared_datasets: Path, tmp_path: 
     assert f["lung_asymmetry_flag"] is False and 0.6 < f["lung_area_ratio"] <= 1.0
     assert abs(f["cardiothoracic_ratio"] - ctr_of(reference, classes)) < 0.05
     row, x0, x1 = f["cardiothoracic_lines"]["heart"]
-    assert tuple(a.overlay[row, (x0 + x1) // 2]) == (255, 60, 60)  # the heart diameter is drawn
+    heart_line = next(e for e in a.colour_key if e.name == "heart width (CTR)")
+    assert tuple(a.overlay[row, (x0 + x1) // 2]) == heart_line.rgb  # the heart diameter is drawn
 
     (tmp_path / "in").mkdir()
     Image.fromarray(image).save(tmp_path / "in" / f"{film}.png")
@@ -209,3 +210,5 @@ def test_shipped_chest_pipeline_on_a_real_film(shared_datasets: Path, tmp_path: 
     with (tmp_path / "out" / "summary.csv").open() as fh:
         summary = next(csv.DictReader(fh))
     assert summary["status"] == "ok" and float(summary["feature_cardiothoracic_ratio"]) > 0
+    assert summary["recommendation"] and "findings" in summary
+    assert 0.0 <= float(summary["gradcam_inside_region"]) <= 1.0  # where the model looked, in the CSV

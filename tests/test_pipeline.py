@@ -24,32 +24,16 @@ from medlens.pipelines.pipeline import (
     shipped_pipeline_files,
 )
 from medlens.spec import GuideMode
-from tests.helpers_inference import make_tiny_bundle
+from tests.helpers_inference import CHEST_CLASSES, SKIN_CLASSES, make_pipeline_bundles, make_tiny_bundle
 
-SKIN_CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
-CHEST_CLASSES = ["background", "left_lung", "right_lung", "heart"]  # the chest-anatomy bundle's labels
 SMALL_CLS = {"arch": "resnet10t"}
-STAGES = {"preprocess", "segment", "features", "classify", "gradcam", "advice", "total"}
+STAGES = {"preprocess", "modality", "segment", "features", "classify", "gradcam", "advice", "total"}
 
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory) -> Path:
-    """The bundle names the shipped pipelines use, as tiny random-weight bundles (small networks to keep the
-    test fast)."""
-    root = tmp_path_factory.mktemp("pipelines")
-    for name in ("skin-seg", "polyp-seg"):
-        make_tiny_bundle(root, "segmentation", name=name, encoder="mobilenet_v2")
-    make_tiny_bundle(
-        root, "segmentation", name="chest-anatomy", encoder="mobilenet_v2", mode="multiclass",
-        num_classes=len(CHEST_CLASSES), classes=CHEST_CLASSES,
-    )  # fmt: skip
-    make_tiny_bundle(
-        root, "classification", name="skin-cls", **SMALL_CLS, classes=SKIN_CLASSES, num_classes=7
-    )
-    make_tiny_bundle(
-        root, "classification", name="chest-xray-cls", **SMALL_CLS, classes=["normal", "pneumonia"]
-    )
-    return root / "models"
+    """The bundles the shipped pipelines name, tiny and random (no modality bundle: no modality check)."""
+    return make_pipeline_bundles(tmp_path_factory.mktemp("pipelines"))
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +194,9 @@ def test_chest_pipeline_with_spacing_and_known_anatomy(pipelines, shared_dataset
     assert f["cardiothoracic_ratio"] == pytest.approx(25 / 165, abs=1e-4)
     heart_row, h0, h1 = f["cardiothoracic_lines"]["heart"]
     assert (h0, h1) == (100, 124) and f["cardiothoracic_lines"]["thorax"][1:] == [30, 194]
-    assert tuple(a.overlay[heart_row, 110]) == (255, 60, 60)  # the heart diameter is drawn
+    key = {e.name: e for e in a.colour_key}  # the heart diameter is drawn in the colour its key entry names
+    assert tuple(a.overlay[heart_row, 110]) == key["heart width (CTR)"].rgb
+    assert a.mask_classes == CHEST_CLASSES
     assert a.uncertainty is None and set(a.probabilities) == {"normal", "pneumonia"}
 
 

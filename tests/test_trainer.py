@@ -441,6 +441,12 @@ def test_time_budget_shortens_the_schedule() -> None:
     t.fit_schedule_to_budget()
     assert t.stop_reason and "budget" in t.stop_reason
     assert TimeBudget(None).epochs_that_fit(2, 20, [1e6]) == 20 and not TimeBudget(None).is_up()
+    # one epoch slowed by a passing load (epochs of 100, 100, 400 s) is judged by the median, not the spike:
+    # 60 min budget, 600 s spent -> 30 more epochs of 100 s fit, so the plan of 20 stands
+    t = _budget_trainer(budget_min=60, epoch_s=100, done=3, elapsed_s=600)
+    t.history[-1]["time_s"] = 400.0
+    t.fit_schedule_to_budget()
+    assert t.planned_epochs == 20 and t.stop_reason is None
 
 
 def test_validator_keeps_the_best_epoch_and_counts_for_early_stopping() -> None:

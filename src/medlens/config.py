@@ -138,7 +138,7 @@ class TrainConfig:
     from_bundle: str | None = None
     new_head: bool = False  # --from with other classes: a fresh class layer, the rest from the bundle
     guide_bundle: str | None = None  # segmentation bundle for segmentation-guided classification
-    guide_mode: GuideMode = GuideMode.CROP  # crop | channel | both
+    guide_mode: GuideMode = GuideMode.CROP  # crop | channel | both | field
 
 
 def config_to_dict(cfg: Any) -> dict:

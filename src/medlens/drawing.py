@@ -1,12 +1,15 @@
-"""Drawing on images with numpy and PIL only (no matplotlib): mask overlays, viewable masks, PNG bytes.
+"""Drawing on images with numpy and PIL only (no matplotlib): mask overlays, colour keys, viewable masks, PNG
+bytes.
 
 Used by inference, the pipelines and the web app on every request, so it stays light.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -109,6 +112,74 @@ def overlay_mask(
     for k in np.flatnonzero(counts[1:]) + 1:
         _draw_region(out, mask == k, palette[(k - 1) % len(palette)], alpha, width)
     return out
+
+
+KEY_TEXT_FRACTION = 1 / 32  # a colour key's text height, as a share of the image's shorter side
+KEY_MAX_FRACTION = 0.6  # a key wider or taller than this share of the image is left out (tiny images)
+
+
+@functools.lru_cache(maxsize=16)
+def _font(size: int) -> Any:  # a scalable FreeType font, or PIL's bitmap one
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # scalable with FreeType (Pillow >= 10.1)
+    except (TypeError, ImportError):
+        return ImageFont.load_default()
+
+
+def key_box(image_shape: tuple[int, ...], names: Sequence[str]) -> tuple[int, int, int] | None:
+    """``(box height, box width, text size)`` in pixels of a colour key naming ``names`` on an image of
+    ``image_shape``, or None when it would take more than `KEY_MAX_FRACTION` of either side."""
+    from PIL import Image, ImageDraw
+
+    h, w = image_shape[:2]
+    size = max(9, round(min(h, w) * KEY_TEXT_FRACTION))
+    font, pad = _font(size), max(2, size // 3)
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+    text = max((measure.textlength(n, font=font) for n in names), default=0.0)
+    box_h, box_w = pad + len(names) * (size + pad), int(3 * pad + size + text + 0.5)
+    if box_h > KEY_MAX_FRACTION * h or box_w > KEY_MAX_FRACTION * w:
+        return None
+    return box_h, box_w, size
+
+
+def draw_key(
+    image: np.ndarray, entries: Sequence[tuple[str, Sequence[int]]], avoid: np.ndarray | None = None
+) -> np.ndarray:
+    """``image`` with a colour key drawn into one of its corners: for each ``(name, RGB colour)`` entry a
+    swatch and the name, in white on a darkened box.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 (not changed).
+        entries: what each colour means, in the order listed.
+        avoid: ``(H, W)`` or ``(H, W, K)``, non-zero where the image should stay visible (e.g. the mask):
+            the key goes to the corner where the fewest of these lie under it (ties: top left, top right,
+            bottom left, bottom right).
+    Returns:
+        ``(H, W, 3)`` uint8; the image unchanged when there is nothing to key or the key would not fit
+        (:func:`key_box`).
+    """
+    from PIL import Image, ImageDraw
+
+    rgb = as_rgb(image).copy()
+    box = key_box(rgb.shape, [name for name, _ in entries]) if entries else None
+    if box is None:
+        return rgb
+    (box_h, box_w, size), (h, w) = box, rgb.shape[:2]
+    corners = [(0, 0), (0, w - box_w), (h - box_h, 0), (h - box_h, w - box_w)]
+    if avoid is not None:
+        corners.sort(key=lambda tl: np.count_nonzero(avoid[tl[0] : tl[0] + box_h, tl[1] : tl[1] + box_w]))
+    top, left = corners[0]
+    area = rgb[top : top + box_h, left : left + box_w]
+    patch = Image.fromarray(np.ascontiguousarray(area // 3))  # darkened: white text reads on any image
+    pad, font, draw = max(2, size // 3), _font(size), ImageDraw.Draw(patch)
+    for i, (name, colour) in enumerate(entries):
+        y = pad + i * (size + pad)
+        draw.rectangle([pad, y, pad + size - 1, y + size - 1], fill=tuple(int(c) for c in colour))
+        draw.text((2 * pad + size, y + size / 2), name, fill=(255, 255, 255), font=font, anchor="lm")
+    area[...] = np.asarray(patch)
+    return rgb
 
 
 def viewable_mask(mask: np.ndarray) -> np.ndarray:

@@ -1,11 +1,12 @@
-"""One way to turn results into JSON: numpy scalars and arrays, tuples, sets and paths become plain types;
-``nan`` / ``inf`` become ``null``."""
+"""One way to turn results into JSON: numpy scalars and arrays, tuples, sets, dataclass instances and paths
+become plain types; ``nan`` / ``inf`` become ``null``."""
 
 from __future__ import annotations
 
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ def to_jsonable(obj: Any) -> Any:
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
         return to_jsonable(obj.tolist())
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(asdict(obj))
     if isinstance(obj, bool | np.bool_):
         return bool(obj)
     if isinstance(obj, int | np.integer):

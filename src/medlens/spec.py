@@ -32,12 +32,13 @@ class Mode(StrEnum):
 
 
 class GuideMode(StrEnum):
-    """How a segmentation bundle guides a classifier: crop around the region, add the mask as a channel, or
-    both."""
+    """How a segmentation bundle guides a classifier: crop around the region, add the mask as a channel, both,
+    or crop and blank everything outside the (slightly widened) region ("field": the lung fields only)."""
 
     CROP = "crop"
     CHANNEL = "channel"
     BOTH = "both"
+    FIELD = "field"
 
     @property
     def extra_channels(self) -> int:
@@ -47,7 +48,7 @@ class GuideMode(StrEnum):
     @property
     def crops(self) -> bool:
         """Whether the classifier sees a crop around the segmented region."""
-        return self in (GuideMode.CROP, GuideMode.BOTH)
+        return self in (GuideMode.CROP, GuideMode.BOTH, GuideMode.FIELD)
 
     def fits(self, in_channels: int) -> bool:
         """Whether a network of ``in_channels`` inputs takes this guide's inputs: an image's channels

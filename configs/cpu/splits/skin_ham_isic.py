@@ -4,10 +4,11 @@ HAM10000 keeps the shipped bundle's split (``models/skin-cls/split.json``), so t
 one are compared on the same HAM10000 test lesions; the ISIC 2017 ``fit`` half (one image a lesion) goes four
 fifths to training and one fifth to validation, seeded and stratified by label, so that model selection and
 the fitted decision rules see both archives. ISIC 2017's ``external`` half stays out of every choice: it is
-the external set of the comparison.
+the external set of the comparison. Given the split of a bundle trained this way, it writes that split again.
 
     python configs/cpu/splits/isic2017_external.py ../shared/datasets/isic2017_seg runs/isic2017
-    python configs/cpu/splits/skin_ham_isic.py models/skin-cls/split.json runs/isic2017/fit runs/skin-ham-isic.json
+    python configs/cpu/splits/skin_ham_isic.py models/skin-cls/split.json runs/isic2017/fit \
+        runs/skin-ham-isic.json
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from pathlib import Path
 
 
 def main(ham_split: Path, isic_fit: Path, out: Path, val_share: float = 0.2, seed: int = 0) -> None:
-    split = json.loads(ham_split.read_text())
     with (isic_fit / "labels.csv").open() as fh:
         rows = list(csv.DictReader(fh))
+    isic = {r["id"] for r in rows}  # a split that has them already (this model's own) gives the same result
+    given = json.loads(ham_split.read_text())
+    split = {side: [i for i in ids if i not in isic] for side, ids in given.items()}
     rng = random.Random(seed)
     for label in sorted({r["label"] for r in rows}):
         ids = sorted(r["id"] for r in rows if r["label"] == label)

@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from medlens.drawing import as_rgb, overlay_mask
+from medlens.drawing import as_rgb
 from medlens.pipelines.describe import describe_features
 from medlens.pipelines.groups import display_name
 from medlens.pipelines.heatmap import colour_bar_stops
+from medlens.pipelines.overlay import draw_overlay
 
 NOTICE = "Research tool, not a diagnosis."
 FEATURE_COLUMNS = ["Feature", "Value", "Unit", "What it means"]
@@ -41,13 +42,22 @@ def load_png(path: str | Path | None) -> np.ndarray | None:
         return np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
 
 
-def blend(image: np.ndarray, mask: np.ndarray | None, opacity: float = 0.45) -> np.ndarray:
-    """The pipeline's overlay (:func:`medlens.drawing.overlay_mask`) redrawn at another opacity.
+def blend(
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    opacity: float = 0.45,
+    classes: list[str] | tuple[str, ...] = (),
+    features: Mapping[str, Any] | None = None,
+) -> np.ndarray:
+    """The pipeline's overlay redrawn at another opacity by the same function
+    (:func:`medlens.pipelines.overlay.draw_overlay`): structures, measurement lines and colour key.
 
     Args:
         image: (H, W[, C]) uint8.
         mask: (H, W) uint8 as stored, 0 = background; binary 0/255 (or 0/1), label maps 1..K.
         opacity: 0 (image only) .. 1 (solid colour) inside the mask; the outline is always drawn.
+        classes: the segmenter's classes (the record's ``mask_classes``; unknown: "label k" in the key).
+        features: the record's features (the CTR lines are drawn from them).
     Returns:
         (H, W, 3) uint8.
     """
@@ -59,7 +69,7 @@ def blend(image: np.ndarray, mask: np.ndarray | None, opacity: float = 0.45) -> 
     if mask.shape != rgb.shape[:2]:
         mask = np.asarray(Image.fromarray(mask).resize(rgb.shape[1::-1], Image.Resampling.NEAREST))
     labels = np.where(mask == 255, 1, mask).astype(np.uint8)
-    return overlay_mask(rgb, labels, alpha=float(np.clip(opacity, 0.0, 1.0)))
+    return draw_overlay(rgb, labels, list(classes), features, alpha=float(opacity))[0]
 
 
 def _fmt(value: Any) -> str:
@@ -156,24 +166,75 @@ def choice(record: Mapping[str, Any]) -> tuple[str, str]:
     return f"{record['id'][:8]} · {caption(record)}", record["id"]
 
 
+def modality_line(record: Mapping[str, Any]) -> str | None:
+    """What the modality check saw, and the pipeline ``auto`` chose, as Markdown (None without the check)."""
+    result = record["result"]
+    seen = result.get("modality")
+    if not seen:
+        return None
+    p = seen.get("probability")
+    text = f"**Modality check:** {seen.get('name') or seen.get('label')}" + (
+        f" ({p:.2f})" if isinstance(p, int | float) else "")  # fmt: skip
+    if result.get("auto") and record.get("pipeline") != "auto":
+        text += f"; sent to the {record['pipeline']} pipeline (auto)"
+    return text
+
+
+def learnt_from_markdown(result: Mapping[str, Any], label: str | None) -> str | None:
+    """Which films each class was learnt from (the predicted one first); None when the pipeline says not."""
+    said = result.get("learnt_from") or {}
+    if not said:
+        return None
+    names = result.get("class_names") or {}
+    order = sorted(said, key=lambda code: code != label)
+    rows = [f"- {display_name(code, names)}{' (this result)' if code == label else ''}: {said[code]}"
+            for code in order]  # fmt: skip
+    head = "**Learnt from** (films of other populations are outside the model's experience):"
+    return head + "\n\n" + "\n".join(rows)
+
+
+def evidence_markdown(result: Mapping[str, Any]) -> str | None:
+    """How much of the Grad-CAM lies inside the segmented structures, or None when it was not measured."""
+    share = result.get("gradcam_inside_region")
+    if share is None:
+        return None
+    regions = [e["name"] for e in result.get("colour_key") or [] if e.get("kind") == "region"]
+    where = ", ".join(regions) if regions else "the segmented region"
+    return f"**Where the model looked:** {100 * share:.0f}% of the Grad-CAM lies inside {where}"
+
+
+def findings_markdown(findings: list[Mapping[str, Any]]) -> str | None:
+    """Every finding, most severe first, as a list (None without findings)."""
+    if not findings:
+        return None
+    rows = [f"- **{str(f['severity']).capitalize()}:** {f['text']}" for f in findings]
+    return "**Findings** (most severe first):\n\n" + "\n".join(rows)
+
+
 def advice_markdown(record: Mapping[str, Any] | None, expected_groups: tuple[str, ...] = ()) -> str:
-    """Out-of-scope warning, label, class groups, area, recommendation and notice as Markdown."""
+    """What the modality check saw (and where ``auto`` sent the image), out-of-scope warning, label and what
+    it was learnt from, class groups, area, where the model looked, the reading (recommendation), every
+    finding and the notice, as Markdown."""
     if record is None:
         return ""
     result = record["result"]
-    parts = []
-    if result.get("out_of_scope"):
+    findings = result.get("findings") or []
+    parts: list[str | None] = [modality_line(record)]
+    if result.get("out_of_scope") and not any(f.get("source") == "scope" for f in findings):  # older records
         reason = result.get("scope_reason") or "the image does not look like what the pipeline was trained on"
         parts.append(f"**Out of scope:** {reason}")
     if record.get("label"):
         parts.append(f"**Label:** {label_name(record)}")
+    parts.append(learnt_from_markdown(result, record.get("label")))
     parts += group_markdown(result, expected_groups)
     if result.get("area_fraction") is not None:
         parts.append(f"**Segmented area:** {100 * result['area_fraction']:.1f}% of the image")
+    parts.append(evidence_markdown(result))
     parts.append(f"**Recommendation:** {result.get('recommendation') or '—'}")
+    parts.append(findings_markdown(findings))
     notice = (result.get("notice") or "").replace(NOTICE, "").strip()
     parts.append(f"> ⚠️ **{NOTICE}** {notice}".rstrip())
-    return "\n\n".join(parts)
+    return "\n\n".join(p for p in parts if p)
 
 
 _CLASS_UNCERTAINTY = (

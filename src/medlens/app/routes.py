@@ -69,7 +69,11 @@ def _analyze_route(router: APIRouter, service: AnalysisService, upload_limit: in
             UploadFile, File(description="PNG, JPEG, TIFF, BMP or DICOM; type read from the content")
         ],
         pipeline: Annotated[
-            str | None, Form(description="skin, polyp or chest-xray (default: the first)")
+            str | None,
+            Form(
+                description="skin, polyp, chest-xray, or auto: the pipeline of the image's modality, refused "
+                "(out of scope) when none takes it (default: the first pipeline)"
+            ),
         ] = None,
         clahe: Annotated[bool, Form(description="contrast-limited histogram equalisation first")] = False,
         tta: Annotated[

@@ -6,12 +6,36 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+_OVERLAY = (
+    "the mask drawn over the image with its measurement lines and, when it shows more than one thing, its "
+    "colour key drawn in; PNG"
+)
+_LEARNT_FROM = (
+    "per class code, the films (population, hospital) the classifier learnt it from: a film of another "
+    "population is outside that experience"
+)
+_READING = "the reading: the first advice rule that holds, or why the image is out of scope"
+_INSIDE = (
+    "share of the Grad-CAM inside the segmented region (chest films: the lungs and the heart), 0..1; None "
+    "without a segmentation or a Grad-CAM"
+)
+
+
+class ColourKeyEntry(BaseModel):
+    name: str = Field(description='what the colour shows, e.g. "heart" or "heart width (CTR)"')
+    colour: str = Field(description="#rrggbb")
+    kind: str = Field(description='"region" (a structure of the mask) or "line" (a measurement)')
+
 
 class Segmentation(BaseModel):
     mask_url: str | None = Field(description="the label mask as PNG (0/255 for binary masks)")
-    overlay_url: str | None = Field(description="the mask drawn over the image, PNG")
+    overlay_url: str | None = Field(description=_OVERLAY)
     area_fraction: float | None = Field(description="share of the image the segmentation covers, 0..1")
     components: list[dict[str, Any]] = Field(description="connected regions: area, bounding box, centroid")
+    classes: list[str] = Field(default_factory=list, description="the segmenter's classes (label k: [k])")
+    colour_key: list[ColourKeyEntry] = Field(
+        default_factory=list, description="what each colour of the overlay shows, in the order drawn"
+    )
 
 
 class GroupScore(BaseModel):
@@ -37,6 +61,22 @@ class Classification(BaseModel):
     groups: list[GroupScore] = Field(
         default_factory=list, description="class groups with validation-fitted flags; [] for older models"
     )
+    learnt_from: dict[str, str] = Field(default_factory=dict, description=_LEARNT_FROM)
+
+
+class FindingView(BaseModel):
+    text: str
+    severity: str = Field(description="high, moderate or low; findings are listed most severe first")
+    source: str = Field(description='the pipeline\'s name for the finding, e.g. "ctr_above_adult_limit"; '
+                        '"scope" for an image out of scope')  # fmt: skip
+
+
+class ModalityView(BaseModel):
+    label: str = Field(description='the modality classifier\'s class, e.g. "endoscopy" or "other"')
+    name: str = Field(description='the class in words, e.g. "a colonoscopy (endoscopy) frame"')
+    probability: float | None = Field(description="its calibrated probability")
+    probabilities: dict[str, float] = Field(description="calibrated probability per modality class")
+    pipeline: str | None = Field(description="the pipeline that takes this modality (None: none does)")
 
 
 class FeatureRow(BaseModel):
@@ -50,7 +90,11 @@ class FeatureRow(BaseModel):
 class AnalysisView(BaseModel):
     id: str
     created: str = Field(description="ISO 8601, UTC")
-    pipeline: str
+    pipeline: str = Field(description='the pipeline that analysed it; "auto" when auto found none that fits')
+    auto: bool = Field(False, description="pipeline=auto chose the pipeline by the image's modality")
+    modality: ModalityView | None = Field(
+        None, description="what the modality check saw (None: the pipeline has no modality check)"
+    )
     source_format: str = Field(description="png, jpeg, tiff, bmp or dicom (sniffed from the content)")
     image_size: list[int] | None = Field(description="[height, width] analysed")
     original_size: list[int] | None = Field(
@@ -64,7 +108,10 @@ class AnalysisView(BaseModel):
     classification: Classification | None
     features: dict[str, Any] = Field(description="raw feature values by key")
     feature_details: list[FeatureRow] = Field(default_factory=list, description="the features for people")
-    recommendation: str
+    recommendation: str = Field(description=_READING)
+    findings: list[FindingView] = Field(
+        default_factory=list, description="every finding that applies besides the reading, most severe first"
+    )
     notice: str
     uncertainty: float | None = Field(
         description="flip-TTA disagreement (0 = the views agree); None without TTA"
@@ -72,6 +119,7 @@ class AnalysisView(BaseModel):
     out_of_scope: bool
     scope_reason: str | None
     gradcam_url: str | None
+    gradcam_inside_region: float | None = Field(None, description=_INSIDE)
     timings: dict[str, float] = Field(description="milliseconds per stage")
 
 
@@ -97,6 +145,11 @@ class Health(BaseModel):
 class ModelsView(BaseModel):
     pipelines: list[dict[str, Any]]
     bundles: list[dict[str, Any]]
+    auto: dict[str, Any] | None = Field(
+        None,
+        description="pipeline=auto: the modality bundle and the pipeline that takes each class; "
+        "None when no modality classifier is loaded",
+    )
 
 
 class ErrorBody(BaseModel):

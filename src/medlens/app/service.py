@@ -7,6 +7,10 @@ de-identified pixels, mask, overlay, Grad-CAM and result in the
 :class:`~medlens.app.store.HistoryStore`. It is synchronous and blocking: the API calls it through
 ``run_in_threadpool``, Gradio runs it in its workers. :meth:`AnalysisService.start_warm_up` runs every
 replica once on a synthetic image in the background; :attr:`AnalysisService.ready` turns true after it.
+
+``pipeline="auto"`` (when the pipelines share a modality classifier, `medlens.pipelines.routing`) runs that
+classifier on the image and hands it to the pipeline of its modality; an image no pipeline takes is stored as
+a refused analysis of pipeline ``auto`` (out of scope, no class), as other out-of-scope results are.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from medlens.drawing import viewable_mask
 from medlens.errors import InternalError, MedlensError, UnknownNameError
 from medlens.jsonable import to_jsonable
 from medlens.pipelines.config import DEFAULT_TTA
+from medlens.pipelines.routing import AUTO, ModalityRouter
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +96,8 @@ class AnalysisService:
         max_pixels: decompression-bomb limit handed to ``read_image`` (None = its default).
         max_side: larger images are decoded reduced to this longer side (see ``read_image``).
         workers: replicas per pipeline (analyses at once); default :func:`~medlens.app.pool.serving_plan`.
+        router: what ``pipeline="auto"`` uses; default the pipelines' shared modality classifier
+            (:meth:`ModalityRouter.from_pipelines`; None, and no ``auto``, when they have none).
     """
 
     def __init__(
@@ -101,8 +108,10 @@ class AnalysisService:
         max_pixels: int | None = None,
         max_side: int = MAX_ANALYSIS_SIDE,
         workers: int | None = None,
+        router: ModalityRouter | None = None,
     ) -> None:
         self.pipelines = dict(pipelines)
+        self.router = router or ModalityRouter.from_pipelines(self.pipelines)
         self.max_side = max_side
         self.store = store
         self.models_dir = Path(models_dir) if models_dir is not None else None
@@ -157,16 +166,45 @@ class AnalysisService:
         known = [n for n in PIPELINE_ORDER if n in self.pipelines]
         return known + sorted(n for n in self.pipelines if n not in PIPELINE_ORDER)
 
+    @property
+    def choices(self) -> list[str]:
+        """What a request may name: ``auto`` first when there is a router, then :attr:`pipeline_names`."""
+        return ([AUTO] if self.router is not None else []) + self.pipeline_names
+
     def resolve_pipeline(self, name: str | None) -> str:
-        """``name`` if loaded, the first loaded pipeline if ``name`` is empty; UnknownNameError otherwise."""
+        """``name`` if loaded (or ``auto`` with a router), the first loaded pipeline if ``name`` is empty;
+        UnknownNameError otherwise, MedlensError for ``auto`` without a modality classifier."""
         if not self.pipelines:
             where = self.models_dir if self.models_dir is not None else "the models folder"
             raise NoPipelineError(f"no pipeline is available: {where} holds no usable bundles")
         if not name:
             return self.pipeline_names[0]
-        if name not in self.pipelines:
-            raise UnknownNameError("pipeline", name, self.pipeline_names)
+        if name == AUTO and self.router is None:
+            raise MedlensError(
+                "pipeline 'auto' needs the modality classifier (bundle 'modality' in the models folder), "
+                f"which is not loaded; choose one of: {', '.join(self.pipeline_names)}"
+            )
+        if name not in self.choices:
+            raise UnknownNameError("pipeline", name, self.choices)
         return name
+
+    def _run(self, name: str, image: Any, clahe: bool, gradcam: bool, tta: bool | None) -> tuple[Any, float]:
+        """``(analysis, ms waited for a replica)`` of a decoded image by pipeline ``name`` or ``auto``."""
+        with self._slots:
+            seen, t0 = None, time.perf_counter()
+            if name == AUTO:
+                seen = self.router.classify([image])[0]
+                name = self.router.pipeline_for(seen) or AUTO
+            t1 = time.perf_counter()
+            if name == AUTO:
+                return self.router.refusal(image.array, seen, (t1 - t0) * 1e3), 0.0
+            given = {"modality": seen} if seen is not None else {}  # test doubles take no modality
+            with self.pools[name].acquire() as pipe:
+                wait = (time.perf_counter() - t1) * 1e3
+                analysis = pipe.analyze(image, clahe=clahe, gradcam=gradcam, tta=tta, **given)
+        if seen is not None:  # the classifier ran here, not in the pipeline
+            analysis.timings_ms["modality"] = round((t1 - t0) * 1e3, 2)
+        return analysis, wait
 
     def analyze_bytes(
         self,
@@ -189,14 +227,14 @@ class AnalysisService:
         size = declared_size(data, self.max_pixels)  # ImageTooLargeError before any decoding
         image = read_image(data, max_pixels=self.max_pixels, max_side=self.max_side)
         t1 = time.perf_counter()
-        with self._slots, self.pools[name].acquire() as pipe:
-            t_free = time.perf_counter()
-            try:
-                analysis = pipe.analyze(image, clahe=clahe, gradcam=gradcam, tta=tta)
-            except MedlensError as exc:  # the image was read: a failure now is medlens's, not the input's
-                raise InternalError(f"pipeline {name!r} failed on a readable image: {exc}") from exc
+        try:
+            analysis, wait_ms = self._run(name, image, clahe, gradcam, tta)
+        except MedlensError as exc:  # the image was read: a failure now is medlens's, not the input's
+            raise InternalError(f"pipeline {name!r} failed on a readable image: {exc}") from exc
         t2 = time.perf_counter()
         result = analysis_result(analysis)
+        result["auto"] = name == AUTO
+        name = analysis.pipeline if name == AUTO else name  # the pipeline auto chose (auto: none took it)
         result["pipeline"] = name
         result["clahe"] = bool(clahe)
         result["tta"] = bool(analysis.tta)
@@ -205,7 +243,7 @@ class AnalysisService:
         result["timings_ms"] = {
             "decode": round((t1 - t0) * 1000, 1),
             **{k: round(float(v), 1) for k, v in (analysis.timings_ms or {}).items()},
-            "wait": round((t_free - t1) * 1000, 1),
+            "wait": round(wait_ms, 1),
             "analysis": round((t2 - t1) * 1000, 1),
         }
         record = self.store.add(
@@ -247,7 +285,8 @@ class AnalysisService:
 
     # ------------------------------------------------------------------------------------------ models
     def models(self) -> dict[str, Any]:
-        """``{"pipelines": [...], "bundles": [...]}`` with each bundle's validation metrics (JSON-safe)."""
+        """``{"pipelines": [...], "bundles": [...], "auto": ...}`` with each bundle's validation metrics
+        (JSON-safe); ``auto``: the router's bundle and routes, None without one."""
         pipelines = []
         for name in self.pipeline_names:
             p = self.pipelines[name]
@@ -258,7 +297,8 @@ class AnalysisService:
             {**{k: v for k, v in b.items() if k not in ("path", "plots")}, "plots": sorted(b["plots"])}
             for b in self.bundles
         ]
-        return {"pipelines": pipelines, "bundles": bundles}
+        auto = self.router.info() if self.router is not None else None
+        return {"pipelines": pipelines, "bundles": bundles, "auto": auto}
 
     def plot_path(self, bundle: str, plot: str) -> Path | None:
         """A bundle's evaluation plot (``dashboard.bundle_plots``) if present; names, never client paths."""

@@ -68,15 +68,15 @@ def build_ui(
 ) -> gr.Blocks:
     """The medlens Blocks (not launched, not mounted); the pixel limit is the service's."""
     h = UiHandlers(service, max_file_size or security.max_upload_bytes(), janitor)
-    names = service.pipeline_names
+    names, choices = service.pipeline_names, service.choices  # choices: "auto" first when it is available
     with gr.Blocks(title="medlens", delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# medlens\nSegment and classify 2D medical images · [REST API docs](docs)")
         gr.Markdown(BANNER, elem_id="medlens-notice")
         with gr.Tabs():
             with gr.Tab("Analyse", id="analyse"):
-                a = analyse_tab(h, names, find_examples(examples_dir, names))
+                a = analyse_tab(h, choices, find_examples(examples_dir, names))
             with gr.Tab("History", id="history"):
-                hi = history_tab(names)
+                hi = history_tab(choices)
             with gr.Tab("Dashboard", id="dashboard") as dashboard:
                 d = dashboard_tab(h)
                 d["tab"] = dashboard

@@ -125,7 +125,8 @@ class UiHandlers:
         )
 
     def overlay(self, analysis_id: str | None, opacity: float) -> np.ndarray | None:
-        """Re-blend the stored image and mask at ``opacity`` (no model run)."""
+        """The stored analysis's overlay redrawn at ``opacity`` (no model run): the API's and the CLI's
+        drawing, with the measurement lines and the colour key."""
         if not analysis_id:
             return None
         image = render.load_png(self.service.file_path(analysis_id, "image"))
@@ -133,7 +134,9 @@ class UiHandlers:
             return None
         mask_path = self.service.file_path(analysis_id, "mask")
         mask = render.load_png(mask_path) if mask_path else None
-        return render.blend(image, mask, opacity)
+        record = self.service.get(analysis_id) or {}
+        classes = (record.get("result") or {}).get("mask_classes") or ()
+        return render.blend(image, mask, opacity, classes, record.get("features"))
 
     def _mask_download(self, analysis_id: str) -> str | None:
         source = self.service.file_path(analysis_id, "mask")

@@ -9,6 +9,7 @@ import gradio as gr
 
 from medlens.app import dashboard, render
 from medlens.app.ui_handlers import ALL, HISTORY_PAGE, UiHandlers
+from medlens.pipelines.routing import AUTO
 
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"]
 IMAGE_HEIGHT = 380
@@ -29,7 +30,7 @@ def _inputs(c: dict[str, Any], h: UiHandlers, names: list[str], examples: list[l
         label="Pipeline",
         interactive=bool(names),
         elem_id="pipeline",
-        info=None if names else "no models found in the models folder",
+        info=_pipeline_info(names),
     )
     with gr.Row():
         c["clahe"] = gr.Checkbox(False, label="CLAHE contrast enhancement first")
@@ -49,6 +50,14 @@ def _inputs(c: dict[str, Any], h: UiHandlers, names: list[str], examples: list[l
             example_labels=[f"{Path(p).name} ({name})" for p, name in examples],
             elem_id="examples",
         )
+
+
+def _pipeline_info(names: list[str]) -> str | None:
+    if not names:
+        return "no models found in the models folder"
+    if AUTO in names:
+        return "auto: the modality check picks the pipeline for the image, and refuses what none takes"
+    return None
 
 
 def analyse_tab(h: UiHandlers, names: list[str], examples: list[list[str]]) -> dict[str, Any]:

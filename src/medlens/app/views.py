@@ -27,6 +27,8 @@ def _segmentation(result: Mapping[str, Any], links: Mapping[str, str | None]) ->
         "overlay_url": links["overlay"],
         "area_fraction": result.get("area_fraction"),
         "components": result.get("components") or [],
+        "classes": result.get("mask_classes") or [],
+        "colour_key": result.get("colour_key") or [],
     }
 
 
@@ -42,6 +44,7 @@ def _classification(record: Mapping[str, Any]) -> dict[str, Any] | None:
         "probabilities": record["probabilities"],
         "class_names": names,
         "groups": groups,
+        "learnt_from": result.get("learnt_from") or {},
         **group_fields(groups),
     }
 
@@ -55,6 +58,8 @@ def analysis_view(record: Mapping[str, Any], base: str = "/api/v1") -> dict[str,
         "id": record["id"],
         "created": record["created"],
         "pipeline": record["pipeline"],
+        "auto": bool(result.get("auto", False)),
+        "modality": result.get("modality"),
         "source_format": record["source_format"],
         "image_size": result.get("image_size"),
         "original_size": result.get("original_size"),
@@ -67,10 +72,12 @@ def analysis_view(record: Mapping[str, Any], base: str = "/api/v1") -> dict[str,
         "features": features,
         "feature_details": describe_features(features),
         "recommendation": result.get("recommendation", ""),
+        "findings": result.get("findings") or [],
         "notice": result.get("notice", ""),
         "uncertainty": result.get("uncertainty"),
         "out_of_scope": bool(result.get("out_of_scope", False)),
         "scope_reason": result.get("scope_reason"),
         "gradcam_url": links["gradcam"],
+        "gradcam_inside_region": result.get("gradcam_inside_region"),
         "timings": result.get("timings_ms") or {},
     }

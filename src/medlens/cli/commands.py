@@ -247,7 +247,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         needed = [part.bundle for part in (cfg.segmenter, cfg.classifier) if part is not None]
         missing = [b for b in needed if Path(b).name not in names and not Path(b).is_dir()]
         state = "ready" if not missing else f"missing bundle(s): {', '.join(missing)}"
-        lines.append(f"  {name:<24} {state:<40} {cfg.title}")
+        check = cfg.modality_check
+        if not missing and check is not None and check.bundle not in names:
+            state += f", no modality check ({check.bundle} missing)"
+        lines.append(f"  {name:<24} {state:<48} {cfg.title}")
     _echo("\n".join(lines))
     return 0
 

@@ -124,7 +124,11 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
 
 def _predict_parser(sub: Any) -> None:
     p = sub.add_parser("predict", help="predict images with a model or a pipeline")
-    p.add_argument("model", help="run folder, bundle, pipeline name or pipeline YAML")
+    p.add_argument(
+        "model",
+        help="run folder, bundle, pipeline name, pipeline YAML, or auto (each image to the pipeline of its "
+        "modality, refused when none takes it; needs the modality bundle)",
+    )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images or folders")
     p.add_argument("--out", required=True, help="results folder")
     _runtime_args(p)

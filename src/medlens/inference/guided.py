@@ -12,6 +12,9 @@ Modes (:class:`medlens.spec.GuideMode`):
 - ``"channel"``: the whole image with the predicted mask (0/255) appended as an extra channel (RGB -> 4
   channels, grey -> 2 channels).
 - ``"both"``: the crop, with the cropped mask appended.
+- ``"field"``: the crop, every pixel farther than `FIELD_MARGIN` (4% of the crop's side) from the predicted
+  region set to 0, so that the classifier sees the region (e.g. the lung fields and heart) and its edge only:
+  burned-in markers, borders and soft tissue outside it cannot carry the decision.
 
 Outputs are resized to ``size`` ``(H, W)``: images with area-averaging (PIL ``BOX``) when shrinking and
 bilinear when enlarging, masks with nearest neighbour.
@@ -25,6 +28,7 @@ from typing import Protocol
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from medlens.inference.postprocess import bounding_box, keep_largest_component
 from medlens.spec import GuideMode
@@ -32,6 +36,7 @@ from medlens.spec import GuideMode
 logger = logging.getLogger(__name__)
 
 DEFAULT_MARGIN = 0.25
+FIELD_MARGIN = 0.04
 
 
 class MaskPredictor(Protocol):
@@ -100,7 +105,8 @@ def guide_one(
         mode: how the segmentation guides the classifier.
         size: output ``(H, W)``.
     Returns:
-        ``(size[0], size[1], C)`` uint8 for ``"crop"``, ``(size[0], size[1], C + 1)`` for the other modes.
+        ``(size[0], size[1], C)`` uint8 for ``"crop"`` and ``"field"``, ``(size[0], size[1], C + 1)`` for the
+        others.
     """
     image = image[..., None] if image.ndim == 2 else image
     if mask.shape[:2] != image.shape[:2]:
@@ -110,6 +116,10 @@ def guide_one(
         box = crop_box(fg, margin)
         if box is not None:
             image, fg = _crop(image, *box), _crop(fg, *box)
+    if mode is GuideMode.FIELD and fg.any():
+        reach = FIELD_MARGIN * max(fg.shape)
+        near = ndimage.distance_transform_edt(fg == 0) <= reach
+        image = np.where(near[..., None], image, 0).astype(np.uint8)
     out = _resize(image, size)
     out = out[..., None] if out.ndim == 2 else out
     if not mode.extra_channels:
@@ -130,12 +140,13 @@ def guide_inputs(
     Args:
         images: ``(H, W, C)`` uint8 images (sizes may differ).
         seg: segmentation predictor giving each image's ``(H, W)`` mask; may be None when ``masks`` are given.
-        mode: how the segmentation guides the classifier (crop, mask channel or both).
+        mode: how the segmentation guides the classifier (crop, mask channel, both, or field: crop and blank
+            what lies far from the region).
         size: output ``(H, W)``, usually the classifier's input size.
         masks: precomputed masks (e.g. the pipeline's post-processed segmentation); skips ``seg``.
         margin: crop margin per side as a fraction of the region's longer side.
     Returns:
-        One ``(size[0], size[1], C')`` uint8 array per image, ``C'`` = ``C`` (crop) or ``C + 1``.
+        One ``(size[0], size[1], C')`` uint8 array per image, ``C'`` = ``C`` (crop, field) or ``C + 1``.
     """
     if masks is None:
         if seg is None:

@@ -1,27 +1,36 @@
-"""Rule-based recommendation text, the mandatory notice, and the out-of-scope checks of a pipeline.
+"""Rule-based advice (a reading and every finding that applies), the mandatory notice, and the out-of-scope
+checks of a pipeline.
 
 Rules come from the pipeline YAML (``advice:`` section)::
 
     advice:
       notice: "Research tool, not a diagnosis. ..."
       default: "No pattern of concern was recognised. ..."
-      rules:
+      rules:                        # the reading: the first rule whose conditions all hold
         - when: {label_in: [mel, bcc, akiec], prob_gte: 0.3}
           say: "Pattern of high concern: see a dermatologist soon."
-        - when: {feature_gte: {diameter_mm: 6}}
-          say: "Lesion wider than 6 mm: have it checked."
+      findings:                     # every finding whose conditions all hold, most severe first
+        - name: wider_than_6mm      # its ``source`` in the results (default ``finding<i>``)
+          when: {feature_gte: {diameter_mm: 6}}
+          severity: moderate        # high | moderate | low (`SEVERITIES`)
+          say: "Wider than 6 mm: have it checked."
 
-The rules are tried in order and the first whose conditions all hold gives the text; none -> ``default``.
+The reading (`AdviceConfig.advise`): the rules are tried in order and the first whose conditions all hold
+gives the text; none -> ``default``. The findings (`AdviceConfig.find`): one `Finding` per finding rule
+that holds, plus one for an image out of scope, ordered by severity (ties keep the YAML order), so that no
+finding hides another. A YAML without ``findings`` (rules only) loads as before.
 Conditions (`CONDITIONS`): ``label_in`` / ``label_not_in`` (list of class names), ``prob_gte`` / ``prob_lt``
 (calibrated probability of the predicted class), ``class_prob_gte`` ({class: p}: any listed class at least p),
 ``uncertainty_gte`` / ``uncertainty_lt`` (TTA uncertainty), ``feature_gte`` / ``feature_lt`` ({feature:
-value}, all must hold) and ``region_found`` (bool). A condition on a value that is unknown (no classifier, no
-spacing...) does not hold.
+value}, all must hold), ``region_found`` (bool) and ``gradcam_inside_gte`` / ``gradcam_inside_lt`` (share of
+the Grad-CAM inside the segmented region, 0..1). A condition on a value that is unknown (no classifier, no
+spacing, no Grad-CAM...) does not hold.
 
 The notice is mandatory: a YAML without one gets `DEFAULT_NOTICE`, and a custom notice that does not say
 "not a diagnosis" is prefixed with `NOTICE_PREFIX`.
 
-Out of scope (`ScopeConfig`, YAML ``scope:``) — an image is flagged instead of forced into a class when
+Out of scope (`ScopeConfig`, YAML ``scope:``) — after the modality classifier's check
+(`medlens.pipelines.modality`, YAML ``modality:``), an image is flagged instead of forced into a class when
 
 (a) it looks like another modality: the mean per-pixel chroma ``max(R,G,B) - min(R,G,B)`` (0..255) is below
     ``chroma_threshold`` for a pipeline that expects colour (dermoscopy, endoscopy), or above it for one that
@@ -66,12 +75,17 @@ CONDITIONS = (
     "feature_gte",
     "feature_lt",
     "region_found",
+    "gradcam_inside_gte",
+    "gradcam_inside_lt",
 )
+SEVERITIES = ("high", "moderate", "low")
+"""Severities of a finding, most severe first (the order findings are shown in)."""
 
 
 @dataclass
 class AdviceContext:
-    """What a rule can look at: the prediction, its calibrated probabilities, TTA uncertainty and features."""
+    """What a rule can look at: the prediction, its calibrated probabilities, TTA uncertainty, features and
+    the share of the Grad-CAM inside the segmented region."""
 
     label: str | None = None
     probability: float | None = None
@@ -79,6 +93,7 @@ class AdviceContext:
     uncertainty: float | None = None
     features: Mapping[str, Any] = field(default_factory=dict)
     region_found: bool | None = None
+    gradcam_inside: float | None = None
 
 
 def _number(x: Any) -> float | None:
@@ -119,6 +134,8 @@ class AdviceRule:
             "feature_gte": lambda v: _feature_test(ctx.features, v, "gte"),
             "feature_lt": lambda v: _feature_test(ctx.features, v, "lt"),
             "region_found": lambda v: ctx.region_found is not None and ctx.region_found == v,
+            "gradcam_inside_gte": lambda v: _cmp(ctx.gradcam_inside, v, "gte"),
+            "gradcam_inside_lt": lambda v: _cmp(ctx.gradcam_inside, v, "lt"),
         }
         return all(tests[key](value) for key, value in w.items())
 
@@ -138,18 +155,65 @@ def _check_condition(key: str, value: Any, where: str) -> None:
         raise ConfigError(f"{where}: bad value {value!r} for condition {key!r}")
 
 
-def parse_rule(raw: Any, where: str) -> AdviceRule:
-    """Validate one YAML rule ``{when: {...}, say: "..."}``; `ConfigError` naming ``where`` otherwise."""
-    if not isinstance(raw, dict) or set(raw) - {"when", "say"} or not isinstance(raw.get("say"), str):
+@dataclass(frozen=True)
+class FindingRule(AdviceRule):
+    """A rule of the ``findings`` list: also a ``name`` (the finding's source) and a ``severity``."""
+
+    name: str = ""
+    severity: str = "moderate"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One finding shown beside the reading: its text, severity (one of `SEVERITIES`) and source (the name of
+    the YAML finding, or ``scope`` for an image out of scope)."""
+
+    text: str
+    severity: str
+    source: str
+
+
+def scope_finding(reason: str) -> Finding:
+    """The finding of an image out of scope (source ``scope``, severity high), whichever check refused it:
+    the modality check (`medlens.pipelines.modality`), colour, confidence or region."""
+    return Finding(f"Out of scope: {reason}.", "high", "scope")
+
+
+def _parse_when(raw: dict, where: str, extra: frozenset[str] = frozenset()) -> dict:
+    if set(raw) - {"when", "say", *extra} or not isinstance(raw.get("say"), str):
         raise ConfigError(
-            f"{where}: a rule is a mapping with 'when' (conditions) and 'say' (text), got {raw!r}"
+            f"{where}: a rule is a mapping with 'when' (conditions) and 'say' (text)"
+            + (f" and optional {', '.join(sorted(extra))}" if extra else "")
+            + f", got {raw!r}"
         )
     when = raw.get("when") or {}
     if not isinstance(when, dict):
         raise ConfigError(f"{where}: 'when' must be a mapping of conditions, got {when!r}")
     for key, value in when.items():
         _check_condition(key, value, where)
-    return AdviceRule(when=dict(when), say=raw["say"].strip())
+    return dict(when)
+
+
+def parse_rule(raw: Any, where: str) -> AdviceRule:
+    """Validate one YAML rule ``{when: {...}, say: "..."}``; `ConfigError` naming ``where`` otherwise."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{where}: a rule is a mapping with 'when' (conditions) and 'say' (text), got {raw!r}"
+        )
+    return AdviceRule(when=_parse_when(raw, where), say=raw["say"].strip())
+
+
+def parse_finding(raw: Any, where: str, default_name: str) -> FindingRule:
+    """Validate one YAML finding ``{name, when: {...}, severity, say}`` (``name`` optional)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a finding is a mapping with 'when', 'severity' and 'say', got {raw!r}")
+    when = _parse_when(raw, where, frozenset({"name", "severity"}))
+    severity, name = raw.get("severity"), raw.get("name", default_name)
+    if severity not in SEVERITIES:
+        raise ConfigError(f"{where}: 'severity' must be one of {', '.join(SEVERITIES)}, got {severity!r}")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{where}: 'name' must be text, got {name!r}")
+    return FindingRule(when=when, say=raw["say"].strip(), name=name.strip(), severity=severity)
 
 
 def ensure_notice(notice: str | None) -> str:
@@ -162,34 +226,51 @@ def ensure_notice(notice: str | None) -> str:
 
 @dataclass
 class AdviceConfig:
-    """Ordered rules, the default text and the notice of one pipeline."""
+    """Ordered reading rules, finding rules, the default text and the notice of one pipeline."""
 
     rules: list[AdviceRule] = field(default_factory=list)
     notice: str = DEFAULT_NOTICE
     default: str = DEFAULT_ADVICE
+    findings: list[FindingRule] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None, source: str = "<advice>") -> AdviceConfig:
         """Build from the YAML ``advice:`` mapping; `ConfigError` naming ``source`` for bad keys or rules."""
         raw = dict(raw or {})
-        unknown = set(raw) - {"rules", "notice", "default"}
+        unknown = set(raw) - {"rules", "findings", "notice", "default"}
         if unknown:
             raise ConfigError(f"{source}: unknown key(s) in 'advice': {', '.join(sorted(unknown))}")
-        rules_raw = raw.get("rules") or []
-        if not isinstance(rules_raw, list):
-            raise ConfigError(f"{source}: 'advice.rules' must be a list")
+        rules_raw, findings_raw = raw.get("rules") or [], raw.get("findings") or []
+        for key, value in (("rules", rules_raw), ("findings", findings_raw)):
+            if not isinstance(value, list):
+                raise ConfigError(f"{source}: 'advice.{key}' must be a list")
         rules = [parse_rule(r, f"{source} advice.rules[{i}]") for i, r in enumerate(rules_raw)]
+        findings = [
+            parse_finding(f, f"{source} advice.findings[{i}]", f"finding{i}")
+            for i, f in enumerate(findings_raw)
+        ]
+        names = [f.name for f in findings]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{source}: the names of 'advice.findings' must differ, got {names}")
         default = raw.get("default") or DEFAULT_ADVICE
         if not isinstance(default, str):
             raise ConfigError(f"{source}: 'advice.default' must be text")
-        return cls(rules=rules, notice=ensure_notice(raw.get("notice")), default=default.strip())
+        return cls(rules=rules, notice=ensure_notice(raw.get("notice")), default=default.strip(),
+                   findings=findings)  # fmt: skip
 
     def advise(self, ctx: AdviceContext) -> str:
-        """Text of the first matching rule, else the default."""
+        """The reading: text of the first matching rule, else the default."""
         for rule in self.rules:
             if rule.matches(ctx):
                 return rule.say
         return self.default
+
+    def find(self, ctx: AdviceContext, scope_reason: str | None = None) -> list[Finding]:
+        """Every finding that holds for ``ctx`` (plus one for ``scope_reason``, an image out of scope), most
+        severe first; findings of equal severity keep the YAML's order."""
+        found = [scope_finding(scope_reason)] if scope_reason else []
+        found += [Finding(f.say, f.severity, f.name) for f in self.findings if f.matches(ctx)]
+        return sorted(found, key=lambda f: SEVERITIES.index(f.severity))
 
 
 # ---------------------------------------------------------------------------------------------------- scope
@@ -284,9 +365,11 @@ def check_region(area_fraction: float | None, scope: ScopeConfig) -> str | None:
     return "the segmenter found no region of interest, which this pipeline requires"
 
 
-def out_of_scope_text(reason: str, title: str) -> str:
-    """Recommendation for an out-of-scope analysis."""
+def out_of_scope_text(reason: str, title: str | None) -> str:
+    """Recommendation for an out-of-scope analysis (``title``: the pipeline's; None when no pipeline took the
+    image, as with ``pipeline=auto``)."""
+    where = f" for the {title} pipeline" if title else ""
     return (
-        f"Out of scope for the {title} pipeline: {reason}. No class is given. Check that the right pipeline "
-        "and image were chosen, and ask a clinician to review the image."
+        f"Out of scope{where}: {reason}. No class is given. Check that the right pipeline and image were "
+        "chosen, and ask a clinician to review the image."
     )

@@ -9,7 +9,11 @@ import numpy as np
 
 from medlens.drawing import png_bytes, viewable_mask
 from medlens.jsonable import to_jsonable
+from medlens.pipelines.advice import Finding
 from medlens.pipelines.groups import display_name, group_fields
+from medlens.pipelines.overlay import KeyEntry
+
+FINDINGS_SEPARATOR = " | "  # between the findings of one image in a CSV cell
 
 
 @dataclass
@@ -24,6 +28,15 @@ class Analysis:
     (``scope_reason`` says why). ``groups``: the classifier's class groups (e.g. "malignant") with their
     summed probability, validation-fitted threshold and flag (see `medlens.pipelines.groups.group_scores`;
     empty for bundles without groups). ``class_names``: full names of the class codes, from the pipeline YAML.
+    ``modality``: what the modality check saw (`medlens.pipelines.modality.ModalityVerdict.describe`: class,
+    in words, probabilities, the pipeline that takes it); None for a pipeline without the check.
+
+    ``recommendation`` is the reading (the first advice rule that holds, or why the image is out of scope);
+    ``findings`` every finding that applies besides it, most severe first (`medlens.pipelines.advice`).
+    ``gradcam_inside_region``: share of the Grad-CAM mass inside the segmented region, 0..1 (None without a
+    segmenter or a Grad-CAM). ``mask_classes``: the segmenter's classes (label k of ``mask`` is
+    ``mask_classes[k]``); ``colour_key``: what each colour of ``overlay`` shows. ``learnt_from``: per class of
+    the classifier, the films it was learnt from (pipeline YAML; empty when it says nothing).
     """
 
     id: str | None
@@ -47,6 +60,12 @@ class Analysis:
     tta: bool | None = None
     groups: list[dict] = field(default_factory=list)
     class_names: dict[str, str] = field(default_factory=dict)
+    modality: dict | None = None
+    findings: list[Finding] = field(default_factory=list)
+    gradcam_inside_region: float | None = None
+    mask_classes: list[str] = field(default_factory=list)
+    colour_key: list[KeyEntry] = field(default_factory=list)
+    learnt_from: dict[str, str] = field(default_factory=dict)
 
     @property
     def probability(self) -> float | None:
@@ -71,6 +90,29 @@ class Analysis:
             has_gradcam=self.gradcam is not None,
         )
         return to_jsonable(out)
+
+    def csv_row(self) -> dict[str, Any]:
+        """The analysis as a row of batch prediction's ``summary.csv``: the pipeline that analysed it
+        (``auto`` when none took it), the modality the check saw (its class; empty without the check), the
+        scalar results, the reading, the findings (``severity: text``, joined by `FINDINGS_SEPARATOR`) and the
+        features that fit a cell as ``feature_<name>`` columns (structured ones stay in the JSON)."""
+        scalar = (bool, int, float, str, type(None))
+        return {
+            "pipeline": self.pipeline,
+            "modality": (self.modality or {}).get("label"),
+            "label": self.label,
+            "label_name": self.label_name,
+            "probability": self.probability,
+            **group_fields(self.groups),
+            "area_fraction": self.area_fraction,
+            "uncertainty": self.uncertainty,
+            "out_of_scope": self.out_of_scope,
+            "tta": self.tta,
+            "gradcam_inside_region": self.gradcam_inside_region,
+            "recommendation": self.recommendation,
+            "findings": FINDINGS_SEPARATOR.join(f"{f.severity}: {f.text}" for f in self.findings),
+            **{f"feature_{k}": v for k, v in self.features.items() if isinstance(v, scalar)},
+        }
 
     def mask_png(self) -> bytes | None:
         """The mask as PNG bytes (binary 0/255, multi-class labels as they are), or None."""

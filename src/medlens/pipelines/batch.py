@@ -3,12 +3,16 @@
 Plain mode (``model`` = run folder or bundle) writes per image into ``out``:
 
 - segmentation: ``<stem>_mask.png`` (0/255 for binary, class labels for multi-class, one
-  ``<stem>_mask_<class>.png`` per label for multi-label), ``<stem>_overlay.png`` and ``<stem>.json`` (image
+  ``<stem>_mask_<class>.png`` per label for multi-label), ``<stem>_overlay.png`` (several structures: with
+  their colour key drawn in, :func:`medlens.pipelines.overlay.draw_overlay`) and ``<stem>.json`` (image
   size, area fraction, bounding box, connected components, model name, post-processing, TTA uncertainty);
 - classification: ``<stem>.json`` (label, probabilities, uncertainty with TTA).
 
-Pipeline mode (``model`` = a pipeline name under ``models_dir`` or a pipeline YAML) writes ``<stem>.json``
-(``Analysis.to_dict()``), ``<stem>_mask.png``, ``<stem>_overlay.png`` and ``<stem>_gradcam.png``.
+Pipeline mode (``model`` = a pipeline name under ``models_dir``, a pipeline YAML, or ``auto``: each image the
+pipeline of its modality, `medlens.pipelines.batch_analysis`) writes ``<stem>.json`` (``Analysis.to_dict()``),
+``<stem>_mask.png``, ``<stem>_overlay.png`` and ``<stem>_gradcam.png``; its ``summary.csv`` rows are
+``Analysis.csv_row()`` (the pipeline that analysed the image, the modality seen, the reading, the findings,
+the Grad-CAM share inside the region, scalar features) with the file names.
 
 Both write ``summary.csv``: one row per input with ``status`` ok/error; unreadable files are reported there
 with the reason and skipped, never fatal. ``summary.json`` gives the counts, the wall time and the images/s.
@@ -22,17 +26,16 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from medlens.errors import BundleError, ImageReadError, MedlensError, UnknownNameError
+from medlens.errors import BundleError, ImageReadError, MedlensError
 from medlens.inference.bundle import read_spec, source_kind
 from medlens.jsonable import write_json
-from medlens.pipelines.groups import group_fields
 from medlens.spec import Mode, Task
 
 logger = logging.getLogger(__name__)
@@ -98,6 +101,23 @@ def _read(path: Path):
     return read_image(path)
 
 
+def _batches(inputs: list[tuple[Path, str]], batch_size: int, rows: dict[int, dict], done: str
+             ) -> Iterator[list[tuple[int, Path, str, Any]]]:  # fmt: skip
+    """The readable inputs in batches of ``(input position, path, stem, ImageRecord)``; an unreadable one is
+    logged and its error row put in ``rows`` at its position."""
+    batch: list[tuple[int, Path, str, Any]] = []
+    for n, (path, stem) in enumerate(inputs, 1):
+        try:
+            batch.append((n, path, stem, _read(path)))
+        except ImageReadError as exc:
+            logger.warning("skipping %s: %s", path, exc.reason)
+            rows[n] = {"id": stem, "source": str(path), "status": "error", "error": exc.reason}
+        if len(batch) == batch_size or (n == len(inputs) and batch):
+            yield batch
+            batch = []
+            logger.info("%s %d / %d images", done, n, len(inputs))
+
+
 # ---------------------------------------------------------------------------------- plain: segmentation
 def _mask_payload(mask: np.ndarray, classes: Sequence[str], mode: str) -> dict[str, Any]:
     """Area fraction, bounding box and components of a ``(H, W)`` mask (+ per class for label masks)."""
@@ -146,6 +166,7 @@ def _postprocess(mask: np.ndarray, options: dict[str, Any]) -> np.ndarray:
 def _write_segmentation(predictor, stem: str, image: np.ndarray, prob, unc, out: Path, options) -> dict:
     from medlens.drawing import overlay_mask
     from medlens.inference.decisions import probs_to_mask
+    from medlens.pipelines.overlay import draw_overlay
 
     mask = _postprocess(probs_to_mask(prob, predictor.spec.mode, predictor.spec.threshold), options)
     mode, classes = predictor.mode, predictor.classes
@@ -156,9 +177,9 @@ def _write_segmentation(predictor, stem: str, image: np.ndarray, prob, unc, out:
             files[f"mask_{name}"] = _save_png(out / f"{stem}_mask_{name}.png", mask[..., k] * 255)
     else:
         files["mask"] = _save_png(out / f"{stem}_mask.png", mask * 255 if mode == Mode.BINARY else mask)
-    files["overlay"] = _save_png(
-        out / f"{stem}_overlay.png", overlay_mask(image, mask, colors=_RED if mode == Mode.BINARY else None)
-    )
+    binary = mode == Mode.BINARY  # one structure, in red; several: the pipelines' colours and colour key
+    overlay = overlay_mask(image, mask, colors=_RED) if binary else draw_overlay(image, mask, classes)[0]
+    files["overlay"] = _save_png(out / f"{stem}_overlay.png", overlay)
     payload = {
         "id": stem,
         "model": predictor.name,
@@ -240,101 +261,28 @@ def _run_plain(
     out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     handler = _predict_segmentation if predictor.task == Task.SEGMENTATION else _predict_classification
     rows: dict[int, dict] = {}  # by input position, so that the summary keeps the input order
-    batch, positions = [], []
-    for n, (path, stem) in enumerate(inputs, 1):
-        try:
-            batch.append((path, stem, _read(path).array))
-            positions.append(n)
-        except ImageReadError as exc:
-            logger.warning("skipping %s: %s", path, exc.reason)
-            rows[n] = {"id": stem, "source": str(path), "status": "error", "error": exc.reason}
-        if len(batch) == batch_size or (n == len(inputs) and batch):
-            results = handler(predictor, batch, out, options)
-            for pos, (p, s, _), result in zip(positions, batch, results, strict=True):
-                rows[pos] = {"id": s, "source": str(p), "status": "ok", "error": "", **result}
-            batch, positions = [], []
-            logger.info("predicted %d / %d images", n, len(inputs))
+    for batch in _batches(inputs, batch_size, rows, "predicted"):
+        results = handler(predictor, [(p, s, record.array) for _, p, s, record in batch], out, options)
+        for (pos, p, s, _), result in zip(batch, results, strict=True):
+            rows[pos] = {"id": s, "source": str(p), "status": "ok", "error": "", **result}
     return [rows[k] for k in sorted(rows)]
 
 
 # ---------------------------------------------------------------------------------- pipeline mode
-def _load_pipeline(model: str | Path, models_dir: str | Path, runtime: str, batch_size: int, precision: str):
-    """A pipeline from a YAML path, or by name among the shipped and ``<models_dir>/pipelines`` ones; only the
-    chosen pipeline's bundles are loaded."""
-    from medlens.pipelines.pipeline import Pipeline, PipelineConfig, load_pipeline_configs
-
-    path = Path(model)
-    if path.suffix.lower() in (".yaml", ".yml"):
-        if not path.is_file():
-            raise MedlensError(f"pipeline file {path} does not exist")
-        config = PipelineConfig.from_yaml(path)
-    else:
-        configs = load_pipeline_configs(models_dir)
-        if str(model) not in configs:
-            raise UnknownNameError(
-                "model (run folder, bundle, pipeline name or pipeline YAML)", str(model), configs
-            )
-        config = configs[str(model)]
-    pipeline = Pipeline.from_config(config, models_dir, runtime, precision=precision)
-    for predictor in (pipeline.segmenter, pipeline.classifier):
-        if predictor is not None:  # the classifier sees 3 TTA views per image
-            predictor.batch_size = batch_size * (3 if predictor is pipeline.classifier else 1)
-    return pipeline
-
-
-def _write_analysis(analysis, stem: str, source: Path, out: Path) -> dict:
-    files = {}
-    for key, png in (
-        ("mask", analysis.mask_png()),
-        ("overlay", analysis.overlay_png()),
-        ("gradcam", analysis.gradcam_png()),
-    ):
-        if png is not None:
-            (out / f"{stem}_{key}.png").write_bytes(png)
-            files[key] = f"{stem}_{key}.png"
-    write_json(out / f"{stem}.json", {**analysis.to_dict(), "source": str(source), "files": files})
-    return {
-        "label": analysis.label,
-        "label_name": analysis.label_name,
-        "probability": analysis.probability,
-        **group_fields(analysis.groups),
-        "area_fraction": analysis.area_fraction,
-        "uncertainty": analysis.uncertainty,
-        "out_of_scope": analysis.out_of_scope,
-        "tta": analysis.tta,
-        **_scalar_features(analysis.features),
-        **files,
-        "json": f"{stem}.json",
-    }
-
-
-def _scalar_features(features: dict[str, Any]) -> dict[str, Any]:
-    """The features that fit a CSV cell as ``feature_<name>`` columns; structured ones stay in the JSON."""
-    scalar = (bool, int, float, str, type(None))
-    return {f"feature_{k}": v for k, v in features.items() if isinstance(v, scalar)}
-
-
 def _run_pipeline(
     model, inputs, out: Path, models_dir, runtime: str, batch_size: int, precision: str, tta: bool | None
 ) -> list:
-    pipeline = _load_pipeline(model, models_dir, runtime, batch_size, precision)
+    from medlens.pipelines.batch_analysis import load_analyser, write_analysis
+
+    analyse = load_analyser(model, models_dir, runtime, batch_size, precision)
     out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     rows: dict[int, dict] = {}  # by input position
-    batch: list[tuple[int, Path, str, Any]] = []
-    for n, (path, stem) in enumerate(inputs, 1):
-        try:
-            batch.append((n, path, stem, _read(path)))
-        except ImageReadError as exc:
-            logger.warning("skipping %s: %s", path, exc.reason)
-            rows[n] = {"id": stem, "source": str(path), "status": "error", "error": exc.reason}
-        if len(batch) == batch_size or (n == len(inputs) and batch):
-            analyses = pipeline.analyze_batch([record for *_, record in batch], gradcam=True, tta=tta)
-            for (pos, p, s, _), analysis in zip(batch, analyses, strict=True):
-                analysis.id = analysis.id or s
-                rows[pos] = {"id": s, "source": str(p), "status": "ok", "error": "",
-                             **_write_analysis(analysis, s, p, out)}  # fmt: skip
-            batch = []
-            logger.info("analysed %d / %d images", n, len(inputs))
+    for batch in _batches(inputs, batch_size, rows, "analysed"):
+        analyses = analyse([record for *_, record in batch], tta)
+        for (pos, p, s, _), analysis in zip(batch, analyses, strict=True):
+            analysis.id = analysis.id or s
+            rows[pos] = {"id": s, "source": str(p), "status": "ok", "error": "",
+                         **write_analysis(analysis, s, p, out)}  # fmt: skip
     return [rows[k] for k in sorted(rows)]
 
 
@@ -364,7 +312,8 @@ def predict_paths(
     """Predict every image in ``inputs`` (files and/or folders, recursive) and write the results to ``out``.
 
     Args:
-        model: run folder or bundle (plain prediction), or a pipeline name / pipeline YAML (full analysis).
+        model: run folder or bundle (plain prediction), or a pipeline name / pipeline YAML / ``auto`` (full
+            analysis; ``auto`` sends each image to the pipeline of its modality and refuses those none takes).
         runtime: ``"torch"`` or ``"onnx"`` (both modes).
         tta: flip test-time augmentation (adds an ``uncertainty`` per image); None = each model as chosen on
             its validation split. Each row says whether it ran; ``summary.json`` records what was asked.

@@ -8,8 +8,9 @@ them; a binary lung mask is split into its two largest components, named by the 
 Cardiothoracic ratio (CTR) = widest horizontal diameter of the heart / widest inner horizontal diameter of the
 thorax. The heart's is the widest row of the heart mask; the thorax's the widest row between the outer
 (lateral) edges of the two lungs, which lie on the inner rib margins. Both rows are returned so that the
-lines can be drawn. A CTR above 0.5 on an adult PA film suggests an enlarged cardiac silhouette; on
-anteroposterior (AP) or paediatric films the heart projects larger and the 0.5 limit does not apply.
+lines can be drawn (:mod:`medlens.pipelines.overlay`). A CTR above 0.5 on an adult PA film suggests an
+enlarged cardiac silhouette; on anteroposterior (AP) or paediatric films the heart projects larger and the 0.5
+limit does not apply.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from medlens.pipelines.features import Spacing, register_feature
 #: A lung under this fraction of the other's area is flagged (missing, collapsed, or mis-segmented).
 SMALL_LUNG_RATIO = 0.5
 CTR_UPPER_NORMAL = 0.5  # adult PA films
-HEART_COLOUR, THORAX_COLOUR = (255, 60, 60), (255, 220, 0)
 
 
 @register_feature("lungs")
@@ -66,23 +66,3 @@ def cardiothoracic_ratio(
         "cardiothoracic_ratio_upper_normal": CTR_UPPER_NORMAL,
         "cardiothoracic_lines": lines,
     }
-
-
-def draw_measurements(overlay: np.ndarray | None, features: dict[str, Any]) -> np.ndarray | None:
-    """The overlay with the measurements a pipeline's features carry drawn on it (the CTR lines)."""
-    if overlay is None or not features.get("cardiothoracic_lines"):
-        return overlay
-    return draw_ctr_lines(overlay, features["cardiothoracic_lines"])
-
-
-def draw_ctr_lines(overlay: np.ndarray, lines: dict[str, list[int]] | None) -> np.ndarray:
-    """``overlay`` ``(H, W, 3)`` uint8 with the heart (red) and thorax (yellow) diameters drawn, in place."""
-    if not lines:
-        return overlay
-    t = max(1, min(overlay.shape[:2]) // 200)  # line thickness, pixels
-    for key, colour in (("heart", HEART_COLOUR), ("thorax", THORAX_COLOUR)):
-        row, x0, x1 = lines[key]
-        overlay[max(0, row - t // 2) : row + t // 2 + 1, x0 : x1 + 1] = colour
-        for x in (x0, x1):  # end ticks
-            overlay[max(0, row - 3 * t) : row + 3 * t + 1, max(0, x - t // 2) : x + t // 2 + 1] = colour
-    return overlay

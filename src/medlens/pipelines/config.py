@@ -6,7 +6,10 @@ Shipped pipelines live in ``medlens/pipelines/*.yaml``; more (or same-name overr
     name: skin                      # required, unique
     title: Skin lesion (dermoscopy)
     description: ...
-    modality: dermoscopy
+    modality:                       # optional; the older one-word form names the images and runs no check
+      name: dermoscopy              # how people call the images it takes
+      label: dermoscopy             # the modality classifier's class of them (medlens.pipelines.modality)
+      bundle: modality              # the modality classifier bundle; missing: no check (logged once)
     class_names: {mel: Melanoma, nv: Melanocytic nevus}   # optional: full names of the classifier's codes
     class_groups: [malignant]       # optional: class groups (spec.groups) the UI summarises, or says it lacks
     segmenter:                      # optional; a bundle folder (or bundle name) under models_dir
@@ -16,10 +19,11 @@ Shipped pipelines live in ``medlens/pipelines/*.yaml``; more (or same-name overr
       gradcam: false                # Grad-CAM of the segmenter when there is no classifier
     classifier:                     # optional (at least one of segmenter / classifier)
       bundle: skin-cls
-      guided: crop                  # false | crop | channel | both; left out: as the bundle was trained
+      guided: crop                  # false | crop | channel | both | field; left out: as trained
       gradcam: true
+      learnt_from: {mel: "..."}     # optional: per class, the population / hospital the bundle learnt it from
     features: [area, asymmetry, border, colour, diameter]     # names from medlens.pipelines.features
-    advice: {rules: [...], default: "...", notice: "..."}      # see medlens.pipelines.advice
+    advice: {rules: [...], findings: [...], default: "...", notice: "..."}  # see medlens.pipelines.advice
     scope: {expect: colour, min_probability: 0.35, max_uncertainty: 0.1, require_region: true}
 
 `medlens.pipelines.pipeline.Pipeline` builds the predictors a validated config names.
@@ -40,6 +44,7 @@ from medlens.pipelines import chest  # noqa: F401  (registers the chest anatomy 
 from medlens.pipelines.advice import AdviceConfig, ScopeConfig
 from medlens.pipelines.dicom_seg import segment_types
 from medlens.pipelines.features import get_feature
+from medlens.pipelines.modality import ModalityConfig
 from medlens.spec import GUIDE_MODES, GuideMode
 
 logger = logging.getLogger(__name__)
@@ -55,7 +60,7 @@ TOP_KEYS = DESCRIPTION_KEYS | {"class_names", "class_groups", "segmenter", "clas
                                "scope"}  # fmt: skip
 SEGMENTER_KEYS = {"bundle", "postprocess", "structure", "gradcam"}
 POSTPROCESS_KEYS = {"fill_holes", "largest_component", "min_size_px"}
-CLASSIFIER_KEYS = {"bundle", "guided", "gradcam"}
+CLASSIFIER_KEYS = {"bundle", "guided", "gradcam", "learnt_from"}
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -74,6 +79,7 @@ class ClassifierConfig:
     bundle: str
     guided: GuideMode | Literal[False] | None = None  # False = not guided, None = as the bundle's spec says
     gradcam: bool = True
+    learnt_from: dict[str, str] = field(default_factory=dict)  # class code -> the films it was learnt from
 
 
 @dataclass
@@ -83,7 +89,10 @@ class PipelineConfig:
     name: str
     title: str
     description: str = ""
-    modality: str = ""
+    modality: str = ""  # the images it takes, in words
+    modality_check: ModalityConfig | None = (
+        None  # the modality classifier's check, when the YAML asks for one
+    )
     class_names: dict[str, str] = field(default_factory=dict)  # class code -> full name
     class_groups: list[str] = field(default_factory=list)  # groups the classifier's spec should provide
     segmenter: SegmenterConfig | None = None
@@ -118,15 +127,17 @@ class PipelineConfig:
                 raise ConfigError(f"{source}: {e}") from e
         if features and seg is None:
             raise ConfigError(f"{source}: 'features' are computed on the segmentation; add a segmenter")
+        modality, check = ModalityConfig.parse(raw.get("modality"), source)
         scope = ScopeConfig.from_dict(raw.get("scope"), source)
         if not scope.modality_name:
-            scope.modality_name = str(raw.get("modality") or "")
+            scope.modality_name = modality
         return cls(
             name=name.strip(),
             title=str(raw.get("title") or name),
             description=str(raw.get("description") or "").strip(),
-            modality=str(raw.get("modality") or ""),
-            class_names=_class_names(raw.get("class_names"), source),
+            modality=modality,
+            modality_check=check,
+            class_names=_class_texts(raw.get("class_names"), source),
             class_groups=_names(raw.get("class_groups"), source, "class_groups"),
             segmenter=seg,
             classifier=clf,
@@ -165,12 +176,12 @@ def _bundle_name(raw: dict, source: str, where: str) -> str:
     return bundle.strip()
 
 
-def _class_names(raw: Any, source: str) -> dict[str, str]:
+def _class_texts(raw: Any, source: str, key: str = "class_names", what: str = "full names") -> dict[str, str]:
     if raw is None:
         return {}
     if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
-        raise ConfigError(f"{source}: 'class_names' must map class codes to full names")
-    return {str(k): v.strip() for k, v in raw.items()}
+        raise ConfigError(f"{source}: '{key}' must map class codes to {what}")
+    return {str(k): " ".join(v.split()) for k, v in raw.items()}
 
 
 def _names(raw: Any, source: str, key: str) -> list[str]:
@@ -222,6 +233,7 @@ def _classifier(raw: Any, source: str) -> ClassifierConfig | None:
         bundle=_bundle_name(raw, source, "classifier"),
         guided=guided,
         gradcam=bool(raw.get("gradcam", True)),
+        learnt_from=_class_texts(raw.get("learnt_from"), source, "classifier.learnt_from", "text"),
     )
 
 

@@ -73,8 +73,8 @@ FEATURE_INFO: dict[str, FeatureInfo] = {
     "cardiothoracic_ratio": FeatureInfo(
         "Cardiothoracic ratio",
         "ratio",
-        "widest heart diameter / widest inner chest diameter (red and yellow lines); reference: ≤ 0.50 on an "
-        "adult PA film, not valid on AP or paediatric films",
+        "widest heart diameter / widest inner chest diameter (the two lines the overlay's colour key names); "
+        "reference: ≤ 0.50 on an adult PA film, not valid on AP or paediatric films",
     ),
     "cardiothoracic_ratio_upper_normal": FeatureInfo("CTR upper limit", "ratio", "adult PA films"),
 }

@@ -1,6 +1,7 @@
 """Grad-CAM for display: the heat map up-sampled to the image's own resolution, limited to the field of view
 (the black border of an endoscope or dermoscope image is not evidence), blended with a jet colour scale whose
-colours the UI's colour bar repeats (:func:`colour_bar_stops`).
+colours the UI's colour bar repeats (:func:`colour_bar_stops`); and how much of it lies inside the segmented
+region (:func:`share_inside`).
 
 The Grad-CAM computation itself lives in :mod:`medlens.inference.explain`; this module only places and draws.
 """
@@ -63,6 +64,20 @@ def place_cam(cam: np.ndarray, box: tuple[int, int, int] | None, shape: tuple[in
     r0, c0, r1, c1 = max(top, 0), max(left, 0), min(top + side, shape[0]), min(left + side, shape[1])
     out[r0:r1, c0:c1] = resized[r0 - top : r1 - top, c0 - left : c1 - left]
     return out
+
+
+def share_inside(cam: np.ndarray, region: np.ndarray) -> float | None:
+    """Share of the Grad-CAM mass that lies inside ``region``, 0..1 (None when the map is empty).
+
+    Args:
+        cam: ``(h, w)`` heat map in 0..1 (any size; up-sampled to the region's as :func:`cam_at` draws it).
+        region: ``(H, W)`` bool, e.g. the segmented lungs and heart.
+    Returns:
+        ``sum(cam * region) / sum(cam)`` at the region's resolution: 1 = all the evidence lies inside.
+    """
+    heat = cam_at(cam, region.shape[:2])
+    total = float(heat.sum())
+    return float(heat[region].sum()) / total if total > 0 else None
 
 
 def heatmap_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = HEAT_ALPHA) -> np.ndarray:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medlens.data.io import ImageRecord
-from medlens.drawing import overlay_mask
 from medlens.errors import BundleError, ConfigError, MedlensError
 from medlens.inference.bundle import Bundle
 from medlens.inference.decisions import probs_to_mask
@@ -32,7 +31,6 @@ from medlens.pipelines.advice import (
     out_of_scope_text,
 )
 from medlens.pipelines.analysis import Analysis
-from medlens.pipelines.chest import draw_measurements
 from medlens.pipelines.config import (
     DEFAULT_TTA,
     ClassifierConfig,
@@ -43,14 +41,18 @@ from medlens.pipelines.config import (
 )
 from medlens.pipelines.features import compute_features
 from medlens.pipelines.groups import group_scores
-from medlens.pipelines.heatmap import heatmap_overlay, place_cam
-from medlens.pipelines.stages import (
-    StageTimer,
-    as_image,
-    enhance_contrast,
-    find_bundle,
+from medlens.pipelines.heatmap import heatmap_overlay, place_cam, share_inside
+from medlens.pipelines.modality import (
+    ModalityGate,
+    ModalityVerdict,
+    check_gate,
+    load_gate,
+    modality_routes,
+    share_routes,
 )
-from medlens.spec import GuideMode, Mode
+from medlens.pipelines.overlay import draw_overlay
+from medlens.pipelines.stages import StageTimer, as_image, enhance_contrast, find_bundle, resolve_guide
+from medlens.spec import Mode
 
 if TYPE_CHECKING:
     from medlens.pipelines.serving import Prefetched
@@ -86,6 +88,7 @@ class Pipeline:
         config: PipelineConfig,
         segmenter: SegmentationPredictor | None = None,
         classifier: ClassificationPredictor | None = None,
+        modality: ModalityGate | None = None,
     ) -> None:
         self.config, self.segmenter, self.classifier = config, segmenter, classifier
         seg_ok = (config.segmenter is None) == (segmenter is None)
@@ -96,7 +99,10 @@ class Pipeline:
             raise ConfigError(
                 f"{config.source}: pipelines take binary or multi-class segmenters, not multi-label"
             )
-        self.guide_mode = self._resolve_guide()
+        self.guide_mode = resolve_guide(config, segmenter, classifier)
+        self.modality_gate = modality
+        said = config.classifier.learnt_from if config.classifier else {}
+        self.learnt_from = {c: said[c] for c in self.classes if c in said}  # the YAML's, for its classes
 
     @classmethod
     def from_yaml(
@@ -115,9 +121,13 @@ class Pipeline:
         *,
         num_threads: int | None = None,
         precision: str = "fp32",
+        shared: dict | None = None,
+        routes: Mapping[str, str] | None = None,
     ) -> Pipeline:
         """Build the predictors a validated config names, from the bundles in ``models_dir`` (``num_threads``
-        and ``precision``: see the predictors)."""
+        and ``precision``: see the predictors), and its modality check (`medlens.pipelines.modality`;
+        ``shared``: modality classifiers already loaded, by bundle name; ``routes``: the pipeline of each
+        modality class, by default from the configs of ``models_dir``)."""
 
         def load(name: str) -> Bundle:
             try:
@@ -131,7 +141,10 @@ class Pipeline:
             seg = SegmentationPredictor(load(config.segmenter.bundle), **kw)
         if config.classifier is not None:
             clf = ClassificationPredictor(load(config.classifier.bundle), **kw)
-        return cls(config, seg, clf)
+        if routes is None and config.modality_check is not None:
+            routes = modality_routes(load_pipeline_configs(models_dir))
+        gate = load_gate(config.modality_check, config.source, models_dir, routes or {}, shared, **kw)
+        return cls(config, seg, clf, gate)
 
     def replicate(self) -> Pipeline:
         """A twin to run in another thread at the same time: same config, predictors replicated (ONNX
@@ -171,6 +184,8 @@ class Pipeline:
             "title": cfg.title,
             "description": cfg.description,
             "modality": cfg.modality,
+            "modality_label": cfg.modality_check.label if cfg.modality_check else None,
+            "modality_check": self.modality_gate.classifier.name if self.modality_gate else None,
             "segmenter": cfg.segmenter.bundle if cfg.segmenter else None,
             "classifier": cfg.classifier.bundle if cfg.classifier else None,
             "classes": self.classes,
@@ -178,53 +193,25 @@ class Pipeline:
             "class_groups": list(cfg.class_groups),
             "guided": self.guide_mode,
             "features": list(cfg.features),
+            "learnt_from": dict(self.learnt_from),
             "notice": cfg.advice.notice,
         }
-
-    def _resolve_guide(self) -> GuideMode | None:
-        """The guide mode: the YAML's ``classifier.guided`` if given, else the classifier spec's ``guide``."""
-        if self.classifier is None or self.config.classifier is None:
-            return None
-        src, cfg = self.config.source, self.config.classifier
-        guide = self.classifier.spec.guide
-        trained = guide.mode if guide is not None else None
-        mode = trained if cfg.guided is None else (cfg.guided or None)
-        if trained is not None and mode != trained:
-            shown = mode.value if mode else mode
-            raise ConfigError(
-                f"{src}: classifier.guided is {shown!r} but {cfg.bundle} was trained with {trained.value!r}"
-            )
-        if mode is None:
-            return None
-        if self.segmenter is None:
-            raise ConfigError(
-                f"{src}: the classifier {cfg.bundle} needs guided inputs ({mode.value}); add a segmenter"
-            )
-        in_ch = self.classifier.spec.in_channels
-        if not mode.fits(in_ch):
-            raise ConfigError(
-                f"{src}: guided={mode.value!r} does not fit {cfg.bundle}, which takes {in_ch} input channels"
-            )
-        trained_with = Path(guide.bundle).name if guide is not None else ""
-        if trained_with and trained_with != self.config.segmenter.bundle:
-            logger.warning("%s: %s was trained on masks of %s, not of the pipeline's segmenter %s",
-                           src, cfg.bundle, trained_with, self.config.segmenter.bundle)  # fmt: skip
-        return mode
 
     # -- analysis -------------------------------------------------------------------------------------------
     def analyze_batch(
         self, images: Sequence[np.ndarray | ImageRecord], clahe: bool = False, gradcam: bool = True,
-        tta: bool | None = DEFAULT_TTA,
+        tta: bool | None = DEFAULT_TTA, modality: Sequence[ModalityVerdict] | None = None,
     ) -> list[Analysis]:  # fmt: skip
         """:meth:`analyze` of several images with one batched model call per model (TTA views included);
         each result's model stage timings are its share of the batch's."""
         from medlens.pipelines.serving import analyze_batch
 
-        return analyze_batch(self, images, clahe=clahe, gradcam=gradcam, tta=tta)
+        return analyze_batch(self, images, clahe=clahe, gradcam=gradcam, tta=tta, modality=modality)
 
     def analyze(
         self, image: np.ndarray | ImageRecord, clahe: bool = False, gradcam: bool = True,
         tta: bool | None = DEFAULT_TTA, *, prefetched: Prefetched | None = None,
+        modality: ModalityVerdict | None = None,
     ) -> Analysis:  # fmt: skip
         """Analyse one image.
 
@@ -235,6 +222,7 @@ class Pipeline:
             tta: flip test-time augmentation, which also yields the uncertainty; None (`DEFAULT_TTA`): each
                 model as chosen on its validation split (:meth:`ModelSpec.runs_tta`).
             prefetched: the image prepared and its model outputs computed by :meth:`analyze_batch`.
+            modality: the modality classifier's verdict on the image when it already ran (``pipeline=auto``).
         """
         timer = StageTimer()
         with timer("preprocess"):
@@ -243,8 +231,12 @@ class Pipeline:
                 work = enhance_contrast(original) if clahe else original
             else:
                 original, spacing, work = prefetched.original, prefetched.spacing, prefetched.work
-            reason = check_modality(original, self.config.scope)
+        with timer("modality"):  # the modality classifier first, then the scope's colour check
+            given = modality or getattr(prefetched, "modality", None)
+            seen, reason = check_gate(self.modality_gate, original, given)
+        reason = reason or check_modality(original, self.config.scope)
         result = self._empty_result(original, tta)
+        result.modality = seen
         if reason is None:
             reason = self._run_models(result, original, work, spacing, gradcam, tta, timer, prefetched)
         for stage, ms in (prefetched.ms if prefetched is not None else {}).items():
@@ -269,7 +261,8 @@ class Pipeline:
             uncertainty=None, out_of_scope=False, features={}, recommendation="",
             notice=self.config.advice.notice, gradcam=None, timings_ms={},
             tta=self.model_tta(self.segmenter, tta) or self.model_tta(self.classifier, tta),
-            class_names=dict(self.config.class_names),
+            class_names=dict(self.config.class_names), learnt_from=dict(self.learnt_from),
+            mask_classes=self.segmenter.classes if self.segmenter is not None else [],
         )  # fmt: skip
 
     def _run_models(self, result: Analysis, original: np.ndarray, work: np.ndarray, spacing: Any,
@@ -285,7 +278,9 @@ class Pipeline:
                 result.features = compute_features(
                     self.config.features, original, result.mask, spacing, classes=self.segmenter.classes
                 )
-                result.overlay = draw_measurements(result.overlay, result.features)
+                result.overlay, result.colour_key = draw_overlay(
+                    original, result.mask, result.mask_classes, result.features
+                )
         if self.classifier is not None:
             with timer("classify"):
                 if self.guide_mode is not None:
@@ -302,7 +297,7 @@ class Pipeline:
 
     def _segment(self, result: Analysis, original: np.ndarray, work: np.ndarray, tta: bool,
                  pre: Prefetched | None = None) -> np.ndarray:  # fmt: skip
-        """Fill mask, area, components, overlay, TTA uncertainty; return the mask before post-processing."""
+        """Fill mask, area, components, TTA uncertainty; return the mask before post-processing."""
         seg = self.segmenter
         if pre is not None and pre.seg is not None:
             prob, result.segmentation_uncertainty = pre.seg
@@ -315,7 +310,6 @@ class Pipeline:
         mask = apply_postprocess(raw, post.fill_holes, post.largest_component, post.min_size_px)
         result.mask, result.area_fraction = mask, area_fraction(mask)
         result.components = connected_components(mask > 0)
-        result.overlay = overlay_mask(original, mask)
         return raw
 
     def _classify(self, result: Analysis, x: np.ndarray, tta: bool,
@@ -344,7 +338,8 @@ class Pipeline:
     def _gradcam(self, result: Analysis, original: np.ndarray, work: np.ndarray, cls_input: np.ndarray,
                  raw_mask: np.ndarray | None, features: np.ndarray | None) -> np.ndarray | None:  # fmt: skip
         """Grad-CAM overlay on the original image: the classifier's predicted class (from ``features`` when
-        the classification pass returned them, else by backpropagation in torch), else the segmenter."""
+        the classification pass returned them, else by backpropagation in torch), else the segmenter; sets
+        ``result.gradcam_inside_region``, the share of the map inside the segmented region."""
         from medlens.inference.explain import gradcam
 
         cfg = self.config
@@ -360,25 +355,25 @@ class Pipeline:
             cam = gradcam(self.segmenter.model, self.segmenter.preprocess([work]))
         else:
             return None
+        if result.mask is not None:
+            result.gradcam_inside_region = share_inside(cam, result.mask > 0)
         return heatmap_overlay(original, cam)
 
     def _conclude(self, result: Analysis, reason: str | None) -> None:
-        """Out-of-scope verdict, or the advice text."""
+        """Out-of-scope verdict or the reading, and every finding that applies."""
         result.out_of_scope, result.scope_reason = reason is not None, reason
         if reason is not None:
             result.label = None
             result.groups = [{**g, "flagged": None} for g in result.groups]
-            result.recommendation = out_of_scope_text(reason, self.title)
-            return
         ctx = AdviceContext(
-            label=result.label,
-            probability=result.probability,
-            probabilities=result.probabilities,
-            uncertainty=result.uncertainty,
-            features=result.features,
+            label=result.label, probability=result.probability, probabilities=result.probabilities,
+            uncertainty=result.uncertainty, features=result.features,
             region_found=None if self.segmenter is None else bool(result.area_fraction),
-        )
-        result.recommendation = self.config.advice.advise(ctx)
+            gradcam_inside=result.gradcam_inside_region,
+        )  # fmt: skip
+        advice = self.config.advice
+        result.recommendation = out_of_scope_text(reason, self.title) if reason else advice.advise(ctx)
+        result.findings = advice.find(ctx, reason)
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -389,10 +384,14 @@ def load_pipelines(
     with a logged warning (missing bundle, wrong task, guide mismatch). ``kwargs``: `Pipeline.from_config`'s
     ``num_threads`` and ``precision``."""
     out: dict[str, Pipeline] = {}
-    for name, cfg in load_pipeline_configs(models_dir).items():
+    configs = load_pipeline_configs(models_dir)
+    shared, routes = {}, modality_routes(configs)  # one modality classifier for all
+    for name, cfg in configs.items():
         try:
-            out[name] = Pipeline.from_config(cfg, models_dir, runtime, device, **kwargs)
+            out[name] = Pipeline.from_config(cfg, models_dir, runtime, device, shared=shared, routes=routes,
+                                             **kwargs)  # fmt: skip
         except MedlensError as e:
             logger.warning("pipeline %r skipped: %s", name, e)
+    share_routes(out)  # refusals name pipelines that loaded
     logger.info("pipelines loaded from %s: %s", models_dir, ", ".join(out) or "none")
     return out

@@ -23,6 +23,7 @@ from medlens.inference.runtime import image_views
 from medlens.pipelines.advice import check_modality
 from medlens.pipelines.analysis import Analysis
 from medlens.pipelines.features import compute_features
+from medlens.pipelines.modality import ModalityVerdict
 from medlens.pipelines.stages import as_image, enhance_contrast
 
 if TYPE_CHECKING:
@@ -35,13 +36,14 @@ logger = logging.getLogger(__name__)
 class Prefetched:
     """One image of a batch, prepared, with the model outputs computed for the whole batch.
 
-    ``seg``: ``(probabilities at the image's size, TTA uncertainty or None)``; ``cls``: ``(per-view
-    probabilities (V, K), per-view feature maps (V, C, h, w) or None)``; ``ms``: this image's share of the
-    batch's stage times."""
+    ``modality``: the modality classifier's verdict (None without the check); ``seg``: ``(probabilities at the
+    image's size, TTA uncertainty or None)``; ``cls``: ``(per-view probabilities (V, K), per-view feature maps
+    (V, C, h, w) or None)``; ``ms``: this image's share of the batch's stage times."""
 
     original: np.ndarray
     spacing: Any
     work: np.ndarray
+    modality: ModalityVerdict | None = None
     seg: tuple[np.ndarray, float | None] | None = None
     cls: tuple[np.ndarray, np.ndarray | None] | None = None
     ms: dict[str, float] = field(default_factory=dict)
@@ -55,6 +57,27 @@ def _prepare(images: Sequence[np.ndarray | ImageRecord], clahe: bool) -> list[Pr
         work = enhance_contrast(original) if clahe else original
         out.append(Prefetched(original, spacing, work, ms={"preprocess": (time.perf_counter() - t0) * 1e3}))
     return out
+
+
+def _see_all(pipeline: Pipeline, prepared: list[Prefetched], given: Sequence[ModalityVerdict] | None) -> None:
+    """Each image's modality verdict: ``given`` (``pipeline=auto`` ran the classifier), else one batched call
+    of the pipeline's modality classifier; nothing without the check."""
+    gate = pipeline.modality_gate
+    if gate is None and given is None:
+        return
+    t0 = time.perf_counter()
+    seen = list(given) if given is not None else gate.classifier.classify([p.original for p in prepared])
+    share = (time.perf_counter() - t0) * 1e3 / max(1, len(prepared))
+    for p, verdict in zip(prepared, seen, strict=True):
+        p.modality, p.ms["modality"] = verdict, share
+
+
+def _in_scope(pipeline: Pipeline, p: Prefetched) -> bool:
+    """Whether the image goes on to the models (the modality check and the scope's colour check pass)."""
+    gate = pipeline.modality_gate
+    if gate is not None and gate.check(p.original, p.modality)[1] is not None:
+        return False
+    return check_modality(p.original, pipeline.config.scope) is None
 
 
 def _segment_all(pipeline: Pipeline, live: list[Prefetched], tta: bool) -> None:
@@ -92,13 +115,16 @@ def analyze_batch(
     clahe: bool = False,
     gradcam: bool = True,
     tta: bool | None = None,
+    modality: Sequence[ModalityVerdict] | None = None,
 ) -> list[Analysis]:
     """`Pipeline.analyze` of every image, each model run once per batch (chunked by its ``batch_size``).
 
     Images out of scope for the pipeline's modality skip the models, as in ``analyze``; the results equal
-    those of ``analyze`` image by image within float tolerance of batched convolutions."""
+    those of ``analyze`` image by image within float tolerance of batched convolutions. ``modality``: the
+    images' modality verdicts when the classifier already ran on them (``pipeline=auto``)."""
     prepared = _prepare(images, clahe)
-    live = [p for p in prepared if check_modality(p.original, pipeline.config.scope) is None]
+    _see_all(pipeline, prepared, modality)
+    live = [p for p in prepared if _in_scope(pipeline, p)]
     if live and pipeline.segmenter is not None:
         _segment_all(pipeline, live, pipeline.model_tta(pipeline.segmenter, tta))
     if live and pipeline.classifier is not None:
@@ -120,6 +146,8 @@ def warm_up(pipeline: Pipeline, size: tuple[int, int] = (192, 256), rounds: int 
     Returns the milliseconds it took."""
     t0, image = time.perf_counter(), synthetic_image(size)
     for _ in range(max(1, rounds)):
+        if pipeline.modality_gate is not None:
+            pipeline.modality_gate.classifier.classify([image])
         result, raw, cls_input, features = pipeline._empty_result(image), None, image, None
         if pipeline.segmenter is not None:
             raw = pipeline._segment(result, image, image, True)

@@ -1,24 +1,33 @@
 """Small stage helpers of the analysis pipelines: a stage timer, image intake, CLAHE, finding bundles, TTA
-views and placing a crop's Grad-CAM back on its image. Re-exported by `medlens.pipelines.pipeline`."""
+views and placing a crop's Grad-CAM back on its image, and a pipeline's guide mode. Re-exported by
+`medlens.pipelines.pipeline`."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medlens.data.io import ImageRecord
-from medlens.errors import BundleError, MedlensError
+from medlens.errors import BundleError, ConfigError, MedlensError
 from medlens.inference.bundle import is_bundle, list_bundles
+from medlens.spec import GuideMode
+
+if TYPE_CHECKING:
+    from medlens.pipelines.config import PipelineConfig
+
+logger = logging.getLogger(__name__)
 
 
 class StageTimer:
     """Wall-clock milliseconds per stage (stages that did not run stay 0.0) plus ``total``."""
 
-    STAGES = ("preprocess", "segment", "features", "classify", "gradcam", "advice")
+    STAGES = ("preprocess", "modality", "segment", "features", "classify", "gradcam", "advice")
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
@@ -90,3 +99,35 @@ def find_bundle(models_dir: str | Path, name: str) -> Path:
         "bundle of that name there); give --models-dir the folder that holds the bundles, or make it with "
         "`medlens bundle`"
     )
+
+
+def resolve_guide(config: PipelineConfig, segmenter: Any, classifier: Any) -> GuideMode | None:
+    """A pipeline's guide mode: the YAML's ``classifier.guided`` if given, else the classifier spec's
+    ``guide`` (None: not guided); `ConfigError` when the two disagree or the classifier cannot be guided."""
+    if classifier is None or config.classifier is None:
+        return None
+    src, cfg = config.source, config.classifier
+    guide = classifier.spec.guide
+    trained = guide.mode if guide is not None else None
+    mode = trained if cfg.guided is None else (cfg.guided or None)
+    if trained is not None and mode != trained:
+        shown = mode.value if mode else mode
+        raise ConfigError(
+            f"{src}: classifier.guided is {shown!r} but {cfg.bundle} was trained with {trained.value!r}"
+        )
+    if mode is None:
+        return None
+    if segmenter is None:
+        raise ConfigError(
+            f"{src}: the classifier {cfg.bundle} needs guided inputs ({mode.value}); add a segmenter"
+        )
+    in_ch = classifier.spec.in_channels
+    if not mode.fits(in_ch):
+        raise ConfigError(
+            f"{src}: guided={mode.value!r} does not fit {cfg.bundle}, which takes {in_ch} input channels"
+        )
+    trained_with = Path(guide.bundle).name if guide is not None else ""
+    if trained_with and trained_with != config.segmenter.bundle:
+        logger.warning("%s: %s was trained on masks of %s, not of the pipeline's segmenter %s",
+                       src, cfg.bundle, trained_with, config.segmenter.bundle)  # fmt: skip
+    return mode

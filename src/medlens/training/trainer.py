@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -64,12 +65,13 @@ class TimeBudget:
         return self.minutes is not None and time.monotonic() - self.start > 60.0 * self.minutes
 
     def epochs_that_fit(self, epoch: int, planned: int, epoch_times: list[float]) -> int:
-        """The epochs a run that has done ``epoch`` of ``planned`` can still complete, judged by the slowest
-        of its last two epochs (``epoch_times`` in seconds)."""
+        """The epochs a run that has done ``epoch`` of ``planned`` can still complete, judged by the median
+        of its last three epochs (``epoch_times`` in seconds): one epoch slowed by a passing load (an
+        evaluation beside the training) must not halve the run, since the plan is never lengthened again."""
         if self.minutes is None:
             return planned
         left = 60.0 * self.minutes - (time.monotonic() - self.start)
-        per_epoch = max(epoch_times[-2:])
+        per_epoch = float(np.median(epoch_times[-3:]))
         return min(planned, epoch + int(max(left, 0.0) // max(per_epoch, 1e-3)))
 
 
@@ -219,7 +221,8 @@ class Trainer:
     def fit_schedule_to_budget(self) -> None:
         """With ``max_time_minutes``, shorten the planned epochs, and the LR schedule with them, to what the
         budget still holds, so that a time-limited run ends its decay instead of being cut off at a high
-        learning rate."""
+        learning rate. An epoch's time is the median of the last three
+        (:meth:`TimeBudget.epochs_that_fit`)."""
         if self.budget.minutes is None or self.stop_reason is not None or self.epoch >= self.planned_epochs:
             return
         times = [float(r["time_s"]) for r in self.history]
