@@ -113,7 +113,9 @@ def shipped_spec(name: str) -> dict[str, Any]:
     """The model spec of the shipped bundle ``name`` (``models/<name>/bundle.json`` of this repository:
     architecture, channels, classes, input size, TTA flips, guide), for a random-weight stand-in; for the
     skin bundles without it, the spec their training configs describe (:func:`skin_specs`)."""
-    meta = REPO / "models" / name / "bundle.json"
+    from medlens.folders import BundleFolder
+
+    meta = BundleFolder(REPO / "models" / name).meta
     if meta.is_file():
         return dict(json.loads(meta.read_text())["spec"])
     if name in SKIN_BUNDLES:
@@ -161,6 +163,7 @@ def make_random_bundle(spec: dict[str, Any], out_dir: Path, seed: int = 0) -> Pa
     outputs are not constant), made through a minimal run folder and :func:`make_bundle`."""
     import torch
 
+    from medlens.folders import RunFolder
     from medlens.inference.bundle import build_from_spec
     from medlens.inference.packaging import make_bundle
     from medlens.spec import ModelSpec
@@ -172,15 +175,12 @@ def make_random_bundle(spec: dict[str, Any], out_dir: Path, seed: int = 0) -> Pa
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.normal_(0.0, 0.1, generator=gen)
             m.running_var.uniform_(0.5, 2.0, generator=gen)
-    run = out_dir.parent / f"_run-{out_dir.name}"
-    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (run / "model_spec.json").write_text(json.dumps(spec, indent=2))
-    torch.save(
-        {"model": model.state_dict(), "epoch": 0, "best_score": 0.0, "model_spec": spec},
-        run / "checkpoints" / "best.pt",
-    )
-    bundle = make_bundle(run, out_dir, card="Random weights: a stand-in for timing benchmarks only.")
-    shutil.rmtree(run, ignore_errors=True)
+    run = RunFolder(out_dir.parent / f"_run-{out_dir.name}")
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
+    run.spec.write_text(json.dumps(spec, indent=2))
+    torch.save({"model": model.state_dict(), "epoch": 0, "best_score": 0.0, "model_spec": spec}, run.best)
+    bundle = make_bundle(run.path, out_dir, card="Random weights: a stand-in for timing benchmarks only.")
+    shutil.rmtree(run.path, ignore_errors=True)
     return bundle
 
 

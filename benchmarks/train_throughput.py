@@ -256,12 +256,13 @@ def run_medlens(args: argparse.Namespace, root: Path, work: Path, device: Any, a
     t0 = time.perf_counter()
     trainer.on_train_start()
     setup_s = time.perf_counter() - t0
-    trainer.model.train()
+    data, learner = trainer.data, trainer.learner
+    learner.model.train()
 
     def cycle() -> Any:
         epoch = 0
         while True:
-            yield from trainer.sampler.epoch(epoch)
+            yield from data.sampler.epoch(epoch)
             epoch += 1
 
     batches = cycle()
@@ -278,19 +279,19 @@ def run_medlens(args: argparse.Namespace, root: Path, work: Path, device: Any, a
         idx = next(batches)
         sync(device)
         t0 = time.perf_counter()
-        trainer.get_batch(trainer.train_data, idx, augment=True)
+        data.get_batch(data.train, idx, augment=True)
         sync(device)
         prep.append(time.perf_counter() - t0)
-    x, y = trainer.get_batch(trainer.train_data, next(batches), augment=True)
-    flops = step_flops(trainer.model, x, y, trainer.loss_fn, trainer.autocast)
+    x, y = data.get_batch(data.train, next(batches), augment=True)
+    flops = step_flops(learner.model, x, y, learner.loss_fn, learner.autocast)
     out = {
         **timing,
         "flops_per_step": flops,
         "batch_prep_ms_p50": round(1000 * float(np.median(prep)), 1),
         "setup_s": round(setup_s, 1),
-        "cache_device": str(trainer.train_data.images.device),
-        "train_images_cached": len(trainer.train_data.ids),
-        "precision": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "fp32",
+        "cache_device": str(data.train.images.device),
+        "train_images_cached": len(data.train.ids),
+        "precision": str(learner.amp_dtype).replace("torch.", "") if learner.amp_dtype else "fp32",
         "memory_format": "channels_last" if trainer.cfg.channels_last else "NCHW",
         "augment": "uint8 cache, kornia GpuAugmenter on the training device ("
         + ", ".join(f"{k}={v}" for k, v in trainer.cfg.augment.to_dict().items() if v)

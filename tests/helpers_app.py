@@ -17,6 +17,7 @@ from medlens.pipelines.advice import Finding
 from medlens.pipelines.analysis import Analysis
 from medlens.pipelines.groups import group_scores
 from medlens.pipelines.overlay import KeyEntry
+from medlens.spec import ClassGroup
 
 FAKE_FINDINGS = [
     Finding("The model looked elsewhere.", "high", "evidence_outside"),
@@ -73,7 +74,8 @@ class FakePipeline:
                 gradcam=rgb[..., ::-1].copy() if gradcam else None,
                 timings_ms={"segmentation": 1.0, "classification": 1.0},
                 tta=tta is not False,  # None: as each model recorded; these fakes record nothing (on)
-                groups=group_scores(probs, self.groups), class_names={self.classes[1]: "Malignant lesion"},
+                groups=group_scores(probs, list(map(ClassGroup.from_dict, self.groups))),
+                class_names={self.classes[1]: "Malignant lesion"},
                 findings=list(FAKE_FINDINGS), gradcam_inside_region=0.3 if gradcam else None,
                 learnt_from={c: f"{c} films of one clinic" for c in self.classes},
                 mask_classes=["background", "region"], colour_key=[KeyEntry("region", "#00e640", "region")],

@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 
 from medlens.errors import BundleError
+from medlens.folders import BundleFolder, RunFolder
 from medlens.inference.bundle import (
     BUNDLE_FORMAT_VERSION,
     Bundle,
@@ -61,6 +62,16 @@ def test_bundle_layout_and_metadata(seg_run: Path, seg_bundle: Path):
     for rel in ("model.safetensors", "README.md", "config.yaml", "curves.png", "val_metrics.json"):
         assert (seg_bundle / rel).is_file() and rel in meta["files"]
     Bundle.load(seg_bundle).verify()
+
+
+def test_folder_layouts_name_the_files_of_runs_and_bundles(seg_run: Path, seg_bundle: Path):
+    run, bundle = RunFolder(seg_run), BundleFolder(seg_bundle)
+    assert run.is_run() and bundle.is_bundle() and not RunFolder(seg_bundle).is_run()
+    assert run.best == seg_run / "checkpoints" / "best.pt" and bundle.meta == seg_bundle / "bundle.json"
+    for path in (run.spec, run.config, run.split, run.metrics_csv, bundle.weights, bundle.card, bundle.split):
+        assert path.is_file(), path
+    copied = [rel for rel in RunFolder.COPIED if (seg_run / rel).is_file()]
+    assert copied and all((seg_bundle / rel).is_file() for rel in copied)
 
 
 def test_weights_are_fp16_but_norm_statistics_stay_fp32(seg_bundle: Path):
@@ -262,3 +273,11 @@ def test_every_shipped_bundle_loads_verifies_and_predicts(folder: Path) -> None:
     else:
         probs = predictor.predict_proba(predictor.guided_inputs([image]))
         assert probs.shape == (1, bundle.spec.num_classes) and np.allclose(probs.sum(1), 1, atol=1e-4)
+
+
+@pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_spec_is_written_back_as_it_was_read(folder: Path) -> None:
+    """The typed spec (decision rule and class groups included) writes the JSON of bundle.json unchanged."""
+    spec = json.loads((folder / "bundle.json").read_text())["spec"]
+    written = json.loads(json.dumps(ModelSpec.from_dict(spec).to_dict()))
+    assert {k: written[k] for k in spec} == spec

@@ -7,7 +7,7 @@ import pytest
 
 from medlens.errors import UnknownNameError
 from medlens.inference.guided import crop_box, guide_inputs, guide_one
-from medlens.spec import guide_channels
+from medlens.spec import GuideMode, parse_enum
 
 
 class FixedMaskPredictor:
@@ -48,14 +48,15 @@ def test_crop_keeps_only_the_largest_region_and_matches_manual_crop():
     m = np.zeros((60, 80), np.uint8)
     m[20:30, 30:50] = 1
     m[55:57, 2:4] = 1  # speck, ignored
-    out = guide_one(img, m, "crop", (30, 30))
+    out = guide_one(img, m, GuideMode.CROP, (30, 30))
     np.testing.assert_array_equal(out, img[10:40, 25:55])  # same size: no resampling
 
 
 def test_modes_shapes_and_mask_channel():
     img = gradient_image()
     seg = FixedMaskPredictor((20, 30, 30, 50))
-    crop, chan, both = (guide_inputs([img], seg, mode, (32, 32))[0] for mode in ("crop", "channel", "both"))
+    modes = (GuideMode.CROP, GuideMode.CHANNEL, GuideMode.BOTH)
+    crop, chan, both = (guide_inputs([img], seg, mode, (32, 32))[0] for mode in modes)
     assert crop.shape == (32, 32, 3) and chan.shape == (32, 32, 4) and both.shape == (32, 32, 4)
     assert crop.dtype == chan.dtype == both.dtype == np.uint8
     assert set(np.unique(chan[..., 3])) == {0, 255}
@@ -63,20 +64,21 @@ def test_modes_shapes_and_mask_channel():
     assert (both[..., 3] > 0).mean() == pytest.approx(200 / 900, abs=0.05)
     assert both[16, 16, 3] == 255 and both[0, 0, 3] == 0
     grey = gradient_image()[..., :1]
-    assert guide_inputs([grey], seg, "channel", (16, 16))[0].shape == (16, 16, 2)
-    assert guide_channels("crop") == 0 and guide_channels("both") == guide_channels("channel") == 1
-    assert guide_channels(None) == 0
+    assert guide_inputs([grey], seg, GuideMode.CHANNEL, (16, 16))[0].shape == (16, 16, 2)
+    assert [m.extra_channels for m in GuideMode] == [0, 1, 1, 0]  # crop, channel, both, field
+    assert GuideMode.CHANNEL.fits(4) and GuideMode.BOTH.fits(2) and GuideMode.CROP.fits(3)
+    assert not GuideMode.CHANNEL.fits(3) and not GuideMode.CROP.fits(4)
 
 
 def test_nothing_found_uses_whole_image_and_is_deterministic():
     img = gradient_image()
     seg = FixedMaskPredictor(None)
-    a = guide_inputs([img, img], seg, "crop", (30, 40))
-    b = guide_inputs([img, img], seg, "crop", (30, 40))
+    a = guide_inputs([img, img], seg, GuideMode.CROP, (30, 40))
+    b = guide_inputs([img, img], seg, GuideMode.CROP, (30, 40))
     assert seg.calls == 4
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[0], a[1])
-    whole = guide_inputs([img], None, "both", (60, 80), masks=[np.zeros((60, 80), np.uint8)])[0]
+    whole = guide_inputs([img], None, GuideMode.BOTH, (60, 80), masks=[np.zeros((60, 80), np.uint8)])[0]
     np.testing.assert_array_equal(whole[..., :3], img)
     assert not whole[..., 3].any()
 
@@ -84,7 +86,7 @@ def test_nothing_found_uses_whole_image_and_is_deterministic():
 def test_lesion_larger_than_image_is_padded_not_distorted():
     img = np.full((20, 40, 3), 200, np.uint8)
     m = np.ones((20, 40), np.uint8)  # side = min(40 * 1.5, 40) = 40 > image height 20
-    out = guide_one(img, m, "both", (40, 40))
+    out = guide_one(img, m, GuideMode.BOTH, (40, 40))
     assert out.shape == (40, 40, 4)
     assert (out[:10, :, :3] == 0).all() and (out[10:30, :, :3] == 200).all() and (out[30:, :, :3] == 0).all()
 
@@ -92,11 +94,11 @@ def test_lesion_larger_than_image_is_padded_not_distorted():
 def test_bad_mode_and_bad_inputs():
     img = gradient_image()
     with pytest.raises(UnknownNameError, match="crop"):
-        guide_inputs([img], FixedMaskPredictor(None), "zoom", (8, 8))
+        parse_enum(GuideMode, "zoom", "guide mode")
     with pytest.raises(ValueError, match="predictor"):
-        guide_inputs([img], None, "crop", (8, 8))
+        guide_inputs([img], None, GuideMode.CROP, (8, 8))
     with pytest.raises(ValueError, match="does not match"):
-        guide_one(img, np.zeros((5, 5), np.uint8), "crop", (8, 8))
+        guide_one(img, np.zeros((5, 5), np.uint8), GuideMode.CROP, (8, 8))
 
 
 def test_field_mode_blanks_what_lies_away_from_the_region():
@@ -104,8 +106,8 @@ def test_field_mode_blanks_what_lies_away_from_the_region():
     img[12:20, 32:40] = 255  # a burned-in marker inside the crop square, far from the region
     mask = np.zeros((200, 240), np.uint8)
     mask[60:140, 60:180] = 1  # crop square: side 180 at (10, 30)
-    field = guide_one(img, mask, "field", (90, 90))
-    crop = guide_one(img, mask, "crop", (90, 90))
+    field = guide_one(img, mask, GuideMode.FIELD, (90, 90))
+    crop = guide_one(img, mask, GuideMode.CROP, (90, 90))
     assert field.shape == crop.shape == (90, 90, 1) and field.dtype == np.uint8
     assert (crop == 0).mean() == 0  # the crop square lies inside the image: nothing blank
     assert field[45, 45, 0] == 200  # the region keeps its pixels...
@@ -114,5 +116,6 @@ def test_field_mode_blanks_what_lies_away_from_the_region():
     edge = 2 * 0.04 * 180
     assert (field > 0).mean() == pytest.approx((80 + edge) * (120 + edge) / 180**2, abs=0.02)
     empty = np.zeros_like(mask)  # nothing found: the whole image, as "crop"
-    assert np.array_equal(guide_one(img, empty, "field", (90, 90)), guide_one(img, empty, "crop", (90, 90)))
-    assert guide_channels("field") == 0
+    as_crop = guide_one(img, empty, GuideMode.CROP, (90, 90))
+    assert np.array_equal(guide_one(img, empty, GuideMode.FIELD, (90, 90)), as_crop)
+    assert GuideMode.FIELD.extra_channels == 0 and GuideMode.FIELD.crops and GuideMode.FIELD.fits(3)

@@ -9,9 +9,9 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "medlens"
 # Lower number = lower layer; a package may import its own layer or lower ones only.
 LAYERS = {
-    "errors": 0, "spec": 0, "jsonable": 0, "home": 0, "__init__": 0, "drawing": 1, "data": 1, "config": 2,
-    "models": 3, "inference": 4, "evaluation": 5, "training": 6, "pipelines": 6, "app": 7, "cli": 8,
-    "__main__": 9,
+    "errors": 0, "spec": 0, "jsonable": 0, "home": 0, "folders": 0, "__init__": 0, "drawing": 1, "data": 1,
+    "config": 2, "models": 3, "inference": 4, "evaluation": 5, "training": 6, "pipelines": 6, "app": 7,
+    "cli": 8, "__main__": 9,
 }  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from medlens.pipelines.pipeline import (
     load_pipelines,
     shipped_pipeline_files,
 )
+from medlens.spec import GuideMode
 from tests.helpers_inference import CHEST_CLASSES, SKIN_CLASSES, make_pipeline_bundles, make_tiny_bundle
 
 SMALL_CLS = {"arch": "resnet10t"}
@@ -249,13 +250,13 @@ def test_guided_classifier_crop_and_channel(tmp_path, models_dir, shared_dataset
     a = pipe.analyze(img, gradcam=False)
     assert not a.out_of_scope and a.label in SKIN_CLASSES and a.uncertainty is not None
     with pytest.raises(ConfigError, match="trained with 'channel'"):
-        cfg.classifier.guided = "crop"
+        cfg.classifier.guided = GuideMode.CROP
         Pipeline.from_config(cfg, local)
 
 
 def test_guided_crop_maps_gradcam_back_onto_the_image(models_dir, shared_datasets, monkeypatch):
     cfg = PipelineConfig.from_yaml(shipped_pipeline_files()[-1])
-    cfg.classifier.guided = "crop"
+    cfg.classifier.guided = GuideMode.CROP
     cfg.scope.min_probability = None
     pipe = Pipeline.from_config(cfg, models_dir)
     img = real_image(shared_datasets, "ham10000", "ISIC_0024307.jpg")

@@ -12,11 +12,12 @@ from medlens.pipelines.describe import NO_SPACING, describe_features
 from medlens.pipelines.groups import display_name, group_fields, group_scores
 from medlens.pipelines.heatmap import colour_bar_stops, field_of_view, heatmap_overlay, jet
 from medlens.pipelines.pipeline import load_pipelines
+from medlens.spec import ClassGroup
 from tests.helpers_inference import make_tiny_bundle
 
 SKIN = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
-MALIGNANT = {"name": "malignant", "classes": ["mel", "bcc", "akiec"], "threshold": 0.2,
-             "target_sensitivity": 0.9, "sensitivity": 0.91, "specificity": 0.6}  # fmt: skip
+MALIGNANT = ClassGroup("malignant", ("mel", "bcc", "akiec"), 0.2, target_sensitivity=0.9, sensitivity=0.91,
+                       specificity=0.6)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,9 @@ import pytest
 from medlens.config import load_config
 from medlens.data.fingerprint import make_plan
 from medlens.errors import ConfigError, DatasetError, MedlensError
+from medlens.folders import RunFolder
 from medlens.training.prepare import model_spec, prepare_run, resolve_config, resolve_plan
-from medlens.training.runfolder import LAST, make_run_dir, write_metrics_csv
+from medlens.training.runfolder import make_run_dir, write_metrics_csv
 from tests.conftest import make_synthetic_segmentation
 
 FINGERPRINT = {
@@ -58,11 +59,11 @@ def test_split_file_is_used_and_checked(tmp_path: Path) -> None:
     split = tmp_path / "mine.json"
     split.write_text(json.dumps({"train": ids[:5], "val": ids[5:7], "test": ids[7:]}))
     cfg = load_config(None, [f"data.root={root}", f"data.split_file={split}", "data.input_size=[32,32]"])
-    run = tmp_path / "run"
-    run.mkdir()
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
     data = prepare_run(cfg, run, resume=False)
     assert data.splits == {"train": ids[:5], "val": ids[5:7], "test": ids[7:]}
-    assert json.loads((run / "split.json").read_text())["val"] == ids[5:7]
+    assert json.loads((tmp_path / "run" / "split.json").read_text())["val"] == ids[5:7]
     split.write_text(json.dumps({"train": ["nobody"], "val": ids[:1], "test": []}))
     with pytest.raises(DatasetError, match="not in"):
         prepare_run(cfg, run, resume=False)
@@ -74,7 +75,8 @@ def test_run_folder_rules(tmp_path: Path) -> None:
     cfg = load_config(
         None, [f"data.root={tmp_path / 'kvasir'}", f"out_dir={tmp_path}", "model.encoder=resnet18"]
     )
-    run = make_run_dir(cfg, resume=False)
+    folder = make_run_dir(cfg, resume=False)
+    run = folder.path
     assert (
         run.parent == tmp_path
         and run.name.startswith("kvasir-unet-resnet18-")
@@ -85,8 +87,8 @@ def test_run_folder_rules(tmp_path: Path) -> None:
     named = dataclasses.replace(cfg, run_name=run.name)
     with pytest.raises(MedlensError, match=r"no checkpoints/last\.pt"):
         make_run_dir(named, resume=True)
-    (run / LAST).write_bytes(b"x")
-    assert make_run_dir(named, resume=True) == run
+    (run / "checkpoints" / "last.pt").write_bytes(b"x")
+    assert make_run_dir(named, resume=True) == folder and folder.last == run / "checkpoints" / "last.pt"
     with pytest.raises(ConfigError, match="already exists"):
         make_run_dir(named, resume=False)
     write_metrics_csv([{"epoch": 1, "train_loss": 0.5}, {"epoch": 2, "train_loss": 0.4, "val_dice": 0.7}],

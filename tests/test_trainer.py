@@ -27,7 +27,7 @@ from medlens.training import batches, optim
 from medlens.training.checkpoint import load_checkpoint, rng_state, seed_everything, set_rng_state
 from medlens.training.optim import amp_dtype, precision_name
 from medlens.training.schedule import WarmupDecay
-from medlens.training.trainer import train
+from medlens.training.trainer import TimeBudget, train
 from medlens.training.validation import classification_report, dice_iou, positive_class
 from tests.conftest import make_synthetic_classification, make_synthetic_segmentation
 
@@ -390,7 +390,7 @@ def test_positive_class_and_decision() -> None:
     logits = np.array([[2.0, -1.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 2.0], [0.5, 0.4]])
     y = np.array([0, 0, 1, 1, 1])
     update, metrics = classification_report(logits, y, ["normal", "pneumonia"], True, 1.0, None)
-    assert update["decision"]["positive_class"] == "pneumonia"
+    assert update["decision"].positive_class == "pneumonia"
     assert metrics["decision"]["val_sensitivity"] == 1.0
     assert update["temperature"] == metrics["temperature"] > 0
 
@@ -407,45 +407,62 @@ def test_amp_dtype_rules(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _budget_trainer(budget_min: float, epoch_s: float, done: int, elapsed_s: float):
-    """A Trainer with just the state that ``fit_schedule_to_budget`` reads (no data, no network)."""
+    """A Trainer with just the parts that ``fit_schedule_to_budget`` reads (no data, no network): its loop
+    state and time budget, the data's steps per epoch and the learner's schedule."""
     import time
+    from types import SimpleNamespace
 
-    from medlens.training.distributed import DistInfo
     from medlens.training.schedule import create_scheduler
     from medlens.training.trainer import Trainer
 
-    t = Trainer.__new__(Trainer)
-    t.cfg = load_config(None, ["epochs=20", f"max_time_minutes={budget_min}"])
-    t.dist, t.stop_reason, t.steps_per_epoch = DistInfo(), None, 10
-    t.epoch, t.planned_epochs = done, 20
-    t.history = [{"epoch": e + 1, "time_s": epoch_s} for e in range(done)]
-    t.start_time = time.monotonic() - elapsed_s
+    t = Trainer(load_config(None, ["epochs=20", f"max_time_minutes={budget_min}", "device=cpu"]))
+    t.epoch, t.history = done, [{"epoch": e + 1, "time_s": epoch_s} for e in range(done)]
+    t.budget.start = time.monotonic() - elapsed_s
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    t.scheduler = create_scheduler(opt, "cosine", total_steps=200, warmup_steps=5)
+    t.data = SimpleNamespace(steps_per_epoch=10)
+    t.learner = SimpleNamespace(scheduler=create_scheduler(opt, "cosine", total_steps=200, warmup_steps=5))
     return t
 
 
 def test_time_budget_shortens_the_schedule() -> None:
     # 10 min budget, 2 epochs of 100 s done (190 s): 410 s left -> 4 more epochs, 6 planned instead of 20
     t = _budget_trainer(budget_min=10, epoch_s=100, done=2, elapsed_s=190)
+    assert t.budget.epochs_that_fit(2, 20, [100.0, 100.0]) == 6 and not t.budget.is_up()
     t.fit_schedule_to_budget()
     assert t.planned_epochs == 6 and t.stop_reason is None
-    fn = t.scheduler.lr_lambdas[0]
+    fn = t.learner.scheduler.lr_lambdas[0]
     assert fn.total_steps == 60 and fn(60) == pytest.approx(0.0)  # the decay now ends with the budget
     # a budget that holds the whole run changes nothing
     t = _budget_trainer(budget_min=100, epoch_s=100, done=2, elapsed_s=200)
     t.fit_schedule_to_budget()
-    assert t.planned_epochs == 20 and t.scheduler.lr_lambdas[0].total_steps == 200
+    assert t.planned_epochs == 20 and t.learner.scheduler.lr_lambdas[0].total_steps == 200
     # no further epoch fits: stop now, saying why
     t = _budget_trainer(budget_min=5, epoch_s=100, done=2, elapsed_s=250)
     t.fit_schedule_to_budget()
     assert t.stop_reason and "budget" in t.stop_reason
+    assert TimeBudget(None).epochs_that_fit(2, 20, [1e6]) == 20 and not TimeBudget(None).is_up()
     # one epoch slowed by a passing load (epochs of 100, 100, 400 s) is judged by the median, not the spike:
     # 60 min budget, 600 s spent -> 30 more epochs of 100 s fit, so the plan of 20 stands
     t = _budget_trainer(budget_min=60, epoch_s=100, done=3, elapsed_s=600)
     t.history[-1]["time_s"] = 400.0
     t.fit_schedule_to_budget()
     assert t.planned_epochs == 20 and t.stop_reason is None
+
+
+def test_validator_keeps_the_best_epoch_and_counts_for_early_stopping() -> None:
+    from types import SimpleNamespace
+
+    from medlens.training.distributed import DistInfo
+    from medlens.training.selection import Validator
+
+    data = SimpleNamespace(dist=DistInfo(), device=torch.device("cpu"), is_seg=False)
+    v = Validator(data, learner=None)
+    assert v.record(1, {"val_balanced_accuracy": 0.5}) and not v.record(2, {})  # not validated: no count
+    assert not v.record(3, {"val_balanced_accuracy": 0.4}) and (v.best_epoch, v.bad_epochs) == (1, 1)
+    assert v.patience_spent(1) and not v.patience_spent(2) and not v.patience_spent(None)
+    restored = Validator(data, learner=None)
+    restored.load_state_dict(v.state_dict())
+    assert restored.state_dict() == {"best_score": 0.5, "best_epoch": 1, "bad_epochs": 1}
 
 
 def test_partially_labelled_source_trains_with_merged_classes(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import logging
 import types
 import typing
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import yaml
 
 from medlens.data.augment import AugmentConfig
 from medlens.errors import ConfigError
-from medlens.spec import GUIDE_MODES, MODES, TASKS, Mode, Task
+from medlens.spec import MODES, TASKS, GuideMode, Mode, Task
 
 logger = logging.getLogger(__name__)
 
@@ -137,13 +138,15 @@ class TrainConfig:
     from_bundle: str | None = None
     new_head: bool = False  # --from with other classes: a fresh class layer, the rest from the bundle
     guide_bundle: str | None = None  # segmentation bundle for segmentation-guided classification
-    guide_mode: str = "crop"  # crop | channel | both | field
+    guide_mode: GuideMode = GuideMode.CROP  # crop | channel | both | field
 
 
 def config_to_dict(cfg: Any) -> dict:
     """Plain nested dict (lists, not tuples) of a dataclass config, ready for YAML/JSON."""
 
     def plain(v: Any) -> Any:
+        if isinstance(v, Enum):
+            return v.value
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
@@ -301,6 +304,12 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 def _scalar(value: Any, hint: Any, key: str, source: str) -> Any:
     if hint is Any:
         return value
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            valid = ", ".join(e.value for e in hint)
+            raise ConfigError(f"{source}: {key}: unknown value {value!r}; valid: {valid}") from None
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -334,7 +343,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _choice("data.mode", d.mode, MODES)
     _choice("optim.name", o.name.lower(), OPTIMIZERS)
     _choice("optim.schedule", o.schedule, SCHEDULES)
-    _choice("guide_mode", cfg.guide_mode, GUIDE_MODES)
+    _choice("guide_mode", cfg.guide_mode, tuple(GuideMode))
+    cfg.guide_mode = GuideMode(cfg.guide_mode)  # a TrainConfig built in Python may hold the string
     if isinstance(cfg.amp, bool):  # config.yaml files written before "auto": true meant auto, false fp32
         cfg.amp = "auto" if cfg.amp else "fp32"
     _choice("amp", cfg.amp, AMP_VALUES)

@@ -1,20 +1,23 @@
 """The model spec: everything a predictor needs to rebuild a network and feed it, written by training into
 ``model_spec.json`` and into every bundle's ``bundle.json``.
 
-One typed record (:class:`ModelSpec`) instead of a dict read by string keys; task and mode are enums that
-compare equal to their strings (``spec.task == "segmentation"``). :meth:`ModelSpec.from_dict` reads every
-spec medlens has written (bundle format 1 lacks ``groups``, ``mask_dirs`` and ``label_column``) and names the
-missing or unknown field of a broken one.
+One typed record (:class:`ModelSpec`) instead of a dict read by string keys; task, mode and guide mode are
+enums that compare equal to their strings (``spec.task == "segmentation"``); the classification decision rule
+(:class:`ThresholdDecision` or :class:`PriorDecision`) and the class groups (:class:`ClassGroup`) are typed
+records too. :meth:`ModelSpec.from_dict` reads every spec medlens has written (bundle format 1 lacks
+``groups``, ``mask_dirs`` and ``label_column``) and names the missing or unknown field of a broken one;
+:meth:`ModelSpec.to_dict` writes the JSON it read back unchanged.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
-from medlens.errors import BundleError, UnknownNameError
+from medlens.errors import BundleError, MedlensError, UnknownNameError
 
 
 class Task(StrEnum):
@@ -47,7 +50,14 @@ class GuideMode(StrEnum):
         """Whether the classifier sees a crop around the segmented region."""
         return self in (GuideMode.CROP, GuideMode.BOTH, GuideMode.FIELD)
 
+    def fits(self, in_channels: int) -> bool:
+        """Whether a network of ``in_channels`` inputs takes this guide's inputs: an image's channels
+        (:data:`IMAGE_CHANNELS`) plus the guide's."""
+        return in_channels - self.extra_channels in IMAGE_CHANNELS
 
+
+# The channels of an image in memory, (H, W, C) uint8: grey or RGB (docs/ARCHITECTURE.md, "Arrays").
+IMAGE_CHANNELS = (1, 3)
 # How a bundle can be run (inference/runtime.py, predictor.py) and which ONNX graph precisions exist: here, in
 # the leaf module, so that the CLI's parsers name them without importing torch.
 RUNTIMES = ("torch", "onnx")
@@ -74,11 +84,6 @@ def parse_enum(kind: type[Enum], value: Any, what: str) -> Any:
         raise UnknownNameError(what, str(value), [e.value for e in kind]) from None
 
 
-def guide_channels(mode: str | None) -> int:
-    """Extra input channels of a guided classifier (0 without a guide): the one home of that arithmetic."""
-    return 0 if mode is None else parse_enum(GuideMode, mode, "guide mode").extra_channels
-
-
 @dataclass
 class Guide:
     """The segmentation bundle that guides a classifier, and how."""
@@ -88,6 +93,135 @@ class Guide:
 
     def __post_init__(self) -> None:
         self.mode = parse_enum(GuideMode, self.mode, "guide mode")
+
+
+def _record(cls: type, data: object, required: tuple[str, ...], what: str) -> dict[str, Any]:
+    """``data`` checked as the JSON form of record ``cls``: a mapping with the ``required`` keys and no others
+    than its fields (BundleError naming the ones that are not)."""
+    if not isinstance(data, Mapping):
+        raise BundleError(f"{what}: expected a mapping, got {data!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    missing = [k for k in required if data.get(k) is None]
+    unknown = sorted(set(data) - set(names))
+    problems = [f"lacks {missing}"] * bool(missing)
+    problems += [f"unknown key(s) {unknown}; known: {names}"] * bool(unknown)
+    if problems:
+        raise BundleError(f"{what} {dict(data)}: {'; '.join(problems)}")
+    return dict(data)
+
+
+def _present(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` without the optional entries left unset (None), as the JSON medlens has always written."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+class Decision:
+    """A classifier's decision rule, fitted on validation (``medlens.training.decisions``) and applied by
+    ``medlens.inference.decisions.apply_decision``: :class:`ThresholdDecision` or :class:`PriorDecision`.
+
+    JSON forms (``bundle.json`` / ``model_spec.json``): a number ``t`` (class 1 when its probability reaches
+    ``t``), ``{"positive_class", "threshold", "target_sensitivity"?, "fitted_on"?}`` or ``{"class_weights",
+    "prior_power"?, "fitted_on"?}``; :meth:`from_dict` reads each and ``to_dict`` writes it back unchanged.
+    """
+
+    fitted_on: str | None
+
+    @staticmethod
+    def from_dict(data: object) -> Decision | None:
+        """The rule of a JSON form (None stays None; a rule passes as it is); BundleError when malformed."""
+        if data is None or isinstance(data, Decision):
+            return data
+        if isinstance(data, int | float) and not isinstance(data, bool):
+            return ThresholdDecision(threshold=data)
+        if isinstance(data, Mapping) and "class_weights" in data:
+            return PriorDecision(**_record(PriorDecision, data, PriorDecision.REQUIRED, "decision"))
+        return ThresholdDecision(**_record(ThresholdDecision, data, ThresholdDecision.REQUIRED, "decision"))
+
+    def to_dict(self) -> dict[str, Any] | float:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ThresholdDecision(Decision):
+    """A binary rule: ``positive_class`` when its probability reaches ``threshold``, else the arg-max of the
+    other classes. ``positive_class`` None: class 1 (a rule written as a bare number)."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("positive_class", "threshold")
+    threshold: float
+    positive_class: str | None = None
+    target_sensitivity: float | None = None  # the validation sensitivity the threshold was fitted for
+    fitted_on: str | None = None  # "val", or "val + <decision_roots>"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.threshold, int | float) or isinstance(self.threshold, bool):
+            raise BundleError(f"decision threshold {self.threshold!r} is not a number")
+
+    def class_index(self, classes: Sequence[str]) -> int:
+        """Index of the positive class among ``classes`` (MedlensError when it is not one of them)."""
+        if self.positive_class is None:
+            return 1
+        if self.positive_class not in classes:
+            raise MedlensError(
+                f"decision {self.to_dict()} needs a 'positive_class' among {list(classes)} and a 'threshold' "
+                "(or 'class_weights')"
+            )
+        return list(classes).index(self.positive_class)
+
+    def to_dict(self) -> dict[str, Any] | float:
+        """The JSON form: the bare threshold without a positive class, else the mapping."""
+        if self.positive_class is None:
+            return self.threshold
+        return _present({"positive_class": self.positive_class, "threshold": self.threshold,
+                         "target_sensitivity": self.target_sensitivity,
+                         "fitted_on": self.fitted_on})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PriorDecision(Decision):
+    """A prior-corrected multi-class rule: the arg-max of ``p_k * class_weights[k]``, the weights
+    ``prior_k ** -prior_power`` (normalised to a mean of 1)."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("class_weights",)
+    class_weights: tuple[float, ...]
+    prior_power: float | None = None
+    fitted_on: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_weights", tuple(self.class_weights))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _present({"class_weights": list(self.class_weights), "prior_power": self.prior_power,
+                         "fitted_on": self.fitted_on})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ClassGroup:
+    """A named group of classes (e.g. malignant = mel + bcc + akiec), flagged when the sum of its members'
+    probabilities reaches ``threshold`` (fitted on validation for ``target_sensitivity``; ``sensitivity`` and
+    ``specificity`` as measured there)."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("name", "classes", "threshold")
+    name: str
+    classes: tuple[str, ...]
+    threshold: float
+    target_sensitivity: float | None = None
+    sensitivity: float | None = None
+    specificity: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(self.classes))
+
+    @classmethod
+    def from_dict(cls, data: object) -> ClassGroup:
+        """A group of its JSON form (a group passes as it is); BundleError when malformed."""
+        if isinstance(data, ClassGroup):
+            return data
+        return cls(**_record(cls, data, cls.REQUIRED, "class group"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _present({"name": self.name, "classes": list(self.classes), "threshold": self.threshold,
+                         "target_sensitivity": self.target_sensitivity, "sensitivity": self.sensitivity,
+                         "specificity": self.specificity})  # fmt: skip
 
 
 @dataclass
@@ -107,8 +241,8 @@ class ModelSpec:
     std: list[float] = field(default_factory=list)
     threshold: float = 0.5  # binary / multi-label segmentation
     temperature: float = 1.0  # classification: calibrated on validation
-    decision: dict[str, Any] | None = None  # classification rule fitted on validation (apply_decision)
-    groups: list[dict[str, Any]] | None = None  # classification: summed class groups with flag thresholds
+    decision: Decision | None = None  # classification rule fitted on validation (apply_decision)
+    groups: list[ClassGroup] | None = None  # classification: summed class groups with flag thresholds
     guide: Guide | None = None  # segmentation-guided classification
     mask_dirs: list[str] | None = None  # segmentation: the mask folders it was trained on (None: masks/)
     label_column: str | None = None  # classification: the labels.csv column it was trained on
@@ -122,6 +256,9 @@ class ModelSpec:
         self.in_channels, self.num_classes = int(self.in_channels), int(self.num_classes)
         if isinstance(self.guide, dict):
             self.guide = Guide(**self.guide)
+        self.decision = Decision.from_dict(self.decision)
+        if self.groups is not None:
+            self.groups = [ClassGroup.from_dict(g) for g in self.groups]
         if self.tta_flips is not None:
             self.tta_flips = [str(f) for f in self.tta_flips]
             unknown = sorted(set(self.tta_flips) - set(FLIP_DIMS))
@@ -155,6 +292,8 @@ class ModelSpec:
         out.update(task=self.task.value, mode=self.mode.value, input_size=list(self.input_size))
         if self.guide is not None:
             out["guide"] = {"bundle": self.guide.bundle, "mode": self.guide.mode.value}
+        out["decision"] = self.decision.to_dict() if self.decision is not None else None
+        out["groups"] = [g.to_dict() for g in self.groups] if self.groups is not None else None
         return out
 
     @classmethod

@@ -17,6 +17,8 @@ from typing import Any
 
 import pandas as pd
 
+from medlens.folders import BundleFolder
+
 LEGACY_PLOTS = ("confusion_matrix.png", "roc.png", "reliability.png", "dice_distribution.png", "curves.png")
 PLOT_KINDS = {
     "confusion_matrix": "Confusion matrix",
@@ -46,7 +48,7 @@ HIDDEN = {"confusion_matrix", "split", "calibrated_on", "input_size", "stop_reas
 def bundle_plots(folder: str | Path) -> dict[str, Path]:
     """Plot PNGs of a bundle by file name: every ``plots/*.png``, then the format-1 top-level ones."""
     folder = Path(folder)
-    found = {p.name: p for p in sorted((folder / "plots").glob("*.png")) if p.is_file()}
+    found = {p.name: p for p in sorted(BundleFolder(folder).plots.glob("*.png")) if p.is_file()}
     for name in LEGACY_PLOTS:
         if name not in found and (folder / name).is_file():
             found[name] = folder / name

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from medlens.errors import MedlensError
+from medlens.folders import RunFolder
 
 EXIT_BAD_INPUT = 2
 EXIT_NOTHING_DONE = 1  # predict: no input could be read
@@ -79,9 +80,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     config, resume_dir = args.config, None
     if args.resume:
         resume_dir = _existing(args.resume, "run folder")
-        config = config or str(resume_dir / "config.yaml")
+        config = config or str(RunFolder(resume_dir).config)
         if not Path(config).is_file():
-            raise MedlensError(f"{resume_dir}: not a run folder (no config.yaml)")
+            raise MedlensError(f"{resume_dir}: not a run folder (no {RunFolder.CONFIG})")
     if args.data:
         _existing(args.data, "data folder")
     if (args.new_head or args.freeze_encoder) and not args.from_bundle:

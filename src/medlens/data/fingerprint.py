@@ -21,6 +21,7 @@ from medlens.data.augment import AUGMENT_DEFAULTS
 from medlens.data.io import read_image
 from medlens.data.layout import DatasetIndex, discover, load_target
 from medlens.errors import ConfigError
+from medlens.folders import RunRecord
 from medlens.jsonable import write_json
 from medlens.spec import Mode, Task
 
@@ -329,9 +330,9 @@ def plan_dataset(
     fp = fingerprint(index)
     plan = make_plan(fp, task, index.mode)
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "fingerprint.json", fp)
-        save_plan(plan, out / "plan.json")
+        folder = RunRecord(out)  # the names a run folder gives these files
+        folder.path.mkdir(parents=True, exist_ok=True)
+        write_json(folder.fingerprint, fp)
+        save_plan(plan, folder.plan)
     logger.info("plan for %s:\n%s", root, plan.describe())
     return plan

@@ -16,20 +16,21 @@ import numpy as np
 from medlens.data.index import DatasetIndex
 from medlens.errors import DatasetError
 from medlens.evaluation.reading import batches, read_batch, write_csv
+from medlens.spec import ClassGroup, Decision
 
 
-def decision_metrics(y_true: np.ndarray, y_pred: np.ndarray, decision: object, classes: list[str]) -> dict:
+def decision_metrics(y_true: np.ndarray, y_pred: np.ndarray, decision: Decision, classes: list[str]) -> dict:
     """Accuracy, balanced accuracy and per-class recall of the labels a decision rule gives."""
     from medlens.evaluation.classification_metrics import balanced_accuracy
 
     recall = {c: float((y_pred[y_true == k] == k).mean()) if (y_true == k).any() else None
               for k, c in enumerate(classes)}  # fmt: skip
-    return {"rule": decision, "accuracy": float((y_true == y_pred).mean()),
+    return {"rule": decision.to_dict(), "accuracy": float((y_true == y_pred).mean()),
             "balanced_accuracy": balanced_accuracy(y_true, y_pred), "recall": recall}  # fmt: skip
 
 
 def group_metrics(
-    probs: np.ndarray, y_true: np.ndarray, classes: list[str], groups: list[dict]
+    probs: np.ndarray, y_true: np.ndarray, classes: list[str], groups: list[ClassGroup]
 ) -> list[dict]:
     """Each class group's flag (summed probability >= threshold): sensitivity, specificity and AUC."""
     from sklearn.metrics import roc_auc_score
@@ -39,11 +40,11 @@ def group_metrics(
 
     out = []
     for flag in groups:
-        p = group_probability(probs, classes, flag["classes"])
-        inside = np.isin(y_true, [classes.index(c) for c in flag["classes"]])
+        p = group_probability(probs, classes, flag.classes)
+        inside = np.isin(y_true, [classes.index(c) for c in flag.classes])
         auc = float(roc_auc_score(inside, p)) if 0 < inside.sum() < len(inside) else None
-        out.append({"name": flag["name"], "classes": flag["classes"], "threshold": flag["threshold"],
-                    **flag_scores(p, inside, flag["threshold"]), "auc": auc})  # fmt: skip
+        out.append({"name": flag.name, "classes": list(flag.classes), "threshold": flag.threshold,
+                    **flag_scores(p, inside, flag.threshold), "auc": auc})  # fmt: skip
     return out
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from medlens.data.index import DatasetIndex
 from medlens.errors import BundleError, DatasetError
+from medlens.folders import BundleFolder, RunRecord
 from medlens.inference.bundle import source_folder
 
 logger = logging.getLogger(__name__)
@@ -46,21 +47,24 @@ def split_index(
 
     if split not in (*SPLITS, "train"):
         raise DatasetError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
-    folder = source_folder(model)
-    for name in ("config.yaml", "split.json"):
-        if not (folder / name).is_file():
-            raise DatasetError(f"{folder}: no {name}, so its {split} split is unknown; give a data folder")
-    ids = load_splits(folder / "split.json")[split]
+    record = RunRecord(source_folder(model))  # a bundle keeps its run's config and split
+    folder = record.path
+    for file in (record.config, record.split):
+        if not file.is_file():
+            raise DatasetError(
+                f"{folder}: no {file.name}, so its {split} split is unknown; give a data folder"
+            )
+    ids = load_splits(record.split)[split]
     if not ids:
-        raise DatasetError(f"{folder / 'split.json'}: the {split} split is empty")
-    data = load_config(folder / "config.yaml").data
+        raise DatasetError(f"{record.split}: the {split} split is empty")
+    data = load_config(record.config).data
     if roots:
         data.root, data.extra_roots = str(roots[0]), [str(r) for r in roots[1:]]
     for root in [data.root, *data.extra_roots, *data.partial_roots]:
         if not Path(root).is_dir():
-            where = folder / "config.yaml"
             raise DatasetError(
-                f"data folder {root} of {where} not found (paths are relative to the working directory)"
+                f"data folder {root} of {record.config} not found (paths are relative to the working "
+                "directory)"
             )
     data.skip_bad = data.skip_bad or skip_bad
     index = discover_all(data)
@@ -89,10 +93,11 @@ def record_evaluation(model: str | Path, name: str, metrics: dict[str, Any], rep
     if not re.fullmatch(r"[A-Za-z0-9_.:-]+", name):
         raise BundleError(f"--record {name!r}: use letters, digits and _ . : - only")
     prefix = name.replace(":", "-")
-    (folder / "plots").mkdir(exist_ok=True)
+    plots = BundleFolder(folder).plots
+    plots.mkdir(exist_ok=True)
     for plot in PLOTS:
         if (report / plot).is_file():
-            shutil.copyfile(report / plot, folder / "plots" / f"{prefix}_{plot}")
+            shutil.copyfile(report / plot, plots / f"{prefix}_{plot}")
     meta = read_bundle_meta(folder)
     meta.setdefault("evaluations", {})[name] = recorded_summary(metrics)
     write_bundle_meta(folder, meta)

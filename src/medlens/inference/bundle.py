@@ -1,6 +1,7 @@
 """Model bundles: a versioned, self-describing folder that a predictor can load without any training code.
 
-Layout (format version 2; version 1 bundles still load)::
+Layout (format version 2; version 1 bundles still load; the file names live in
+:class:`medlens.folders.BundleFolder`)::
 
     <bundle>/
       bundle.json        {"format_version": 2, "name", "spec": ModelSpec, "metrics" (validation),
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from medlens.errors import BundleError
+from medlens.folders import BundleFolder, RunFolder
 from medlens.jsonable import write_json
 from medlens.spec import ModelSpec, trained_flips
 
@@ -34,14 +36,6 @@ logger = logging.getLogger(__name__)
 
 BUNDLE_FORMAT_VERSION = 2
 READABLE_FORMAT_VERSIONS = (1, 2)  # 1: before the evaluations section and the typed spec's new fields
-BUNDLE_JSON = "bundle.json"
-WEIGHTS_FILE = "model.safetensors"
-CARD_FILE = "README.md"
-ONNX_FILE = "model.onnx"
-RUN_SPEC = "model_spec.json"
-RUN_CHECKPOINT = Path("checkpoints") / "best.pt"
-RUN_CONFIG = "config.yaml"
-RUN_LINEAGE = "lineage.json"  # a run started from a bundle (train --from): which one, the epochs behind it
 # Parameter prefixes left by DistributedDataParallel and torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -69,7 +63,7 @@ def _run_spec(run_dir: Path, spec: dict, source: object) -> ModelSpec:
     import yaml
 
     try:
-        config = yaml.safe_load((run_dir / RUN_CONFIG).read_text())
+        config = yaml.safe_load(RunFolder(run_dir).config.read_text())
     except (OSError, yaml.YAMLError):
         config = None
     return ModelSpec.from_dict(_spec_with_flips(spec, config), source)
@@ -135,9 +129,9 @@ class Bundle:
     def load(cls, path: str | Path) -> Bundle:
         """Read ``bundle.json``; BundleError on a missing file, unknown format version or missing weights."""
         path = Path(path)
-        meta_path = path / BUNDLE_JSON
+        meta_path = BundleFolder(path).meta
         if not meta_path.is_file():
-            raise BundleError(f"{path} is not a medlens bundle: {BUNDLE_JSON} is missing")
+            raise BundleError(f"{path} is not a medlens bundle: {BundleFolder.META} is missing")
         meta = _read_json(meta_path)
         version = meta.get("format_version")
         if version not in READABLE_FORMAT_VERSIONS:
@@ -149,8 +143,8 @@ class Bundle:
             )
         if not isinstance(meta.get("spec"), dict):
             raise BundleError(f"{meta_path}: the 'spec' section is missing")
-        if not (path / WEIGHTS_FILE).is_file():
-            raise BundleError(f"{path}: {WEIGHTS_FILE} is missing")
+        if not BundleFolder(path).weights.is_file():
+            raise BundleError(f"{path}: {BundleFolder.WEIGHTS} is missing")
         return cls(
             path=path,
             name=str(meta.get("name") or path.name),
@@ -171,30 +165,36 @@ class Bundle:
         return self.spec.task.value
 
     @property
+    def folder(self) -> BundleFolder:
+        return BundleFolder(self.path)
+
+    @property
     def weights_path(self) -> Path:
-        return self.path / WEIGHTS_FILE
+        return self.folder.weights
 
     @property
     def onnx_path(self) -> Path:
-        return self.path / ONNX_FILE
+        return self.folder.onnx
 
     def verify(self) -> None:
         """Check the files listed in ``bundle.json`` against their sha256; BundleError names a bad one."""
         for rel, expected in self.files.items():
             file = self.path / rel
             if not file.is_file():
-                raise BundleError(f"{self.path}: {rel} is listed in {BUNDLE_JSON} but missing")
+                raise BundleError(f"{self.path}: {rel} is listed in {BundleFolder.META} but missing")
             if sha256_file(file) != expected:
-                raise BundleError(f"{file}: sha256 does not match {BUNDLE_JSON} (file changed or corrupt)")
+                raise BundleError(
+                    f"{file}: sha256 does not match {BundleFolder.META} (file changed or corrupt)"
+                )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The weights as fp32 tensors (fp16 storage is widened); checks the sha256 when recorded."""
         from safetensors.torch import load_file
 
-        expected = self.files.get(WEIGHTS_FILE)
+        expected = self.files.get(BundleFolder.WEIGHTS)
         if expected and sha256_file(self.weights_path) != expected:
             raise BundleError(
-                f"{self.weights_path}: sha256 does not match {BUNDLE_JSON} (file changed or corrupt)"
+                f"{self.weights_path}: sha256 does not match {BundleFolder.META} (file changed or corrupt)"
             )
         try:
             state = load_file(str(self.weights_path), device="cpu")
@@ -209,18 +209,17 @@ class Bundle:
     def register_file(self, rel: str) -> None:
         """Record (or refresh) the sha256 of a file added after creation, e.g. ``model.onnx``."""
         self.files[rel] = sha256_file(self.path / rel)
-        meta = _read_json(self.path / BUNDLE_JSON)
+        meta = _read_json(self.folder.meta)
         meta["files"] = self.files
-        write_json(self.path / BUNDLE_JSON, meta)
+        write_json(self.folder.meta, meta)
 
 
 def is_bundle(path: str | Path | Bundle) -> bool:
-    return isinstance(path, Bundle) or (Path(path) / BUNDLE_JSON).is_file()
+    return isinstance(path, Bundle) or BundleFolder(path).is_bundle()
 
 
 def is_run_folder(path: str | Path) -> bool:
-    path = Path(path)
-    return (path / RUN_SPEC).is_file() and (path / RUN_CHECKPOINT).is_file()
+    return RunFolder(path).is_run()
 
 
 def list_bundles(models_dir: str | Path) -> list[Bundle]:
@@ -249,12 +248,12 @@ def _read_checkpoint(path: Path) -> dict:
 
 def read_run(run_dir: str | Path) -> tuple[ModelSpec, dict]:
     """``(spec, checkpoint)`` of a training run folder; BundleError naming the missing file."""
-    run_dir = Path(run_dir)
-    for rel in (RUN_SPEC, RUN_CHECKPOINT):
-        if not (run_dir / rel).is_file():
-            raise BundleError(f"{run_dir} is not a medlens run folder: {rel} is missing")
-    spec = _run_spec(run_dir, _read_json(run_dir / RUN_SPEC), run_dir / RUN_SPEC)
-    return spec, _read_checkpoint(run_dir / RUN_CHECKPOINT)
+    run = RunFolder(run_dir)
+    for rel in (run.SPEC, run.BEST):
+        if not (run.path / rel).is_file():
+            raise BundleError(f"{run.path} is not a medlens run folder: {rel} is missing")
+    spec = _run_spec(run.path, _read_json(run.spec), run.spec)
+    return spec, _read_checkpoint(run.best)
 
 
 def source_kind(source: str | Path | Bundle) -> str:
@@ -265,10 +264,10 @@ def source_kind(source: str | Path | Bundle) -> str:
     path = Path(source)
     if path.is_file() and path.suffix in (".pt", ".pth"):
         return "checkpoint"
-    if path.is_dir() and (path / RUN_SPEC).is_file():
+    if path.is_dir() and RunFolder(path).spec.is_file():
         return "run"
-    run = f"{RUN_SPEC} + {RUN_CHECKPOINT.as_posix()}"
-    raise BundleError(f"{path} is neither a bundle ({BUNDLE_JSON}) nor a run folder ({run})")
+    run = f"{RunFolder.SPEC} + {RunFolder.BEST}"
+    raise BundleError(f"{path} is neither a bundle ({BundleFolder.META}) nor a run folder ({run})")
 
 
 def _as_bundle(source: str | Path | Bundle) -> Bundle:
@@ -281,7 +280,7 @@ def read_spec(source: str | Path | Bundle) -> ModelSpec:
     if kind == "bundle":
         return _as_bundle(source).spec
     path = Path(source)
-    spec_file = path.parent.parent / RUN_SPEC if kind == "checkpoint" else path / RUN_SPEC
+    spec_file = RunFolder(path.parent.parent if kind == "checkpoint" else path).spec
     if spec_file.is_file():  # the run's final spec (with calibration and decisions) comes first
         return _run_spec(spec_file.parent, _read_json(spec_file), spec_file)
     spec = _read_checkpoint(path).get("model_spec")
@@ -296,9 +295,9 @@ def load_model_source(source: str | Path | Bundle) -> tuple[nn.Module, ModelSpec
     if kind == "bundle":
         bundle = _as_bundle(source)
         return bundle.build_model(), bundle.spec
-    checkpoint = Path(source) if kind == "checkpoint" else Path(source) / RUN_CHECKPOINT
+    checkpoint = Path(source) if kind == "checkpoint" else RunFolder(source).best
     if not checkpoint.is_file():
-        raise BundleError(f"{source} is not a medlens run folder: {RUN_CHECKPOINT.as_posix()} is missing")
+        raise BundleError(f"{source} is not a medlens run folder: {RunFolder.BEST} is missing")
     spec = read_spec(source)
     return _load_into(build_from_spec(spec), _read_checkpoint(checkpoint)["model"], checkpoint), spec
 
@@ -316,7 +315,7 @@ def weights_file(source: str | Path | Bundle) -> Path:
     kind = source_kind(source)
     if kind == "bundle":
         return _as_bundle(source).weights_path
-    return Path(source) if kind == "checkpoint" else Path(source) / RUN_CHECKPOINT
+    return Path(source) if kind == "checkpoint" else RunFolder(source).best
 
 
 def source_name(source: str | Path | Bundle) -> str:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from medlens.errors import MedlensError
-from medlens.spec import Mode, Task
+from medlens.folders import BundleFolder
+from medlens.spec import Mode, ModelSpec
 
 _DEFAULT_INTENDED_USE = (
     "Research and teaching: {task} of 2D images like those it was trained on ({data}). It is not a medical "
@@ -47,23 +48,23 @@ def _fmt(value: float | int) -> str:
 
 
 def _card_sections(meta: dict) -> dict[str, str]:
-    spec, training = meta["spec"], meta["training"]
-    size = "x".join(str(s) for s in spec.get("input_size", []))
+    spec, training = ModelSpec.from_dict(meta["spec"], BundleFolder.META), meta["training"]
+    size = "x".join(str(s) for s in spec.input_size)
     data = ", ".join(training.get("data_roots") or []) or "unrecorded data"
     sections = {
         "Description": (
-            f"A medlens {spec['task']} model ({spec.get('mode', '')}): `{spec['arch']}`"
-            + (f" with a `{spec['encoder']}` encoder" if spec["task"] == Task.SEGMENTATION else "")
-            + f", input {size}, {spec['in_channels']} channel(s). "
-            + f"Classes: {', '.join(spec.get('classes', []))}."
+            f"A medlens {spec.task} model ({spec.mode}): `{spec.arch}`"
+            + (f" with a `{spec.encoder}` encoder" if spec.is_segmentation else "")
+            + f", input {size}, {spec.in_channels} channel(s). "
+            + f"Classes: {', '.join(spec.classes)}."
         ),
-        "Intended use": _DEFAULT_INTENDED_USE.format(task=spec["task"], data=data),
+        "Intended use": _DEFAULT_INTENDED_USE.format(task=spec.task, data=data),
     }
     splits = ", ".join(f"{k} {v}" for k, v in (training.get("split_sizes") or {}).items()) or "unrecorded"
     sections["Data"] = (
         f"- Data: {data}\n- Split (images): {splits}\n"
         f"- Epochs trained: {training.get('epochs_trained')}; best epoch: {training.get('best_epoch')}\n"
-        f"- Normalisation: mean {spec.get('mean')}, std {spec.get('std')}"
+        f"- Normalisation: mean {spec.mean}, std {spec.std}"
     )
     if meta.get("tta_choice"):
         c = meta["tta_choice"]
@@ -110,16 +111,16 @@ def _ci(metrics: dict, key: str) -> str:
     return f"{value:.3f}"
 
 
-def _rows_segmentation(spec: dict, sources: list[str]) -> list[tuple[str, str, str | None]]:
+def _rows_segmentation(spec: ModelSpec, sources: list[str]) -> list[tuple[str, str, str | None]]:
     """(label, metric key, sub-dict key) of each row of a segmentation model's evaluation table."""
     rows = [(k, k, None) for k in ("dice", "iou", "hd95", "sensitivity", "precision")]
     rows += [(f"dice, {s}", "dice", f"by_source.{s}") for s in sources]
-    if spec.get("mode") == Mode.MULTICLASS:
-        rows += [(f"dice, {c}", f"dice_{c}", None) for c in spec.get("classes", [])[1:]]
+    if spec.mode == Mode.MULTICLASS:
+        rows += [(f"dice, {c}", f"dice_{c}", None) for c in spec.classes[1:]]
     return rows
 
 
-def _rows_classification(spec: dict) -> list[tuple[str, str, str | None]]:
+def _rows_classification(spec: ModelSpec) -> list[tuple[str, str, str | None]]:
     """(label, metric key, sub-dict key) of each row of a classifier's evaluation table."""
     rows = [(k.replace("_", " "), k, None) for k in ("accuracy", "balanced_accuracy")]
     rows += [("macro AUC", "auc_macro", None), ("ece", "ece", None)]  # auc_macro: evaluate's key
@@ -127,10 +128,10 @@ def _rows_classification(spec: dict) -> list[tuple[str, str, str | None]]:
         (f"at the shipped rule: {k.replace('_', ' ')}", k, "decision")
         for k in ("accuracy", "balanced_accuracy")
     ]
-    rows += [(f"at the shipped rule: recall of {c}", c, "decision.recall") for c in spec.get("classes", [])]
-    for group in spec.get("groups") or []:
+    rows += [(f"at the shipped rule: recall of {c}", c, "decision.recall") for c in spec.classes]
+    for group in spec.groups or []:
         rows += [
-            (f"{group['name']} flag: {k}", k, f"groups.{group['name']}")
+            (f"{group.name} flag: {k}", k, f"groups.{group.name}")
             for k in ("sensitivity", "specificity", "auc")
         ]
     return rows
@@ -147,10 +148,10 @@ def _part(metrics: dict, path: str | None) -> dict:
     return node if isinstance(node, dict) else {}
 
 
-def _evaluations_section(evaluations: dict, spec: dict) -> str:
+def _evaluations_section(evaluations: dict, spec: ModelSpec) -> str:
     """The validation / test / external figures side by side (``medlens evaluate --record``)."""
     names, runs = list(evaluations), list(evaluations.values())
-    if spec["task"] == Task.SEGMENTATION:
+    if spec.is_segmentation:
         sources = sorted({s for m in runs for s in (m.get("by_source") or {})})
         rows = _rows_segmentation(spec, sources)
     else:

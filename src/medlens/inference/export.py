@@ -26,10 +26,9 @@ import torch
 from torch import nn
 
 from medlens.errors import BundleError
+from medlens.folders import BundleFolder
 from medlens.home import medlens_home
 from medlens.inference.bundle import (
-    ONNX_FILE,
-    WEIGHTS_FILE,
     Bundle,
     is_bundle,
     load_model_source,
@@ -144,7 +143,7 @@ def check_parity(path: str | Path, model: nn.Module, spec: ModelSpec, seed: int 
 
 def default_onnx_path(source: str | Path | Bundle) -> Path:
     """``<bundle or run folder>/model.onnx``."""
-    return source_folder(source) / ONNX_FILE
+    return source_folder(source) / BundleFolder.ONNX
 
 
 EXPORT_FORMATS = ("onnx",)
@@ -197,7 +196,7 @@ def export_onnx(
     if bundle is None and is_bundle(source_folder(bundle_or_run)):
         bundle = Bundle.load(source_folder(bundle_or_run))
     if bundle is not None and path.resolve() == bundle.onnx_path.resolve():
-        bundle.register_file(ONNX_FILE)
+        bundle.register_file(BundleFolder.ONNX)
     logger.info(
         "exported %s to %s (max |diff| %s over %d samples; features output: %s)",
         source_name(bundle_or_run), path, diff, n, cam_weights is not None,
@@ -210,7 +209,7 @@ def weights_sha256(source: str | Path | Bundle) -> str:
     in its ``bundle.json``)."""
     if isinstance(source, Bundle) or is_bundle(source):
         bundle = source if isinstance(source, Bundle) else Bundle.load(source)
-        return bundle.files.get(WEIGHTS_FILE) or sha256_file(bundle.weights_path)
+        return bundle.files.get(BundleFolder.WEIGHTS) or sha256_file(bundle.weights_path)
     return sha256_file(weights_file(source))
 
 
@@ -250,7 +249,7 @@ def ensure_onnx(source: str | Path | Bundle) -> Path:
     local = default_onnx_path(source)
     if _is_current(local, source):
         return local
-    cached = onnx_cache_dir(source) / ONNX_FILE
+    cached = onnx_cache_dir(source) / BundleFolder.ONNX
     if cached.is_file() and _fits(cached, read_spec(source)):
         return cached
     return export_onnx(source, out=cached)["path"]

@@ -31,7 +31,7 @@ from PIL import Image
 from scipy import ndimage
 
 from medlens.inference.postprocess import bounding_box, keep_largest_component
-from medlens.spec import GuideMode, parse_enum
+from medlens.spec import GuideMode
 
 logger = logging.getLogger(__name__)
 
@@ -91,35 +91,38 @@ def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool = False) -> 
 
 
 def guide_one(
-    image: np.ndarray, mask: np.ndarray, mode: str, size: tuple[int, int], margin: float = DEFAULT_MARGIN
+    image: np.ndarray,
+    mask: np.ndarray,
+    mode: GuideMode,
+    size: tuple[int, int],
+    margin: float = DEFAULT_MARGIN,
 ) -> np.ndarray:
     """Guided input of one image.
 
     Args:
         image: ``(H, W, C)`` uint8, ``C`` in {1, 3} (a ``(H, W)`` array is taken as one channel).
         mask: ``(H, W)`` uint8 predicted mask (non-zero = region).
-        mode: a :class:`medlens.spec.GuideMode` value.
+        mode: how the segmentation guides the classifier.
         size: output ``(H, W)``.
     Returns:
         ``(size[0], size[1], C)`` uint8 for ``"crop"`` and ``"field"``, ``(size[0], size[1], C + 1)`` for the
         others.
     """
-    guide = parse_enum(GuideMode, mode, "guide mode")
     image = image[..., None] if image.ndim == 2 else image
     if mask.shape[:2] != image.shape[:2]:
         raise ValueError(f"mask shape {mask.shape[:2]} does not match image shape {image.shape[:2]}")
     fg = (np.asarray(mask) > 0).astype(np.uint8) * 255
-    if guide.crops:
+    if mode.crops:
         box = crop_box(fg, margin)
         if box is not None:
             image, fg = _crop(image, *box), _crop(fg, *box)
-    if guide is GuideMode.FIELD and fg.any():
+    if mode is GuideMode.FIELD and fg.any():
         reach = FIELD_MARGIN * max(fg.shape)
         near = ndimage.distance_transform_edt(fg == 0) <= reach
         image = np.where(near[..., None], image, 0).astype(np.uint8)
     out = _resize(image, size)
     out = out[..., None] if out.ndim == 2 else out
-    if not guide.extra_channels:
+    if not mode.extra_channels:
         return np.ascontiguousarray(out)
     return np.concatenate([out, _resize(fg, size, nearest=True)[..., None]], axis=-1)
 
@@ -127,7 +130,7 @@ def guide_one(
 def guide_inputs(
     images: Sequence[np.ndarray],
     seg: MaskPredictor | None,
-    mode: str,
+    mode: GuideMode,
     size: tuple[int, int],
     masks: Sequence[np.ndarray] | None = None,
     margin: float = DEFAULT_MARGIN,
@@ -137,14 +140,14 @@ def guide_inputs(
     Args:
         images: ``(H, W, C)`` uint8 images (sizes may differ).
         seg: segmentation predictor giving each image's ``(H, W)`` mask; may be None when ``masks`` are given.
-        mode: ``"crop"``, ``"channel"``, ``"both"`` or ``"field"`` (`UnknownNameError` otherwise).
+        mode: how the segmentation guides the classifier (crop, mask channel, both, or field: crop and blank
+            what lies far from the region).
         size: output ``(H, W)``, usually the classifier's input size.
         masks: precomputed masks (e.g. the pipeline's post-processed segmentation); skips ``seg``.
         margin: crop margin per side as a fraction of the region's longer side.
     Returns:
-        One ``(size[0], size[1], C')`` uint8 array per image, ``C'`` = ``C`` (crop) or ``C + 1``.
+        One ``(size[0], size[1], C')`` uint8 array per image, ``C'`` = ``C`` (crop, field) or ``C + 1``.
     """
-    guide = parse_enum(GuideMode, mode, "guide mode")
     if masks is None:
         if seg is None:
             raise ValueError("guide_inputs needs a segmentation predictor or precomputed masks")
@@ -152,7 +155,7 @@ def guide_inputs(
     if len(masks) != len(images):
         raise ValueError(f"{len(images)} images but {len(masks)} masks")
     empty = sum(1 for m in masks if not np.any(m))
-    if empty and guide.crops:
+    if empty and mode.crops:
         logger.info(
             "guided inputs: no region found in %d of %d images; using the whole image", empty, len(images)
         )

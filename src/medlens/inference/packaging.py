@@ -12,14 +12,9 @@ from pathlib import Path
 import torch
 
 from medlens.errors import BundleError
+from medlens.folders import BundleFolder, RunFolder
 from medlens.inference.bundle import (
     BUNDLE_FORMAT_VERSION,
-    BUNDLE_JSON,
-    CARD_FILE,
-    ONNX_FILE,
-    RUN_CHECKPOINT,
-    RUN_LINEAGE,
-    WEIGHTS_FILE,
     _load_into,
     _read_json,
     build_from_spec,
@@ -33,19 +28,6 @@ from medlens.jsonable import write_json
 
 logger = logging.getLogger(__name__)
 
-# Run-folder files copied into a bundle when present (provenance for the model card and for re-training).
-_RUN_EXTRAS = (
-    "config.yaml",
-    "plan.json",
-    "fingerprint.json",
-    "val_metrics.json",
-    "test_metrics.json",
-    "split.json",
-    RUN_LINEAGE,
-    "metrics.csv",
-    "curves.png",
-)
-
 
 def _storage_state(state: dict[str, torch.Tensor], fp16: bool) -> dict[str, torch.Tensor]:
     out = {}
@@ -58,22 +40,22 @@ def _storage_state(state: dict[str, torch.Tensor], fp16: bool) -> dict[str, torc
     return out
 
 
-def _training_summary(run_dir: Path, ckpt: dict) -> dict:
+def _training_summary(run: RunFolder, ckpt: dict) -> dict:
     import yaml
 
     config: dict = {}
-    if (run_dir / "config.yaml").is_file():
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    if run.config.is_file():
+        config = yaml.safe_load(run.config.read_text()) or {}
     data = config.get("data") or {}
-    splits = _read_json(run_dir / "split.json") if (run_dir / "split.json").is_file() else {}
+    splits = _read_json(run.split) if run.split.is_file() else {}
     epochs = None
-    if (run_dir / "metrics.csv").is_file():
-        epochs = max(0, len((run_dir / "metrics.csv").read_text().strip().splitlines()) - 1)
-    lineage = _read_json(run_dir / RUN_LINEAGE) if (run_dir / RUN_LINEAGE).is_file() else None
+    if run.metrics_csv.is_file():
+        epochs = max(0, len(run.metrics_csv.read_text().strip().splitlines()) - 1)
+    lineage = _read_json(run.lineage) if run.lineage.is_file() else None
     if lineage is not None:  # the epochs in these weights: the bundles it started from, then this run
         lineage["epochs_total"] = int(lineage.get("epochs_before") or 0) + int(epochs or 0)
     return {
-        "run_name": run_dir.name,
+        "run_name": run.path.name,
         "data_roots": [r for r in [data.get("root"), *(data.get("extra_roots") or [])] if r],
         "split_sizes": {k: len(v) for k, v in splits.items() if isinstance(v, list)},
         "epochs_trained": epochs,
@@ -84,12 +66,13 @@ def _training_summary(run_dir: Path, ckpt: dict) -> dict:
     }
 
 
-def _copy_extras(run_dir: Path, out_dir: Path) -> None:
-    for rel in _RUN_EXTRAS:
-        if (run_dir / rel).is_file():
-            shutil.copy2(run_dir / rel, out_dir / rel)
-    if (run_dir / "plots").is_dir():
-        shutil.copytree(run_dir / "plots", out_dir / "plots", dirs_exist_ok=True)
+def _copy_record(run: RunFolder, bundle: BundleFolder) -> None:
+    """The run's record (config, plan, split, metrics, plots) into the bundle, when present."""
+    for rel in RunFolder.COPIED:
+        if (run.path / rel).is_file():
+            shutil.copy2(run.path / rel, bundle.path / rel)
+    if run.plots.is_dir():
+        shutil.copytree(run.plots, bundle.plots, dirs_exist_ok=True)
 
 
 def _prepare_out_dir(out_dir: Path) -> None:
@@ -100,26 +83,27 @@ def _prepare_out_dir(out_dir: Path) -> None:
                 f"{out_dir} exists, is not empty and is not a bundle; refusing to write into it"
             )
         try:
-            old = json.loads((out_dir / BUNDLE_JSON).read_text()).get("files") or {}
+            old = json.loads(BundleFolder(out_dir).meta.read_text()).get("files") or {}
         except (OSError, json.JSONDecodeError, AttributeError):
             old = {}
-        for rel in [*old, ONNX_FILE, BUNDLE_JSON]:
+        for rel in [*old, BundleFolder.ONNX, BundleFolder.META]:
             (out_dir / rel).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
 def write_bundle_meta(out_dir: Path, meta: dict) -> list[Path]:
     """(Re)write a bundle's model card and ``bundle.json`` with every file's sha256; returns the files."""
-    write_model_card(out_dir / CARD_FILE, meta, meta.get("card"))
-    files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p.name != BUNDLE_JSON)
+    bundle = BundleFolder(out_dir)
+    write_model_card(bundle.card, meta, meta.get("card"))
+    files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p.name != bundle.META)
     meta["files"] = {p.relative_to(out_dir).as_posix(): sha256_file(p) for p in files}
-    write_json(out_dir / BUNDLE_JSON, meta)
+    write_json(bundle.meta, meta)
     return files
 
 
 def read_bundle_meta(path: str | Path) -> dict:
     """The raw ``bundle.json`` of a bundle folder."""
-    return _read_json(Path(path) / BUNDLE_JSON)
+    return _read_json(BundleFolder(path).meta)
 
 
 def make_bundle(
@@ -139,19 +123,19 @@ def make_bundle(
 
     import medlens
 
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    spec, ckpt = read_run(run_dir)
-    name = name or out_dir.name
-    _prepare_out_dir(out_dir)
+    run, bundle = RunFolder(run_dir), BundleFolder(out_dir)
+    spec, ckpt = read_run(run.path)
+    name = name or bundle.path.name
+    _prepare_out_dir(bundle.path)
     # Fail before writing anything when the checkpoint does not fit its spec.
-    _load_into(build_from_spec(spec), ckpt["model"], run_dir / RUN_CHECKPOINT)
+    _load_into(build_from_spec(spec), ckpt["model"], run.best)
     save_file(
         _storage_state(ckpt["model"], fp16),
-        str(out_dir / WEIGHTS_FILE),
+        str(bundle.weights),
         metadata={"format_version": str(BUNDLE_FORMAT_VERSION), "dtype": "float16" if fp16 else "float32"},
     )
-    _copy_extras(run_dir, out_dir)
-    metrics = _read_json(run_dir / "val_metrics.json") if (run_dir / "val_metrics.json").is_file() else {}
+    _copy_record(run, bundle)
+    metrics = _read_json(run.val_metrics) if run.val_metrics.is_file() else {}
     if isinstance(card, str) and card.strip():
         card = {"Notes": card.strip()}
     meta = {
@@ -160,11 +144,11 @@ def make_bundle(
         "spec": spec.to_dict(),
         "metrics": metrics,
         "evaluations": {},
-        "training": _training_summary(run_dir, ckpt),
+        "training": _training_summary(run, ckpt),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "medlens_version": medlens.__version__,
         "card": card or {},
     }
-    files = write_bundle_meta(out_dir, meta)
-    logger.info("bundle %r written to %s (%d files)", name, out_dir, len(files))
-    return out_dir
+    files = write_bundle_meta(bundle.path, meta)
+    logger.info("bundle %r written to %s (%d files)", name, bundle.path, len(files))
+    return bundle.path

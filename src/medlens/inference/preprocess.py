@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from medlens.errors import MedlensError
-from medlens.spec import ModelSpec
+from medlens.spec import IMAGE_CHANNELS, ModelSpec
 
 
 def ensure_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -26,7 +26,7 @@ def ensure_channels(image: np.ndarray, channels: int) -> np.ndarray:
         return image
     if image.shape[2] == 4:
         image = image[..., :3]
-    if image.shape[2] not in (1, 3) or channels not in (1, 3):
+    if image.shape[2] not in IMAGE_CHANNELS or channels not in IMAGE_CHANNELS:
         raise MedlensError(
             f"cannot convert a {image.shape[2]}-channel image to the {channels} the model expects"
         )

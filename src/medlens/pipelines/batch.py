@@ -235,7 +235,7 @@ def _predict_classification(predictor, batch, out: Path, options: dict) -> list[
             "probabilities": probabilities,
             "uncertainty": unc,
             "image_size": list(image.shape[:2]),
-            "decision": predictor.spec.decision,
+            "decision": predictor.spec.decision.to_dict() if predictor.spec.decision else None,
             "temperature": predictor.temperature,
         }
         write_json(out / f"{stem}.json", payload)

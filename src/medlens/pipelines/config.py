@@ -35,7 +35,7 @@ import logging
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -45,7 +45,7 @@ from medlens.pipelines.advice import AdviceConfig, ScopeConfig
 from medlens.pipelines.dicom_seg import segment_types
 from medlens.pipelines.features import get_feature
 from medlens.pipelines.modality import ModalityConfig
-from medlens.spec import GUIDE_MODES
+from medlens.spec import GUIDE_MODES, GuideMode
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class SegmenterConfig:
 @dataclass
 class ClassifierConfig:
     bundle: str
-    guided: str | bool | None = None  # a guide mode, False = not guided, None = as the bundle's spec says
+    guided: GuideMode | Literal[False] | None = None  # False = not guided, None = as the bundle's spec says
     gradcam: bool = True
     learnt_from: dict[str, str] = field(default_factory=dict)  # class code -> the films it was learnt from
 
@@ -225,8 +225,10 @@ def _classifier(raw: Any, source: str) -> ClassifierConfig | None:
         raise ConfigError(f"{source}: 'classifier' must be a mapping")
     _check_keys(raw, CLASSIFIER_KEYS, source, "classifier")
     guided = raw.get("guided")
-    if guided is not None and guided is not False and guided not in GUIDE_MODES:
-        raise ConfigError(f"{source}: classifier.guided must be false or one of {', '.join(GUIDE_MODES)}")
+    if guided is not None and guided is not False:
+        if guided not in GUIDE_MODES:
+            raise ConfigError(f"{source}: classifier.guided must be false or one of {', '.join(GUIDE_MODES)}")
+        guided = GuideMode(guided)
     return ClassifierConfig(
         bundle=_bundle_name(raw, source, "classifier"),
         guided=guided,

@@ -11,10 +11,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from medlens.errors import BundleError
+from medlens.spec import ClassGroup
 
 
 def group_scores(
-    probabilities: Mapping[str, float], groups: Sequence[Mapping[str, Any]] | None
+    probabilities: Mapping[str, float], groups: Sequence[ClassGroup] | None
 ) -> list[dict[str, Any]]:
     """One entry per group: ``{"name", "classes", "probability", "threshold", "flagged", "target_sensitivity",
     "sensitivity", "specificity"}`` (the last three as measured on validation; None when not recorded).
@@ -24,22 +25,24 @@ def group_scores(
     """
     out = []
     for group in groups or []:
-        missing = [c for c in group["classes"] if c not in probabilities]
+        missing = [c for c in group.classes if c not in probabilities]
         if missing:
             raise BundleError(
-                f"class group {group['name']!r} names {missing}, which are not classes of the classifier "
+                f"class group {group.name!r} names {missing}, which are not classes of the classifier "
                 f"({', '.join(probabilities)})"
             )
-        p = float(sum(probabilities[c] for c in group["classes"]))
-        threshold = float(group["threshold"])
+        p = float(sum(probabilities[c] for c in group.classes))
+        threshold = float(group.threshold)
         out.append(
             {
-                "name": str(group["name"]),
-                "classes": list(group["classes"]),
+                "name": str(group.name),
+                "classes": list(group.classes),
                 "probability": round(p, 6),
                 "threshold": threshold,
                 "flagged": p >= threshold,
-                **{k: group.get(k) for k in ("target_sensitivity", "sensitivity", "specificity")},
+                "target_sensitivity": group.target_sensitivity,
+                "sensitivity": group.sensitivity,
+                "specificity": group.specificity,
             }
         )
     return out

@@ -52,7 +52,7 @@ from medlens.pipelines.modality import (
 )
 from medlens.pipelines.overlay import draw_overlay
 from medlens.pipelines.stages import StageTimer, as_image, enhance_contrast, find_bundle, resolve_guide
-from medlens.spec import GuideMode, Mode
+from medlens.spec import Mode
 
 if TYPE_CHECKING:
     from medlens.pipelines.serving import Prefetched
@@ -349,7 +349,7 @@ class Pipeline:
                 cam = clf.cam(features, index)
             else:
                 cam = gradcam(clf.model, clf.preprocess([cls_input]), class_index=index)
-            box = crop_box(raw_mask) if self.guide_mode and GuideMode(self.guide_mode).crops else None
+            box = crop_box(raw_mask) if self.guide_mode and self.guide_mode.crops else None
             cam = place_cam(cam, box, original.shape[:2])
         elif self.segmenter is not None and cfg.segmenter.gradcam and self.classifier is None:
             cam = gradcam(self.segmenter.model, self.segmenter.preprocess([work]))

@@ -16,7 +16,7 @@ import numpy as np
 from medlens.data.io import ImageRecord
 from medlens.errors import BundleError, ConfigError, MedlensError
 from medlens.inference.bundle import is_bundle, list_bundles
-from medlens.spec import guide_channels
+from medlens.spec import GuideMode
 
 if TYPE_CHECKING:
     from medlens.pipelines.config import PipelineConfig
@@ -101,27 +101,30 @@ def find_bundle(models_dir: str | Path, name: str) -> Path:
     )
 
 
-def resolve_guide(config: PipelineConfig, segmenter: Any, classifier: Any) -> str | None:
+def resolve_guide(config: PipelineConfig, segmenter: Any, classifier: Any) -> GuideMode | None:
     """A pipeline's guide mode: the YAML's ``classifier.guided`` if given, else the classifier spec's
     ``guide`` (None: not guided); `ConfigError` when the two disagree or the classifier cannot be guided."""
     if classifier is None or config.classifier is None:
         return None
     src, cfg = config.source, config.classifier
     guide = classifier.spec.guide
-    trained = guide.mode.value if guide is not None else None
+    trained = guide.mode if guide is not None else None
     mode = trained if cfg.guided is None else (cfg.guided or None)
     if trained is not None and mode != trained:
+        shown = mode.value if mode else mode
         raise ConfigError(
-            f"{src}: classifier.guided is {mode!r} but {cfg.bundle} was trained with {trained!r}"
+            f"{src}: classifier.guided is {shown!r} but {cfg.bundle} was trained with {trained.value!r}"
         )
     if mode is None:
         return None
     if segmenter is None:
-        raise ConfigError(f"{src}: the classifier {cfg.bundle} needs guided inputs ({mode}); add a segmenter")
-    in_ch = classifier.spec.in_channels
-    if guide_channels(mode) and in_ch not in (2, 4):
         raise ConfigError(
-            f"{src}: guided={mode!r} adds a mask channel but {cfg.bundle} takes {in_ch} channels"
+            f"{src}: the classifier {cfg.bundle} needs guided inputs ({mode.value}); add a segmenter"
+        )
+    in_ch = classifier.spec.in_channels
+    if not mode.fits(in_ch):
+        raise ConfigError(
+            f"{src}: guided={mode.value!r} does not fit {cfg.bundle}, which takes {in_ch} input channels"
         )
     trained_with = Path(guide.bundle).name if guide is not None else ""
     if trained_with and trained_with != config.segmenter.bundle:

@@ -14,6 +14,7 @@ import numpy as np
 from medlens.errors import ConfigError
 from medlens.evaluation.classification_metrics import balanced_accuracy, flag_scores
 from medlens.inference.decisions import group_probability
+from medlens.spec import ClassGroup, PriorDecision
 
 PRIOR_POWERS = np.round(np.linspace(0.0, 1.5, 16), 2)
 
@@ -25,18 +26,15 @@ def prior_weights(class_counts: np.ndarray, tau: float) -> np.ndarray:
     return weights / weights.mean()
 
 
-def fit_prior_decision(probs: np.ndarray, y_true: np.ndarray, class_counts: np.ndarray) -> dict:
-    """The ``{"class_weights", "prior_power"}`` decision that maximises balanced accuracy on ``(N, K)``
-    validation probabilities (the smallest ``tau`` among equals)."""
+def fit_prior_decision(probs: np.ndarray, y_true: np.ndarray, class_counts: np.ndarray) -> PriorDecision:
+    """The prior-corrected rule that maximises balanced accuracy on ``(N, K)`` validation probabilities (the
+    smallest ``tau`` among equals)."""
     scores = [
         balanced_accuracy(y_true, (probs * prior_weights(class_counts, t)).argmax(1)) for t in PRIOR_POWERS
     ]
     tau = float(PRIOR_POWERS[int(np.argmax(scores))])
-    return {
-        "class_weights": [round(float(w), 6) for w in prior_weights(class_counts, tau)],
-        "prior_power": tau,
-        "fitted_on": "val",
-    }
+    weights = tuple(round(float(w), 6) for w in prior_weights(class_counts, tau))
+    return PriorDecision(class_weights=weights, prior_power=tau, fitted_on="val")
 
 
 def fit_group_flags(
@@ -45,7 +43,7 @@ def fit_group_flags(
     classes: list[str],
     groups: dict[str, list[str]],
     sensitivity: float,
-) -> list[dict]:
+) -> list[ClassGroup]:
     """For each named group, the threshold on its summed probability that flags ``sensitivity`` of the
     validation items in the group, with that split's sensitivity and specificity."""
     from medlens.evaluation.calibration import threshold_for_sensitivity
@@ -57,6 +55,6 @@ def fit_group_flags(
         if not inside.any() or inside.all():
             raise ConfigError(f"class group {name!r}: validation needs items inside and outside the group")
         threshold = float(threshold_for_sensitivity(p, inside.astype(np.int64), sensitivity))
-        flag = {"name": name, "classes": list(members), "threshold": threshold}
-        flags.append({**flag, "target_sensitivity": float(sensitivity), **flag_scores(p, inside, threshold)})
+        scores = flag_scores(p, inside, threshold)
+        flags.append(ClassGroup(name, tuple(members), threshold, float(sensitivity), **scores))
     return flags

@@ -23,8 +23,9 @@ from medlens.data.index import DatasetIndex
 from medlens.data.sources import discover_all
 from medlens.data.splits import check_splits, load_splits, make_splits, save_splits
 from medlens.errors import ConfigError, DatasetError
+from medlens.folders import RunFolder
 from medlens.jsonable import write_json
-from medlens.spec import Guide, ModelSpec, Task, guide_channels, trained_flips
+from medlens.spec import Guide, ModelSpec, Task, trained_flips
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def resolve_augment(cfg: TrainConfig, plan: Plan) -> AugmentConfig:
     return cfg.augment.filled(plan.augment)
 
 
-def prepare_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> RunData:
+def prepare_run(cfg: TrainConfig, folder: RunFolder, resume: bool) -> RunData:
     """Discover, plan and split (or, on resume, read plan.json and split.json back); writes the JSON files."""
     index = discover_all(cfg.data, cfg.num_workers or None)
     if len(index) == 0:
@@ -116,25 +117,25 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> RunData:
         from medlens.training.warmstart import align_classes
 
         align_classes(index, cfg)
-    if resume and (run_dir / "split.json").is_file() and (run_dir / "plan.json").is_file():
-        plan, splits = load_plan(run_dir / "plan.json"), load_splits(run_dir / "split.json")
+    if resume and folder.split.is_file() and folder.plan.is_file():
+        plan, splits = load_plan(folder.plan), load_splits(folder.split)
         missing = [i for side in ("train", "val") for i in splits[side] if i not in set(index.ids)]
         if missing:
             raise DatasetError(
-                f"{run_dir / 'split.json'}: {len(missing)} ids are no longer in the data, e.g. {missing[0]!r}"
+                f"{folder.split}: {len(missing)} ids are no longer in the data, e.g. {missing[0]!r}"
             )
-        logger.info("resume: reusing plan.json and split.json of %s", run_dir)
+        logger.info("resume: reusing %s and %s of %s", folder.PLAN, folder.SPLIT, folder.path)
         return RunData(index, plan, splits, decision_indexes(cfg, plan))
     fp = fingerprint(index, seed=cfg.data.split_seed)
-    write_json(run_dir / "fingerprint.json", fp)
+    write_json(folder.fingerprint, fp)
     mode = "multiclass" if cfg.data.task == Task.CLASSIFICATION else cfg.data.mode
     plan = resolve_plan(make_plan(fp, cfg.data.task, mode), cfg)
     if cfg.from_bundle:
         from medlens.training.warmstart import plan_for_start, write_lineage
 
         plan = plan_for_start(plan, cfg)
-        write_lineage(run_dir, cfg)
-    save_plan(plan, run_dir / "plan.json")
+        write_lineage(folder, cfg)
+    save_plan(plan, folder.plan)
     if cfg.data.split_file:  # the user's own split (e.g. by acquisition period), checked against the data
         splits = load_splits(cfg.data.split_file)
         check_splits(splits, index, cfg.data.split_file)
@@ -143,7 +144,7 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> RunData:
             logger.info("%s: %d items are on no side and are not used", cfg.data.split_file, unassigned)
     else:
         splits = make_splits(index, cfg.data.val_fraction, cfg.data.test_fraction, seed=cfg.data.split_seed)
-    save_splits(splits, run_dir / "split.json")
+    save_splits(splits, folder.split)
     return RunData(index, plan, splits, decision_indexes(cfg, plan))
 
 
@@ -222,7 +223,7 @@ def model_spec(cfg: TrainConfig, plan: Plan) -> ModelSpec:
     """``model_spec.json``: everything a predictor needs to rebuild and feed the network. The one place where
     a guide's mask channel joins the image's: input channels, and mean 0 / std 1 for the 0..1 mask."""
     seg = plan.task == Task.SEGMENTATION
-    extra = guide_channels(cfg.guide_mode if cfg.guide_bundle else None)
+    extra = cfg.guide_mode.extra_channels if cfg.guide_bundle else 0
     return ModelSpec(
         task=plan.task,
         mode=plan.mode,

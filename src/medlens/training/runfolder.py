@@ -1,4 +1,5 @@
-"""The run folder on disk: its name, JSON files and metrics.csv (docs/ARCHITECTURE.md, "Run folder")."""
+"""Making a run folder (its name and checks; its layout is :class:`medlens.folders.RunFolder`) and writing
+its metrics.csv."""
 
 from __future__ import annotations
 
@@ -8,13 +9,11 @@ from pathlib import Path
 
 from medlens.config import TrainConfig
 from medlens.errors import ConfigError, MedlensError
+from medlens.folders import RunFolder
 from medlens.spec import Task
 
-LAST = Path("checkpoints") / "last.pt"
-BEST = Path("checkpoints") / "best.pt"
 
-
-def make_run_dir(cfg: TrainConfig, resume: bool) -> Path:
+def make_run_dir(cfg: TrainConfig, resume: bool) -> RunFolder:
     """``<out_dir>/<run_name>``: must hold ``checkpoints/last.pt`` when resuming, and must not otherwise.
 
     ``run_name`` defaults to ``<data folder>-<arch>[-<encoder>]-<YYYYmmdd-HHMMSS>``. A folder left by a start
@@ -23,21 +22,21 @@ def make_run_dir(cfg: TrainConfig, resume: bool) -> Path:
     if resume:
         if not cfg.run_name:
             raise ConfigError("resume: run_name (the run folder) is required")
-        run_dir = Path(cfg.out_dir) / cfg.run_name
-        if not (run_dir / LAST).is_file():
-            raise MedlensError(f"{run_dir}: no {LAST.as_posix()} to resume from")
-        return run_dir
+        folder = RunFolder(Path(cfg.out_dir) / cfg.run_name)
+        if not folder.last.is_file():
+            raise MedlensError(f"{folder.path}: no {RunFolder.LAST} to resume from")
+        return folder
     parts = [Path(cfg.data.root).name or "data", cfg.model.arch]
     parts += [cfg.model.encoder] if cfg.data.task == Task.SEGMENTATION else []
-    run_dir = Path(cfg.out_dir) / (
-        cfg.run_name or "-".join([*parts, datetime.now().strftime("%Y%m%d-%H%M%S")])
+    folder = RunFolder(
+        Path(cfg.out_dir) / (cfg.run_name or "-".join([*parts, datetime.now().strftime("%Y%m%d-%H%M%S")]))
     )
-    if (run_dir / LAST).exists():
+    if folder.last.exists():
         raise ConfigError(
-            f"{run_dir}: a run already exists there; resume it (--resume) or choose another name"
+            f"{folder.path}: a run already exists there; resume it (--resume) or choose another name"
         )
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    return run_dir
+    folder.checkpoints.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def write_metrics_csv(rows: list[dict[str, float]], path: Path) -> None:

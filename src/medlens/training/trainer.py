@@ -1,20 +1,22 @@
-"""The trainer: ``fit()`` reads like the algorithm and calls short hooks (nnU-Net style).
+"""The trainer: ``fit()`` reads like the algorithm and calls short hooks (nnU-Net style), over parts that keep
+their own state (PyTorch Lightning's split):
 
-One class trains segmentation and classification. Hyper-parameters come from the ``TrainConfig`` only; a
-variant overrides one hook. The run folder it writes is self-contained (see docs/ARCHITECTURE.md, "Run
-folder").
+- :class:`~medlens.training.datamodule.DataModule`: the cached splits, the sampler and batch preparation;
+- :class:`~medlens.training.learner.Learner`: network, optimizer, schedule, loss, precision, freezing, step;
+- :class:`~medlens.training.selection.Validator`: validation each epoch and the best epoch so far;
+- :class:`~medlens.training.reports.Reports`: metrics.csv, curves.png and the final val / test reports.
 
-Data path: the train/val splits are cached once as uint8 tensors at the input size (on the GPU when they fit);
-each step indexes a batch out of the cache, converts it to float, augments it (kornia) and normalises it on
-the training device, so no DataLoader or per-step image decoding is involved.
+The trainer itself keeps the loop's state (epoch, history, why it stopped, the time budget) and the
+checkpoints. One class trains segmentation and classification; hyper-parameters come from the
+``TrainConfig`` only. The run folder it writes is self-contained (docs/ARCHITECTURE.md, "Run folder").
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,10 @@ from tqdm.auto import tqdm
 
 from medlens.config import TrainConfig, save_config, validate_config
 from medlens.errors import MedlensError
+from medlens.folders import RunFolder
 from medlens.inference.runtime import resolve_device
 from medlens.jsonable import write_json
-from medlens.spec import Task
+from medlens.spec import ModelSpec
 from medlens.training import batches, distributed
 from medlens.training.checkpoint import (
     load_checkpoint,
@@ -35,21 +38,44 @@ from medlens.training.checkpoint import (
     seed_everything,
     set_rng_state,
 )
+from medlens.training.datamodule import DataModule
 from medlens.training.distributed import DistInfo
+from medlens.training.learner import Learner
 from medlens.training.optim import amp_dtype, precision_name
-from medlens.training.prepare import RunData, cache_split, model_spec, prepare_run, resolve_config
-from medlens.training.reports import ReportsMixin
-from medlens.training.runfolder import BEST, LAST, make_run_dir, write_metrics_csv
-from medlens.training.setup import SetupMixin
+from medlens.training.prepare import model_spec, prepare_run, resolve_config
+from medlens.training.reports import Reports
+from medlens.training.runfolder import make_run_dir
+from medlens.training.selection import Validator
 from medlens.training.validation import dice_iou
 
 logger = logging.getLogger(__name__)
 
-# curves.png is redrawn at most this often during training (matplotlib takes ~1 s), and always at the end
-PLOT_EVERY_S = 30.0
+
+@dataclass
+class TimeBudget:
+    """``max_time_minutes`` of a run (None: no limit), counted from :meth:`restart`."""
+
+    minutes: float | None
+    start: float = field(default_factory=time.monotonic)
+
+    def restart(self) -> None:
+        self.start = time.monotonic()
+
+    def is_up(self) -> bool:
+        return self.minutes is not None and time.monotonic() - self.start > 60.0 * self.minutes
+
+    def epochs_that_fit(self, epoch: int, planned: int, epoch_times: list[float]) -> int:
+        """The epochs a run that has done ``epoch`` of ``planned`` can still complete, judged by the median
+        of its last three epochs (``epoch_times`` in seconds): one epoch slowed by a passing load (an
+        evaluation beside the training) must not halve the run, since the plan is never lengthened again."""
+        if self.minutes is None:
+            return planned
+        left = 60.0 * self.minutes - (time.monotonic() - self.start)
+        per_epoch = float(np.median(epoch_times[-3:]))
+        return min(planned, epoch + int(max(left, 0.0) // max(per_epoch, 1e-3)))
 
 
-class Trainer(SetupMixin, ReportsMixin):
+class Trainer:
     """Train the model a ``TrainConfig`` describes and write its run folder.
 
     Args:
@@ -58,19 +84,25 @@ class Trainer(SetupMixin, ReportsMixin):
         resume: continue ``<out_dir>/<run_name>`` from ``checkpoints/last.pt``.
     """
 
+    # the run folder, the model spec and the parts, built by on_train_start from the run's data
+    folder: RunFolder
+    spec: ModelSpec
+    data: DataModule
+    learner: Learner
+    validator: Validator
+    reports: Reports
+
     def __init__(self, cfg: TrainConfig, dist: DistInfo | None = None, resume: bool = False) -> None:
         self.cfg = validate_config(copy.deepcopy(cfg))
         self.dist = dist or DistInfo()
         self.resume = resume
         self.device = resolve_device(self.cfg.device, self.dist.local_rank if self.dist.enabled else None)
-        self.task = self.cfg.data.task
-        self.score_key = "val_dice" if self.task == Task.SEGMENTATION else "val_balanced_accuracy"
         self.epoch = 0  # completed epochs
-        self.best_score, self.best_epoch, self.bad_epochs = -math.inf, 0, 0
-        self.history: list[dict[str, float]] = []
+        self.planned_epochs = self.cfg.epochs  # fewer when the time budget cannot hold them all
+        self.history: list[dict[str, float]] = []  # one row per epoch (metrics.csv)
         self.stop_reason: str | None = None
-        self.frozen = False
-        self.last_plot = -math.inf
+        self.budget = TimeBudget(self.cfg.max_time_minutes)
+        self.epoch_start = time.monotonic()
 
     # ---------------------------------------------------------------------------------------- the algorithm
     def fit(self) -> Path:
@@ -79,76 +111,66 @@ class Trainer(SetupMixin, ReportsMixin):
         while self.epoch < self.planned_epochs and self.stop_reason is None:
             self.on_epoch_start()
             train_stats = self.train_epoch()
-            val_stats = self.validate() if self.validation_due() else {}
+            val_stats = self.validator.validate() if self.validation_due() else {}
             self.on_epoch_end(train_stats, val_stats)
         self.on_train_end()
-        return self.run_dir
+        return self.folder.path
 
     # ------------------------------------------------------------------------------------------------- hooks
     def on_train_start(self) -> None:
-        """Run folder and data, then network, optimizer, schedule, loss, augmentation; resume state if
-        asked."""
+        """Run folder and data, then the parts (network, optimizer, schedule, loss); resume state if asked."""
         seed_everything(self.cfg.seed)  # the same initial weights on every rank
         self.setup_data()
-        self.build_sampler()
-        self.build_model()
-        self.build_optimizer()
-        self.build_loss()
-        self.build_augmenter()
+        self.learner = Learner(self.cfg, self.spec, self.data.plan, self.data.steps_per_epoch,
+                               self.data.label_sets, self.dist, self.device, self.resume)  # fmt: skip
+        self.validator = Validator(self.data, self.learner)
+        self.reports = Reports(self.folder, self.cfg, self.data, self.learner, self.validator)
         if self.resume:
-            self.load_state(load_checkpoint(self.run_dir / LAST))
+            self.load_state(load_checkpoint(self.folder.last))
         if self.dist.rank:  # every rank draws its own augmentations
             seed_everything(self.cfg.seed + 1000 * self.epoch + self.dist.rank)
-        self.set_frozen(self.epoch < self.cfg.freeze_epochs)
+        self.learner.set_frozen(self.epoch < self.cfg.freeze_epochs, self.epoch)
         self.planned_epochs = self.cfg.epochs
-        self.start_time = time.monotonic()
-        size = "x".join(map(str, self.plan.input_size))
+        self.budget.restart()
+        size = "x".join(map(str, self.data.plan.input_size))
         procs = f", {self.dist.world_size} processes" if self.dist.enabled else ""
         logger.info("training %s on %s%s: %d train / %d val images at %s, batch %d x %d steps, %s",
-                    self.task, self.device, procs, len(self.train_data.ids), len(self.val_data.ids), size,
-                    self.batch_size, self.steps_per_epoch, self.cfg.amp)  # fmt: skip
+                    self.cfg.data.task, self.device, procs, len(self.data.train.ids), len(self.data.val.ids),
+                    size, self.data.batch_size, self.data.steps_per_epoch, self.cfg.amp)  # fmt: skip
 
     def setup_data(self) -> None:
         """Run folder, plan and split (rank 0, shared with all ranks), resolved config.yaml + model_spec.json,
-        and the train/val caches."""
-        self.run_dir: Path = self.on_main(lambda: make_run_dir(self.cfg, self.resume))
-        self.data: RunData = self.on_main(lambda: prepare_run(self.cfg, self.run_dir, self.resume))
-        self.plan = self.data.plan
-        self.cfg = resolve_config(self.cfg, self.plan, self.run_dir)
-        self.amp_dtype = amp_dtype(self.cfg.amp, self.device)
-        self.cfg.amp = precision_name(self.amp_dtype)  # config.yaml records the precision actually used
-        self.spec = model_spec(self.cfg, self.plan)
+        and the data module (train/val caches, sampler)."""
+        self.folder = self.on_main(lambda: make_run_dir(self.cfg, self.resume))
+        run = self.on_main(lambda: prepare_run(self.cfg, self.folder, self.resume))
+        self.cfg = resolve_config(self.cfg, run.plan, self.folder.path)
+        self.cfg.amp = precision_name(amp_dtype(self.cfg.amp, self.device))  # config.yaml: the one used
+        self.spec = model_spec(self.cfg, run.plan)
         if self.dist.is_main:
-            save_config(self.cfg, self.run_dir / "config.yaml")
-            write_json(self.run_dir / "model_spec.json", self.spec.to_dict())
-        self.train_data = cache_split(self.data, "train", self.cfg, self.device)
-        self.val_data = cache_split(self.data, "val", self.cfg, self.device)
+            save_config(self.cfg, self.folder.config)
+            write_json(self.folder.spec, self.spec.to_dict())
+        self.data = DataModule(run, self.cfg, self.spec, self.dist, self.device)
 
     def on_epoch_start(self) -> None:
         """Two-stage fine-tuning: the backbone thaws after ``freeze_epochs``."""
         self.epoch_start = time.monotonic()
-        if self.frozen != (self.epoch < self.cfg.freeze_epochs):
-            self.set_frozen(not self.frozen)
+        if self.learner.frozen != (self.epoch < self.cfg.freeze_epochs):
+            self.learner.set_frozen(not self.learner.frozen, self.epoch)
 
     def train_epoch(self) -> dict[str, float]:
         """One epoch of ``steps_per_epoch`` optimizer steps; returns ``train_loss`` (and ``train_dice``)."""
-        self.model.train()
+        self.learner.model.train()
         totals = torch.zeros(2, dtype=torch.float64, device=self.device)
-        bar = tqdm(
-            self.sampler.epoch(self.epoch),
-            desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
-            leave=False,
-            dynamic_ncols=True,
-            disable=None if self.dist.is_main else True,
-        )
+        bar = tqdm(self.data.sampler.epoch(self.epoch), desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+                   leave=False, dynamic_ncols=True, disable=None if self.dist.is_main else True)  # fmt: skip
         steps = 0
         for steps, idx in enumerate(bar, start=1):
             loss, dice = self.train_step(idx)
             totals += torch.stack([loss.double(), dice.double()])
-            if steps % 10 == 1 or steps == self.steps_per_epoch:
+            if steps % 10 == 1 or steps == self.data.steps_per_epoch:
                 loss_avg, dice_avg = (totals / steps).tolist()
                 bar.set_postfix(
-                    loss=f"{loss_avg:.4f}", **({"dice": f"{dice_avg:.3f}"} if self.is_seg else {})
+                    loss=f"{loss_avg:.4f}", **({"dice": f"{dice_avg:.3f}"} if self.data.is_seg else {})
                 )
             if self.time_is_up():
                 self.stop_reason = f"time budget of {self.cfg.max_time_minutes} min reached"
@@ -158,110 +180,81 @@ class Trainer(SetupMixin, ReportsMixin):
             [*totals.tolist(), steps], self.dist, self.device
         )
         stats = {"train_loss": loss_sum / max(count, 1)}
-        if self.is_seg:
+        if self.data.is_seg:
             stats["train_dice"] = dice_sum / max(count, 1)
         return stats
 
     def train_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward, loss, backward, clip, step (optimizer + LR schedule). Returns detached (loss, batch
-        Dice)."""
-        x, y = self.get_batch(self.train_data, idx, augment=True)
-        target = y
-        if not self.is_seg and (self.cfg.mixup > 0 or self.cfg.cutmix > 0):
-            x, target = batches.mix_batch(x, y, self.plan.num_classes, self.cfg.mixup, self.cfg.cutmix)
-        with self.autocast():
-            logits = self.model(x)
-        loss = self.loss_fn(logits.float(), target)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.cfg.optim.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.optim.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+        """A batch (augmented; mixed for classification when asked) and the learner's step on it. Returns
+        detached (loss, batch Dice)."""
+        x, y = self.data.get_batch(self.data.train, idx, augment=True)
+        target, cfg, plan = y, self.cfg, self.data.plan
+        if not self.data.is_seg and (cfg.mixup > 0 or cfg.cutmix > 0):
+            x, target = batches.mix_batch(x, y, plan.num_classes, cfg.mixup, cfg.cutmix)
+        loss, logits = self.learner.step(x, target)
         with torch.no_grad():
             dice = (
-                dice_iou(logits.detach(), y, self.plan.mode, label_sets=self.label_sets)[0].mean()
-                if self.is_seg
+                dice_iou(logits, y, plan.mode, label_sets=self.data.label_sets)[0].mean()
+                if self.data.is_seg
                 else torch.zeros(())
             )
-        return loss.detach(), dice.to(self.device)
+        return loss, dice.to(self.device)
 
     def on_epoch_end(self, train_stats: dict[str, float], val_stats: dict[str, float]) -> None:
         """Record the epoch, keep the best, save checkpoints, write metrics.csv + curves.png, decide to
         stop."""
         self.epoch += 1
-        lr = max(g["lr"] for g in self.optimizer.param_groups)
-        row = {
-            "epoch": self.epoch,
-            "lr": lr,
-            **train_stats,
-            **val_stats,
-            "time_s": round(time.monotonic() - self.epoch_start, 2),
-        }
+        row = {"epoch": self.epoch, "lr": self.learner.lr, **train_stats, **val_stats,
+               "time_s": round(time.monotonic() - self.epoch_start, 2)}  # fmt: skip
         self.history.append(row)
-        improved = bool(val_stats) and val_stats[self.score_key] > self.best_score
-        if improved:
-            self.best_score, self.best_epoch, self.bad_epochs = val_stats[self.score_key], self.epoch, 0
-        elif val_stats:
-            self.bad_epochs += 1
+        improved = self.validator.record(self.epoch, val_stats)
         self.save_checkpoint(best=improved)
         if self.dist.is_main:
-            self.write_metrics(plot=time.monotonic() - self.last_plot >= PLOT_EVERY_S)
+            self.reports.write_metrics(self.history)
         self.log_epoch(row)
         patience = self.cfg.early_stopping_patience
-        if patience and self.bad_epochs >= patience and self.stop_reason is None:
-            self.stop_reason = f"early stopping: no better {self.score_key} for {patience} validations"
+        if self.validator.patience_spent(patience) and self.stop_reason is None:
+            key = self.validator.score_key
+            self.stop_reason = f"early stopping: no better {key} for {patience} validations"
         self.fit_schedule_to_budget()
 
     def fit_schedule_to_budget(self) -> None:
         """With ``max_time_minutes``, shorten the planned epochs, and the LR schedule with them, to what the
         budget still holds, so that a time-limited run ends its decay instead of being cut off at a high
-        learning rate. An epoch's time is the median of the last three: one epoch slowed by a passing load (an
-        evaluation beside the training) must not halve the run, since the plan is never lengthened again."""
-        budget = self.cfg.max_time_minutes
-        if budget is None or self.stop_reason is not None or self.epoch >= self.planned_epochs:
+        learning rate. An epoch's time is the median of the last three
+        (:meth:`TimeBudget.epochs_that_fit`)."""
+        if self.budget.minutes is None or self.stop_reason is not None or self.epoch >= self.planned_epochs:
             return
-        per_epoch = float(np.median([float(r["time_s"]) for r in self.history[-3:]]))
-        left = 60.0 * budget - (time.monotonic() - self.start_time)
-        fits = self.epoch + int(max(left, 0.0) // max(per_epoch, 1e-3))
-        planned = distributed.broadcast_object(min(self.planned_epochs, fits), self.dist)
+        times = [float(r["time_s"]) for r in self.history]
+        fits = self.budget.epochs_that_fit(self.epoch, self.planned_epochs, times)
+        planned = distributed.broadcast_object(fits, self.dist)
         if planned >= self.planned_epochs:
             return
         if planned <= self.epoch:
-            self.stop_reason = f"time budget of {budget} min holds no further epoch"
+            self.stop_reason = f"time budget of {self.budget.minutes} min holds no further epoch"
             return
         logger.info("time budget of %s min: %d epochs planned instead of %d (about %.0f s each); LR schedule "
-                    "shortened to match", budget, planned, self.planned_epochs, per_epoch)  # fmt: skip
+                    "shortened to match", self.budget.minutes, planned, self.planned_epochs,
+                    max(times[-2:]))  # fmt: skip
         self.planned_epochs = planned
-        self.scheduler.set_total_steps(planned * self.steps_per_epoch)
+        self.learner.scheduler.set_total_steps(planned * self.data.steps_per_epoch)
 
     def on_train_end(self) -> None:
         """Best checkpoint -> final validation metrics (+ calibration for classification), model_spec.json."""
         if self.stop_reason:
             logger.info("stopped after epoch %d: %s", self.epoch, self.stop_reason)
         if self.dist.enabled:
-            if not distributed.parameters_in_sync(self.net, self.dist):
+            if not distributed.parameters_in_sync(self.learner.net, self.dist):
                 raise MedlensError("distributed training: model weights differ across ranks")
             logger.info("weights identical on all %d ranks", self.dist.world_size)
         if self.dist.is_main:
-            self.write_metrics(plot=True)
-            self.final_report()
+            self.reports.write_metrics(self.history, plot=True)
+            self.spec = self.reports.final(self.spec, self.epoch, self.stop_reason)
         distributed.barrier(self.dist)
-        logger.info("run folder: %s (best %s %.4f at epoch %d)", self.run_dir, self.score_key,
-                    self.best_score, self.best_epoch)  # fmt: skip
+        logger.info("run folder: %s (best %s %.4f at epoch %d)", self.folder.path, self.validator.score_key,
+                    self.validator.best_score, self.validator.best_epoch)  # fmt: skip
 
     # ----------------------------------------------------------------------------------------------- helpers
-    @property
-    def is_seg(self) -> bool:
-        return self.task == Task.SEGMENTATION
-
-    @property
-    def label_sets(self) -> list[tuple[int, ...]]:
-        """Merged-class codes of partially labelled sources (data.partial_roots), else []."""
-        return self.data.index.label_sets
-
     def on_main(self, fn: Any) -> Any:
         """Run ``fn`` on rank 0 and hand its result (or its error, as a MedlensError) to every rank."""
         if not self.dist.enabled:
@@ -279,45 +272,32 @@ class Trainer(SetupMixin, ReportsMixin):
         return result[1]
 
     def time_is_up(self) -> bool:
-        budget = self.cfg.max_time_minutes
-        late = budget is not None and time.monotonic() - self.start_time > 60.0 * budget
-        return distributed.any_rank(late, self.dist, self.device) if budget is not None else False
+        if self.budget.minutes is None:
+            return False
+        return distributed.any_rank(self.budget.is_up(), self.dist, self.device)
 
     def validation_due(self) -> bool:
         e = self.epoch + 1
         return e % self.cfg.val_every == 0 or e >= self.planned_epochs or self.stop_reason is not None
 
-    # ---------------------------------------------------------------------------------------- state and files
+    # ------------------------------------------------------------------------------------ state and files
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": distributed.unwrap_model(self.net).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "best_score": self.best_score,
-            "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs,
-            "history": self.history,
-            "rng": rng_state(),
-            "model_spec": self.spec.to_dict(),
-        }
+        """The full state of ``last.pt``: the learner's, the loop's, the selection's and the generators'."""
+        learner = self.learner.state_dict()
+        return {**learner, "epoch": self.epoch, **self.validator.state_dict(), "history": self.history,
+                "rng": rng_state(), "model_spec": self.spec.to_dict()}  # fmt: skip
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         """Restore a last.pt (``--resume``); the schedule is stretched if ``epochs`` grew."""
-        self.net.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scheduler.set_total_steps(self.cfg.epochs * self.steps_per_epoch)
-        if ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.epoch, self.best_score = int(ckpt["epoch"]), float(ckpt["best_score"])
-        self.best_epoch, self.bad_epochs = int(ckpt["best_epoch"]), int(ckpt["bad_epochs"])
+        self.learner.load_state_dict(ckpt)
+        self.epoch = int(ckpt["epoch"])
+        self.validator.load_state_dict(ckpt)
         self.history = [dict(r) for r in ckpt["history"]][: self.epoch]
         if self.dist.is_main:
             set_rng_state(ckpt["rng"])
-        logger.info("resumed %s after epoch %d (best %s %.4f at epoch %d)", self.run_dir, self.epoch,
-                    self.score_key, self.best_score, self.best_epoch)  # fmt: skip
+        v = self.validator
+        logger.info("resumed %s after epoch %d (best %s %.4f at epoch %d)", self.folder.path, self.epoch,
+                    v.score_key, v.best_score, v.best_epoch)  # fmt: skip
 
     def save_checkpoint(self, best: bool) -> None:
         """``checkpoints/last.pt`` (full state) every epoch and ``best.pt`` (weights + spec) on improvement;
@@ -325,24 +305,16 @@ class Trainer(SetupMixin, ReportsMixin):
         if not self.dist.is_main:
             return
         state = self.state_dict()
-        save_checkpoint(state, self.run_dir / LAST)
+        save_checkpoint(state, self.folder.last)
         if best:  # the deployable weights; resuming always starts from last.pt, so no optimizer state here
             keep = ("model", "epoch", "best_score", "best_epoch", "model_spec")
-            save_checkpoint({k: state[k] for k in keep}, self.run_dir / BEST)
-
-    def write_metrics(self, plot: bool) -> None:
-        """metrics.csv and, when ``plot``, curves.png."""
-        from medlens.evaluation.plots import plot_training_curves
-
-        write_metrics_csv(self.history, self.run_dir / "metrics.csv")
-        if plot:
-            plot_training_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
-            self.last_plot = time.monotonic()
+            save_checkpoint({k: state[k] for k in keep}, self.folder.best)
 
     def log_epoch(self, row: dict[str, float]) -> None:
         shown = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("train_", "val_")))
+        v = self.validator
         logger.info("epoch %d/%d: %s (best %.4f @ %d) lr %.2e %.1f s", row["epoch"], self.cfg.epochs, shown,
-                    self.best_score, self.best_epoch, row["lr"], row["time_s"])  # fmt: skip
+                    v.best_score, v.best_epoch, row["lr"], row["time_s"])  # fmt: skip
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:

@@ -16,8 +16,8 @@ import torch
 from medlens.errors import ConfigError
 from medlens.evaluation.classification_metrics import balanced_accuracy, flag_scores
 from medlens.evaluation.metrics import selection_score
-from medlens.inference.decisions import group_probability
-from medlens.spec import Mode, ModelSpec
+from medlens.inference.decisions import apply_decision, group_probability
+from medlens.spec import Decision, Mode, ModelSpec, PriorDecision, ThresholdDecision
 from medlens.training.decisions import fit_group_flags, fit_prior_decision
 
 logger = logging.getLogger(__name__)
@@ -185,7 +185,9 @@ def classification_report(
             fit_group_flags`).
 
     Returns:
-        ``(spec_update, metrics)``: ``{"temperature", "decision", "groups"}`` for ``model_spec.json`` and the
+        ``(spec_update, metrics)``: ``{"temperature", "decision", "groups"}`` (a float, a
+        :class:`~medlens.spec.Decision` or None, a list of :class:`~medlens.spec.ClassGroup` or None) for the
+        model spec, and the
         ``val_metrics.json`` content (``classification_metrics`` of the calibrated probabilities, plus the
         uncalibrated ECE/Brier and, with a decision threshold, its validation sensitivity/specificity).
     """
@@ -220,36 +222,40 @@ def classification_report(
         metrics["decision"] = decision_report(probs, y_true, classes, decision)
     flags = fit_group_flags(probs, y_true, classes, groups, group_sensitivity) if groups else None
     if flags:
-        metrics["groups"] = flags
+        metrics["groups"] = [flag.to_dict() for flag in flags]
     return {"temperature": temperature, "decision": decision, "groups": flags}, metrics
 
 
 def _sensitivity_threshold(
     probs: np.ndarray, y_true: np.ndarray, classes: list[str], configured: str | None, sensitivity: float
-) -> dict:
+) -> ThresholdDecision:
     """The binary rule: the positive class when its probability reaches the threshold of ``sensitivity``."""
     from medlens.evaluation.calibration import threshold_for_sensitivity
 
     pos = positive_class(classes, configured)
     k = classes.index(pos)
     threshold = float(threshold_for_sensitivity(probs[:, k], (y_true == k).astype(np.int64), sensitivity))
-    return {"positive_class": pos, "threshold": threshold, "target_sensitivity": float(sensitivity)}
+    return ThresholdDecision(threshold, positive_class=pos, target_sensitivity=float(sensitivity))
 
 
 def decision_report(
-    probs: np.ndarray, y_true: np.ndarray, classes: list[str], decision: dict, prefix: str = ""
+    probs: np.ndarray, y_true: np.ndarray, classes: list[str], decision: Decision, prefix: str = ""
 ) -> dict:
-    """The rule with its figures on ``probs``: a binary threshold its sensitivity and specificity
-    (``{prefix}sensitivity``...), a prior-corrected rule its balanced accuracy, accuracy and per-class
-    recall."""
-    if "class_weights" in decision:
-        pred = (probs * np.array(decision["class_weights"])).argmax(1)
+    """The rule (its JSON form) with its figures on ``probs``: a binary threshold its sensitivity and
+    specificity (``{prefix}sensitivity``...), a prior-corrected rule its balanced accuracy, accuracy and
+    per-class recall."""
+    if isinstance(decision, PriorDecision):
+        pred = apply_decision(probs, classes, decision)
         recall = per_class_recall(y_true, pred, classes)
-        return {**decision, "balanced_accuracy": balanced_accuracy(y_true, pred),
+        return {**decision.to_dict(), "balanced_accuracy": balanced_accuracy(y_true, pred),
                 "accuracy": float((pred == y_true).mean()), "recall": recall}  # fmt: skip
-    k = classes.index(decision["positive_class"])
-    called, y_pos = probs[:, k] >= decision["threshold"], y_true == k
-    return {**decision, f"{prefix}sensitivity": float(called[y_pos].mean()) if y_pos.any() else None,
+    if not isinstance(decision, ThresholdDecision):
+        raise TypeError(f"not a decision rule: {decision!r}")
+    k = decision.class_index(classes)
+    called, y_pos = probs[:, k] >= decision.threshold, y_true == k
+    rule = decision.to_dict()
+    rule = rule if isinstance(rule, dict) else {"threshold": rule}  # a bare-number rule
+    return {**rule, f"{prefix}sensitivity": float(called[y_pos].mean()) if y_pos.any() else None,
             f"{prefix}specificity": float((~called[~y_pos]).mean()) if (~y_pos).any() else None,
             "accuracy": float((called == y_pos).mean())}  # fmt: skip
 
@@ -274,7 +280,7 @@ def classification_test_report(
     if spec.groups:
         metrics["groups"] = []
         for flag in spec.groups:
-            p = group_probability(probs, classes, flag["classes"])
-            inside = np.isin(y_true, [classes.index(c) for c in flag["classes"]])
-            metrics["groups"].append({**flag, **flag_scores(p, inside, flag["threshold"])})
+            p = group_probability(probs, classes, flag.classes)
+            inside = np.isin(y_true, [classes.index(c) for c in flag.classes])
+            metrics["groups"].append({**flag.to_dict(), **flag_scores(p, inside, flag.threshold)})
     return metrics

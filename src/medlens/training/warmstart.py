@@ -31,7 +31,8 @@ from medlens.config import TrainConfig, load_config
 from medlens.data.fingerprint import Plan
 from medlens.data.index import DatasetIndex
 from medlens.errors import ConfigError
-from medlens.inference.bundle import RUN_CONFIG, RUN_LINEAGE, Bundle, clean_state_dict, sha256_file
+from medlens.folders import BundleFolder, RunFolder
+from medlens.inference.bundle import Bundle, clean_state_dict, sha256_file
 from medlens.jsonable import write_json
 from medlens.models.parts import is_segmentation_model
 from medlens.models.pretrained import zero_init_new_head
@@ -40,7 +41,6 @@ from medlens.spec import Mode, ModelSpec, Task
 logger = logging.getLogger(__name__)
 
 FINE_TUNE_LR_SCALE = 0.1  # new data: a tenth of the bundle's learning rate (the usual fine-tuning default)
-SPLIT_FILE = "split.json"
 
 
 def config_from_bundle(
@@ -59,7 +59,7 @@ def config_from_bundle(
     new data and the bundle's own on its own data.
     """
     bundle = Bundle.load(bundle_path)
-    own_config = Path(bundle.path) / RUN_CONFIG
+    own_config = BundleFolder(bundle.path).config
     base = Path(config_path) if config_path else (own_config if own_config.is_file() else None)
     # what described the bundle's run, not the recipe: its folder, time budget, device and precision, and
     # how it itself was started (this run's flags say that)
@@ -74,7 +74,7 @@ def config_from_bundle(
         for key, empty in own_data.items():
             if not _given(overrides, f"data.{key}"):
                 setattr(cfg.data, key, empty)
-    split = Path(bundle.path) / SPLIT_FILE
+    split = BundleFolder(bundle.path).split
     if same_data and cfg.data.split_file is None and split.is_file():
         cfg.data.split_file = str(split)
         logger.info("--from %s on its own data: reusing its split (%s)", bundle.path, split)
@@ -108,7 +108,7 @@ def _fix_to_weights(cfg: TrainConfig, spec: ModelSpec, user_size: bool) -> None:
     cfg.model.kwargs = dict(spec.model_kwargs)
     cfg.data.in_channels = spec.image_channels
     if spec.guide is not None:
-        cfg.guide_bundle, cfg.guide_mode = spec.guide.bundle, spec.guide.mode.value
+        cfg.guide_bundle, cfg.guide_mode = spec.guide.bundle, spec.guide.mode
     if not user_size:
         cfg.data.input_size = list(spec.input_size)
 
@@ -207,7 +207,7 @@ def epochs_behind(bundle: Bundle) -> int:
     return int(bundle.training.get("epochs_trained") or 0)
 
 
-def write_lineage(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
+def write_lineage(folder: RunFolder, cfg: TrainConfig) -> dict[str, Any]:
     """``lineage.json`` of a run that starts from a bundle: the bundle, its weights' sha256, the epochs behind
     it and its own ancestors (oldest first)."""
     bundle = Bundle.load(cfg.from_bundle)
@@ -224,7 +224,7 @@ def write_lineage(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
         "from": entry,
         "ancestors": [*(parent.get("ancestors") or []), *([parent["from"]] if parent.get("from") else [])],
         "epochs_before": epochs_behind(bundle),
-        "split_reused": cfg.data.split_file == str(Path(cfg.from_bundle) / SPLIT_FILE),
+        "split_reused": cfg.data.split_file == str(BundleFolder(cfg.from_bundle).split),
     }
-    write_json(run_dir / RUN_LINEAGE, lineage)
+    write_json(folder.lineage, lineage)
     return lineage
