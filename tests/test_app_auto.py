@@ -97,3 +97,15 @@ def test_ui_offers_auto_first_and_shows_what_the_check_saw(pipelines, tmp_path):
     # the refusal is a scope finding, as any out-of-scope result's reason is
     assert "- **High:** Out of scope: this does not look like a medical image" in refused
     service.close()
+
+
+def test_api_auto_bad_uploads_are_clear_4xx_and_nothing_is_stored(client):
+    before = client.get("/api/v1/analyses").json()["total"]
+    text = client.post("/api/v1/analyze", files={"file": ("x.png", b"not an image", "image/png")},
+                       data={"pipeline": "auto"})  # fmt: skip
+    corrupt = client.post("/api/v1/analyze", files={"file": ("x.png", png_bytes(marked("dermoscopy"))[:200],
+                          "image/png")}, data={"pipeline": "auto"})  # fmt: skip
+    assert text.status_code == 422 and corrupt.status_code == 422
+    assert client.get("/api/v1/analyses").json()["total"] == before
+    ok = _post(client, marked("dermoscopy"), pipeline="auto", tta="false")  # and it keeps serving
+    assert ok.status_code == 200 and ok.json()["pipeline"] == "skin"
