@@ -7,7 +7,7 @@ import pytest
 
 from medlens.errors import UnknownNameError
 from medlens.inference.guided import crop_box, guide_inputs, guide_one
-from medlens.spec import GuideMode, parse_enum
+from medlens.spec import DEFAULT_GUIDE_MARGIN, Guide, GuideMode, parse_enum
 
 
 class FixedMaskPredictor:
@@ -119,3 +119,19 @@ def test_field_mode_blanks_what_lies_away_from_the_region():
     as_crop = guide_one(img, empty, GuideMode.CROP, (90, 90))
     assert np.array_equal(guide_one(img, empty, GuideMode.FIELD, (90, 90)), as_crop)
     assert GuideMode.FIELD.extra_channels == 0 and GuideMode.FIELD.crops and GuideMode.FIELD.fits(3)
+
+
+def test_guide_margin_sets_the_crop_and_round_trips_through_the_spec():
+    m = np.zeros((60, 80), np.uint8)
+    m[20:30, 30:50] = 1  # a 20-wide box
+    assert crop_box(m, 0.05)[2] == 22  # 20 * (1 + 2 * 0.05)
+    assert crop_box(m, 0.0)[2] == 20
+    img = gradient_image()
+    np.testing.assert_array_equal(guide_one(img, m, GuideMode.CROP, (22, 22), margin=0.05), img[14:36, 29:51])
+    old = Guide(**{"bundle": "b", "mode": "crop"})  # a bundle written before the margin was a field
+    assert old.margin == DEFAULT_GUIDE_MARGIN and old.to_dict() == {"bundle": "b", "mode": "crop"}
+    tight = Guide("b", "crop", 0.08)
+    assert tight.to_dict() == {"bundle": "b", "mode": "crop", "margin": 0.08}
+    assert Guide(**tight.to_dict()) == tight
+    with pytest.raises(ValueError, match="margin"):
+        Guide("b", "crop", 1.5)

@@ -14,9 +14,10 @@ from medlens.data.cache import resize_image as cache_resize
 from medlens.errors import BundleError, MedlensError, UnknownNameError
 from medlens.inference.bundle import load_model_source
 from medlens.inference.decisions import apply_decision, probs_to_mask
+from medlens.inference.guided import guide_inputs
 from medlens.inference.predictor import ClassificationPredictor, SegmentationPredictor, create_predictor
 from medlens.inference.preprocess import ensure_channels, preprocess
-from medlens.spec import ModelSpec
+from medlens.spec import GuideMode, ModelSpec
 from tests.helpers_inference import make_tiny_run
 
 
@@ -250,3 +251,18 @@ def test_specs_without_the_record_take_the_flips_of_their_training_config(tmp_pa
     (bundle / "bundle.json").write_text(json.dumps(meta))
     assert Bundle.load(bundle).spec.flip_dims == ((), (3,))
     assert SegmentationPredictor(bundle, tta=True).flips == ((), (3,))
+
+
+def test_guided_classifier_crops_with_its_trained_margin(seg_bundle: Path, tmp_path: Path, images):
+    crops = {}
+    for margin in (0.25, 0.0):
+        guide = {"bundle": str(seg_bundle), "mode": "crop", "margin": margin}
+        run = make_tiny_run(tmp_path / str(margin), "classification", guide=guide)
+        predictor = ClassificationPredictor(run)
+        assert predictor.guide_margin == margin
+        crops[margin] = predictor.guided_inputs(images)
+    rgb = [ensure_channels(i, 3) for i in images]  # the tiny classifier takes colour images
+    expected = guide_inputs(rgb, SegmentationPredictor(seg_bundle), GuideMode.CROP, (32, 32), margin=0.0)
+    for got, want in zip(crops[0.0], expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert any(not np.array_equal(a, b) for a, b in zip(crops[0.0], crops[0.25], strict=True))

@@ -37,6 +37,15 @@ def test_explicit_settings_and_guide_channel_resolve_once(tmp_path: Path) -> Non
     assert spec.in_channels == 4 and spec.image_channels == 3 and spec.mean[-1] == 0.0 and spec.std[-1] == 1.0
     back = resolve_config(cfg, resolved, tmp_path / "run")
     assert back.data.in_channels == 3 and model_spec(back, resolve_plan(plan, back)).in_channels == 4
+    assert spec.guide.margin == 0.25  # the default crop margin
+
+
+def test_guide_margin_reaches_the_spec_and_is_checked() -> None:
+    plan = make_plan(FINGERPRINT, "classification")
+    cfg = load_config(None, ["data.task=classification", "guide_bundle=some/bundle", "guide_margin=0.08"])
+    assert model_spec(cfg, resolve_plan(plan, cfg)).guide.margin == 0.08
+    with pytest.raises(ConfigError, match="guide_margin"):
+        load_config(None, ["guide_margin=2"])
 
 
 def test_offline_weights_bring_their_normalisation() -> None:

@@ -189,3 +189,18 @@ def test_from_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert "bundle not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: --resume and --from exclude each other
         cli.main(["train", "--resume", "r", "--from", "b"])
+
+
+def test_the_guide_and_its_margin_come_from_the_bundle_unless_set(cls_start: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from medlens.inference.packaging import read_bundle_meta, write_bundle_meta
+    from medlens.training.warmstart import config_from_bundle
+
+    bundle = Path(shutil.copytree(cls_start, tmp_path / "b"))
+    meta = read_bundle_meta(bundle)
+    meta["spec"]["guide"] = {"bundle": "models/some-seg", "mode": "crop", "margin": 0.1}
+    write_bundle_meta(bundle, meta)
+    cfg = config_from_bundle(bundle, None, [])
+    assert (cfg.guide_bundle, cfg.guide_mode, cfg.guide_margin) == ("models/some-seg", "crop", 0.1)
+    assert config_from_bundle(bundle, None, ["guide_margin=0.05"]).guide_margin == 0.05  # a tighter crop

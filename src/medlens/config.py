@@ -24,7 +24,7 @@ import yaml
 
 from medlens.data.augment import AugmentConfig
 from medlens.errors import ConfigError
-from medlens.spec import MODES, TASKS, GuideMode, Mode, Task
+from medlens.spec import DEFAULT_GUIDE_MARGIN, MODES, TASKS, GuideMode, Mode, Task
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ class TrainConfig:
     new_head: bool = False  # --from with other classes: a fresh class layer, the rest from the bundle
     guide_bundle: str | None = None  # segmentation bundle for segmentation-guided classification
     guide_mode: GuideMode = GuideMode.CROP  # crop | channel | both | field
+    guide_margin: float = DEFAULT_GUIDE_MARGIN  # crop margin per side, a fraction of the region's longer side
 
 
 def config_to_dict(cfg: Any) -> dict:
@@ -345,6 +346,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _choice("optim.schedule", o.schedule, SCHEDULES)
     _choice("guide_mode", cfg.guide_mode, tuple(GuideMode))
     cfg.guide_mode = GuideMode(cfg.guide_mode)  # a TrainConfig built in Python may hold the string
+    if not 0.0 <= cfg.guide_margin <= 1.0:
+        raise ConfigError(f"guide_margin: expected a fraction in [0, 1], got {cfg.guide_margin}")
     if isinstance(cfg.amp, bool):  # config.yaml files written before "auto": true meant auto, false fp32
         cfg.amp = "auto" if cfg.amp else "fp32"
     _choice("amp", cfg.amp, AMP_VALUES)

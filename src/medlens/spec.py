@@ -31,6 +31,9 @@ class Mode(StrEnum):
     MULTILABEL = "multilabel"  # segmentation: K channels, sigmoid each
 
 
+DEFAULT_GUIDE_MARGIN = 0.25  # a crop guide's margin per side (inference/guided.py)
+
+
 class GuideMode(StrEnum):
     """How a segmentation bundle guides a classifier: crop around the region, add the mask as a channel, both,
     or crop and blank everything outside the (slightly widened) region ("field": the lung fields only)."""
@@ -90,9 +93,21 @@ class Guide:
 
     bundle: str
     mode: GuideMode = GuideMode.CROP
+    # crop margin per side, a fraction of the region's longer side (bundles before it was a field: 0.25)
+    margin: float = DEFAULT_GUIDE_MARGIN
 
     def __post_init__(self) -> None:
         self.mode = parse_enum(GuideMode, self.mode, "guide mode")
+        self.margin = float(self.margin)
+        if not 0.0 <= self.margin <= 1.0:
+            raise ValueError(f"guide margin must lie in [0, 1], got {self.margin}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form; the margin only when not the default, so older bundles are written back as read."""
+        out: dict[str, Any] = {"bundle": self.bundle, "mode": self.mode.value}
+        if self.margin != DEFAULT_GUIDE_MARGIN:
+            out["margin"] = self.margin
+        return out
 
 
 def _record(cls: type, data: object, required: tuple[str, ...], what: str) -> dict[str, Any]:
@@ -291,7 +306,7 @@ class ModelSpec:
         out = dataclasses.asdict(self)
         out.update(task=self.task.value, mode=self.mode.value, input_size=list(self.input_size))
         if self.guide is not None:
-            out["guide"] = {"bundle": self.guide.bundle, "mode": self.guide.mode.value}
+            out["guide"] = self.guide.to_dict()
         out["decision"] = self.decision.to_dict() if self.decision is not None else None
         out["groups"] = [g.to_dict() for g in self.groups] if self.groups is not None else None
         return out

@@ -7,8 +7,9 @@ was trained on. Everything here is deterministic.
 Modes (:class:`medlens.spec.GuideMode`):
 
 - ``"crop"``: a square crop centred on the bounding box of the largest predicted region, its side the box's
-  longer side plus a `DEFAULT_MARGIN` (25%) margin on each side; the square is shifted to stay inside the
-  image when it fits and padded with zeros where it does not. The whole image is used when nothing is found.
+  longer side plus a margin on each side (the guide's ``margin``, by default `DEFAULT_MARGIN`, 25%); the
+  square is shifted to stay inside the image when it fits and padded with zeros where it does not. The whole
+  image is used when nothing is found.
 - ``"channel"``: the whole image with the predicted mask (0/255) appended as an extra channel (RGB -> 4
   channels, grey -> 2 channels).
 - ``"both"``: the crop, with the cropped mask appended.
@@ -31,11 +32,11 @@ from PIL import Image
 from scipy import ndimage
 
 from medlens.inference.postprocess import bounding_box, keep_largest_component
-from medlens.spec import GuideMode
+from medlens.spec import DEFAULT_GUIDE_MARGIN, GuideMode
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MARGIN = 0.25
+DEFAULT_MARGIN = DEFAULT_GUIDE_MARGIN
 FIELD_MARGIN = 0.04
 
 

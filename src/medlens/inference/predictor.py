@@ -44,7 +44,7 @@ from medlens.inference.runtime import (
     resolve_device,
     run_views,
 )
-from medlens.spec import PRECISIONS, RUNTIMES, Mode, ModelSpec
+from medlens.spec import DEFAULT_GUIDE_MARGIN, PRECISIONS, RUNTIMES, Mode, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -279,6 +279,11 @@ class ClassificationPredictor(_Predictor):
             f"found as given nor beside {home}"
         )
 
+    @property
+    def guide_margin(self) -> float:
+        """The crop margin the classifier was trained with (the default when it is not guided)."""
+        return self.spec.guide.margin if self.spec.guide is not None else DEFAULT_GUIDE_MARGIN
+
     def guided_inputs(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Raw HWC uint8 images -> the inputs a segmentation-guided classifier was trained on (lesion crop
         and/or mask channel from the spec's ``guide`` bundle, see :mod:`medlens.inference.guided`); images
@@ -297,6 +302,7 @@ class ClassificationPredictor(_Predictor):
             self._guide,
             guide.mode,
             self.input_size,
+            margin=guide.margin,
         )
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:

@@ -284,7 +284,13 @@ class Pipeline:
         if self.classifier is not None:
             with timer("classify"):
                 if self.guide_mode is not None:
-                    cls_input = guide_one(work, raw_mask, self.guide_mode, self.classifier.input_size)
+                    cls_input = guide_one(
+                        work,
+                        raw_mask,
+                        self.guide_mode,
+                        self.classifier.input_size,
+                        margin=self.classifier.guide_margin,
+                    )
                 features = self._classify(result, cls_input, self.model_tta(self.classifier, tta), pre)
             top = max(result.probabilities.values()) if result.probabilities else None
             reason = reason or check_confidence(top, result.uncertainty, self.config.scope)
@@ -349,7 +355,7 @@ class Pipeline:
                 cam = clf.cam(features, index)
             else:
                 cam = gradcam(clf.model, clf.preprocess([cls_input]), class_index=index)
-            box = crop_box(raw_mask) if self.guide_mode and self.guide_mode.crops else None
+            box = crop_box(raw_mask, clf.guide_margin) if self.guide_mode and self.guide_mode.crops else None
             cam = place_cam(cam, box, original.shape[:2])
         elif self.segmenter is not None and cfg.segmenter.gradcam and self.classifier is None:
             cam = gradcam(self.segmenter.model, self.segmenter.preprocess([work]))

@@ -99,7 +99,7 @@ def _classify_all(pipeline: Pipeline, live: list[Prefetched], tta: bool) -> None
         x = p.work
         if pipeline.guide_mode is not None:
             raw = probs_to_mask(p.seg[0], pipeline.segmenter.spec.mode, pipeline.segmenter.spec.threshold)
-            x = guide_one(p.work, raw, pipeline.guide_mode, clf.input_size)
+            x = guide_one(p.work, raw, pipeline.guide_mode, clf.input_size, margin=clf.guide_margin)
         inputs += image_views(x, tta, clf.flips)
     probs, feats = clf.predict_proba_with_features(inputs)  # (N * V, K), (N * V, C, h, w) | None
     v = len(inputs) // len(live)
@@ -155,7 +155,13 @@ def warm_up(pipeline: Pipeline, size: tuple[int, int] = (192, 256), rounds: int 
                                                classes=pipeline.segmenter.classes)  # fmt: skip
         if pipeline.classifier is not None:
             if pipeline.guide_mode is not None:
-                cls_input = guide_one(image, raw, pipeline.guide_mode, pipeline.classifier.input_size)
+                cls_input = guide_one(
+                    image,
+                    raw,
+                    pipeline.guide_mode,
+                    pipeline.classifier.input_size,
+                    margin=pipeline.classifier.guide_margin,
+                )
             features = pipeline._classify(result, cls_input, True)
         pipeline._gradcam(result, image, image, cls_input, raw, features)
     ms = (time.perf_counter() - t0) * 1000.0

@@ -212,7 +212,7 @@ def _guided_cache(run: RunData, ids: list[str], cfg: TrainConfig, device: torch.
         images = [
             load_image(item.image, channels=base_channels) for item in items[start : start + GUIDE_CHUNK]
         ]
-        arrays = guide_inputs(images, seg, cfg.guide_mode, size)
+        arrays = guide_inputs(images, seg, cfg.guide_mode, size, margin=cfg.guide_margin)
         chunks.append(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous())
     targets = torch.tensor([run.index.class_index(item) for item in items], dtype=torch.int64)
     logger.info("guided inputs (%s) from %s for %d images", cfg.guide_mode, cfg.guide_bundle, len(items))
@@ -236,7 +236,7 @@ def model_spec(cfg: TrainConfig, plan: Plan) -> ModelSpec:
         input_size=(int(plan.input_size[0]), int(plan.input_size[1])),
         mean=[float(m) for m in plan.mean] + [0.0] * extra,
         std=[float(s) for s in plan.std] + [1.0] * extra,
-        guide=Guide(str(cfg.guide_bundle), cfg.guide_mode) if cfg.guide_bundle else None,
+        guide=Guide(str(cfg.guide_bundle), cfg.guide_mode, cfg.guide_margin) if cfg.guide_bundle else None,
         mask_dirs=list(cfg.data.mask_dirs) if seg and cfg.data.mask_dirs else None,
         label_column=None if seg else cfg.data.label_column,
         tta_flips=trained_flips(dataclasses.asdict(cfg.augment)),

@@ -66,7 +66,12 @@ def config_from_bundle(
     reset = [] if config_path else ["run_name=null", "out_dir=runs", "max_time_minutes=null", "amp=auto",
                                     "device=auto", "new_head=false", "freeze_epochs=0"]  # fmt: skip
     cfg = load_config(base, [*reset, *overrides, f"from_bundle={bundle.path}", "model.pretrained=false"])
-    _fix_to_weights(cfg, bundle.spec, user_size=_given(overrides, "data.input_size"))
+    _fix_to_weights(
+        cfg,
+        bundle.spec,
+        user_size=_given(overrides, "data.input_size"),
+        user_margin=_given(overrides, "guide_margin"),
+    )
     bundle_cfg = load_config(own_config) if own_config.is_file() else None
     same_data = bundle_cfg is not None and _same_data(cfg, bundle_cfg)
     if not config_path and not same_data:  # new data: nothing of the bundle's own data comes along
@@ -95,8 +100,9 @@ def _given(overrides: list[str], key: str) -> bool:
     return any(item.partition("=")[0].strip() == key for item in overrides)
 
 
-def _fix_to_weights(cfg: TrainConfig, spec: ModelSpec, user_size: bool) -> None:
-    """Set (or check) the config fields that the bundle's weights determine."""
+def _fix_to_weights(cfg: TrainConfig, spec: ModelSpec, user_size: bool, user_margin: bool = False) -> None:
+    """Set (or check) the config fields that the bundle's weights determine (the guide's crop margin and the
+    input size only when the user did not set them: a network adapts to a tighter crop or a larger input)."""
     if cfg.data.task != spec.task:
         raise ConfigError(f"--from: the bundle is a {spec.task.value} model; data.task is {cfg.data.task!r}")
     if cfg.model.arch != spec.arch:
@@ -109,6 +115,8 @@ def _fix_to_weights(cfg: TrainConfig, spec: ModelSpec, user_size: bool) -> None:
     cfg.data.in_channels = spec.image_channels
     if spec.guide is not None:
         cfg.guide_bundle, cfg.guide_mode = spec.guide.bundle, spec.guide.mode
+        if not user_margin:
+            cfg.guide_margin = spec.guide.margin
     if not user_size:
         cfg.data.input_size = list(spec.input_size)
 
