@@ -1,19 +1,25 @@
-"""The server's settings: flag over variable over default, clear errors naming a bad variable, and an app
-factory that leaves torch's threads alone."""
+"""The server's settings: flag over variable over default, clear errors naming a bad variable, one home per
+variable, the table in docs/DEPLOY.md, and an app factory that leaves torch's threads alone."""
 
 from __future__ import annotations
 
+import ast
 import re
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
 import torch
 
 from medlens.app import server
-from medlens.app.settings import ServerSettings, load_settings
+from medlens.app.settings import VARIABLES, ServerSettings, load_settings
 from medlens.cli import main
 from medlens.errors import ConfigError
 from tests.helpers_app import FakePipeline
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src" / "medlens"
+ELSEWHERE = {"MEDLENS_HOME": "home", "MEDLENS_MAX_PIXELS": "max_pixels", "MEDLENS_NUM_THREADS": "threads"}
 
 
 def test_defaults_are_the_documented_ones() -> None:
@@ -170,3 +176,43 @@ def test_medlens_serve_names_a_bad_variable(monkeypatch: pytest.MonkeyPatch, cap
         "MEDLENS_MAX_UPLOAD_MB must be a positive number of megabytes, got 'twenty'"
         in capsys.readouterr().err
     )
+
+
+# --------------------------------------------------------------------------------------- one home, one table
+def _homes() -> dict[str, set[str]]:
+    """Variable -> the modules that write its name as a whole string (where it is read)."""
+    homes: dict[str, set[str]] = defaultdict(set)
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else ""
+            if re.fullmatch(r"MEDLENS_[A-Z_]+", name):
+                homes[name].add(path.relative_to(SRC).as_posix())
+    return homes
+
+
+def _table() -> dict[str, list[str]]:
+    """Variable -> its row of the settings table in docs/DEPLOY.md (default, flag, read in, meaning)."""
+    text = (REPO / "docs" / "DEPLOY.md").read_text()
+    rows = re.findall(r"^\| `(MEDLENS_[A-Z_]+)` \|(.*)\|$", text, flags=re.MULTILINE)
+    return {name: [cell.strip() for cell in rest.split("|")] for name, rest in rows}
+
+
+def test_each_variable_is_read_in_one_module_and_documented_there() -> None:
+    homes, table = _homes(), _table()
+    assert {name: modules for name, modules in homes.items() if len(modules) != 1} == {}
+    assert set(table) == set(homes)
+    assert {name: row[2] for name, row in table.items()} == {n: f"`{m.pop()}`" for n, m in homes.items()}
+    assert {v.name for v in VARIABLES} | set(ELSEWHERE) == set(homes)
+
+
+def test_the_documented_defaults_are_the_code_s() -> None:
+    table, defaults = _table(), ServerSettings()
+    fields = {v.name: v.field for v in VARIABLES} | ELSEWHERE
+    for name, field in fields.items():
+        default = getattr(defaults, field)
+        if default is None:
+            continue  # described in words ("unset", "cores", ...)
+        shown = (
+            "empty" if default == "" else f"`{default:g}`" if isinstance(default, float) else f"`{default}`"
+        )
+        assert table[name][0] == shown, name
