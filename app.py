@@ -27,30 +27,34 @@ if importlib.util.find_spec("medlens") is None:  # a Space that installs the req
     sys.path.insert(0, str(ROOT / "src"))
 
 from medlens.app.api import create_app  # noqa: E402
-from medlens.app.server import resolve_token  # noqa: E402
+from medlens.app.server import configure_process  # noqa: E402
+from medlens.app.settings import ServerSettings, load_settings  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 logger = logging.getLogger("medlens.space")
 
 ON_SPACE = bool(os.environ.get("SPACE_ID"))
-TOKEN = resolve_token()
 
 
-def _home() -> Path | None:
-    if os.environ.get("MEDLENS_HOME"):
-        return Path(os.environ["MEDLENS_HOME"])
+def _space_home() -> Path | None:
+    """The Space's persistent storage, when it has some; else None (``~/.medlens``)."""
     data = Path("/data")
     return data / "medlens" if ON_SPACE and data.is_dir() and os.access(data, os.W_OK) else None
 
 
-app = create_app(
-    models_dir=Path(os.environ.get("MEDLENS_MODELS_DIR", ROOT / "models")),
-    home=_home(),
-    token=TOKEN,
-    examples_dir=ROOT / "examples",
-    # Spaces show the app inside an iframe on huggingface.co
-    frame_ancestors="'self' https://huggingface.co https://*.hf.space" if ON_SPACE else "'self'",
+# The MEDLENS_* variables (a Space's secrets and variables) win over these defaults of the Space.
+SETTINGS = load_settings(
+    base=ServerSettings(
+        models_dir=ROOT / "models",
+        home=_space_home(),
+        examples_dir=ROOT / "examples",
+        # Spaces show the app inside an iframe on huggingface.co
+        frame_ancestors="'self' https://huggingface.co https://*.hf.space" if ON_SPACE else "'self'",
+    )
 )
+TOKEN = SETTINGS.token
+configure_process(SETTINGS)  # torch's threads: this is where the process starts
+app = create_app(SETTINGS)
 demo = app.state.demo
 
 

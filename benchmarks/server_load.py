@@ -135,17 +135,19 @@ def build_app(args: argparse.Namespace, work: Path, models_dir: Path, name: str,
     ``cores // workers`` threads (``--threads`` = the cores), ``before`` one thread as measured before."""
     from medlens.app.api import create_app
     from medlens.app.pool import serving_plan
+    from medlens.inference.runtime import configure_threads, default_threads
 
     cfg = CONFIGS[name]
-    plan = serving_plan(cfg["workers"])
+    plan = serving_plan(cfg["workers"], default_threads())  # --threads (MEDLENS_NUM_THREADS) = the cores
     saved = os.environ.get("MEDLENS_NUM_THREADS")
     os.environ["MEDLENS_NUM_THREADS"] = str(cfg.get("threads") or plan.threads)
     try:
         pipe = skin_pipeline(models_dir, cfg["runtime"], scope=args.scope_on)
         if cfg["runtime"] == "onnx" and cfg["int8"] and int8:
             use_int8(pipe, int8)
-        app = create_app(models_dir, home=work / f"home-{name}", pipelines={"skin": pipe}, ui=args.ui,
-                         workers=plan.workers, warm_up=cfg["warm_up"])  # fmt: skip
+        configure_threads(cfg.get("threads") or plan.threads)  # torch's pool: the app factory leaves it alone
+        app = create_app(models_dir=models_dir, home=work / f"home-{name}", pipelines={"skin": pipe},
+                         ui=args.ui, workers=plan.workers, warm_up=cfg["warm_up"])  # fmt: skip
     finally:
         if saved is None:
             os.environ.pop("MEDLENS_NUM_THREADS", None)

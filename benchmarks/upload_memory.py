@@ -43,7 +43,7 @@ def measure(side: int, pipeline: str, models: str) -> dict:
     from medlens.app.api import create_app
 
     home = tempfile.mkdtemp(prefix="medlens-bench-")
-    app = create_app(models, home, ui=False)
+    app = create_app(models_dir=models, home=home, ui=False)
     small = np.full((256, 256, 3), (180, 90, 80), np.uint8)
     buf = io.BytesIO()
     Image.fromarray(small).save(buf, format="PNG")

@@ -29,7 +29,9 @@ TOKEN = "s3cret-token-for-tests"
 def _app(tmp_path, token=None, **kw):
     pipelines = kw.pop("pipelines", None) or {"skin": FakePipeline("skin"), "polyp": FakePipeline("polyp")}
     home = tmp_path / "home"
-    return create_app(tmp_path / "models", home, token=token, pipelines=pipelines, ui=False, **kw)
+    return create_app(
+        models_dir=tmp_path / "models", home=home, token=token, pipelines=pipelines, ui=False, **kw
+    )
 
 
 @pytest.fixture()
@@ -232,7 +234,9 @@ def test_models_endpoint_lists_pipelines_and_bundles(tmp_path):
 
 
 def test_no_pipelines_is_503(tmp_path):
-    with TestClient(create_app(tmp_path / "none", tmp_path / "home", pipelines={}, ui=False)) as c:
+    with TestClient(
+        create_app(models_dir=tmp_path / "none", home=tmp_path / "home", pipelines={}, ui=False)
+    ) as c:
         r = _post(c, png_bytes(rgb_image(20)))
         assert r.status_code == 503 and "no pipeline" in r.json()["detail"]
 

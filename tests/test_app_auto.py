@@ -34,7 +34,7 @@ def client(pipelines, tmp_path_factory):
     from medlens.app.api import create_app
 
     home = tmp_path_factory.mktemp("home")
-    app = create_app(home / "models", home, pipelines=pipelines, ui=False, warm_up=False)
+    app = create_app(models_dir=home / "models", home=home, pipelines=pipelines, ui=False, warm_up=False)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 
@@ -66,7 +66,9 @@ def test_api_auto_routes_refuses_and_keeps_the_history(client):
 def test_api_auto_without_a_modality_classifier_is_a_clear_4xx(tmp_path):
     from medlens.app.api import create_app
 
-    app = create_app(tmp_path / "models", tmp_path / "home", pipelines={"skin": FakePipeline()}, ui=False)
+    app = create_app(
+        models_dir=tmp_path / "models", home=tmp_path / "home", pipelines={"skin": FakePipeline()}, ui=False
+    )
     with TestClient(app, raise_server_exceptions=False) as c:
         r = _post(c, marked("dermoscopy"), pipeline="auto")
         assert r.status_code == 422 and "needs the modality classifier" in r.json()["detail"]

@@ -71,7 +71,9 @@ def test_shutdown_removes_everything_of_this_server(tmp_path, monkeypatch):
     uploads = tmp_path / "gradio-uploads"
     uploads.mkdir()
     monkeypatch.setattr(cleanup, "gradio_upload_folder", lambda: uploads)
-    app = create_app(tmp_path / "models", tmp_path / "home", pipelines={"skin": FakePipeline("skin")})
+    app = create_app(
+        models_dir=tmp_path / "models", home=tmp_path / "home", pipelines={"skin": FakePipeline("skin")}
+    )
     handlers = app.state.demo.medlens_handlers
     folder = handlers.janitor.folder
     with TestClient(app):

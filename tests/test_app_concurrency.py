@@ -16,7 +16,10 @@ N = 50
 def test_fifty_parallel_analyses_are_all_answered_and_stored(tmp_path):
     skin, polyp = FakePipeline("skin"), FakePipeline("polyp")  # each raises if two threads enter it at once
     app = create_app(
-        tmp_path / "models", tmp_path / "home", pipelines={"skin": skin, "polyp": polyp}, ui=False
+        models_dir=tmp_path / "models",
+        home=tmp_path / "home",
+        pipelines={"skin": skin, "polyp": polyp},
+        ui=False,
     )
     # 10 distinct images, each sent 5 times: exercises content-hash dedup under concurrency too
     images = [png_bytes(rgb_image(32, seed=i % 10)) for i in range(N)]
@@ -68,7 +71,9 @@ class _BlockingPipeline(FakePipeline):
 
 def test_inference_never_blocks_the_event_loop(tmp_path):
     pipeline = _BlockingPipeline()
-    app = create_app(tmp_path / "models", tmp_path / "home", pipelines={"skin": pipeline}, ui=False)
+    app = create_app(
+        models_dir=tmp_path / "models", home=tmp_path / "home", pipelines={"skin": pipeline}, ui=False
+    )
     with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         result: dict = {}
 

@@ -20,7 +20,9 @@ GROUP = {"name": "malignant", "classes": ["malignant"], "threshold": 0.3, "targe
 
 def _client(tmp_path, pipelines=None, **kw) -> TestClient:
     pipelines = pipelines or {"skin": FakePipeline("skin"), "polyp": FakePipeline("polyp")}
-    app = create_app(tmp_path / "models", tmp_path / "home", pipelines=pipelines, ui=False, **kw)
+    app = create_app(
+        models_dir=tmp_path / "models", home=tmp_path / "home", pipelines=pipelines, ui=False, **kw
+    )
     return TestClient(app, raise_server_exceptions=False)
 
 

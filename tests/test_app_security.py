@@ -9,6 +9,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.testclient import TestClient
 
 from medlens.app import security, server
+from medlens.app.settings import ServerSettings
 from medlens.errors import ConfigError, ImageTooLargeError
 from tests.helpers_app import bomb_png, png_bytes, rgb_image
 
@@ -46,10 +47,27 @@ def test_serve_refuses_to_start_without_token_on_all_interfaces(monkeypatch, tmp
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(k))
     with pytest.raises(ConfigError, match="refusing to listen"):
         server.serve(host="0.0.0.0", port=9, models_dir=tmp_path / "m", home=tmp_path / "h")
+    with pytest.raises(ConfigError, match="refusing to listen"):
+        server.serve(ServerSettings(host="0.0.0.0", port=9, models_dir=tmp_path / "m", home=tmp_path / "h"))
     assert not started
-    assert server.resolve_token(None) is None
+
+
+def test_serve_binds_loopback_by_default_and_takes_the_token_from_env(monkeypatch, tmp_path):
+    import uvicorn
+
+    from medlens.app import api
+
+    monkeypatch.delenv("MEDLENS_API_TOKEN", raising=False)
+    started, apps = [], []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **k: started.append(k))
+    monkeypatch.setattr(api, "create_app", lambda settings: apps.append(settings) or "app")
+    server.serve(models_dir=tmp_path / "m", home=tmp_path / "h")
+    assert started[-1]["host"] == "127.0.0.1" and started[-1]["port"] == 7860 and apps[-1].token is None
     monkeypatch.setenv("MEDLENS_API_TOKEN", "from-env")
-    assert server.resolve_token(None) == "from-env" and server.resolve_token("arg") == "arg"
+    server.serve(host="0.0.0.0", models_dir=tmp_path / "m", home=tmp_path / "h")  # the token makes it legal
+    assert started[-1]["host"] == "0.0.0.0" and apps[-1].token == "from-env"
+    server.serve(host="0.0.0.0", token="arg", models_dir=tmp_path / "m", home=tmp_path / "h")
+    assert apps[-1].token == "arg"
 
 
 def test_token_compare():
@@ -60,19 +78,6 @@ def test_token_compare():
     assert security.token_matches("pässwörd", "pässwörd")
     check = security.gradio_auth("tok")
     assert check("anyone", "tok") and not check("anyone", "nope")
-
-
-def test_max_upload_bytes_from_env(monkeypatch):
-    monkeypatch.delenv("MEDLENS_MAX_UPLOAD_MB", raising=False)
-    assert security.max_upload_bytes() == 20 * 1024 * 1024
-    monkeypatch.setenv("MEDLENS_MAX_UPLOAD_MB", "1.5")
-    assert security.max_upload_bytes() == int(1.5 * 1024 * 1024)
-    assert security.max_upload_bytes(2) == 2 * 1024 * 1024
-    monkeypatch.setenv("MEDLENS_MAX_UPLOAD_MB", "lots")
-    with pytest.raises(ConfigError, match="MEDLENS_MAX_UPLOAD_MB"):
-        security.max_upload_bytes()
-    with pytest.raises(ConfigError):
-        security.max_upload_bytes(0)
 
 
 def test_image_size_check_reads_headers_only_and_names_the_real_size():

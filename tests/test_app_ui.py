@@ -137,7 +137,12 @@ def test_ui_is_mounted_at_root_and_asks_for_a_login_with_a_token(tmp_path):
 
     from medlens.app.api import create_app
 
-    app = create_app(tmp_path / "models", tmp_path / "home", token="tok", pipelines={"skin": FakePipeline()})
+    app = create_app(
+        models_dir=tmp_path / "models",
+        home=tmp_path / "home",
+        token="tok",
+        pipelines={"skin": FakePipeline()},
+    )
     with TestClient(app) as client:
         assert client.get("/healthz").status_code == 200
         assert client.get("/config").status_code == 401
@@ -154,8 +159,8 @@ def test_failed_ui_logins_are_throttled_per_client(tmp_path):
 
     from medlens.app.api import create_app
 
-    app = create_app(tmp_path / "m", tmp_path / "h", token="tok", pipelines={"skin": FakePipeline()},
-                     max_auth_failures=3)  # fmt: skip
+    app = create_app(models_dir=tmp_path / "m", home=tmp_path / "h", token="tok",
+                     pipelines={"skin": FakePipeline()}, max_auth_failures=3)  # fmt: skip
     with TestClient(app) as client:
         for _ in range(3):
             assert client.post("/login", data={"username": "me", "password": "nope"}).status_code == 400

@@ -95,7 +95,7 @@ def live(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("browser")
     examples = _examples(root)
-    app = create_app(_tiny_models(root), root / "home", examples_dir=root / "examples")
+    app = create_app(models_dir=_tiny_models(root), home=root / "home", examples_dir=root / "examples")
     assert app.state.service.pipeline_names[:2] == ["skin", "polyp"]
     # analyses already in the history: one to compare with, and enough for a second page
     app.state.service.analyze_bytes(examples[1].read_bytes(), "skin")

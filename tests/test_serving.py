@@ -74,8 +74,8 @@ class _Rendezvous(FakePipeline):
 
 def test_pool_runs_up_to_size_analyses_at_once(tmp_path: Path) -> None:
     barrier = threading.Barrier(3)
-    app = create_app(tmp_path / "m", tmp_path / "home", pipelines={"skin": _Rendezvous(barrier)}, ui=False,
-                     workers=3)  # fmt: skip
+    app = create_app(models_dir=tmp_path / "m", home=tmp_path / "home", ui=False, workers=3,
+                     pipelines={"skin": _Rendezvous(barrier)})  # fmt: skip
     assert app.state.service.pools["skin"].size == 3
     with LiveServer(app) as server:
 
@@ -138,7 +138,7 @@ def test_concurrent_analyses_on_replicas_equal_sequential_ones(models_dir: Path,
 
 
 def test_live_server_with_real_pipelines_stores_every_analysis(models_dir: Path, tmp_path: Path) -> None:
-    app = create_app(models_dir, tmp_path / "home", ui=False, runtime="onnx", workers=2)
+    app = create_app(models_dir=models_dir, home=tmp_path / "home", ui=False, runtime="onnx", workers=2)
     service = app.state.service
     assert service.wait_ready(timeout=300) and set(service.warm_up_ms) == {"skin"}
     with LiveServer(app) as server:
@@ -157,14 +157,13 @@ def test_live_server_with_real_pipelines_stores_every_analysis(models_dir: Path,
 
 
 def test_serving_plan_budgets_threads(monkeypatch) -> None:
-    monkeypatch.delenv("MEDLENS_WORKERS", raising=False)
-    monkeypatch.delenv("MEDLENS_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MEDLENS_WORKERS", "3")  # read by the settings only, never by the plan
+    monkeypatch.setenv("MEDLENS_NUM_THREADS", "5")
     assert serving_plan(cores=2).workers == 2 and serving_plan(cores=2).threads == 1
     assert serving_plan(cores=8).workers == 4 and serving_plan(cores=8).threads == 2  # at most 4 by default
     assert (serving_plan(2, cores=8).workers, serving_plan(2, cores=8).threads) == (2, 4)
     assert serving_plan(16, cores=4).threads == 1
-    monkeypatch.setenv("MEDLENS_WORKERS", "3")
-    assert (serving_plan(cores=6).workers, serving_plan(cores=6).threads) == (3, 2)
+    assert (serving_plan(3, cores=6).workers, serving_plan(3, cores=6).threads) == (3, 2)
 
 
 def test_workers_are_shared_by_every_pipeline(tmp_path) -> None:
@@ -206,7 +205,7 @@ class _SlowStart(FakePipeline):
 
 def test_healthz_is_503_until_every_pipeline_is_warm(tmp_path: Path) -> None:
     pipe = _SlowStart()
-    app = create_app(tmp_path / "m", tmp_path / "home", pipelines={"skin": pipe}, ui=False)
+    app = create_app(models_dir=tmp_path / "m", home=tmp_path / "home", pipelines={"skin": pipe}, ui=False)
     with TestClient(app) as client:
         r = client.get("/healthz")
         assert r.status_code == 503 and r.json()["ready"] is False and r.json()["status"] == "starting"
@@ -219,7 +218,9 @@ def test_healthz_is_503_until_every_pipeline_is_warm(tmp_path: Path) -> None:
 
 
 def test_without_warm_up_the_app_is_ready_at_once(models_dir: Path, tmp_path: Path) -> None:
-    app = create_app(models_dir, tmp_path / "home", ui=False, runtime="onnx", workers=1, warm_up=False)
+    app = create_app(
+        models_dir=models_dir, home=tmp_path / "home", ui=False, runtime="onnx", workers=1, warm_up=False
+    )
     with TestClient(app) as client:
         assert client.get("/healthz").json()["ready"] is True
     assert app.state.service.warm_up_ms == {}

@@ -48,7 +48,9 @@ def main() -> None:
     example = sorted((REPO / "examples" / "skin").glob("*.jpg"))[1]
     chest = sorted((REPO / "examples" / "chest-xray").glob("*.jp*g"))[0]
     app = create_app(
-        REPO / "models", tempfile.mkdtemp(prefix="medlens-shots-"), examples_dir=REPO / "examples"
+        models_dir=REPO / "models",
+        home=tempfile.mkdtemp(prefix="medlens-shots-"),
+        examples_dir=REPO / "examples",
     )
     for other in sorted((REPO / "examples").glob("*/*.jp*g")):
         app.state.service.analyze_bytes(other.read_bytes(), other.parent.name)  # a history to show

@@ -23,8 +23,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from medlens.inference.runtime import positive_env
-
 logger = logging.getLogger(__name__)
 
 
@@ -40,12 +38,12 @@ MAX_DEFAULT_WORKERS = 4  # each torch replica is a model copy: more are asked fo
 
 
 def serving_plan(workers: int | None = None, cores: int | None = None) -> ServingPlan:
-    """``workers``: the argument, else ``$MEDLENS_WORKERS``, else the cores (at most
-    :data:`MAX_DEFAULT_WORKERS`); ``threads = cores // workers`` (at least 1). ``cores``: the argument, else
-    ``$MEDLENS_NUM_THREADS`` (the process's thread budget), else ``os.cpu_count()``. The workers are the
-    process's: the service runs at most that many analyses at once over all its pipelines."""
-    cores = cores or positive_env("MEDLENS_NUM_THREADS") or os.cpu_count() or 1
-    workers = max(1, workers or positive_env("MEDLENS_WORKERS") or min(cores, MAX_DEFAULT_WORKERS))
+    """``workers``: the argument, else the cores (at most :data:`MAX_DEFAULT_WORKERS`);
+    ``threads = cores // workers`` (at least 1). ``cores``: the argument (the process's thread budget,
+    ``ServerSettings.threads``), else ``os.cpu_count()``. The workers are the process's: the service runs at
+    most that many analyses at once over all its pipelines."""
+    cores = cores or os.cpu_count() or 1
+    workers = max(1, workers or min(cores, MAX_DEFAULT_WORKERS))
     return ServingPlan(workers=workers, threads=max(1, cores // workers))
 
 

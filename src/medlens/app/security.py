@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import os
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -28,7 +27,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-DEFAULT_MAX_UPLOAD_MB = 20.0
 MULTIPART_SLACK_BYTES = 64 * 1024  # boundaries and form fields around the file in a multipart body
 SECURITY_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
@@ -38,20 +36,7 @@ SECURITY_HEADERS = (
 )
 
 
-# ------------------------------------------------------------------------------------------------ settings
-def max_upload_bytes(max_upload_mb: float | None = None) -> int:
-    """Upload limit in bytes: the argument, else ``MEDLENS_MAX_UPLOAD_MB``, else 20 MB."""
-    if max_upload_mb is None:
-        raw = os.environ.get("MEDLENS_MAX_UPLOAD_MB", "")
-        try:
-            max_upload_mb = float(raw) if raw else DEFAULT_MAX_UPLOAD_MB
-        except ValueError as exc:
-            raise ConfigError(f"MEDLENS_MAX_UPLOAD_MB must be a number of megabytes, got {raw!r}") from exc
-    if max_upload_mb <= 0:
-        raise ConfigError(f"the upload limit must be positive, got {max_upload_mb} MB")
-    return int(max_upload_mb * 1024 * 1024)
-
-
+# ------------------------------------------------------------------------------------------------ binding
 def is_loopback(host: str) -> bool:
     """Whether binding ``host`` keeps the server reachable from this machine only: "localhost", or an address
     that parses as a loopback IP (127.0.0.0/8, ::1, also in brackets). Names are not resolved, so

@@ -1,8 +1,8 @@
 """History store: one SQL row per analysis and the pictures as content-addressed PNG files.
 
-Rows live in SQLite (WAL mode, ``busy_timeout``) by default, or in any SQLAlchemy 2 URL given as ``db_url`` /
-``MEDLENS_DB_URL`` (e.g. ``postgresql+psycopg://user@host/medlens``). Pictures live under
-``MEDLENS_HOME/files/ab/abcdef....png``, named by the sha256 of their PNG bytes, so that the same upload is
+Rows live in SQLite (WAL mode, ``busy_timeout``) by default, or in any SQLAlchemy 2 URL given as ``db_url``
+(the server's ``MEDLENS_DB_URL``, e.g. ``postgresql+psycopg://user@host/medlens``). Pictures live under
+``<home>/files/ab/abcdef....png``, named by the sha256 of their PNG bytes, so that the same upload is
 stored once however often it is analysed. A row keeps only hashes; deleting a row removes the files that no
 other row references.
 
@@ -171,15 +171,15 @@ class HistoryStore:
     """Analyses history. Thread-safe: a session per operation; writes that touch files are serialised.
 
     Args:
-        home: folder for ``history.db`` and ``files/`` (default ``MEDLENS_HOME`` or ``~/.medlens``).
-        db_url: SQLAlchemy URL (default ``MEDLENS_DB_URL`` or ``sqlite:///<home>/history.db``).
+        home: folder for ``history.db`` and ``files/`` (default :func:`medlens.home.medlens_home`).
+        db_url: SQLAlchemy URL (default ``sqlite:///<home>/history.db``).
     """
 
     def __init__(self, home: str | Path | None = None, db_url: str | None = None) -> None:
         self.home = Path(home).expanduser() if home is not None else medlens_home()
         self.home.mkdir(parents=True, exist_ok=True)
         self.files = FileStore(self.home / "files")
-        self.db_url = db_url or os.environ.get("MEDLENS_DB_URL") or f"sqlite:///{self.home / 'history.db'}"
+        self.db_url = db_url or f"sqlite:///{self.home / 'history.db'}"
         self.engine = _make_engine(self.db_url)
         Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

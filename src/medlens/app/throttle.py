@@ -19,7 +19,6 @@ from medlens.app.security import ASGIApp, Message, Receive, Scope, Send, send_js
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_FAILURES = 10
 DEFAULT_WINDOW_S = 300.0
 MAX_CLIENTS = 10_000  # bound on the clients remembered (oldest forgotten first)
 
@@ -29,7 +28,7 @@ class FailureThrottle:
 
     def __init__(
         self,
-        max_failures: int = DEFAULT_MAX_FAILURES,
+        max_failures: int,
         window_s: float = DEFAULT_WINDOW_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from medlens.app import render, security
 from medlens.app.cleanup import Sweeper, TempJanitor
 from medlens.app.service import AnalysisService
+from medlens.app.settings import ServerSettings
 from medlens.app.ui_handlers import ALL, DETAIL, UiHandlers
 from medlens.app.ui_tabs import analyse_tab, dashboard_tab, history_tab
 
@@ -67,7 +68,7 @@ def build_ui(
     janitor: TempJanitor | None = None,
 ) -> gr.Blocks:
     """The medlens Blocks (not launched, not mounted); the pixel limit is the service's."""
-    h = UiHandlers(service, max_file_size or security.max_upload_bytes(), janitor)
+    h = UiHandlers(service, max_file_size or ServerSettings().upload_bytes, janitor)
     names, choices = service.pipeline_names, service.choices  # choices: "auto" first when it is available
     with gr.Blocks(title="medlens", delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# medlens\nSegment and classify 2D medical images · [REST API docs](docs)")

@@ -217,20 +217,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+SERVE_FLAGS = ("host", "port", "models_dir", "home", "token", "insecure", "runtime", "precision", "workers")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from medlens.app.server import serve
+    from medlens.app.settings import load_settings
 
-    serve(
-        host=args.host,
-        port=args.port,
-        models_dir=args.models_dir,
-        home=args.home,
-        token=args.token,
-        insecure=args.insecure,
-        runtime=args.runtime,
-        precision=args.precision,
-        workers=args.workers,
-    )
+    serve(load_settings({flag: getattr(args, flag) for flag in SERVE_FLAGS}))  # flags over MEDLENS_*
     return 0
 
 

@@ -173,22 +173,24 @@ def _export_parser(sub: Any) -> None:
 
 
 def _serve_parser(sub: Any) -> None:
+    """Flags left unset (None) fall back to the ``MEDLENS_*`` environment, then to the defaults of
+    ``medlens.app.settings.ServerSettings`` (named in the help, not set here, so that a variable applies)."""
     p = sub.add_parser("serve", help="serve the web app (FastAPI + Gradio)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--host", help="where to listen (default 127.0.0.1; others need a token)")
+    p.add_argument("--port", type=int, help="default 7860")
     p.add_argument(
         "--models-dir",
-        default="models",
-        help="folder of the pipelines and their bundles (default: models, in the working directory)",
+        help="folder of the pipelines and their bundles (default MEDLENS_MODELS_DIR or models, in the "
+        "working directory)",
     )
     p.add_argument("--home", help="data folder for history (default MEDLENS_HOME or ~/.medlens)")
-    p.add_argument("--token", help="API token required on every request")
+    p.add_argument("--token", help="API token required on every request (default MEDLENS_API_TOKEN)")
     p.add_argument("--insecure", action="store_true", help="allow a non-local host without a token")
     p.add_argument("--runtime", choices=RUNTIMES, help="model runtime (default MEDLENS_RUNTIME or torch)")
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help="ONNX graphs (int8: those `medlens export --int8` accepted)",
+        help="ONNX graphs (int8: those `medlens export --int8` accepted; default MEDLENS_PRECISION or fp32)",
     )
     p.add_argument(
         "--workers", type=int, help="analyses at once per pipeline (default MEDLENS_WORKERS or cores)"

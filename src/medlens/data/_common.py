@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +16,13 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
-from medlens.errors import ImageReadError, ImageTooLargeError
+from medlens.errors import ConfigError, ImageReadError, ImageTooLargeError
 
 if TYPE_CHECKING:
     import pydicom
 
 MAX_PIXELS: int = 64_000_000  # decompression-bomb guard; env MEDLENS_MAX_PIXELS overrides
+MAX_PIXELS_VARIABLE = "MEDLENS_MAX_PIXELS"  # read here only (max_pixels_from_env)
 
 Source = str | Path | bytes | bytearray | memoryview
 
@@ -50,12 +51,26 @@ class ImageInfo:
     mode: str  # PIL mode ("L", "RGB", "I;16", ...) or "DICOM"
 
 
+def max_pixels_from_env(environ: Mapping[str, str] | None = None) -> int | None:
+    """``$MEDLENS_MAX_PIXELS`` of ``environ`` (default ``os.environ``; "64e6" reads as 64000000), None when
+    unset; ConfigError naming the variable when it is not a positive number."""
+    raw = (os.environ if environ is None else environ).get(MAX_PIXELS_VARIABLE, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(float(raw))
+    except (ValueError, OverflowError):
+        value = 0
+    if value <= 0:
+        raise ConfigError(f"{MAX_PIXELS_VARIABLE} must be a positive number of pixels, got {raw!r}")
+    return value
+
+
 def max_pixels_limit(override: int | None = None) -> int:
     """The pixel-count limit: ``override``, else env ``MEDLENS_MAX_PIXELS``, else :data:`MAX_PIXELS`."""
     if override is not None:
         return int(override)
-    env = os.environ.get("MEDLENS_MAX_PIXELS")
-    return int(float(env)) if env else MAX_PIXELS
+    return max_pixels_from_env() or MAX_PIXELS
 
 
 def sniff_format(head: bytes) -> str | None:

@@ -22,10 +22,12 @@ from PIL import Image, ImageOps
 
 from medlens.data._common import (
     MAX_PIXELS,
+    MAX_PIXELS_VARIABLE,
     ImageInfo,
     ImageRecord,
     Source,
     check_pixels,
+    max_pixels_from_env,
     max_pixels_limit,
     open_source,
     scale_to_uint8,
@@ -37,6 +39,7 @@ from medlens.errors import ImageReadError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_PIXELS",
+    "MAX_PIXELS_VARIABLE",
     "ImageInfo",
     "ImageReadError",
     "ImageRecord",
@@ -45,6 +48,7 @@ __all__ = [
     "deidentify",
     "dicom_spacing_mm",
     "load_image",
+    "max_pixels_from_env",
     "max_pixels_limit",
     "probe_image",
     "read_dicom",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -111,22 +111,31 @@ def image_views(image: np.ndarray, tta: bool, flips: Flips = TTA_FLIPS) -> list[
     return [np.ascontiguousarray(np.flip(image, [hwc_axis[d] for d in dims])) for dims in flips]
 
 
-def positive_env(name: str) -> int | None:
-    """The positive integer in environment variable ``name``, else None."""
-    raw = os.environ.get(name, "").strip()
-    return int(raw) if raw.isdigit() and int(raw) > 0 else None
+THREADS_VARIABLE = "MEDLENS_NUM_THREADS"  # read here only (threads_from_env)
+
+
+def threads_from_env(environ: Mapping[str, str] | None = None) -> int | None:
+    """``$MEDLENS_NUM_THREADS`` of ``environ`` (default ``os.environ``), None when unset; ConfigError naming
+    the variable when it is not a positive whole number."""
+    raw = (os.environ if environ is None else environ).get(THREADS_VARIABLE, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) <= 0:
+        raise ConfigError(f"{THREADS_VARIABLE} must be a positive whole number of threads, got {raw!r}")
+    return int(raw)
 
 
 def default_threads() -> int:
     """CPU threads for inference: ``$MEDLENS_NUM_THREADS`` when set, else ``os.cpu_count()``."""
-    return positive_env("MEDLENS_NUM_THREADS") or os.cpu_count() or 1
+    return threads_from_env() or os.cpu_count() or 1
 
 
 def configure_threads(threads: int | None = None) -> int:
     """Set torch's CPU threads for this process (``threads``, else :func:`default_threads`); returns them.
 
-    torch's thread pool is process-wide, so entry points (the CLI, the web app, benchmarks) call this once;
-    predictors only size their own ONNX Runtime sessions.
+    torch's thread pool is process-wide, so entry points (the CLI, ``medlens serve`` and the other server
+    entry points of :mod:`medlens.app.server`, benchmarks) call this once; predictors and the app factory only
+    size their own ONNX Runtime sessions.
     """
     threads = threads or default_threads()
     if torch.get_num_threads() != threads:
