@@ -224,7 +224,7 @@ def test_unsure_classifier_is_out_of_scope(pipelines, monkeypatch):
         ],
         np.float32,
     )
-    monkeypatch.setattr(pipe.classifier, "predict_proba", lambda images: per_view)
+    monkeypatch.setattr(pipe.classifier, "predict_proba_with_features", lambda images: (per_view, None))
     a = pipe.analyze(img, gradcam=False)
     assert a.out_of_scope and "unsure" in a.scope_reason and a.label is None
     assert a.probabilities["nv"] == pytest.approx(0.3)

@@ -19,7 +19,7 @@ from medlens.data.io import ImageRecord
 from medlens.errors import BundleError, ConfigError, MedlensError
 from medlens.inference.bundle import Bundle
 from medlens.inference.decisions import probs_to_mask
-from medlens.inference.guided import crop_box, guide_one
+from medlens.inference.guided import GuidedInputs, crop_box, guide_one
 from medlens.inference.postprocess import apply_postprocess, area_fraction, connected_components
 from medlens.inference.predictor import ClassificationPredictor, SegmentationPredictor
 from medlens.inference.runtime import image_views
@@ -331,7 +331,7 @@ class Pipeline:
         if pre is not None and pre.cls is not None:
             per_view, feats = pre.cls
         else:
-            views = image_views(x, tta, clf.flips)
+            views = GuidedInputs(image_views(x, tta, clf.flips))  # guided above when the classifier is
             per_view, feats = clf.predict_proba_with_features(views)  # (V, K), (V, C, h, w)
         probs = per_view.mean(axis=0, keepdims=True)
         result.probabilities = {c: float(p) for c, p in zip(clf.classes, probs[0], strict=True)}
@@ -354,7 +354,7 @@ class Pipeline:
             if features is not None:
                 cam = clf.cam(features, index)
             else:
-                cam = gradcam(clf.model, clf.preprocess([cls_input]), class_index=index)
+                cam = gradcam(clf.model, clf.preprocess(GuidedInputs([cls_input])), class_index=index)
             box = crop_box(raw_mask, clf.guide_margin) if self.guide_mode and self.guide_mode.crops else None
             cam = place_cam(cam, box, original.shape[:2])
         elif self.segmenter is not None and cfg.segmenter.gradcam and self.classifier is None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from medlens.data.io import ImageRecord
 from medlens.inference.decisions import probs_to_mask
-from medlens.inference.guided import guide_one
+from medlens.inference.guided import GuidedInputs, guide_one
 from medlens.inference.runtime import image_views
 from medlens.pipelines.advice import check_modality
 from medlens.pipelines.analysis import Analysis
@@ -101,7 +101,7 @@ def _classify_all(pipeline: Pipeline, live: list[Prefetched], tta: bool) -> None
             raw = probs_to_mask(p.seg[0], pipeline.segmenter.spec.mode, pipeline.segmenter.spec.threshold)
             x = guide_one(p.work, raw, pipeline.guide_mode, clf.input_size, margin=clf.guide_margin)
         inputs += image_views(x, tta, clf.flips)
-    probs, feats = clf.predict_proba_with_features(inputs)  # (N * V, K), (N * V, C, h, w) | None
+    probs, feats = clf.predict_proba_with_features(GuidedInputs(inputs))  # (N * V, K), (N * V, C, h, w)|None
     v = len(inputs) // len(live)
     share = (time.perf_counter() - t0) * 1e3 / len(live)
     for i, p in enumerate(live):
