@@ -193,7 +193,7 @@ def cuda_throughput(
         for part, cls, inputs in (p for p in parts if p[0] is not None):
             for bs in batch_sizes:
                 pred = cls(models_dir / part.bundle, runtime=runtime, device="cuda", batch_size=bs)
-                batch = [inputs[i % len(inputs)] for i in range(bs)]
+                batch = type(inputs)(inputs[i % len(inputs)] for i in range(bs))  # guided inputs stay marked
                 for _ in range(3):
                     pred.predict_proba(batch)
                 torch.cuda.synchronize()

@@ -82,17 +82,16 @@ def skin_pipeline(models_dir: Path, runtime: str, scope: bool = False) -> Any:
 
 
 def classifier_inputs(pipeline: Any, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """What the pipeline's classifier is given for each image: the image itself, or with a guided classifier
-    the guided input (crop and/or mask channel) made from the segmenter's mask, as in ``Pipeline.analyze``."""
+    """What the pipeline's classifier feeds its network for each image: the image itself, or with a guided
+    classifier the guided input (crop and/or mask channel) it makes from the segmenter's mask, as in
+    ``Pipeline.analyze`` (then `GuidedInputs`, which a predictor takes as they are)."""
     from medlens.inference.decisions import probs_to_mask
-    from medlens.inference.guided import guide_one
 
     if pipeline.guide_mode is None:
         return list(images)
-    seg, size = pipeline.segmenter, pipeline.classifier.input_size
-    probs = seg.predict_proba(list(images))
-    masks = [probs_to_mask(p, seg.spec.mode, seg.spec.threshold) for p in probs]
-    return [guide_one(im, m, pipeline.guide_mode, size) for im, m in zip(images, masks, strict=True)]
+    seg = pipeline.segmenter
+    masks = [probs_to_mask(p, seg.spec.mode, seg.spec.threshold) for p in seg.predict_proba(list(images))]
+    return pipeline.classifier.guided_inputs(list(images), masks)
 
 
 # ------------------------------------------------------------------------------------------------ models

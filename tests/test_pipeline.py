@@ -55,8 +55,9 @@ def fix_segmentation(pipe: Pipeline, monkeypatch, mask: np.ndarray) -> None:
             prob[c][mask == c] = 0.95
     else:
         prob = np.where(mask > 0, 0.95, 0.05).astype(np.float32)
+    tta = [(prob, prob * 0, 0.01)]
     monkeypatch.setattr(pipe.segmenter, "predict_proba", lambda images, sizes=None: [prob for _ in images])
-    monkeypatch.setattr(pipe.segmenter, "predict_with_uncertainty", lambda image: (prob, prob * 0, 0.01))
+    monkeypatch.setattr(pipe.segmenter, "predict_batch_with_uncertainty", lambda images: tta * len(images))
 
 
 def check_structure(a, pipe: Pipeline, shape: tuple[int, int]) -> dict:
@@ -224,7 +225,7 @@ def test_unsure_classifier_is_out_of_scope(pipelines, monkeypatch):
         ],
         np.float32,
     )
-    monkeypatch.setattr(pipe.classifier, "predict_proba", lambda images: per_view)
+    monkeypatch.setattr(pipe.classifier, "predict_views", lambda images, masks, tta: (per_view[None], None))
     a = pipe.analyze(img, gradcam=False)
     assert a.out_of_scope and "unsure" in a.scope_reason and a.label is None
     assert a.probabilities["nv"] == pytest.approx(0.3)

@@ -14,7 +14,7 @@ from medlens.data.cache import resize_image as cache_resize
 from medlens.errors import BundleError, MedlensError, UnknownNameError
 from medlens.inference.bundle import load_model_source
 from medlens.inference.decisions import apply_decision, probs_to_mask
-from medlens.inference.guided import guide_inputs
+from medlens.inference.guided import GuidedInputs, guide_inputs
 from medlens.inference.predictor import ClassificationPredictor, SegmentationPredictor, create_predictor
 from medlens.inference.preprocess import ensure_channels, preprocess
 from medlens.spec import GuideMode, ModelSpec
@@ -200,6 +200,41 @@ def test_guided_classifier_builds_its_inputs_from_the_guide_bundle(seg_bundle: P
     (run / "model_spec.json").write_text(json.dumps(spec))
     with pytest.raises(BundleError, match="moved/elsewhere"):
         ClassificationPredictor(run).guided_inputs(images)
+
+
+def test_a_crop_guided_classifier_crops_the_raw_images_it_is_given(seg_bundle: Path, tmp_path: Path, images):
+    """Every entry point guides raw images itself: a caller that forgets the guide still gets the crops."""
+    guide = {"bundle": str(seg_bundle), "mode": "crop", "margin": 0.0}
+    predictor = ClassificationPredictor(make_tiny_run(tmp_path, "classification", guide=guide))
+    rgb = [ensure_channels(i, 3) for i in images]
+    crops = guide_inputs(rgb, SegmentationPredictor(seg_bundle), GuideMode.CROP, (32, 32), margin=0.0)
+    expected = predictor.predict_proba(crops)  # inputs already guided (GuidedInputs) pass as they are
+    assert isinstance(crops, GuidedInputs)
+    np.testing.assert_array_equal(predictor.predict_proba(images), expected)
+    np.testing.assert_array_equal(predictor.predict_proba(predictor.guided_inputs(images)), expected)
+    assert predictor.predict_label(images) == predictor.decide(expected)
+    assert predictor.predict(images[0]) == predictor.decide(expected[:1])[0]
+    # a caller's own masks (a pipeline's segmentation) guide instead of the guide bundle's
+    masks = [np.zeros(i.shape[:2], np.uint8) for i in images]
+    for m in masks:
+        m[2:10, 3:9] = 1
+    own = guide_inputs(rgb, None, GuideMode.CROP, (32, 32), masks=masks, margin=0.0)
+    assert own[0].shape == (32, 32, 3)
+    np.testing.assert_array_equal(predictor.predict_proba(images, masks), predictor.predict_proba(own))
+    views, feats = predictor.predict_views(images, masks, tta=True)
+    assert views.shape == (3, len(predictor.flips), 2) and feats is None
+    np.testing.assert_allclose(views[:, 0], predictor.predict_proba(own), atol=1e-6)
+    assert predictor.guide_crop(masks[0]) == (2, 2, 8)  # where the crop's heat map goes back
+
+
+def test_a_guide_without_a_segmentation_bundle_needs_the_masks(tmp_path: Path, images):
+    predictor = ClassificationPredictor(make_tiny_run(tmp_path, "classification"))
+    plain = predictor.predict_proba(images)
+    predictor.given_guide = GuideMode.CROP  # a pipeline YAML guiding a bundle that records no guide
+    with pytest.raises(MedlensError, match="pass the images' masks"):
+        predictor.predict_proba(images)
+    whole = [np.ones(i.shape[:2], np.uint8) for i in images]  # the crop of a full mask is the image
+    assert predictor.predict_proba(images, whole).shape == plain.shape
 
 
 # ---------------------------------------------------------------------------------- test-time flips

@@ -281,6 +281,29 @@ def test_analyze_batch_equals_one_by_one_with_one_model_call_per_batch(models_di
         assert seg_calls == [5, 5, 5] and cls_calls == [15]
 
 
+def test_analyze_batches_and_warm_up_run_one_sequence_of_stages(models_dir: Path, monkeypatch) -> None:
+    from medlens.pipelines.analyzer import Analyzer
+
+    pipe, image = _skin(models_dir, "onnx"), _images(1)[0]
+    runs: list[tuple[int, bool]] = []
+    real = Analyzer.run
+
+    def spy(self, images, *args, scope=True, **kwargs):
+        runs.append((len(images), scope))
+        return real(self, images, *args, scope=scope, **kwargs)
+
+    monkeypatch.setattr(Analyzer, "run", spy)
+    single, (batched,) = pipe.analyze(image), pipe.analyze_batch([image])
+    pipe.warm_up()
+    assert runs == [(1, True), (1, True), (1, False), (1, False)]  # warm-up: two rounds, scope checks off
+    summary = [a.to_dict() for a in (single, batched)]
+    for d in summary:
+        d.pop("timings_ms")
+    assert summary[0] == summary[1]  # a batch of one is the single analysis, to the bit
+    for key in ("mask", "overlay", "gradcam"):
+        np.testing.assert_array_equal(getattr(single, key), getattr(batched, key))
+
+
 def test_predict_folder_with_a_pipeline_in_batches_reports_images_per_second(
     models_dir: Path, tmp_path: Path
 ):

@@ -64,7 +64,7 @@ def evaluate_classification(predictor: Any, index: DatasetIndex, out: Path, skip
         pairs = read_batch(batch, skip_bad, skipped)
         if pairs:
             kept.extend(item for item, _ in pairs)
-            probs.append(predictor.predict_proba(predictor.guided_inputs([img for _, img in pairs])))
+            probs.append(predictor.predict_proba([img for _, img in pairs]))  # guided by a guided classifier
     if not kept:
         raise DatasetError(f"{index.root}: no image could be evaluated ({len(skipped)} skipped)")
     p = np.concatenate(probs)

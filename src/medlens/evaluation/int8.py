@@ -30,10 +30,6 @@ def _read(items: Sequence) -> list[np.ndarray]:
     return [read_image(item.image).array for item in items]
 
 
-def _inputs(predictor: Any, images: list[np.ndarray]) -> list[np.ndarray]:
-    return images if predictor.task == Task.SEGMENTATION else predictor.guided_inputs(images)
-
-
 def _dice(pred: np.ndarray, target: np.ndarray, k: int) -> float:
     """Dice of a binary mask (``k`` = 0) or the mean foreground Dice of ``k``-class label maps."""
     from medlens.evaluation.metrics import dice
@@ -60,7 +56,7 @@ def score(predictor: Any, items: Sequence, index: Any, batch: int = 32) -> float
     k = len(spec.classes) if spec.mode.value == Mode.MULTICLASS else 0
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
-        images = _inputs(predictor, _read(chunk))
+        images = _read(chunk)  # a guided classifier guides them
         if predictor.task == Task.SEGMENTATION:
             targets = [load_target(item, index) for item in chunk]
             probs = predictor.predict_proba(images, sizes=[t.shape[:2] for t in targets])
@@ -102,9 +98,9 @@ def quantize_model(
     fp32 = create_predictor(bundle, runtime="onnx", batch_size=32)
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(train), min(n_calibration, len(train)), replace=False)
-    calib_images = _inputs(fp32, _read([train[i] for i in sorted(picks)]))
+    calib_images = _read([train[i] for i in sorted(picks)])
     out = onnx_cache_dir(bundle) / INT8_FILE
-    quantize_onnx(ensure_onnx(bundle), out, fp32.preprocess(calib_images).numpy())
+    quantize_onnx(ensure_onnx(bundle), out, fp32.preprocess(calib_images).numpy())  # guided, if the model is
     int8 = create_predictor(bundle, runtime="onnx", batch_size=32, precision="int8", onnx_path=out)
     a, b = score(fp32, held.items, held), score(int8, held.items, held)
     report = {

@@ -1,8 +1,9 @@
 """Segmentation-guided classification inputs: a lesion-centred crop, the mask as an extra channel, or both.
 
 The same function feeds the trainer (inputs cached once before training, with ``guide_bundle`` /
-``guide_mode``) and the pipeline (``classifier.guided``), so a classifier sees at inference exactly what it
-was trained on. Everything here is deterministic.
+``guide_mode``) and a guided `ClassificationPredictor` (with its guide bundle's masks, or with those its
+caller passes: a pipeline's own segmentation), so a classifier sees at inference exactly what it was trained
+on. Everything here is deterministic.
 
 Modes (:class:`medlens.spec.GuideMode`):
 
@@ -38,6 +39,11 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MARGIN = DEFAULT_GUIDE_MARGIN
 FIELD_MARGIN = 0.04
+
+
+class GuidedInputs(list):
+    """Classifier inputs a guide made (what :func:`guide_inputs` returns): a guided
+    `ClassificationPredictor` takes them as they are instead of guiding them again."""
 
 
 class MaskPredictor(Protocol):
@@ -135,7 +141,7 @@ def guide_inputs(
     size: tuple[int, int],
     masks: Sequence[np.ndarray] | None = None,
     margin: float = DEFAULT_MARGIN,
-) -> list[np.ndarray]:
+) -> GuidedInputs:
     """Segmentation-guided classification inputs for a list of images.
 
     Args:
@@ -147,7 +153,8 @@ def guide_inputs(
         masks: precomputed masks (e.g. the pipeline's post-processed segmentation); skips ``seg``.
         margin: crop margin per side as a fraction of the region's longer side.
     Returns:
-        One ``(size[0], size[1], C')`` uint8 array per image, ``C'`` = ``C`` (crop, field) or ``C + 1``.
+        One ``(size[0], size[1], C')`` uint8 array per image, ``C'`` = ``C`` (crop, field) or ``C + 1``, as
+        :class:`GuidedInputs`.
     """
     if masks is None:
         if seg is None:
@@ -160,4 +167,6 @@ def guide_inputs(
         logger.info(
             "guided inputs: no region found in %d of %d images; using the whole image", empty, len(images)
         )
-    return [guide_one(img, m, mode, tuple(size), margin) for img, m in zip(images, masks, strict=True)]
+    return GuidedInputs(
+        guide_one(img, m, mode, tuple(size), margin) for img, m in zip(images, masks, strict=True)
+    )

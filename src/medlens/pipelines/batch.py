@@ -217,7 +217,7 @@ def _predict_segmentation(predictor, batch, out: Path, options: dict) -> list[di
 
 # ---------------------------------------------------------------------------------- plain: classification
 def _predict_classification(predictor, batch, out: Path, options: dict) -> list[dict]:
-    images = predictor.guided_inputs([image for _, _, image in batch])
+    images = [image for _, _, image in batch]  # a guided classifier guides them
     if predictor.tta:
         probs, uncertainty = predictor.predict_with_uncertainty(images)
     else:

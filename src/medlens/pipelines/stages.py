@@ -1,6 +1,6 @@
-"""Small stage helpers of the analysis pipelines: a stage timer, image intake, CLAHE, finding bundles, TTA
-views and placing a crop's Grad-CAM back on its image, and a pipeline's guide mode. Re-exported by
-`medlens.pipelines.pipeline`."""
+"""Small stage helpers of the analysis pipelines: a stage timer, image intake, CLAHE, finding bundles and a
+pipeline's guide mode. Re-exported by `medlens.pipelines.pipeline`; the stages themselves are sequenced in
+`medlens.pipelines.analyzer`."""
 
 from __future__ import annotations
 
@@ -25,12 +25,12 @@ logger = logging.getLogger(__name__)
 
 
 class StageTimer:
-    """Wall-clock milliseconds per stage (stages that did not run stay 0.0) plus ``total``."""
+    """Milliseconds per stage of one image (stages that did not run stay 0.0) plus ``total``, their sum; the
+    image's share of a batched model call is counted with :meth:`add`."""
 
     STAGES = ("preprocess", "modality", "segment", "features", "classify", "gradcam", "advice")
 
     def __init__(self) -> None:
-        self.start = time.perf_counter()
         self.ms = dict.fromkeys(self.STAGES, 0.0)
 
     @contextmanager
@@ -39,16 +39,15 @@ class StageTimer:
         try:
             yield
         finally:
-            self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - t0) * 1000.0
+            self.add(stage, (time.perf_counter() - t0) * 1000.0)
 
     def add(self, stage: str, ms: float) -> None:
-        """Count ``ms`` spent elsewhere (a batched model call, shared out) in ``stage`` and in the total."""
+        """Count ``ms`` spent elsewhere (a batched model call, shared out) in ``stage``."""
         self.ms[stage] = self.ms.get(stage, 0.0) + ms
-        self.start -= ms / 1000.0
 
     def finish(self) -> dict[str, float]:
         out = {k: round(v, 2) for k, v in self.ms.items()}
-        out["total"] = round((time.perf_counter() - self.start) * 1000.0, 2)
+        out["total"] = round(sum(self.ms.values()), 2)
         return out
 
 
