@@ -7,19 +7,33 @@ same way through :func:`discover_all`.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from medlens.data.layout import DatasetIndex, discover, merge_indexes
 from medlens.data.partial import label_sets_of, partial_labels
 from medlens.errors import ConfigError
 
-if TYPE_CHECKING:
-    from medlens.config import DataConfig
-
 logger = logging.getLogger(__name__)
 
 
-def discover_all(d: DataConfig, num_workers: int | None = None) -> DatasetIndex:
+class DataSources(Protocol):
+    """What :func:`discover_all` reads of a data configuration (`medlens.config.DataConfig` is one; a protocol
+    so that ``data`` does not depend on ``config``, which depends on ``data.augment``)."""
+
+    root: str
+    extra_roots: Sequence[str]
+    partial_roots: Mapping[str, dict]
+    task: str
+    mode: str
+    classes: Sequence[str] | None
+    mask_dirs: Sequence[str] | None
+    label_column: str
+    group_column: str | None
+    skip_bad: bool
+
+
+def discover_all(d: DataSources, num_workers: int | None = None) -> DatasetIndex:
     """``data.root`` plus ``data.extra_roots`` and ``data.partial_roots`` as one index; with several roots
     every group is prefixed by its root and every item records its source (the root's folder name)."""
     roots = [d.root, *d.extra_roots, *d.partial_roots]
