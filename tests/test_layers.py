@@ -108,3 +108,17 @@ def test_no_calls_of_another_objects_private_methods() -> None:
                 continue
             calls.append(f"{path.relative_to(SRC)}:{node.lineno}: {ast.unparse(node.func)}")
     assert not calls, calls
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    """``from medlens.x import _name`` is a private call in disguise: what another module needs is public."""
+    imports = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("medlens"):
+                imports += [
+                    f"{path.relative_to(SRC)}:{node.lineno}: {node.module}.{alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
+    assert not imports, imports

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 _MAX_SHOWN_PROBLEMS = 20
 
 
-def _resolve(index: DatasetIndex, problems: list[tuple[str, str]], skip_bad: bool) -> None:
+def resolve_problems(index: DatasetIndex, problems: list[tuple[str, str]], skip_bad: bool) -> None:
     """Raise DatasetError listing ``problems``, or drop the affected items when ``skip_bad``."""
     if not problems:
         return
@@ -84,7 +84,7 @@ def check_index(index: DatasetIndex, skip_bad: bool = False, num_workers: int | 
     """
     results = _map(lambda it: _check_item(it, index), index.items, num_workers)
     problems = [p for item_problems, _ in results for p in item_problems]
-    _resolve(index, problems, skip_bad)
+    resolve_problems(index, problems, skip_bad)
     if index.task == Task.SEGMENTATION and index.mode == Mode.MULTICLASS and not index.classes:
         index.classes = _multiclass_names(index, max((m for _, m in results), default=0))
     return index
@@ -105,7 +105,7 @@ def _multiclass_names(index: DatasetIndex, top: int) -> list[str]:
     return ["background"] + [f"class_{k}" for k in range(1, max(top, 1) + 1)]
 
 
-def _classes_from_max_label(index: DatasetIndex, num_workers: int | None) -> list[str]:
+def classes_from_max_label(index: DatasetIndex, num_workers: int | None) -> list[str]:
     """Multi-class names from the largest label value of all masks (when check_index did not run)."""
     values = _map(lambda it: int(read_mask_with_format(it.masks[0])[0].max()), index.items, num_workers)
     return _multiclass_names(index, max(values, default=0))

@@ -16,14 +16,14 @@ import logging
 import re
 from pathlib import Path
 
-from medlens.data.checks import _classes_from_max_label, _resolve, check_index
+from medlens.data.checks import check_index, classes_from_max_label, resolve_problems
 from medlens.data.index import DatasetIndex, Item, load_target, merge_indexes
 from medlens.data.io import IMAGE_EXTENSIONS, sniff_format
 from medlens.data.tables import (
     CSV_NAMES,
     GROUP_COLUMNS,
     ID_COLUMNS,
-    _assign_groups,
+    assign_groups,
     kermany_patient,
     read_table,
 )
@@ -121,11 +121,11 @@ def discover(
         index, problems = _discover_classification(root, label_column, group_column, classes)
     else:
         raise DatasetError(f"unknown task {task!r} for {root}; expected 'segmentation' or 'classification'")
-    _resolve(index, problems, skip_bad)
+    resolve_problems(index, problems, skip_bad)
     if check:
         check_index(index, skip_bad=skip_bad, num_workers=num_workers)
     if task == Task.SEGMENTATION and mode == Mode.MULTICLASS and not index.classes:
-        index.classes = _classes_from_max_label(index, num_workers)
+        index.classes = classes_from_max_label(index, num_workers)
     if not index.items:
         raise DatasetError(f"no usable items left in {root} ({len(index.skipped)} skipped)")
     logger.info("indexed %d %s items in %s (%d skipped)", len(index), task, root, len(index.skipped))
@@ -160,7 +160,7 @@ def _discover_segmentation(root, mode, mask_dirs, label_column, group_column, cl
             continue
         label = table.rows.get(item_id, {}).get(label_column) or None
         items.append(Item(item_id, image, paths, label))
-    _assign_groups(items, table, group_column)
+    assign_groups(items, table, group_column)
     index = DatasetIndex(root, "segmentation", items, mode, [], mask_dirs)
     index.classes = _segmentation_classes(root, mode, mask_dirs, classes, items)
     return index, problems
@@ -240,7 +240,7 @@ def _discover_classification(root, label_column, group_column, classes):
         ]
     else:
         items = _class_folder_items(root)
-    _assign_groups(items, table, group_column)
+    assign_groups(items, table, group_column)
     found = sorted({item.label for item in items if item.label is not None})
     index = DatasetIndex(root, "classification", items, "multiclass", list(classes) if classes else found)
     problems = []

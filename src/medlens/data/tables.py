@@ -75,7 +75,7 @@ def _group_column(table: _Table, group_column: str | None) -> str | None:
     return next((c for c in GROUP_COLUMNS if c in table.columns), None)
 
 
-def _assign_groups(items: list[Item], table: _Table, group_column: str | None) -> None:
+def assign_groups(items: list[Item], table: _Table, group_column: str | None) -> None:
     column = _group_column(table, group_column)
     if column is not None:
         for item in items:

@@ -69,7 +69,7 @@ def _run_spec(run_dir: Path, spec: dict, source: object) -> ModelSpec:
     return ModelSpec.from_dict(_spec_with_flips(spec, config), source)
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -102,7 +102,7 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> nn.Module:
+def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> nn.Module:
     try:
         model.load_state_dict(clean_state_dict(state), strict=True)
     except RuntimeError as exc:
@@ -132,7 +132,7 @@ class Bundle:
         meta_path = BundleFolder(path).meta
         if not meta_path.is_file():
             raise BundleError(f"{path} is not a medlens bundle: {BundleFolder.META} is missing")
-        meta = _read_json(meta_path)
+        meta = read_json(meta_path)
         version = meta.get("format_version")
         if version not in READABLE_FORMAT_VERSIONS:
             shown = "missing" if version is None else repr(version)
@@ -204,12 +204,12 @@ class Bundle:
 
     def build_model(self) -> nn.Module:
         """The network in eval mode, fp32, weights loaded, on CPU."""
-        return _load_into(build_from_spec(self.spec), self.state_dict(), self.weights_path)
+        return load_weights_into(build_from_spec(self.spec), self.state_dict(), self.weights_path)
 
     def register_file(self, rel: str) -> None:
         """Record (or refresh) the sha256 of a file added after creation, e.g. ``model.onnx``."""
         self.files[rel] = sha256_file(self.path / rel)
-        meta = _read_json(self.folder.meta)
+        meta = read_json(self.folder.meta)
         meta["files"] = self.files
         write_json(self.folder.meta, meta)
 
@@ -252,7 +252,7 @@ def read_run(run_dir: str | Path) -> tuple[ModelSpec, dict]:
     for rel in (run.SPEC, run.BEST):
         if not (run.path / rel).is_file():
             raise BundleError(f"{run.path} is not a medlens run folder: {rel} is missing")
-    spec = _run_spec(run.path, _read_json(run.spec), run.spec)
+    spec = _run_spec(run.path, read_json(run.spec), run.spec)
     return spec, _read_checkpoint(run.best)
 
 
@@ -282,7 +282,7 @@ def read_spec(source: str | Path | Bundle) -> ModelSpec:
     path = Path(source)
     spec_file = RunFolder(path.parent.parent if kind == "checkpoint" else path).spec
     if spec_file.is_file():  # the run's final spec (with calibration and decisions) comes first
-        return _run_spec(spec_file.parent, _read_json(spec_file), spec_file)
+        return _run_spec(spec_file.parent, read_json(spec_file), spec_file)
     spec = _read_checkpoint(path).get("model_spec")
     if not spec:
         raise BundleError(f"{path}: no model_spec in the checkpoint and no {spec_file}")
@@ -299,7 +299,7 @@ def load_model_source(source: str | Path | Bundle) -> tuple[nn.Module, ModelSpec
     if not checkpoint.is_file():
         raise BundleError(f"{source} is not a medlens run folder: {RunFolder.BEST} is missing")
     spec = read_spec(source)
-    return _load_into(build_from_spec(spec), _read_checkpoint(checkpoint)["model"], checkpoint), spec
+    return load_weights_into(build_from_spec(spec), _read_checkpoint(checkpoint)["model"], checkpoint), spec
 
 
 def source_folder(source: str | Path | Bundle) -> Path:

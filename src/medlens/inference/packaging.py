@@ -15,11 +15,11 @@ from medlens.errors import BundleError
 from medlens.folders import BundleFolder, RunFolder
 from medlens.inference.bundle import (
     BUNDLE_FORMAT_VERSION,
-    _load_into,
-    _read_json,
     build_from_spec,
     clean_state_dict,
     is_bundle,
+    load_weights_into,
+    read_json,
     read_run,
     sha256_file,
 )
@@ -47,11 +47,11 @@ def _training_summary(run: RunFolder, ckpt: dict) -> dict:
     if run.config.is_file():
         config = yaml.safe_load(run.config.read_text()) or {}
     data = config.get("data") or {}
-    splits = _read_json(run.split) if run.split.is_file() else {}
+    splits = read_json(run.split) if run.split.is_file() else {}
     epochs = None
     if run.metrics_csv.is_file():
         epochs = max(0, len(run.metrics_csv.read_text().strip().splitlines()) - 1)
-    lineage = _read_json(run.lineage) if run.lineage.is_file() else None
+    lineage = read_json(run.lineage) if run.lineage.is_file() else None
     if lineage is not None:  # the epochs in these weights: the bundles it started from, then this run
         lineage["epochs_total"] = int(lineage.get("epochs_before") or 0) + int(epochs or 0)
     return {
@@ -103,7 +103,7 @@ def write_bundle_meta(out_dir: Path, meta: dict) -> list[Path]:
 
 def read_bundle_meta(path: str | Path) -> dict:
     """The raw ``bundle.json`` of a bundle folder."""
-    return _read_json(BundleFolder(path).meta)
+    return read_json(BundleFolder(path).meta)
 
 
 def make_bundle(
@@ -128,14 +128,14 @@ def make_bundle(
     name = name or bundle.path.name
     _prepare_out_dir(bundle.path)
     # Fail before writing anything when the checkpoint does not fit its spec.
-    _load_into(build_from_spec(spec), ckpt["model"], run.best)
+    load_weights_into(build_from_spec(spec), ckpt["model"], run.best)
     save_file(
         _storage_state(ckpt["model"], fp16),
         str(bundle.weights),
         metadata={"format_version": str(BUNDLE_FORMAT_VERSION), "dtype": "float16" if fp16 else "float32"},
     )
     _copy_record(run, bundle)
-    metrics = _read_json(run.val_metrics) if run.val_metrics.is_file() else {}
+    metrics = read_json(run.val_metrics) if run.val_metrics.is_file() else {}
     if isinstance(card, str) and card.strip():
         card = {"Notes": card.strip()}
     meta = {
