@@ -96,8 +96,9 @@ def test_ui_offers_auto_first_and_shows_what_the_check_saw(pipelines, tmp_path):
     text = render.advice_markdown(routed)
     assert "**Modality check:** a colonoscopy (endoscopy) frame (0.92); sent to the polyp pipeline" in text
     refused = render.advice_markdown(service.analyze_bytes(png_bytes(marked("other")), AUTO))
-    # the refusal is a scope finding, as any out-of-scope result's reason is
-    assert "- **High:** Out of scope: this does not look like a medical image" in refused
+    # the refusal's reason, said once (in the recommendation, not again as a finding)
+    assert refused.count("this does not look like a medical image") == 1
+    assert "**Recommendation:** Out of scope: this does not look like a medical image" in refused
     service.close()
 
 

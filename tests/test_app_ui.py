@@ -11,6 +11,7 @@ from medlens.app import render
 from medlens.app.service import AnalysisService
 from medlens.app.store import HistoryStore
 from medlens.drawing import PALETTE
+from medlens.pipelines.advice import out_of_scope_text
 from tests.helpers_app import FakePipeline, bomb_png, png_bytes, rgb_image
 
 
@@ -77,12 +78,13 @@ def test_advice_lists_findings_where_the_model_looked_and_what_each_class_was_le
     oos = {
         "out_of_scope": True,
         "scope_reason": "in colour",
-        "recommendation": "No class.",
-        "findings": scope,
+        "recommendation": out_of_scope_text("in colour", "Chest X-ray"),  # what the pipeline writes
+        "findings": [*scope, {"text": "CTR above 0.5.", "severity": "moderate", "source": "ctr"}],
     }
-    assert render.advice_markdown({"result": oos}).count("in colour") == 1  # as a finding, not twice
-    older = render.advice_markdown({"result": {**oos, "findings": []}})  # a record stored before findings
-    assert "**Out of scope:** in colour" in older
+    text = render.advice_markdown({"result": oos})
+    assert text.count("in colour") == 1 and "CTR above 0.5." in text  # the reason once, other findings kept
+    older = render.advice_markdown({"result": {**oos, "findings": [], "recommendation": None}})
+    assert "**Out of scope:** in colour" in older  # a record without a recommendation still says why
 
 
 @pytest.fixture()

@@ -220,9 +220,11 @@ def advice_markdown(record: Mapping[str, Any] | None, expected_groups: tuple[str
     result = record["result"]
     findings = result.get("findings") or []
     parts: list[str | None] = [modality_line(record)]
-    if result.get("out_of_scope") and not any(f.get("source") == "scope" for f in findings):  # older records
-        reason = result.get("scope_reason") or "the image does not look like what the pipeline was trained on"
-        parts.append(f"**Out of scope:** {reason}")
+    if result.get("out_of_scope"):  # the recommendation gives the reason: not once more as a finding
+        findings = [f for f in findings if f.get("source") != "scope"]
+        reason = result.get("scope_reason") or "it does not look like what the pipeline was trained on"
+        if reason not in (result.get("recommendation") or ""):  # a record that did not say why
+            parts.append(f"**Out of scope:** {reason}")
     if record.get("label"):
         parts.append(f"**Label:** {label_name(record)}")
     parts.append(learnt_from_markdown(result, record.get("label")))
