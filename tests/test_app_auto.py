@@ -61,6 +61,8 @@ def test_api_auto_routes_refuses_and_keeps_the_history(client):
     assert models["auto"]["routes"]["fundus"] is None and models["auto"]["routes"]["dermoscopy"] == "skin"
     unknown = _post(client, marked("endoscopy"), pipeline="eye")
     assert unknown.status_code == 422 and "auto" in unknown.json()["valid"]
+    unnamed = _post(client, marked("endoscopy"), tta="false").json()  # no pipeline named: auto, as in the UI
+    assert unnamed["pipeline"] == "polyp" and unnamed["auto"] is True
 
 
 def test_api_auto_without_a_modality_classifier_is_a_clear_4xx(tmp_path):

@@ -72,7 +72,8 @@ def _analyze_route(router: APIRouter, service: AnalysisService, upload_limit: in
             str | None,
             Form(
                 description="skin, polyp, chest-xray, or auto: the pipeline of the image's modality, refused "
-                "(out of scope) when none takes it (default: the first pipeline)"
+                "(out of scope) when none takes it (default: auto when the modality classifier is loaded, "
+                "as in the web app; else the first pipeline)"
             ),
         ] = None,
         clahe: Annotated[bool, Form(description="contrast-limited histogram equalisation first")] = False,

@@ -172,13 +172,14 @@ class AnalysisService:
         return ([AUTO] if self.router is not None else []) + self.pipeline_names
 
     def resolve_pipeline(self, name: str | None) -> str:
-        """``name`` if loaded (or ``auto`` with a router), the first loaded pipeline if ``name`` is empty;
+        """``name`` if loaded (or ``auto`` with a router); if ``name`` is empty the first of :attr:`choices`
+        (``auto`` when there is a router, as in the web app: an image no model is made for is refused);
         UnknownNameError otherwise, MedlensError for ``auto`` without a modality classifier."""
         if not self.pipelines:
             where = self.models_dir if self.models_dir is not None else "the models folder"
             raise NoPipelineError(f"no pipeline is available: {where} holds no usable bundles")
         if not name:
-            return self.pipeline_names[0]
+            return self.choices[0]
         if name == AUTO and self.router is None:
             raise MedlensError(
                 "pipeline 'auto' needs the modality classifier (bundle 'modality' in the models folder), "
