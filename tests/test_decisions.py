@@ -51,6 +51,11 @@ def test_report_fits_on_validation_and_test_report_reuses_the_rules() -> None:
                                             {"malignant": ["mel", "bcc"]}, 0.9)  # fmt: skip
     assert update["decision"].fitted_on == "val" and update["groups"][0].threshold > 0
     assert metrics["decision"]["balanced_accuracy"] > metrics["balanced_accuracy"]
+    scaled = np.exp(val_logits / update["temperature"])  # calibrated first, as the report does
+    at_rule = apply_decision(scaled / scaled.sum(1, keepdims=True), CLASSES, update["decision"])
+    matrix = np.array(metrics["decision"]["confusion_matrix"])  # rows: true class, at the rule
+    assert matrix.sum() == len(val_y) and matrix.trace() == (at_rule == val_y).sum()
+    assert matrix[:, 0].sum() == (at_rule == 0).sum() != np.array(metrics["confusion_matrix"])[:, 0].sum()
     test_logits, test_y, _ = _imbalanced(3)
     spec = ModelSpec(task="classification", arch="resnet18", in_channels=3, num_classes=3, input_size=(8, 8),
                      mode="multiclass", classes=CLASSES, **update)  # fmt: skip

@@ -2,8 +2,9 @@
 
 Writes ``predictions.csv``, ``confusion_matrix.png``, ``roc.png`` and ``reliability.png``; the metrics are
 :func:`~medlens.evaluation.classification_metrics.classification_metrics` of the probabilities, plus
-``decision`` (accuracy, balanced accuracy and per-class recall at the shipped rule) and ``groups`` (each
-summed group's sensitivity and specificity at its flag threshold, and AUC).
+``decision`` (accuracy, balanced accuracy, per-class recall and the confusion matrix at the shipped rule:
+the labels of ``predictions.csv`` and of ``confusion_matrix.png``; the top-level figures are arg-max) and
+``groups`` (each summed group's sensitivity and specificity at its flag threshold, and AUC).
 """
 
 from __future__ import annotations
@@ -20,13 +21,18 @@ from medlens.spec import ClassGroup, Decision
 
 
 def decision_metrics(y_true: np.ndarray, y_pred: np.ndarray, decision: Decision, classes: list[str]) -> dict:
-    """Accuracy, balanced accuracy and per-class recall of the labels a decision rule gives."""
+    """Accuracy, balanced accuracy, per-class recall and confusion matrix (rows: true class) of the labels a
+    decision rule gives."""
+    from sklearn.metrics import confusion_matrix
+
     from medlens.evaluation.classification_metrics import balanced_accuracy
 
     recall = {c: float((y_pred[y_true == k] == k).mean()) if (y_true == k).any() else None
               for k, c in enumerate(classes)}  # fmt: skip
+    matrix = confusion_matrix(y_true, y_pred, labels=range(len(classes))).tolist()
     return {"rule": decision.to_dict(), "accuracy": float((y_true == y_pred).mean()),
-            "balanced_accuracy": balanced_accuracy(y_true, y_pred), "recall": recall}  # fmt: skip
+            "balanced_accuracy": balanced_accuracy(y_true, y_pred), "recall": recall,
+            "confusion_matrix": matrix}  # fmt: skip
 
 
 def group_metrics(
@@ -81,7 +87,10 @@ def evaluate_classification(predictor: Any, index: DatasetIndex, out: Path, skip
         rows.append({"id": item.id, "image": str(item.image), "label": item.label, "pred": classes[d],
                      "correct": int(classes[d] == item.label), **probs_row})  # fmt: skip
     write_csv(out / "predictions.csv", rows)
-    plot_confusion_matrix(metrics["confusion_matrix"], classes, out / "confusion_matrix.png")
+    shown = metrics.get(
+        "decision", metrics
+    )  # the labels of predictions.csv: at the shipped rule when there is one
+    plot_confusion_matrix(shown["confusion_matrix"], classes, out / "confusion_matrix.png")
     plot_roc_curves(y_true, p, classes, out / "roc.png")
     plot_reliability_diagram(p, y_true, out / "reliability.png")
     metrics["skipped"] = [{"file": f, "reason": r} for f, r in skipped]

@@ -242,13 +242,17 @@ def decision_report(
     probs: np.ndarray, y_true: np.ndarray, classes: list[str], decision: Decision, prefix: str = ""
 ) -> dict:
     """The rule (its JSON form) with its figures on ``probs``: a binary threshold its sensitivity and
-    specificity (``{prefix}sensitivity``...), a prior-corrected rule its balanced accuracy, accuracy and
-    per-class recall."""
+    specificity (``{prefix}sensitivity``...), a prior-corrected rule its balanced accuracy, accuracy,
+    per-class recall and confusion matrix (rows: true class)."""
     if isinstance(decision, PriorDecision):
+        from sklearn.metrics import confusion_matrix
+
         pred = apply_decision(probs, classes, decision)
         recall = per_class_recall(y_true, pred, classes)
+        matrix = confusion_matrix(y_true, pred, labels=range(len(classes))).tolist()
         return {**decision.to_dict(), "balanced_accuracy": balanced_accuracy(y_true, pred),
-                "accuracy": float((pred == y_true).mean()), "recall": recall}  # fmt: skip
+                "accuracy": float((pred == y_true).mean()), "recall": recall,
+                "confusion_matrix": matrix}  # fmt: skip
     if not isinstance(decision, ThresholdDecision):
         raise TypeError(f"not a decision rule: {decision!r}")
     k = decision.class_index(classes)
