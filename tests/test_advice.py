@@ -186,5 +186,8 @@ def test_shipped_chest_advice_shows_a_childs_film_findings_beside_the_reading():
     found = advice.find(ctx)
     assert [f.source for f in found] == ["evidence_outside_lungs", "one_lung_small", "ctr_above_adult_limit"]
     assert "looked outside the lungs" in found[0].text and "unreliable" in found[0].text
+    failed = {"cardiothoracic_ratio": None, "cardiothoracic_ratio_failed": 1.08, "lung_fraction_total": 0.3}
+    ctx = AdviceContext(label="pneumonia", probability=0.9, uncertainty=0.01, features=failed)
+    assert [f.source for f in advice.find(ctx)] == ["ctr_not_measured"]  # an impossible ratio is no finding
     tb = AdviceContext(label="tuberculosis", probability=0.8, uncertainty=0.01, features={})
     assert "tuberculosis" in advice.advise(tb)

@@ -36,6 +36,15 @@ def test_ctr_is_heart_width_over_inner_thoracic_width() -> None:
     )  # no heart class: no CTR
 
 
+def test_a_heart_as_wide_as_the_chest_is_a_failed_measurement_not_a_ratio() -> None:
+    mask = _chest()
+    mask[62, 5:95] = 3  # a heart row wider than the lungs' widest row (cols 10..89)
+    out = cardiothoracic_ratio(None, mask, classes=CLASSES)
+    assert out["cardiothoracic_ratio"] is None and out["cardiothoracic_lines"] is None
+    assert out["cardiothoracic_ratio_failed"] == pytest.approx(90 / 80)
+    assert cardiothoracic_ratio(None, _chest(), classes=CLASSES)["cardiothoracic_ratio_failed"] is None
+
+
 def test_lungs_are_named_by_the_patients_side_and_a_small_one_is_flagged() -> None:
     right, left = lungs_by_side(_chest(), CLASSES)
     assert right[30, 20] and left[30, 70] and not right[:, 50:].any() and not left[:, :50].any()

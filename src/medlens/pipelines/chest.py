@@ -26,6 +26,8 @@ from medlens.pipelines.features import Spacing, register_feature
 #: A lung under this fraction of the other's area is flagged (missing, collapsed, or mis-segmented).
 SMALL_LUNG_RATIO = 0.5
 CTR_UPPER_NORMAL = 0.5  # adult PA films
+#: A heart as wide as the chest or wider cannot be: the segmentation is off, and no ratio is reported.
+CTR_IMPOSSIBLE = 1.0
 
 
 @register_feature("lungs")
@@ -58,11 +60,17 @@ def cardiothoracic_ratio(
     image: np.ndarray, mask: np.ndarray, spacing: Spacing = None, *, classes: Sequence[str] | None = None
 ) -> dict[str, Any]:
     """CTR with its measurement rows (``cardiothoracic_lines``: heart and thorax, ``[row, x0, x1]``); None
-    when the mask has no heart or not both lungs."""
+    when the mask has no heart or not both lungs. A ratio of `CTR_IMPOSSIBLE` or more (the heart as wide as
+    the chest) is a failed measurement, not a finding: the ratio and its lines are then None and the value
+    measured is kept as ``cardiothoracic_ratio_failed``."""
     lines = cardiothoracic_lines(mask, classes)
     ctr = ctr_of(mask, classes) if lines else None
+    failed = ctr if ctr is not None and ctr >= CTR_IMPOSSIBLE else None
+    if failed is not None:
+        ctr, lines = None, None
     return {
         "cardiothoracic_ratio": round(ctr, 4) if ctr is not None else None,
         "cardiothoracic_ratio_upper_normal": CTR_UPPER_NORMAL,
+        "cardiothoracic_ratio_failed": round(failed, 4) if failed is not None else None,
         "cardiothoracic_lines": lines,
     }

@@ -77,6 +77,11 @@ FEATURE_INFO: dict[str, FeatureInfo] = {
         "reference: ≤ 0.50 on an adult PA film, not valid on AP or paediatric films",
     ),
     "cardiothoracic_ratio_upper_normal": FeatureInfo("CTR upper limit", "ratio", "adult PA films"),
+    "cardiothoracic_ratio_failed": FeatureInfo(
+        "CTR not measured",
+        "ratio",
+        "the heart came out as wide as the chest or wider, which cannot be: the outlines are off here",
+    ),
 }
 #: Keys that carry drawing geometry for the overlay, not values for people.
 HIDDEN_KEYS = frozenset({"cardiothoracic_lines"})
