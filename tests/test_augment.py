@@ -155,3 +155,21 @@ def test_real_multiclass_label_map_keeps_its_labels(shared_datasets: Path) -> No
     assert set(torch.unique(out_y).tolist()) <= set(torch.unique(y).tolist())
     for label in torch.unique(y)[1:].tolist():  # every structure survives the deformation
         assert (out_y == label).sum() > 0.3 * (y == label).sum()
+
+
+def test_blur_softens_images_and_leaves_masks_alone() -> None:
+    torch.manual_seed(0)
+    images, masks = torch.rand(4, 3, 32, 32), _discs(4, 32)
+    out, out_masks = GpuAugmenter(AugmentConfig(**OFF, blur=1.0, blur_sigma=1.5), "segmentation")(
+        images, masks
+    )
+    assert torch.equal(out_masks, masks) and out.shape == images.shape
+
+    def roughness(x: torch.Tensor) -> float:  # mean difference between horizontal neighbours
+        return float((x[..., 1:] - x[..., :-1]).abs().mean())
+
+    assert roughness(out) < 0.8 * roughness(images)
+    with pytest.raises(ConfigError, match="blur"):
+        AugmentConfig(blur=2.0)
+    with pytest.raises(ConfigError, match="blur_sigma"):
+        AugmentConfig(blur_sigma=0.05)
