@@ -169,3 +169,46 @@ def test_failed_ui_logins_are_throttled_per_client(tmp_path):
         r = client.post("/login", data={"username": "me", "password": "tok"})
         assert r.status_code == 429 and "retry-after" in r.headers
         assert client.get("/healthz").status_code == 200
+
+
+def test_deleting_an_example_analysis_and_the_sweep_leave_what_gradio_serves(tmp_path, monkeypatch):
+    """Gradio's cached copies of an example and of a dashboard plot carry their sources' old mtime
+    (shutil.copy2): deleting an analysis made from the example, a sweep or Gradio's own delete_cache must not
+    remove them."""
+    pytest.importorskip("gradio")
+    import os
+    import time
+
+    from medlens.app.cleanup import TempJanitor
+    from medlens.app.ui import build_ui
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    example = tmp_path / "examples" / "skin" / "cju13fwthn9mq0835gacxgy01.png"
+    plot = tmp_path / "models" / "skin-cls" / "plots" / "test_roc.png"
+    for path, seed in ((example, 0), (plot, 1)):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(png_bytes(rgb_image(40, seed)))
+        os.utime(path, (time.time() - 86400, time.time() - 86400))
+    store = HistoryStore(tmp_path / "home")
+    service = AnalysisService({"skin": FakePipeline("skin")}, store, max_pixels=10_000)
+    service.bundles = [{"name": "skin-cls", "task": "classification", "classes": ["a", "b"],
+                        "plots": {"test_roc.png": plot}}]  # fmt: skip
+    janitor = TempJanitor(max_age_s=3600)
+    try:
+        demo = build_ui(service, tmp_path / "examples", 50_000, janitor)
+        cached = {p.name: p for p in (tmp_path / "gradio").rglob("*.png")}  # Gradio's copies, served there
+        served_example, served_plot = cached[example.name], cached[plot.name]
+        *_, analysis_id = demo.medlens_handlers.analyze(str(served_example), "skin", False, False, 0.5)
+        assert service.delete(analysis_id) and served_example.exists()
+        *_, again = demo.medlens_handlers.analyze(str(served_example), "skin", False, False, 0.5)
+        assert again != analysis_id  # the example still works
+        janitor.sweep()
+        assert served_example.exists() and served_plot.exists()
+        from gradio.route_utils import delete_files_created_by_app
+
+        delete_files_created_by_app(demo, age=0)  # Gradio's delete_cache, once its files are old enough
+        assert served_example.exists() and served_plot.exists()
+    finally:
+        janitor.close()
+        service.close()
+    assert served_example.exists() and served_plot.exists()  # shutdown removes only the janitor's own files

@@ -3,7 +3,8 @@
 The event functions (:mod:`medlens.app.ui_handlers`) call :class:`~medlens.app.service.AnalysisService`
 directly (the same service the REST API uses), never HTTP; the components are laid out in
 :mod:`medlens.app.ui_tabs`. Pictures shown come from the history store by analysis id. The UI's temporary
-files (uploads, mask downloads) are removed on delete, by age and at shutdown (:mod:`medlens.app.cleanup`).
+files (uploads, mask downloads) are removed on delete, by age and at shutdown (:mod:`medlens.app.cleanup`);
+never the files Gradio serves for components (examples, the dashboard's plots).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def build_ui(
         _wire_analyse(h, a)
         _wire_history(demo, h, a, hi)
         _wire_dashboard(demo, h, a, d)
+    h.janitor.attach(demo)  # which files are uploads, and which (examples, plots) Gradio keeps serving
     demo.medlens_handlers = h
     return demo
 

@@ -86,7 +86,10 @@ class UiHandlers:
     def _read(self, path: Path) -> bytes:
         size = path.stat().st_size if path.exists() else -1
         if size < 0:
-            raise _error("the upload is gone (removed after an hour or at a restart): upload it again")
+            raise _error(
+                "the uploaded file is gone (uploads are removed an hour after upload, when their analysis is "
+                "deleted, and at a restart): upload it again"
+            )
         if size > self.max_file_size:
             raise _error(security.too_large_message(self.max_file_size))
         if size == 0:

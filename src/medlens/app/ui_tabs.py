@@ -42,7 +42,7 @@ def _inputs(c: dict[str, Any], h: UiHandlers, names: list[str], examples: list[l
         )
     c["run"] = gr.Button("Analyse", variant="primary", elem_id="analyse-button", interactive=bool(names))
     if examples:
-        gr.Examples(
+        shown = gr.Examples(
             examples,
             inputs=[c["file"], c["pipeline"]],
             label="Examples",
@@ -50,6 +50,15 @@ def _inputs(c: dict[str, Any], h: UiHandlers, names: list[str], examples: list[l
             example_labels=[f"{Path(p).name} ({name})" for p, name in examples],
             elem_id="examples",
         )
+        # Gradio serves its cached copies of the example files for as long as the server runs, but does not
+        # keep them (its delete_cache would take them after an hour): keep them, as it keeps static images
+        c["file"].keep_in_cache.update(_cached_paths(shown))
+
+
+def _cached_paths(examples: gr.Examples) -> set[str]:
+    """The paths of Gradio's cached copies of an Examples' files (its processed samples)."""
+    values = [v for sample in examples.non_none_processed_examples.values() for v in sample]
+    return {v["path"] for v in values if isinstance(v, dict) and isinstance(v.get("path"), str)}
 
 
 def _pipeline_info(names: list[str]) -> str | None:
