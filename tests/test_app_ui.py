@@ -12,7 +12,7 @@ from medlens.app.service import AnalysisService
 from medlens.app.store import HistoryStore
 from medlens.drawing import PALETTE
 from medlens.pipelines.advice import out_of_scope_text
-from tests.helpers_app import FakePipeline, bomb_png, png_bytes, rgb_image
+from tests.helpers_app import FakePipeline, bomb_png, corrupt_jpeg, png_bytes, rgb_image
 
 
 def test_blend_colours_inside_the_mask_only():
@@ -99,7 +99,7 @@ def handlers(tmp_path):
 
 
 def test_ui_handlers_analyse_reblend_history_compare_delete(handlers, tmp_path):
-    import gradio as gr
+    from medlens.app.ui_handlers import DETAIL
 
     upload = tmp_path / "upload.bin"
     upload.write_bytes(png_bytes(rgb_image(40)))
@@ -123,14 +123,60 @@ def test_ui_handlers_analyse_reblend_history_compare_delete(handlers, tmp_path):
     assert handlers.service.get(analysis_id) is None and handlers.panel(analysis_id)[0] is None
     assert not Path(mask_file).exists()  # the UI's copy goes with the analysis
 
-    for data, words in ((b"", "empty"), (b"x" * 60_000, "too large"), (bomb_png(200, 200), "200x200 pixels"),
-                        (b"plain text", "&lt;upload&gt;")):  # fmt: skip
+    for data, words in ((b"", "the file is empty"), (b"x" * 60_000, "too large"),
+                        (bomb_png(200, 200), "200x200 pixels"),
+                        (b"plain text", "not a readable image (unknown file type")):  # fmt: skip
         upload.write_bytes(data)
-        with pytest.raises(gr.Error, match=words):
-            handlers.analyze(str(upload), "skin", False, True, 0.5)
-    with pytest.raises(gr.Error, match="Upload an image"):
-        handlers.analyze(None, "skin", False, True, 0.5)
+        with pytest.warns(UserWarning, match="upload.bin"):  # the toast (a warning outside a Gradio event)
+            *cleared, advice, _, _, no_id = handlers.analyze(str(upload), "skin", False, True, 0.5)
+        assert advice.startswith("**Could not analyse `upload.bin`:**") and words in advice, advice
+        assert no_id is None and cleared[0] is None and "<upload>" not in advice
+    with pytest.warns(UserWarning, match="Nothing to analyse"):
+        out = handlers.analyze(None, "skin", False, True, 0.5)
+    assert "upload an image (or pick an example) first" in out[DETAIL.index("advice")] and out[-1] is None
     assert handlers.service.store.count() == 0
+
+
+def test_a_failed_analysis_clears_the_previous_result_and_names_the_file(handlers, tmp_path, monkeypatch):
+    from medlens.app.ui_handlers import DETAIL
+
+    good = tmp_path / "lesion.png"
+    good.write_bytes(png_bytes(rgb_image(40)))
+    first = dict(zip([*DETAIL, "id"], handlers.analyze(str(good), "skin", False, True, 0.5), strict=True))
+    assert "Label:" in first["advice"] and first["probs"] and first["mask_file"] and first["id"]
+    folder = tmp_path / "gradio" / "0123abcd"  # where Gradio keeps an upload, under its original name
+    folder.mkdir(parents=True)
+    broken = folder / "truncated.jpg"
+    broken.write_bytes(corrupt_jpeg())
+    with pytest.warns(UserWarning, match="truncated.jpg"):
+        out = dict(zip([*DETAIL, "id"], handlers.analyze(str(broken), "skin", False, True, 0.5), strict=True))
+    advice = out.pop("advice")
+    assert advice.startswith("**Could not analyse `truncated.jpg`:** the file is not a readable image (")
+    assert "JPEG" in advice and str(folder) not in advice and "Label" not in advice
+    assert out.pop("features").empty and out.pop("uncertainty") == ""
+    assert out.pop("probs_box") == {"__type__": "update"}  # the panel's visibility follows the pipeline
+    assert out == dict.fromkeys(("original", "overlay", "probs", "gradcam", "mask_file", "id"))
+    assert handlers.service.store.count() == 1  # only the good one
+
+    def fail(*_args, **_kwargs):
+        raise RuntimeError("boom at /srv/secret/path")
+
+    monkeypatch.setattr(handlers.service, "analyze_bytes", fail)
+    with pytest.warns(UserWarning, match="internal error"):
+        advice = handlers.analyze(str(good), "skin", False, True, 0.5)[DETAIL.index("advice")]
+    assert advice.startswith("**Could not analyse `lesion.png`:** internal error (id ")
+    assert "boom" not in advice and "secret" not in advice
+    assert handlers.service.store.count() == 1
+
+
+def test_upload_names_and_failure_messages_are_safe_to_show():
+    assert render.upload_name("/tmp/gradio/9f2c/ISIC_0024403.jpg") == "ISIC_0024403.jpg"
+    assert render.upload_name("/tmp/x/a`b\nc.png") == "abc.png"
+    assert render.upload_name("/tmp/x/" + "n" * 200 + ".png").endswith("…")
+    assert len(render.upload_name("/tmp/x/" + "n" * 200 + ".png")) == render.UPLOAD_NAME_LIMIT
+    text = render.failure_markdown("a_b.png", "bad <b>header</b> in *MEDLENS_MAX*.")
+    assert text.startswith("**Could not analyse `a_b.png`:** bad \\<b\\>header")
+    assert "\\*MEDLENS\\_MAX\\*." in text and ".." not in text
 
 
 def test_ui_is_mounted_at_root_and_asks_for_a_login_with_a_token(tmp_path):

@@ -179,6 +179,35 @@ def test_analyse_an_example_shows_names_groups_colour_bar_and_uncertainty(live, 
 
 
 @pytest.mark.browser
+def test_a_failed_analysis_clears_the_result_and_says_why(live, page, tmp_path):
+    """After the analysis above, a truncated image: every panel cleared, a lasting message naming the file."""
+    _, examples = live
+    page.get_by_role("tab", name="Analyse").click()
+    page.locator("#advice").get_by_text("Recommendation").wait_for()  # the previous result is on screen
+    broken = tmp_path / "truncated.jpg"
+    broken.write_bytes(examples[0].read_bytes()[:2000])
+    page.locator("#upload button[aria-label='Clear']").click()  # the drop zone comes back
+    page.locator("#upload input[type=file]").set_input_files(str(broken))
+    page.locator("#upload").get_by_text("truncated").first.wait_for()
+    page.click("#analyse-button")
+    advice = page.locator("#advice")
+    advice.get_by_text("Could not analyse").wait_for()
+    _settled(page)
+    text = advice.inner_text()
+    assert "truncated.jpg" in text and "not a readable image" in text, text
+    assert "Label" not in text and "Recommendation" not in text and "<upload>" not in text
+    for panel in ("#original", "#overlay", "#gradcam"):
+        assert page.locator(f"{panel} img").count() == 0, panel
+        assert page.locator(panel).get_by_text("Error", exact=True).count() == 0, panel  # no bare badges
+    assert "%" not in page.locator("#probabilities").inner_text()
+    assert "medlens-mask-" not in page.locator("#mask-file").inner_text()
+    assert "Uncertainty" not in page.locator("#uncertainty").inner_text()
+    page.wait_for_timeout(11_000)  # longer than a toast lasts: the message stays
+    assert "truncated.jpg" in advice.inner_text()
+    page.screenshot(path=str(SHOTS / "analyse_failed.png"), full_page=True)
+
+
+@pytest.mark.browser
 def test_probabilities_panel_is_hidden_without_a_classifier(page):
     page.get_by_role("tab", name="Analyse").click()
     page.locator("#pipeline input").click()

@@ -16,7 +16,7 @@ import pandas as pd
 from medlens.app import render, security
 from medlens.app.cleanup import TempJanitor
 from medlens.app.service import AnalysisService
-from medlens.errors import MedlensError
+from medlens.errors import ImageReadError, ImageTooLargeError, MedlensError
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +36,14 @@ DETAIL = (
 """What an opened analysis fills, in this order (``probs_box`` is a visibility update)."""
 
 
-def _error(message: str) -> gr.Error:
-    return gr.Error(html.escape(message), print_exception=False)
+def failure_reason(exc: MedlensError) -> str:
+    """Why an upload could not be analysed, by error type: the reason alone for image errors (their message
+    says ``cannot read <upload>``; the UI names the file itself), the message for the others."""
+    if isinstance(exc, ImageTooLargeError):
+        return f"the image is too large: {exc.reason}"
+    if isinstance(exc, ImageReadError):
+        return f"the file is not a readable image ({exc.reason})"
+    return str(exc)
 
 
 def _all_to_none(value: str | None) -> str | None:
@@ -66,34 +72,49 @@ class UiHandlers:
         tta: bool = False,
         opacity: float = 0.45,
     ) -> tuple:
-        """Uploaded file -> (the :data:`DETAIL` values, analysis id)."""
+        """Uploaded file -> (the :data:`DETAIL` values, analysis id).
+
+        A failure is returned, not raised: every panel cleared, the advice panel saying which file could not
+        be analysed and why (it stays until the next analysis; a toast says it too), the id None. Nothing is
+        stored then. Bad input (:class:`~medlens.errors.MedlensError`) is told as such; anything else is an
+        internal error, logged under an id that the message gives."""
         if not file:
-            raise _error("Upload an image (or pick an example) first.")
-        data = self._read(Path(file))
+            return self._failed(None, "upload an image (or pick an example) first")
+        name = render.upload_name(file)
         try:
+            data = self._read(Path(file))
             # ticked: flips for every model; unticked: each model as chosen on validation (DEFAULT_TTA)
             record = self.service.analyze_bytes(
                 data, pipeline or None, bool(clahe), tta=True if tta else None
             )
         except MedlensError as exc:
-            raise _error(str(exc)) from exc
+            return self._failed(name, failure_reason(exc))
         except Exception as exc:
             error_id = security.log_internal_error(exc, "the UI's analysis")
-            raise gr.Error(f"internal error (id {error_id})", print_exception=False) from exc
+            return self._failed(name, f"internal error (id {error_id}); the details are in the server's log")
         self.janitor.track(record["id"], file)
         return (*self.detail(record, opacity), record["id"])
+
+    def _failed(self, name: str | None, reason: str) -> tuple:
+        """The outputs of a failed analysis: the empty :data:`DETAIL` values with the message as the advice,
+        and no analysis id (so the overlay slider redraws nothing)."""
+        values = list(self.detail(None))
+        values[DETAIL.index("advice")] = render.failure_markdown(name, reason)
+        what = f"Could not analyse {name}" if name else "Nothing to analyse"
+        gr.Warning(html.escape(f"{what}: {reason}"), title="Analysis failed")
+        return (*values, None)
 
     def _read(self, path: Path) -> bytes:
         size = path.stat().st_size if path.exists() else -1
         if size < 0:
-            raise _error(
+            raise MedlensError(
                 "the uploaded file is gone (uploads are removed an hour after upload, when their analysis is "
                 "deleted, and at a restart): upload it again"
             )
         if size > self.max_file_size:
-            raise _error(security.too_large_message(self.max_file_size))
+            raise MedlensError(security.too_large_message(self.max_file_size))
         if size == 0:
-            raise _error("cannot read the upload: empty file")
+            raise MedlensError("the file is empty")
         return path.read_bytes()  # the service checks the declared size before decoding
 
     def has_classifier(self, pipeline: str | None) -> bool:
