@@ -169,6 +169,21 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
         return float(balanced_accuracy_score(y_true, y_pred))
 
 
+def label_figures(y_true: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:
+    """Figures of the labels a decision rule gave: accuracy, balanced accuracy, per-class recall (None for a
+    class without items) and the confusion matrix (rows: true class)."""
+    from sklearn.metrics import confusion_matrix
+
+    recall = {c: float((pred[y_true == k] == k).mean()) if (y_true == k).any() else None
+              for k, c in enumerate(classes)}  # fmt: skip
+    return {
+        "accuracy": float((pred == y_true).mean()),
+        "balanced_accuracy": balanced_accuracy(y_true, pred),
+        "recall": recall,
+        "confusion_matrix": confusion_matrix(y_true, pred, labels=range(len(classes))).tolist(),
+    }
+
+
 def flag_scores(p: np.ndarray, inside: np.ndarray, threshold: float) -> dict:
     """Sensitivity and specificity of flagging ``p >= threshold`` for the items ``inside`` a group."""
     called = p >= threshold

@@ -21,18 +21,11 @@ from medlens.spec import ClassGroup, Decision
 
 
 def decision_metrics(y_true: np.ndarray, y_pred: np.ndarray, decision: Decision, classes: list[str]) -> dict:
-    """Accuracy, balanced accuracy, per-class recall and confusion matrix (rows: true class) of the labels a
-    decision rule gives."""
-    from sklearn.metrics import confusion_matrix
+    """The rule (its JSON form) and :func:`~medlens.evaluation.classification_metrics.label_figures` of the
+    labels it gave."""
+    from medlens.evaluation.classification_metrics import label_figures
 
-    from medlens.evaluation.classification_metrics import balanced_accuracy
-
-    recall = {c: float((y_pred[y_true == k] == k).mean()) if (y_true == k).any() else None
-              for k, c in enumerate(classes)}  # fmt: skip
-    matrix = confusion_matrix(y_true, y_pred, labels=range(len(classes))).tolist()
-    return {"rule": decision.to_dict(), "accuracy": float((y_true == y_pred).mean()),
-            "balanced_accuracy": balanced_accuracy(y_true, y_pred), "recall": recall,
-            "confusion_matrix": matrix}  # fmt: skip
+    return {"rule": decision.to_dict(), **label_figures(y_true, y_pred, classes)}
 
 
 def group_metrics(

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from medlens.errors import ConfigError
-from medlens.evaluation.classification_metrics import balanced_accuracy, flag_scores
+from medlens.evaluation.classification_metrics import flag_scores, label_figures
 from medlens.evaluation.metrics import selection_score
 from medlens.inference.decisions import apply_decision, group_probability
 from medlens.spec import Decision, Mode, ModelSpec, PriorDecision, ThresholdDecision
@@ -245,14 +245,8 @@ def decision_report(
     specificity (``{prefix}sensitivity``...), a prior-corrected rule its balanced accuracy, accuracy,
     per-class recall and confusion matrix (rows: true class)."""
     if isinstance(decision, PriorDecision):
-        from sklearn.metrics import confusion_matrix
-
         pred = apply_decision(probs, classes, decision)
-        recall = per_class_recall(y_true, pred, classes)
-        matrix = confusion_matrix(y_true, pred, labels=range(len(classes))).tolist()
-        return {**decision.to_dict(), "balanced_accuracy": balanced_accuracy(y_true, pred),
-                "accuracy": float((pred == y_true).mean()), "recall": recall,
-                "confusion_matrix": matrix}  # fmt: skip
+        return {**decision.to_dict(), **label_figures(y_true, pred, classes)}
     if not isinstance(decision, ThresholdDecision):
         raise TypeError(f"not a decision rule: {decision!r}")
     k = decision.class_index(classes)
@@ -262,12 +256,6 @@ def decision_report(
     return {**rule, f"{prefix}sensitivity": float(called[y_pos].mean()) if y_pos.any() else None,
             f"{prefix}specificity": float((~called[~y_pos]).mean()) if (~y_pos).any() else None,
             "accuracy": float((called == y_pos).mean())}  # fmt: skip
-
-
-def per_class_recall(y_true: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, float | None]:
-    """Recall of each class (None for a class without items)."""
-    return {c: float((pred[y_true == k] == k).mean()) if (y_true == k).any() else None
-            for k, c in enumerate(classes)}  # fmt: skip
 
 
 def classification_test_report(
