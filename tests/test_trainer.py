@@ -260,6 +260,23 @@ def test_segmentation_guided_classification(seg_run: Path, synthetic_cls: Path, 
     assert saved["data"]["in_channels"] == 3  # the image channels; the mask channel is added by the guide
 
 
+def test_attention_loss_run(seg_run: Path, synthetic_cls: Path, tmp_path: Path) -> None:
+    """cam_penalty: the guide's regions are cached with the training split, move with the augmentation, and the
+    share of the evidence outside them is logged per epoch."""
+    from medlens.inference.packaging import make_bundle
+
+    bundle = make_bundle(seg_run, tmp_path / "seg-bundle")
+    run = train(cls_config(synthetic_cls, tmp_path / "runs", "epochs=2", "data.input_size=[64,64]",
+                           f"guide_bundle={bundle}", "cam_penalty=0.3", "augment.rotate_deg=30"))  # fmt: skip
+    shares = [float(row["train_cam_outside"]) for row in read_rows(run)]
+    assert len(shares) == 2 and all(0.0 <= s <= 1.0 for s in shares)
+    assert yaml.safe_load((run / "config.yaml").read_text())["cam_penalty"] == 0.3
+    with pytest.raises(ConfigError, match="guide_bundle"):
+        load_config(None, ["data.task=classification", "cam_penalty=0.3"])
+    with pytest.raises(ConfigError, match="mixup"):
+        load_config(None, ["data.task=classification", f"guide_bundle={bundle}", "cam_penalty=0.3", "mixup=0.2"])
+
+
 def test_early_stopping(synthetic_cls: Path, tmp_path: Path) -> None:
     cfg = cls_config(
         synthetic_cls,

@@ -140,6 +140,9 @@ class TrainConfig:
     guide_bundle: str | None = None  # segmentation bundle for segmentation-guided classification
     guide_mode: GuideMode = GuideMode.CROP  # crop | channel | both | field
     guide_margin: float = DEFAULT_GUIDE_MARGIN  # crop margin per side, a fraction of the region's longer side
+    # attention loss (training/losses.py outside_evidence): this weight times the share of the class evidence
+    # that lies outside the guide's region, added to the loss; 0 = off. Needs guide_bundle
+    cam_penalty: float = 0.0
 
 
 def config_to_dict(cfg: Any) -> dict:
@@ -362,6 +365,11 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _range("label_smoothing", cfg.label_smoothing, 0.0, 0.99)
     _range("mixup", cfg.mixup, 0.0, 100.0)
     _range("cutmix", cfg.cutmix, 0.0, 100.0)
+    _range("cam_penalty", cfg.cam_penalty, 0.0, 100.0)
+    if cfg.cam_penalty > 0 and not cfg.guide_bundle:
+        raise ConfigError("cam_penalty: the attention loss needs a guide_bundle (its region: where to look)")
+    if cfg.cam_penalty > 0 and (cfg.mixup > 0 or cfg.cutmix > 0):
+        raise ConfigError("cam_penalty: not with mixup or cutmix (a mixed image has no one region)")
     for key in ("epochs", "val_every"):
         _range(key, getattr(cfg, key), 1, 1_000_000)
     for key, value in (

@@ -28,11 +28,14 @@ class CachedData:
 
     images: (N, C, H, W) uint8. targets: binary segmentation (N, 1, H, W) uint8 0/1; multiclass (N, H, W)
     uint8 labels; multilabel (N, K, H, W) uint8 0/1; classification (N,) int64 class indices.
+    regions: (N, 1, H, W) uint8 0/1, where a guided classifier should look (its guide's region, aligned with
+    ``images``), for the attention loss; None otherwise.
     """
 
     images: torch.Tensor
     targets: torch.Tensor
     ids: list[str]
+    regions: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.ids)

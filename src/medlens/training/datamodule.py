@@ -8,6 +8,8 @@ or per-step image decoding is involved.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -20,6 +22,14 @@ from medlens.spec import ModelSpec, Task
 from medlens.training import batches
 from medlens.training.distributed import DistInfo
 from medlens.training.prepare import RunData, cache_split
+
+
+class Batch(NamedTuple):
+    """A prepared batch: normalised inputs, targets, and the attention loss's regions (or None)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    region: torch.Tensor | None
 
 
 class DataModule:
@@ -51,8 +61,10 @@ class DataModule:
         )
         self.augmenter = GpuAugmenter(cfg.augment, cfg.data.task)
         guided = not self.is_seg and spec.guide is not None and spec.guide.mode.extra_channels
-        # a guide's mask channel moves with the image but gets no photometric change
-        self.guide_augmenter = GpuAugmenter(cfg.augment, Task.SEGMENTATION) if guided else None
+        self.mask_channels = int(spec.guide.mode.extra_channels) if guided else 0
+        # a guide's mask channel and the attention loss's region move with the image (no photometric change)
+        moved = guided or self.train.regions is not None
+        self.mask_augmenter = GpuAugmenter(cfg.augment, Task.SEGMENTATION) if moved else None
         self.mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(spec.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
@@ -80,23 +92,32 @@ class DataModule:
         items = self.run.index.lookup(data.ids)
         return [items[i].source for i in order]
 
-    def get_batch(
-        self, data: CachedData, idx: torch.Tensor, augment: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached samples ``idx`` -> normalised float ``(B, C, H, W)`` on the device and their targets."""
+    def get_batch(self, data: CachedData, idx: torch.Tensor, augment: bool) -> Batch:
+        """Cached samples ``idx`` -> normalised float ``(B, C, H, W)`` on the device, their targets and, when
+        the cache has them, their regions ``(B, 1, H, W)`` float 0/1 (moved with the image)."""
         idx = idx.to(data.images.device)
         x = batches.to_float(data.images[idx], self.device)
         y = data.targets[idx]
         y = batches.seg_targets(y, self.plan.mode, self.device) if self.is_seg else y.to(self.device)
+        region = None if data.regions is None else data.regions[idx].to(self.device).float()
         if augment:
-            x, y = self.augment(x, y)
-        return batches.normalize(x, self.mean, self.std, self.cfg.channels_last), y
+            x, y, region = self.augment(x, y, region)
+        return Batch(batches.normalize(x, self.mean, self.std, self.cfg.channels_last), y, region)
 
-    def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """GpuAugmenter on 0..1 images ``(B, C, H, W)``; a guide mask channel (last) moves with the image."""
+    def augment(
+        self, x: torch.Tensor, y: torch.Tensor, region: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """GpuAugmenter on 0..1 images ``(B, C, H, W)``; a guide mask channel (last) and a region move with
+        the image."""
         if self.is_seg:
-            return self.augmenter(x, y)
-        if self.guide_augmenter is not None:
-            image, mask = self.guide_augmenter(x[:, :-1], x[:, -1:])
-            return torch.cat([image, mask.float()], dim=1), y
-        return self.augmenter(x, None)[0], y
+            x, y = self.augmenter(x, y)
+            return x, y, region
+        moved = self.mask_channels + (region is not None)
+        if not moved:
+            return self.augmenter(x, None)[0], y, None
+        stack = x if region is None else torch.cat([x, region], dim=1)
+        image, masks = self.mask_augmenter(stack[:, :-moved], stack[:, -moved:])
+        masks = masks.float()
+        if region is not None:
+            masks, region = masks[:, :-1], masks[:, -1:]
+        return torch.cat([image, masks], dim=1), y, region

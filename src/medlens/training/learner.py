@@ -12,13 +12,28 @@ from torch import nn
 
 from medlens.config import TrainConfig
 from medlens.data.fingerprint import Plan
+from medlens.errors import ConfigError
 from medlens.spec import ModelSpec, Task
 from medlens.training import distributed
 from medlens.training.distributed import DistInfo
+from medlens.training.losses import outside_evidence
 from medlens.training.optim import amp_dtype, create_optimizer
 from medlens.training.schedule import create_scheduler
 
 logger = logging.getLogger(__name__)
+
+
+class WithFeatures(nn.Module):
+    """A timm classifier that also returns the feature map its head pools, ``(logits, features)``, for the
+    attention loss; one forward, so DDP sees the network it wraps run once."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.net.forward_features(x)
+        return self.net.forward_head(features), features
 
 
 class Learner:
@@ -75,6 +90,11 @@ class Learner:
             from medlens.training.warmstart import load_start_weights
 
             load_start_weights(net, start, new_head=cfg.new_head)
+        if cfg.cam_penalty > 0:
+            from medlens.inference.explain import linear_head_weights
+
+            if linear_head_weights(net, self.spec.in_channels, tuple(self.spec.input_size)) is None:
+                raise ConfigError(f"cam_penalty: {cfg.model.arch} is not global pooling and one linear layer")
         net = net.to(self.device)
         if cfg.channels_last:
             net = net.to(memory_format=torch.channels_last)
@@ -122,15 +142,28 @@ class Learner:
             state = "frozen: training the head only" if frozen else "unfrozen"
             logger.info("backbone %s (epoch %d)", state, epoch + 1)
         self.frozen = frozen
-        model = distributed.wrap_model(self.net, self.dist, self.device)
+        net = WithFeatures(self.net) if self.cfg.cam_penalty > 0 else self.net
+        model = distributed.wrap_model(net, self.dist, self.device)
         self.model = torch.compile(model) if self.cfg.compile else model
 
-    def step(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(
+        self, x: torch.Tensor, target: torch.Tensor, region: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Forward, loss, backward, clip, step (optimizer + LR schedule) on a normalised batch
-        ``(B, C, H, W)``; returns the detached loss and logits."""
+        ``(B, C, H, W)``; with ``cam_penalty``, the attention loss on ``region`` ``(B, 1, H, W)`` joins the
+        loss. Returns the detached loss, logits and share of the evidence outside the region (or None)."""
+        outside = None
         with self.autocast():
-            logits = self.model(x)
-        loss = self.loss_fn(logits.float(), target)
+            out = self.model(x)
+        if self.cfg.cam_penalty > 0:
+            if region is None:
+                raise ConfigError("cam_penalty: the batch carries no regions (a guided classification run?)")
+            logits, features = out
+            outside = outside_evidence(features, self.net.get_classifier().weight, target, region)
+            loss = self.loss_fn(logits.float(), target) + self.cfg.cam_penalty * outside
+        else:
+            logits = out
+            loss = self.loss_fn(logits.float(), target)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.optim.grad_clip:
@@ -139,7 +172,7 @@ class Learner:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return loss.detach(), logits.detach()
+        return loss.detach(), logits.detach(), None if outside is None else outside.detach()
 
     @property
     def lr(self) -> float:

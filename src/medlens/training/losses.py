@@ -333,3 +333,40 @@ class MarginalDiceCELoss(nn.Module):
         dice = 1.0 - 2.0 * inter / card.clamp_min(self.eps)
         dice_loss = dice[active].mean() if active.any() else dice.sum() * 0.0
         return self.ce_weight * ce + self.dice_weight * dice_loss
+
+
+def outside_evidence(
+    features: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, region: torch.Tensor
+) -> torch.Tensor:
+    """The attention loss: the share of a classifier's evidence that lies outside the region where it should
+    look (the lungs and heart of a chest film), for a head that is global average pooling then one linear
+    layer, whose class activation map is ``W_k . A(p)`` at each position ``p`` of the feature map ``A``.
+
+    Written here because no library of the field has it. In the spirit of "right for the right reasons" (Ross
+    et al. 2017) and of guided attention (GAIN, Li et al. 2018), but on the class activation map itself,
+    which for such a head is Grad-CAM (medlens.inference.explain) without a second backward pass. Two shares,
+    averaged:
+
+    - the map Grad-CAM shows, ``ReLU(W_y . A)`` for the true class ``y``;
+    - the evidence the decision uses, ``|(W_k - mean_j W_j) . A|`` over every class ``k``: softmax does not
+      see a shift common to all classes, so the first share alone could be met by moving a common term out of
+      the region while the decision still reads the corners and borders.
+
+    Args:
+        features: ``(B, C, h, w)`` feature map. weight: ``(K, C)`` class weights of the linear head.
+        target: ``(B,)`` int64 class indices. region: ``(B, 1, H, W)`` float 0/1 at the input's size.
+    Returns:
+        Scalar: the mean over the batch of the two shares, in 0..1.
+    """
+    inside = F.adaptive_avg_pool2d(region.float(), features.shape[-2:])  # (B, 1, h, w): share of each cell
+    contrib = torch.einsum("kc,bchw->bkhw", weight.float(), features.float())
+    shown = contrib.gather(1, target.view(-1, 1, 1, 1).expand(-1, 1, *contrib.shape[-2:])).relu()
+    used = (contrib - contrib.mean(dim=1, keepdim=True)).abs()
+
+    def share(cam: torch.Tensor) -> torch.Tensor:
+        # the total is a constant to the gradient: the loss lowers the evidence outside and cannot be met by
+        # letting every activation fade (a ratio's gradient would reward that)
+        total = cam.flatten(1).sum(1).detach()
+        return (cam * (1.0 - inside)).flatten(1).sum(1) / total.clamp(min=1e-6)
+
+    return 0.5 * (share(shown) + share(used)).mean()

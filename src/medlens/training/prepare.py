@@ -25,7 +25,7 @@ from medlens.data.splits import check_splits, load_splits, make_splits, save_spl
 from medlens.errors import ConfigError, DatasetError
 from medlens.folders import RunFolder
 from medlens.jsonable import write_json
-from medlens.spec import Guide, ModelSpec, Task, trained_flips
+from medlens.spec import Guide, GuideMode, ModelSpec, Task, trained_flips
 
 logger = logging.getLogger(__name__)
 
@@ -172,15 +172,14 @@ def cache_split(run: RunData, side: str, cfg: TrainConfig, device: torch.device)
         raise DatasetError(f"{cfg.data.root}: the {side} split is empty; raise data.val_fraction or add data")
     size = tuple(run.plan.input_size)
     if cfg.guide_bundle:
-        cached = _guided_cache(run, ids, cfg, device)
+        cached = _guided_cache(run, ids, cfg, device, regions=side == "train" and cfg.cam_penalty > 0)
     else:
         cached = build_cache(run.index, ids, size, run.plan.in_channels, num_workers=cfg.num_workers)
-    nbytes = (
-        cached.images.numel() * cached.images.element_size()
-        + cached.targets.numel() * cached.targets.element_size()
-    )
+    tensors = [t for t in (cached.images, cached.targets, cached.regions) if t is not None]
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
     if device.type == "cuda" and nbytes < 0.5 * torch.cuda.mem_get_info(device)[0]:
-        cached = CachedData(cached.images.to(device), cached.targets.to(device), cached.ids)
+        regions = None if cached.regions is None else cached.regions.to(device)
+        cached = CachedData(cached.images.to(device), cached.targets.to(device), cached.ids, regions)
     logger.info(
         "cached %s split: %d images at %dx%d (%.1f MB on %s)",
         side,
@@ -193,9 +192,12 @@ def cache_split(run: RunData, side: str, cfg: TrainConfig, device: torch.device)
     return cached
 
 
-def _guided_cache(run: RunData, ids: list[str], cfg: TrainConfig, device: torch.device) -> CachedData:
+def _guided_cache(
+    run: RunData, ids: list[str], cfg: TrainConfig, device: torch.device, regions: bool = False
+) -> CachedData:
     """Images turned into segmentation-guided inputs (crop / mask channel) by the bundle in
-    ``cfg.guide_bundle``."""
+    ``cfg.guide_bundle``; with ``regions``, also the guide's region aligned with each input (the
+    attention loss's "where to look")."""
     from medlens.data.io import load_image
     from medlens.inference.guided import guide_inputs
     from medlens.inference.predictor import SegmentationPredictor
@@ -207,16 +209,22 @@ def _guided_cache(run: RunData, ids: list[str], cfg: TrainConfig, device: torch.
     seg = SegmentationPredictor(cfg.guide_bundle, device=str(device), num_threads=torch.get_num_threads())
     base_channels = run.plan.in_channels
     size = tuple(run.plan.input_size)
-    chunks, items = [], run.index.lookup(ids)
+    # the region as the mask channel that the same crop with a mask channel would carry
+    with_mask = GuideMode.BOTH if cfg.guide_mode.crops else GuideMode.CHANNEL
+    chunks, region_chunks, items = [], [], run.index.lookup(ids)
     for start in range(0, len(items), GUIDE_CHUNK):
         images = [
             load_image(item.image, channels=base_channels) for item in items[start : start + GUIDE_CHUNK]
         ]
-        arrays = guide_inputs(images, seg, cfg.guide_mode, size, margin=cfg.guide_margin)
+        masks = [seg.predict(image) for image in images]
+        arrays = guide_inputs(images, None, cfg.guide_mode, size, masks=masks, margin=cfg.guide_margin)
         chunks.append(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous())
+        if regions:
+            guided = guide_inputs(images, None, with_mask, size, masks=masks, margin=cfg.guide_margin)
+            region_chunks.append(torch.from_numpy(np.stack([g[None, ..., -1] > 0 for g in guided])).byte())
     targets = torch.tensor([run.index.class_index(item) for item in items], dtype=torch.int64)
     logger.info("guided inputs (%s) from %s for %d images", cfg.guide_mode, cfg.guide_bundle, len(items))
-    return CachedData(torch.cat(chunks), targets, list(ids))
+    return CachedData(torch.cat(chunks), targets, list(ids), torch.cat(region_chunks) if regions else None)
 
 
 def model_spec(cfg: TrainConfig, plan: Plan) -> ModelSpec:

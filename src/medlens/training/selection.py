@@ -70,7 +70,7 @@ class Validator:
         outs: dict[str, list[torch.Tensor]] = defaultdict(list)
         loss_sum = 0.0
         for idx in torch.arange(len(data.ids))[info.rank :: info.world_size].split(2 * self.data.batch_size):
-            x, y = self.data.get_batch(data, idx, augment=False)
+            x, y, _ = self.data.get_batch(data, idx, augment=False)
             with nullcontext() if fp32 else self.learner.autocast():
                 logits = net(x).float()
             loss_sum += float(self.learner.loss_fn(logits, y)) * len(idx)
