@@ -39,11 +39,13 @@ def test_a_shift_common_to_every_class_does_not_hide_the_evidence() -> None:
     shifted = weight - torch.tensor([[1.0, -2.0]])  # the same decisions, class 0's map drawn in the left half
     logits = torch.einsum("kc,bc->bk", weight, feats.mean((2, 3)))
     shifted_logits = torch.einsum("kc,bc->bk", shifted, feats.mean((2, 3)))
-    assert torch.allclose(logits.softmax(1), (shifted_logits - shifted_logits[:, :1] + logits[:, :1]).softmax(1))
+    assert torch.allclose(
+        logits.softmax(1), (shifted_logits - shifted_logits[:, :1] + logits[:, :1]).softmax(1)
+    )
     shown = torch.einsum("c,chw->hw", shifted[0], feats[0]).relu()
     assert shown[:, 2:].sum() == 0  # Grad-CAM of class 0 now looks "inside" ...
-    # ... and only that half of the loss changes: the decision's evidence (ch0 - ch1, every cell alike, half of
-    # them outside) still counts for its share of .5
+    # ... and only that half of the loss changes: the decision's evidence (ch0 - ch1, every cell alike, half
+    # of them outside) still counts for its share of .5
     assert honest.item() == (1.0 + 0.5) / 2
     assert outside_evidence(feats, shifted, target, left_half(1)).item() == (0.0 + 0.5) / 2
 
@@ -63,7 +65,7 @@ class TinyCam(nn.Module):
 
 
 def corner_and_centre(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Films whose class shows twice: a faint square in the centre (the region), a bright marker in the corner."""
+    """Films whose class shows twice: faint in the centre (the region), bright in a corner (the easy way)."""
     y = torch.randint(0, 2, (n,), generator=g)
     x = 0.1 * torch.randn(n, 1, 32, 32, generator=g)
     x[y == 1, :, 13:19, 13:19] += 0.5  # faint inside

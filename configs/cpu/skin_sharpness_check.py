@@ -2,7 +2,7 @@
 images (seed 0) as stored (150x200) and enlarged 2x (bicubic), then resized back by the model. From the
 repository root:
 
-    .venv/bin/python configs/cpu/skin_sharpness_check.py
+    .venv/bin/python configs/cpu/skin_sharpness_check.py [BUNDLE]    # default models/skin-cls
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +25,11 @@ def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean([(pred[y == k] == k).mean() for k in np.unique(y)]))
 
 
-def main() -> None:
-    model = ClassificationPredictor("models/skin-cls", runtime="onnx", num_threads=1)
+def main(bundle: str = "models/skin-cls") -> None:
+    model = ClassificationPredictor(bundle, runtime="onnx", num_threads=1)
     with (HAM / "labels.csv").open(newline="") as fh:
         labels = {row["id"]: row["label"] for row in csv.DictReader(fh)}
-    test = json.loads(Path("models/skin-cls/split.json").read_text())["test"]
+    test = json.loads(Path(bundle, "split.json").read_text())["test"]
     y, stored, enlarged = [], [], []
     for image_id in random.Random(0).sample(test, 400):
         img = Image.open(HAM / "images" / f"{image_id}.jpg").convert("RGB")
@@ -54,4 +55,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(*sys.argv[1:])

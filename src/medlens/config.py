@@ -140,9 +140,7 @@ class TrainConfig:
     guide_bundle: str | None = None  # segmentation bundle for segmentation-guided classification
     guide_mode: GuideMode = GuideMode.CROP  # crop | channel | both | field
     guide_margin: float = DEFAULT_GUIDE_MARGIN  # crop margin per side, a fraction of the region's longer side
-    # attention loss (training/losses.py outside_evidence): this weight times the share of the class evidence
-    # that lies outside the guide's region, added to the loss; 0 = off. Needs guide_bundle
-    cam_penalty: float = 0.0
+    cam_penalty: float = 0.0  # weight of the attention loss (losses.outside_evidence) on the guide's region
 
 
 def config_to_dict(cfg: Any) -> dict:
@@ -366,10 +364,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _range("mixup", cfg.mixup, 0.0, 100.0)
     _range("cutmix", cfg.cutmix, 0.0, 100.0)
     _range("cam_penalty", cfg.cam_penalty, 0.0, 100.0)
-    if cfg.cam_penalty > 0 and not cfg.guide_bundle:
-        raise ConfigError("cam_penalty: the attention loss needs a guide_bundle (its region: where to look)")
-    if cfg.cam_penalty > 0 and (cfg.mixup > 0 or cfg.cutmix > 0):
-        raise ConfigError("cam_penalty: not with mixup or cutmix (a mixed image has no one region)")
+    if cfg.cam_penalty > 0 and (not cfg.guide_bundle or cfg.mixup > 0 or cfg.cutmix > 0):
+        raise ConfigError("cam_penalty: needs a guide_bundle (its region), and no mixup or cutmix")
     for key in ("epochs", "val_every"):
         _range(key, getattr(cfg, key), 1, 1_000_000)
     for key, value in (
