@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from medlens.errors import BundleError, ConfigError
+from medlens.pipelines.analysis import UNCERTAINTY_NOT_MEASURED
 from medlens.pipelines.config import DEFAULT_TTA, PipelineConfig
 from medlens.pipelines.describe import NO_SPACING, describe_features
 from medlens.pipelines.groups import display_name, group_fields, group_scores
@@ -70,6 +71,20 @@ def test_skin_pipeline_reports_malignant_probability_names_and_tta(skin, monkeyp
     else:
         assert d["malignant_flagged"] == (expected >= 0.2)
         assert d["label_name"] == f"{d['class_names'][a.label]} ({a.label})"
+
+
+def test_tta_is_reported_only_when_a_flip_ran_and_a_missing_uncertainty_says_so(skin, monkeypatch):
+    image = np.random.default_rng(1).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    for model in (skin.segmenter, skin.classifier):  # trained under no flip (the chest models): none to run
+        monkeypatch.setattr(model.spec, "tta_flips", [])
+    a = skin.analyze(image, gradcam=False, tta=True)
+    assert a.tta is False and a.uncertainty is None and a.segmentation_uncertainty is None
+    assert a.to_dict()["uncertainty_note"] == a.csv_row()["uncertainty_note"] == UNCERTAINTY_NOT_MEASURED
+    monkeypatch.setattr(skin.segmenter.spec, "tta_flips", ["hflip"])  # the segmenter's flip runs: TTA used
+    assert skin.analyze(image, gradcam=False, tta=True).tta is True
+    grey = np.full((96, 128, 3), 90, np.uint8)  # refused by the colour check before any model runs
+    refused = skin.analyze(grey, gradcam=False, tta=True)
+    assert refused.out_of_scope and refused.tta is False
 
 
 def test_feature_rows_have_names_units_and_say_why_mm_is_blank():

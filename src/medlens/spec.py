@@ -289,7 +289,9 @@ class ModelSpec:
 
     def runs_tta(self, requested: bool | None) -> bool:
         """Whether flip TTA runs for this model: as ``requested``, else as chosen on validation and recorded
-        (on where nothing was recorded)."""
+        (on where nothing was recorded); never for a model trained under no flip (it has none to run)."""
+        if len(self.flip_dims) < 2:
+            return False
         return bool(requested) if requested is not None else self.tta is not False
 
     @property

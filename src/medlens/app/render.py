@@ -19,6 +19,7 @@ import pandas as pd
 from PIL import Image
 
 from medlens.drawing import as_rgb
+from medlens.pipelines.analysis import uncertainty_note
 from medlens.pipelines.describe import describe_features
 from medlens.pipelines.groups import display_name
 from medlens.pipelines.heatmap import colour_bar_stops
@@ -283,9 +284,9 @@ def uncertainty_html(record: Mapping[str, Any] | None) -> str:
         return ""
     result = record["result"]
     value = result.get("uncertainty")
-    if value is None:
-        off = "test-time augmentation was off" if result.get("tta") is False else "not measured"
-        return f'<div class="medlens-uncertainty"><b>Uncertainty:</b> {off}.</div>'
+    note = uncertainty_note(value)
+    if note is not None:
+        return f'<div class="medlens-uncertainty"><b>Uncertainty:</b> {html.escape(note)}.</div>'
     level = next(name for limit, name in UNCERTAINTY_LEVELS if value < limit)
     left = 100 * float(np.interp(value, UNCERTAINTY_TICKS, np.linspace(0.0, 1.0, len(UNCERTAINTY_TICKS))))
     return (

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from medlens.pipelines.analysis import UNCERTAINTY_NOT_MEASURED
+
 _OVERLAY = (
     "the mask drawn over the image with its measurement lines and, when it shows more than one thing, its "
     "colour key drawn in; PNG"
@@ -15,6 +17,7 @@ _LEARNT_FROM = (
     "population is outside that experience"
 )
 _READING = "the reading: the first advice rule that holds, or why the image is out of scope"
+_NOT_MEASURED = f'why there is no uncertainty ("{UNCERTAINTY_NOT_MEASURED}"); None when there is one'
 _INSIDE = (
     "share of the Grad-CAM inside the segmented region (chest films: the lungs and the heart), 0..1; None "
     "without a segmentation or a Grad-CAM"
@@ -101,7 +104,9 @@ class AnalysisView(BaseModel):
         None, description="[height, width] of the upload when it was decoded reduced (large images)"
     )
     clahe: bool
-    tta: bool | None = Field(None, description="whether flip test-time augmentation ran")
+    tta: bool | None = Field(
+        None, description="whether at least one test-time flip ran (a model trained under no flip runs none)"
+    )
     image_url: str | None
     thumbnail_url: str | None
     segmentation: Segmentation | None
@@ -114,8 +119,9 @@ class AnalysisView(BaseModel):
     )
     notice: str
     uncertainty: float | None = Field(
-        description="flip-TTA disagreement (0 = the views agree); None without TTA"
+        description="flip-TTA disagreement (0 = the views agree); None when not measured"
     )
+    uncertainty_note: str | None = Field(None, description=_NOT_MEASURED)
     out_of_scope: bool
     scope_reason: str | None
     gradcam_url: str | None

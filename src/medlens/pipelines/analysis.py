@@ -14,6 +14,15 @@ from medlens.pipelines.groups import display_name, group_fields
 from medlens.pipelines.overlay import KeyEntry
 
 FINDINGS_SEPARATOR = " | "  # between the findings of one image in a CSV cell
+UNCERTAINTY_NOT_MEASURED = (
+    "not measured (the model behind the result was not run on flipped copies of the image)"
+)
+
+
+def uncertainty_note(uncertainty: float | None) -> str | None:
+    """What a result says in place of an uncertainty it lacks, in the one wording of the JSON, the UI and the
+    CSV (`UNCERTAINTY_NOT_MEASURED`); None when it has one."""
+    return UNCERTAINTY_NOT_MEASURED if uncertainty is None else None
 
 
 @dataclass
@@ -24,8 +33,9 @@ class Analysis:
     ``overlay`` and ``gradcam`` ``(H, W, 3)`` uint8 RGB. ``probabilities`` are calibrated (flip-TTA mean);
     ``uncertainty`` is the flip-TTA standard deviation of the predicted class's probability or, without a
     classifier, ``segmentation_uncertainty`` (the segmenter's mean TTA standard deviation over the predicted
-    region); None without TTA (``tta`` says whether flip TTA ran). ``label`` is None when out of scope
-    (``scope_reason`` says why). ``groups``: the classifier's class groups (e.g. "malignant") with their
+    region); None when not measured (`uncertainty_note` says so). ``tta``: whether at least one test-time flip
+    ran (a model trained under no flip runs none, nor does one that never ran). ``label`` is None when out of
+    scope (``scope_reason`` says why). ``groups``: the classifier's class groups (e.g. "malignant") with their
     summed probability, validation-fitted threshold and flag (see `medlens.pipelines.groups.group_scores`;
     empty for bundles without groups). ``class_names``: full names of the class codes, from the pipeline YAML.
     ``modality``: what the modality check saw (`medlens.pipelines.modality.ModalityVerdict.describe`: class,
@@ -57,7 +67,7 @@ class Analysis:
     timings_ms: dict[str, float]
     scope_reason: str | None = None
     segmentation_uncertainty: float | None = None
-    tta: bool | None = None
+    tta: bool = False
     groups: list[dict] = field(default_factory=list)
     class_names: dict[str, str] = field(default_factory=dict)
     modality: dict | None = None
@@ -79,12 +89,14 @@ class Analysis:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary: every field but the arrays, plus ``probability``, ``label_name``,
-        ``<group>_probability`` / ``<group>_flagged`` per class group and ``has_<array>`` flags."""
+        ``uncertainty_note``, ``<group>_probability`` / ``<group>_flagged`` per class group and
+        ``has_<array>`` flags."""
         out = {k: v for k, v in self.__dict__.items() if k not in ("mask", "overlay", "gradcam")}
         out.update(group_fields(self.groups))
         out.update(
             probability=self.probability,
             label_name=self.label_name,
+            uncertainty_note=uncertainty_note(self.uncertainty),
             has_mask=self.mask is not None,
             has_overlay=self.overlay is not None,
             has_gradcam=self.gradcam is not None,
@@ -106,6 +118,7 @@ class Analysis:
             **group_fields(self.groups),
             "area_fraction": self.area_fraction,
             "uncertainty": self.uncertainty,
+            "uncertainty_note": uncertainty_note(self.uncertainty),
             "out_of_scope": self.out_of_scope,
             "tta": self.tta,
             "gradcam_inside_region": self.gradcam_inside_region,
