@@ -11,7 +11,7 @@ from medlens.app import render
 from medlens.app.service import AnalysisService
 from medlens.app.store import HistoryStore
 from medlens.drawing import PALETTE
-from medlens.pipelines.advice import out_of_scope_text
+from medlens.pipelines.advice import DEFAULT_NOTICE, out_of_scope_text
 from tests.helpers_app import FakePipeline, bomb_png, corrupt_jpeg, png_bytes, rgb_image
 
 
@@ -41,8 +41,10 @@ def test_tables_and_advice():
               "uncertainty": 0.2, "recommendation": "See a dermatologist.",
               "notice": "Research tool, not a diagnosis. Ask a doctor."}}  # fmt: skip
     text = render.advice_markdown(record)
-    assert text.count("Research tool, not a diagnosis.") == 1 and "Ask a doctor." in text
+    assert text.count("Research tool, not a diagnosis.") == 1 and "Ask a doctor." not in text  # refused
     assert "looks like a chest X-ray" in text and "See a dermatologist." in text
+    read = render.advice_markdown({"label": None, "result": {**record["result"], "out_of_scope": False}})
+    assert read.count("Research tool, not a diagnosis.") == 1 and "Ask a doctor." in read
     table = render.pipelines_table([{"name": "skin", "classes": ["a", "b"], "segmenter": None}])
     assert table.to_dict("records") == [{"name": "skin", "segmenter": "—", "classes": "a, b"}]
     widths = render.pipelines_widths(table)  # one per column present, summing to the whole table
@@ -82,7 +84,13 @@ def test_advice_lists_findings_where_the_model_looked_and_what_each_class_was_le
         "findings": [*scope, {"text": "CTR above 0.5.", "severity": "moderate", "source": "ctr"}],
     }
     text = render.advice_markdown({"result": oos})
-    assert text.count("in colour") == 1 and "CTR above 0.5." in text  # the reason once, other findings kept
+    assert text.count("in colour") == 1 and "CTR above 0.5." not in text  # the reason once, and nothing else
+    # a record stored before refusals dropped them: still no provenance, measurement or pipeline notice
+    skin_notice = "Research tool, not a diagnosis. Only a dermatologist can tell."
+    older_refusal = {**result, **oos, "notice": skin_notice}
+    text = render.advice_markdown({"label": None, "result": older_refusal})
+    assert "Learnt from" not in text and "dermatologist" not in text and "Grad-CAM" not in text
+    assert text.endswith(render.notice_markdown(DEFAULT_NOTICE)) and text.count("not a diagnosis") == 1
     older = render.advice_markdown({"result": {**oos, "findings": [], "recommendation": None}})
     assert "**Out of scope:** in colour" in older  # a record without a recommendation still says why
 

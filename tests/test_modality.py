@@ -21,6 +21,7 @@ import yaml
 from PIL import Image
 
 from medlens.errors import ConfigError
+from medlens.pipelines.advice import DEFAULT_NOTICE
 from medlens.pipelines.config import PipelineConfig, load_pipeline_configs
 from medlens.pipelines.pipeline import load_pipelines
 from medlens.pipelines.routing import AUTO, ModalityRouter
@@ -116,6 +117,7 @@ def test_an_image_of_another_modality_is_refused_naming_what_fits(pipelines, pip
     scope = [f for f in a.findings if f.source == "scope"]  # the refusal is a finding too, the first
     assert a.findings[0] == scope[0] and scope[0].severity == "high" and a.scope_reason in scope[0].text
     assert a.modality["label"] == label and a.modality["probability"] == pytest.approx(0.92)
+    assert a.notice == DEFAULT_NOTICE and a.learnt_from == {}  # not the pipeline's notice nor its provenance
     assert a.timings_ms["segment"] == 0 and a.timings_ms["classify"] == 0  # no model ran after the check
     assert a.to_dict()["modality"]["pipeline"] == {"dermoscopy": "skin", "endoscopy": "polyp"}.get(
         label, "chest-xray" if label == "chest_xray" else None

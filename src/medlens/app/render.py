@@ -19,13 +19,14 @@ import pandas as pd
 from PIL import Image
 
 from medlens.drawing import as_rgb
+from medlens.pipelines.advice import DEFAULT_NOTICE, NOTICE_PREFIX
 from medlens.pipelines.analysis import uncertainty_note
 from medlens.pipelines.describe import describe_features
 from medlens.pipelines.groups import display_name
 from medlens.pipelines.heatmap import colour_bar_stops
 from medlens.pipelines.overlay import draw_overlay
 
-NOTICE = "Research tool, not a diagnosis."
+NOTICE = NOTICE_PREFIX
 FEATURE_COLUMNS = ["Feature", "Value", "Unit", "What it means"]
 UNCERTAINTY_LEVELS = ((0.05, "low"), (0.15, "moderate"), (math.inf, "high"))
 UNCERTAINTY_TICKS = (0.0, 0.05, 0.15, 0.3)  # equally spaced on the drawn scale (the last is its right end)
@@ -213,20 +214,31 @@ def findings_markdown(findings: list[Mapping[str, Any]]) -> str | None:
     return "**Findings** (most severe first):\n\n" + "\n".join(rows)
 
 
+def notice_markdown(notice: str | None) -> str:
+    """The notice as a warning line that opens with `NOTICE` (said once)."""
+    rest = (notice or "").replace(NOTICE, "").strip()
+    return f"> ⚠️ **{NOTICE}** {rest}".rstrip()
+
+
+def refusal_markdown(result: Mapping[str, Any]) -> list[str]:
+    """A refused (out-of-scope) result: why (the recommendation says it; a record that did not gets its
+    reason) and the generic notice; no model provenance, no measurement, no pipeline's own notice."""
+    reason = result.get("scope_reason") or "it does not look like what the pipeline was trained on"
+    recommendation = result.get("recommendation") or ""
+    said = [] if reason in recommendation else [f"**Out of scope:** {reason}"]
+    return [*said, f"**Recommendation:** {recommendation or '—'}", notice_markdown(DEFAULT_NOTICE)]
+
+
 def advice_markdown(record: Mapping[str, Any] | None, expected_groups: tuple[str, ...] = ()) -> str:
-    """What the modality check saw (and where ``auto`` sent the image), out-of-scope warning, label and what
-    it was learnt from, class groups, area, where the model looked, the reading (recommendation), every
-    finding and the notice, as Markdown."""
+    """What the modality check saw (and where ``auto`` sent the image), then the refusal of an image out of
+    scope (:func:`refusal_markdown`), or the label and what it was learnt from, class groups, area, where
+    the model looked, the reading (recommendation), every finding and the pipeline's notice, as Markdown."""
     if record is None:
         return ""
     result = record["result"]
-    findings = result.get("findings") or []
     parts: list[str | None] = [modality_line(record)]
-    if result.get("out_of_scope"):  # the recommendation gives the reason: not once more as a finding
-        findings = [f for f in findings if f.get("source") != "scope"]
-        reason = result.get("scope_reason") or "it does not look like what the pipeline was trained on"
-        if reason not in (result.get("recommendation") or ""):  # a record that did not say why
-            parts.append(f"**Out of scope:** {reason}")
+    if result.get("out_of_scope"):
+        return "\n\n".join(p for p in parts + refusal_markdown(result) if p)
     if record.get("label"):
         parts.append(f"**Label:** {label_name(record)}")
     parts.append(learnt_from_markdown(result, record.get("label")))
@@ -235,9 +247,8 @@ def advice_markdown(record: Mapping[str, Any] | None, expected_groups: tuple[str
         parts.append(f"**Segmented area:** {100 * result['area_fraction']:.1f}% of the image")
     parts.append(evidence_markdown(result))
     parts.append(f"**Recommendation:** {result.get('recommendation') or '—'}")
-    parts.append(findings_markdown(findings))
-    notice = (result.get("notice") or "").replace(NOTICE, "").strip()
-    parts.append(f"> ⚠️ **{NOTICE}** {notice}".rstrip())
+    parts.append(findings_markdown(result.get("findings") or []))
+    parts.append(notice_markdown(result.get("notice")))
     return "\n\n".join(p for p in parts if p)
 
 

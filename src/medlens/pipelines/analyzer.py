@@ -35,6 +35,7 @@ from medlens.inference.decisions import probs_to_mask
 from medlens.inference.postprocess import apply_postprocess, area_fraction, connected_components
 from medlens.inference.predictor import ClassificationPredictor, SegmentationPredictor
 from medlens.pipelines.advice import (
+    DEFAULT_NOTICE,
     AdviceContext,
     check_confidence,
     check_modality,
@@ -248,10 +249,11 @@ class Analyzer:
         return heatmap_overlay(item.original, cam)
 
     def _conclude(self, result: Analysis, reason: str | None) -> None:
-        """Out-of-scope verdict or the reading, and every finding that applies."""
+        """Out-of-scope verdict or the reading, and every finding that applies. A refused result carries its
+        refusal and the generic notice only: no class, no flag, no model provenance, no pipeline's notice."""
         result.out_of_scope, result.scope_reason = reason is not None, reason
         if reason is not None:
-            result.label = None
+            result.label, result.learnt_from, result.notice = None, {}, DEFAULT_NOTICE
             result.groups = [{**g, "flagged": None} for g in result.groups]
         ctx = AdviceContext(
             label=result.label, probability=result.probability, probabilities=result.probabilities,
