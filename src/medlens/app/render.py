@@ -22,8 +22,8 @@ from medlens.drawing import as_rgb
 from medlens.pipelines.advice import DEFAULT_NOTICE, NOTICE_PREFIX
 from medlens.pipelines.analysis import uncertainty_note
 from medlens.pipelines.describe import describe_features
-from medlens.pipelines.groups import display_name
 from medlens.pipelines.heatmap import colour_bar_stops
+from medlens.pipelines.names import display_name
 from medlens.pipelines.overlay import draw_overlay
 
 NOTICE = NOTICE_PREFIX
@@ -59,7 +59,8 @@ def blend(
         image: (H, W[, C]) uint8.
         mask: (H, W) uint8 as stored, 0 = background; binary 0/255 (or 0/1), label maps 1..K.
         opacity: 0 (image only) .. 1 (solid colour) inside the mask; the outline is always drawn.
-        classes: the segmenter's classes (the record's ``mask_classes``; unknown: "label k" in the key).
+        classes: the names of the segmenter's classes (the record's ``mask_names``, or for older records its
+            ``mask_classes``; unknown: "label k" in the key).
         features: the record's features (the CTR lines are drawn from them).
     Returns:
         (H, W, 3) uint8.

@@ -159,8 +159,9 @@ class UiHandlers:
         mask_path = self.service.file_path(analysis_id, "mask")
         mask = render.load_png(mask_path) if mask_path else None
         record = self.service.get(analysis_id) or {}
-        classes = (record.get("result") or {}).get("mask_classes") or ()
-        return render.blend(image, mask, opacity, classes, record.get("features"))
+        result = record.get("result") or {}
+        names = result.get("mask_names") or result.get("mask_classes") or ()  # older records: the classes
+        return render.blend(image, mask, opacity, names, record.get("features"))
 
     def _mask_download(self, analysis_id: str) -> str | None:
         source = self.service.file_path(analysis_id, "mask")

@@ -7,7 +7,8 @@ from typing import Any
 
 from medlens.pipelines.analysis import uncertainty_note
 from medlens.pipelines.describe import describe_features
-from medlens.pipelines.groups import display_name, group_fields
+from medlens.pipelines.groups import group_fields
+from medlens.pipelines.names import display_name
 
 
 def _links(record: Mapping[str, Any], base: str) -> dict[str, str | None]:

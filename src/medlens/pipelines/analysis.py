@@ -10,7 +10,8 @@ import numpy as np
 from medlens.drawing import png_bytes, viewable_mask
 from medlens.jsonable import to_jsonable
 from medlens.pipelines.advice import Finding
-from medlens.pipelines.groups import display_name, group_fields
+from medlens.pipelines.groups import group_fields
+from medlens.pipelines.names import display_name
 from medlens.pipelines.overlay import KeyEntry
 
 FINDINGS_SEPARATOR = " | "  # between the findings of one image in a CSV cell
@@ -45,8 +46,9 @@ class Analysis:
     ``findings`` every finding that applies besides it, most severe first (`medlens.pipelines.advice`).
     ``gradcam_inside_region``: share of the Grad-CAM mass inside the segmented region, 0..1 (None without a
     segmenter or a Grad-CAM). ``mask_classes``: the segmenter's classes (label k of ``mask`` is
-    ``mask_classes[k]``); ``colour_key``: what each colour of ``overlay`` shows. ``learnt_from``: per class of
-    the classifier, the films it was learnt from (pipeline YAML; empty when it says nothing).
+    ``mask_classes[k]``), ``mask_names`` the same as people read them (`names.region_names`: "skin lesion" for
+    a generic "foreground"); ``colour_key``: what each colour of ``overlay`` shows. ``learnt_from``: per class
+    of the classifier, the films it was learnt from (pipeline YAML; empty when it says nothing).
     """
 
     id: str | None
@@ -74,6 +76,7 @@ class Analysis:
     findings: list[Finding] = field(default_factory=list)
     gradcam_inside_region: float | None = None
     mask_classes: list[str] = field(default_factory=list)
+    mask_names: list[str] = field(default_factory=list)
     colour_key: list[KeyEntry] = field(default_factory=list)
     learnt_from: dict[str, str] = field(default_factory=dict)
 

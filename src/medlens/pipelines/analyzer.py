@@ -48,6 +48,7 @@ from medlens.pipelines.features import compute_features
 from medlens.pipelines.groups import group_scores
 from medlens.pipelines.heatmap import heatmap_overlay, place_cam, share_inside
 from medlens.pipelines.modality import ModalityGate, ModalityVerdict, check_gate
+from medlens.pipelines.names import region_names
 from medlens.pipelines.overlay import draw_overlay
 from medlens.pipelines.stages import StageTimer, as_image, enhance_contrast
 
@@ -206,7 +207,7 @@ class Analyzer:
                     self.config.features, item.original, mask, item.spacing, classes=seg.classes
                 )
                 result.overlay, result.colour_key = draw_overlay(
-                    item.original, mask, result.mask_classes, result.features
+                    item.original, mask, result.mask_names, result.features
                 )
 
     def _classify(self, items: list[ImageWork], tta: bool | None) -> None:
@@ -266,11 +267,13 @@ class Analyzer:
         result.findings = advice.find(ctx, reason)
 
     def _empty_result(self, original: np.ndarray) -> Analysis:
+        seg, cfg = self.segmenter, self.config.segmenter
         return Analysis(
             id=None, pipeline=self.config.name, image_size=(int(original.shape[0]), int(original.shape[1])),
             mask=None, overlay=None, area_fraction=None, components=[], label=None, probabilities={},
             uncertainty=None, out_of_scope=False, features={}, recommendation="",
             notice=self.config.advice.notice, gradcam=None, timings_ms={}, tta=False,
             class_names=dict(self.config.class_names), learnt_from=dict(self.learnt_from),
-            mask_classes=self.segmenter.classes if self.segmenter is not None else [],
+            mask_classes=seg.classes if seg is not None else [],
+            mask_names=region_names(seg.classes, cfg.structure) if seg is not None else [],
         )  # fmt: skip
