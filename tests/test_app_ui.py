@@ -118,7 +118,9 @@ def test_ui_handlers_analyse_reblend_history_compare_delete(handlers, tmp_path):
     assert gradcam is not None and "mean intensity" in set(features["Feature"])
     assert list(features.columns) == ["Feature", "Value", "Unit", "What it means"]
     assert "Recommendation" in advice and "flip" in uncertainty and 'class="scale"' in uncertainty
-    assert mask_file.endswith(f"medlens-mask-{analysis_id[:12]}.png")
+    assert mask_file["value"].endswith(f"medlens-mask-{analysis_id[:12]}.png")
+    assert mask_file["label"] == "Mask (PNG): 0 = background, 255 = region"  # what the download's values show
+    mask_file = mask_file["value"]
     assert not np.array_equal(handlers.overlay(analysis_id, 0.0), handlers.overlay(analysis_id, 1.0))
     items, ids, *_, paging, more, _ = handlers.history("all", "all")
     assert ids == [analysis_id] and len(items) == 1 and "1 of 1" in paging and more["visible"] is False
@@ -151,7 +153,7 @@ def test_a_failed_analysis_clears_the_previous_result_and_names_the_file(handler
     good = tmp_path / "lesion.png"
     good.write_bytes(png_bytes(rgb_image(40)))
     first = dict(zip([*DETAIL, "id"], handlers.analyze(str(good), "skin", False, True, 0.5), strict=True))
-    assert "Label:" in first["advice"] and first["probs"] and first["mask_file"] and first["id"]
+    assert "Label:" in first["advice"] and first["probs"] and first["mask_file"]["value"] and first["id"]
     folder = tmp_path / "gradio" / "0123abcd"  # where Gradio keeps an upload, under its original name
     folder.mkdir(parents=True)
     broken = folder / "truncated.jpg"
@@ -163,7 +165,8 @@ def test_a_failed_analysis_clears_the_previous_result_and_names_the_file(handler
     assert "JPEG" in advice and str(folder) not in advice and "Label" not in advice
     assert out.pop("features").empty and out.pop("uncertainty") == ""
     assert out.pop("probs_box") == {"__type__": "update"}  # the panel's visibility follows the pipeline
-    assert out == dict.fromkeys(("original", "overlay", "probs", "gradcam", "mask_file", "id"))
+    assert out.pop("mask_file") == {"__type__": "update", "value": None, "label": render.MASK_LABEL}
+    assert out == dict.fromkeys(("original", "overlay", "probs", "gradcam", "id"))
     assert handlers.service.store.count() == 1  # only the good one
 
     def fail(*_args, **_kwargs):

@@ -20,7 +20,7 @@ from PIL import Image
 
 from medlens.drawing import as_rgb
 from medlens.pipelines.advice import DEFAULT_NOTICE, NOTICE_PREFIX
-from medlens.pipelines.analysis import uncertainty_note
+from medlens.pipelines.analysis import mask_legend, uncertainty_note
 from medlens.pipelines.describe import describe_features
 from medlens.pipelines.heatmap import colour_bar_stops
 from medlens.pipelines.names import display_name
@@ -28,6 +28,7 @@ from medlens.pipelines.overlay import draw_overlay
 
 NOTICE = NOTICE_PREFIX
 FEATURE_COLUMNS = ["Feature", "Value", "Unit", "What it means"]
+MASK_LABEL = "Mask (PNG)"
 UNCERTAINTY_LEVELS = ((0.05, "low"), (0.15, "moderate"), (math.inf, "high"))
 UNCERTAINTY_TICKS = (0.0, 0.05, 0.15, 0.3)  # equally spaced on the drawn scale (the last is its right end)
 PIPELINE_COLUMNS = ("name", "title", "modality", "segmenter", "classifier", "classes", "description")
@@ -74,6 +75,12 @@ def blend(
         mask = np.asarray(Image.fromarray(mask).resize(rgb.shape[1::-1], Image.Resampling.NEAREST))
     labels = np.where(mask == 255, 1, mask).astype(np.uint8)
     return draw_overlay(rgb, labels, list(classes), features, alpha=float(opacity))[0]
+
+
+def mask_label(result: Mapping[str, Any]) -> str:
+    """The mask download's label: `MASK_LABEL` and what each of its values shows (when the record says)."""
+    values = result.get("mask_values")
+    return f"{MASK_LABEL}: {mask_legend(values)}" if values else MASK_LABEL
 
 
 def _fmt(value: Any) -> str:

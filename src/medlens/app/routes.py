@@ -137,7 +137,8 @@ def _history_routes(router: APIRouter, service: AnalysisService) -> None:
         responses={**schemas.NOT_FOUND, **PNG},
     )
     def picture(analysis_id: str, kind: PictureKind) -> FileResponse:
-        """The stored input (de-identified pixels), mask (0/255), overlay, Grad-CAM or thumbnail, as PNG."""
+        """The stored input (de-identified pixels), mask (valued as the analysis's segmentation.mask_values
+        says), overlay, Grad-CAM or thumbnail, as PNG."""
         path = service.file_path(analysis_id, "thumb" if kind == "thumbnail" else kind)
         if path is None:
             raise HTTPException(404, f"analysis {analysis_id!r} has no {kind}")

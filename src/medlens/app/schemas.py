@@ -12,6 +12,14 @@ _OVERLAY = (
     "the mask drawn over the image with its measurement lines and, when it shows more than one thing, its "
     "colour key drawn in; PNG"
 )
+_MASK = (
+    "the mask as PNG: 0/255 from a binary segmenter, label k (class k of classes) from a multi-class one; "
+    "mask_values says what each value shows"
+)
+_MASK_VALUES = (
+    'what each value of the mask PNG shows, e.g. {"0": "background", "255": "skin lesion"} or {"0": '
+    '"background", "1": "left lung", "2": "right lung", "3": "heart"}; {} for records stored before it'
+)
 _LEARNT_FROM = (
     "per class code, the films (population, hospital) the classifier learnt it from: a film of another "
     "population is outside that experience"
@@ -31,7 +39,8 @@ class ColourKeyEntry(BaseModel):
 
 
 class Segmentation(BaseModel):
-    mask_url: str | None = Field(description="the label mask as PNG (0/255 for binary masks)")
+    mask_url: str | None = Field(description=_MASK)
+    mask_values: dict[str, str] = Field(default_factory=dict, description=_MASK_VALUES)
     overlay_url: str | None = Field(description=_OVERLAY)
     area_fraction: float | None = Field(description="share of the image the segmentation covers, 0..1")
     components: list[dict[str, Any]] = Field(description="connected regions: area, bounding box, centroid")

@@ -26,7 +26,6 @@ from typing import Any
 from medlens.app.pool import PipelinePool, serving_plan
 from medlens.app.security import declared_size
 from medlens.app.store import HistoryStore
-from medlens.drawing import viewable_mask
 from medlens.errors import InternalError, MedlensError, UnknownNameError
 from medlens.jsonable import to_jsonable
 from medlens.pipelines.config import DEFAULT_TTA
@@ -255,7 +254,7 @@ class AnalysisService:
             result=result,
             pictures={
                 "image": image.array,  # pixels only: never the DICOM header, never the client's file name
-                "mask": None if analysis.mask is None else viewable_mask(analysis.mask),
+                "mask": analysis.mask_image(),  # valued as result["mask_values"] says
                 "overlay": analysis.overlay,
                 "gradcam": analysis.gradcam,
             },

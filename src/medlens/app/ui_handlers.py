@@ -33,7 +33,8 @@ DETAIL = (
     "uncertainty",
     "mask_file",
 )
-"""What an opened analysis fills, in this order (``probs_box`` is a visibility update)."""
+"""What an opened analysis fills, in this order (``probs_box`` is a visibility update, ``mask_file`` an update
+of the download and of its label, which says what the mask's values show)."""
 
 
 def failure_reason(exc: MedlensError) -> str:
@@ -132,7 +133,8 @@ class UiHandlers:
     def detail(self, record: dict[str, Any] | None, opacity: float = 0.45) -> tuple:
         """The :data:`DETAIL` values of a record (empty ones for None)."""
         if record is None:
-            return None, None, None, gr.update(), None, render.features_frame({}), "", "", None
+            empty = gr.update(value=None, label=render.MASK_LABEL)
+            return None, None, None, gr.update(), None, render.features_frame({}), "", "", empty
         path = self.service.file_path
         image_path = path(record["id"], "image")
         probs = render.probabilities(record)
@@ -145,7 +147,7 @@ class UiHandlers:
             render.features_frame(record["features"]),
             render.advice_markdown(record, self._expected_groups(record["pipeline"])),
             render.uncertainty_html(record),
-            self._mask_download(record["id"]),
+            gr.update(value=self._mask_download(record["id"]), label=render.mask_label(record["result"])),
         )
 
     def overlay(self, analysis_id: str | None, opacity: float) -> np.ndarray | None:

@@ -26,6 +26,7 @@ def _segmentation(result: Mapping[str, Any], links: Mapping[str, str | None]) ->
         return None
     return {
         "mask_url": links["mask"],
+        "mask_values": result.get("mask_values") or {},
         "overlay_url": links["overlay"],
         "area_fraction": result.get("area_fraction"),
         "components": result.get("components") or [],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,11 @@ FINDINGS_SEPARATOR = " | "  # between the findings of one image in a CSV cell
 UNCERTAINTY_NOT_MEASURED = (
     "not measured (the model behind the result was not run on flipped copies of the image)"
 )
+
+
+def mask_legend(values: Mapping[Any, str]) -> str:
+    """What the values of a mask PNG show, in words: "0 = background, 255 = skin lesion" (`mask_values`)."""
+    return ", ".join(f"{value} = {name}" for value, name in values.items())
 
 
 def uncertainty_note(uncertainty: float | None) -> str | None:
@@ -86,20 +92,40 @@ class Analysis:
         return self.probabilities.get(self.label) if self.label is not None else None
 
     @property
+    def binary_mask(self) -> bool:
+        """Whether the segmenter has one structure (background and one class): its mask PNG is 0/255."""
+        return len(self.mask_classes) <= 2
+
+    @property
+    def mask_values(self) -> dict[int, str]:
+        """What each value of the mask PNG (`mask_image`) shows, by name (`mask_names`): ``{0: "background",
+        255: "skin lesion"}`` from a binary segmenter, ``{0: "background", 1: "left lung", ...}`` (label k:
+        class k) from a multi-class one; {} without a mask."""
+        if self.mask is None:
+            return {}
+        names = self.mask_names or self.mask_classes or ["background", "segmented region"]
+        return {0: names[0], 255: names[-1]} if self.binary_mask else dict(enumerate(names))
+
+    def mask_image(self) -> np.ndarray | None:
+        """The mask as stored and downloaded, ``(H, W)`` uint8 valued as `mask_values` says (None without)."""
+        return None if self.mask is None else viewable_mask(self.mask, self.binary_mask)
+
+    @property
     def label_name(self) -> str | None:
         """The label as people read it, e.g. "Melanoma (mel)" (the code when the pipeline names none)."""
         return display_name(self.label, self.class_names)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary: every field but the arrays, plus ``probability``, ``label_name``,
-        ``uncertainty_note``, ``<group>_probability`` / ``<group>_flagged`` per class group and
-        ``has_<array>`` flags."""
+        ``uncertainty_note``, ``mask_values``, ``<group>_probability`` / ``<group>_flagged`` per class group
+        and ``has_<array>`` flags."""
         out = {k: v for k, v in self.__dict__.items() if k not in ("mask", "overlay", "gradcam")}
         out.update(group_fields(self.groups))
         out.update(
             probability=self.probability,
             label_name=self.label_name,
             uncertainty_note=uncertainty_note(self.uncertainty),
+            mask_values=self.mask_values,
             has_mask=self.mask is not None,
             has_overlay=self.overlay is not None,
             has_gradcam=self.gradcam is not None,
@@ -131,8 +157,9 @@ class Analysis:
         }
 
     def mask_png(self) -> bytes | None:
-        """The mask as PNG bytes (binary 0/255, multi-class labels as they are), or None."""
-        return None if self.mask is None else png_bytes(viewable_mask(self.mask))
+        """The mask as PNG bytes (`mask_image`: binary 0/255, multi-class labels as they are), or None."""
+        image = self.mask_image()
+        return None if image is None else png_bytes(image)
 
     def overlay_png(self) -> bytes | None:
         """The segmentation overlay as PNG bytes, or None."""
