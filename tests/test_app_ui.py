@@ -147,6 +147,25 @@ def test_ui_handlers_analyse_reblend_history_compare_delete(handlers, tmp_path):
     assert handlers.service.store.count() == 0
 
 
+def _refused(service: AnalysisService, pipeline: str = "chest-xray") -> dict:
+    """A refused (out-of-scope) record, stored as the service stores one."""
+    result = {"pipeline": pipeline, "out_of_scope": True, "scope_reason": "in colour", "recommendation": "x"}
+    return service.store.add(pipeline=pipeline, label=None, probabilities={}, features={}, result=result,
+                             pictures={"image": rgb_image(24)}, source_format="png")  # fmt: skip
+
+
+def test_the_history_filters_the_refused_analyses(handlers, tmp_path):
+    upload = tmp_path / "lesion.png"
+    upload.write_bytes(png_bytes(rgb_image(40)))
+    kept = handlers.analyze(str(upload), "skin", False, True, 0.5)[-1]
+    refused = _refused(handlers.service)["id"]
+    _, ids, label_filter, *_ = handlers.history("all", render.OUT_OF_SCOPE)
+    assert ids == [refused] and render.OUT_OF_SCOPE in label_filter.choices[1]
+    assert label_filter.value == render.OUT_OF_SCOPE
+    assert set(handlers.history("all", "all")[1]) == {kept, refused}
+    assert handlers.service.list(out_of_scope=False)[0][0]["id"] == kept  # the API's filter, the other way
+
+
 def test_a_failed_analysis_clears_the_previous_result_and_names_the_file(handlers, tmp_path, monkeypatch):
     from medlens.app.ui_handlers import DETAIL
 

@@ -29,6 +29,7 @@ from medlens.pipelines.overlay import draw_overlay
 NOTICE = NOTICE_PREFIX
 FEATURE_COLUMNS = ["Feature", "Value", "Unit", "What it means"]
 MASK_LABEL = "Mask (PNG)"
+OUT_OF_SCOPE = "out of scope"  # a refused result's label in the UI, and the history's filter for them
 UNCERTAINTY_LEVELS = ((0.05, "low"), (0.15, "moderate"), (math.inf, "high"))
 UNCERTAINTY_TICKS = (0.0, 0.05, 0.15, 0.3)  # equally spaced on the drawn scale (the last is its right end)
 PIPELINE_COLUMNS = ("name", "title", "modality", "segmenter", "classifier", "classes", "description")
@@ -118,7 +119,7 @@ def label_name(record: Mapping[str, Any]) -> str:
     """The record's label as people read it ("Melanoma (mel)"), or why there is none."""
     result = record.get("result") or {}
     if result.get("out_of_scope"):
-        return "out of scope"
+        return OUT_OF_SCOPE
     return display_name(record.get("label"), result.get("class_names")) or "no label"
 
 

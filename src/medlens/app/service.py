@@ -268,9 +268,16 @@ class AnalysisService:
     def get(self, analysis_id: str) -> dict[str, Any] | None:
         return self.store.get(analysis_id)
 
-    def list(self, page: int = 1, page_size: int = 20, pipeline: str | None = None, label: str | None = None):
+    def list(
+        self,
+        page: int = 1,
+        page_size: int = 20,
+        pipeline: str | None = None,
+        label: str | None = None,
+        out_of_scope: bool | None = None,
+    ) -> tuple[list[dict[str, Any]], int]:
         """(records of the page, total) newest first; see :meth:`HistoryStore.list`."""
-        return self.store.list(page=page, page_size=page_size, pipeline=pipeline, label=label)
+        return self.store.list(page, page_size, pipeline, label, out_of_scope)
 
     def delete(self, analysis_id: str) -> bool:
         """Delete a stored analysis, then call :attr:`delete_hooks` with its id; False when there is none."""

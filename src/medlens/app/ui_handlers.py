@@ -51,6 +51,14 @@ def _all_to_none(value: str | None) -> str | None:
     return None if value in (None, ALL) else value
 
 
+def _filters(pipeline: str | None, label: str | None) -> dict[str, Any]:
+    """The history's filters as :meth:`AnalysisService.list` takes them; "out of scope"
+    (`render.OUT_OF_SCOPE`) in the label filter picks the refused analyses."""
+    if label == render.OUT_OF_SCOPE:
+        return {"pipeline": _all_to_none(pipeline), "out_of_scope": True}
+    return {"pipeline": _all_to_none(pipeline), "label": _all_to_none(label)}
+
+
 class UiHandlers:
     """Analyse, re-blend, history (paged), compare, delete and the dashboard counts."""
 
@@ -183,11 +191,9 @@ class UiHandlers:
         """(gallery items, ids, label filter, compare A choices, compare B choices, paging text, load-more
         button, shown): the ``shown`` newest analyses matching the filters."""
         shown = max(HISTORY_PAGE, int(shown or HISTORY_PAGE))
-        records, total = self.service.list(
-            page=1, page_size=shown, pipeline=_all_to_none(pipeline), label=_all_to_none(label)
-        )
+        records, total = self.service.list(page=1, page_size=shown, **_filters(pipeline, label))
         with_thumbs = [(r, p) for r in records if (p := self.service.file_path(r["id"], "thumb"))]
-        labels = [ALL, *self.service.store.labels(_all_to_none(pipeline))]
+        labels = [ALL, render.OUT_OF_SCOPE, *self.service.store.labels(_all_to_none(pipeline))]
         choices = [render.choice(r) for r in records]
         return (
             [(str(p), render.caption(r)) for r, p in with_thumbs],
