@@ -166,6 +166,19 @@ def test_the_history_filters_the_refused_analyses(handlers, tmp_path):
     assert handlers.service.list(out_of_scope=False)[0][0]["id"] == kept  # the API's filter, the other way
 
 
+def test_compare_refuses_analyses_of_two_pipelines_naming_both(handlers, tmp_path):
+    upload = tmp_path / "lesion.png"
+    upload.write_bytes(png_bytes(rgb_image(40)))
+    first, second = (handlers.analyze(str(upload), "skin", False, True, 0.5)[-1] for _ in range(2))
+    *a, b_original, _, _, _, b_caption, note = handlers.compare(first, second)  # one pipeline: side by side
+    assert a[0] and b_original and "skin" in b_caption and note == ""
+    film = _refused(handlers.service, "chest-xray")["id"]
+    *panels, note = handlers.compare(first, film)
+    assert "skin pipeline" in note and "chest-xray pipeline" in note and note.startswith("**Not compared:**")
+    assert panels[0] is None and panels[5] is None and panels[4] == panels[9] == ""  # neither side shown
+    assert "no pipeline" in handlers.compare(film, _refused(handlers.service, "auto")["id"])[-1]
+
+
 def test_a_failed_analysis_clears_the_previous_result_and_names_the_file(handlers, tmp_path, monkeypatch):
     from medlens.app.ui_handlers import DETAIL
 

@@ -25,6 +25,7 @@ from medlens.pipelines.describe import describe_features
 from medlens.pipelines.heatmap import colour_bar_stops
 from medlens.pipelines.names import display_name
 from medlens.pipelines.overlay import draw_overlay
+from medlens.pipelines.routing import AUTO
 
 NOTICE = NOTICE_PREFIX
 FEATURE_COLUMNS = ["Feature", "Value", "Unit", "What it means"]
@@ -171,6 +172,22 @@ def group_markdown(result: Mapping[str, Any], expected: list[str] | tuple[str, .
         if name not in seen:
             lines.append(f"**{name.capitalize()} probability:** not available for this model")
     return lines
+
+
+def compare_refusal(a: Mapping[str, Any], b: Mapping[str, Any]) -> str | None:
+    """Why records ``a`` and ``b`` are not shown side by side (None when they may be): analyses of two
+    pipelines measure different things, so the message names both."""
+    if a["pipeline"] == b["pipeline"]:
+        return None
+
+    def source(record: Mapping[str, Any]) -> str:
+        name = record["pipeline"]
+        return "no pipeline (pipeline=auto refused it)" if name == AUTO else f"the {name} pipeline"
+
+    return (
+        f"**Not compared:** A comes from {source(a)} and B from {source(b)}; their results do not measure "
+        "the same things. Pick two analyses of one pipeline."
+    )
 
 
 def choice(record: Mapping[str, Any]) -> tuple[str, str]:

@@ -230,6 +230,15 @@ class UiHandlers:
             f"**{render.caption(record)}**",
         )
 
+    def compare(self, a_id: str | None, b_id: str | None) -> tuple:
+        """Compare panels A and B (:meth:`panel` each) and the note above them: analyses of two pipelines are
+        not shown side by side (both panels empty, the note naming both pipelines)."""
+        a, b = (self.service.get(i) if i else None for i in (a_id, b_id))
+        refusal = render.compare_refusal(a, b) if a and b else None
+        if refusal:
+            return (*self.panel(None), *self.panel(None), refusal)
+        return (*self.panel(a_id), *self.panel(b_id), "")
+
     def delete(self, analysis_id: str | None) -> tuple:
         """Delete the opened analysis (and the UI's copies of its files) -> (None, empty :data:`DETAIL`)."""
         if analysis_id and self.service.delete(analysis_id):

@@ -148,6 +148,7 @@ def _opened(c: dict[str, Any]) -> None:
 
 def _compare(c: dict[str, Any]) -> None:
     gr.Markdown("### Compare two analyses")
+    c["compare_note"] = gr.Markdown(elem_id="compare-note")
     with gr.Row():
         for side in ("a", "b"):
             with gr.Column():
