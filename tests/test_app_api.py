@@ -169,6 +169,8 @@ def test_paging_filters_get_and_delete(client, tmp_path):
     assert by_label["total"] >= 1 and all(it["classification"]["label"] == label for it in by_label["items"])
     assert client.get("/api/v1/analyses", params={"page": 0}).status_code == 422
     assert client.get("/api/v1/analyses", params={"page_size": 1000}).status_code == 422
+    assert client.get("/api/v1/analyses", params={"out_of_scope": "true"}).json()["total"] == 0
+    assert client.get("/api/v1/analyses", params={"out_of_scope": "false"}).json()["total"] == 5
 
     victim = client.get(f"/api/v1/analyses/{ids[0]}").json()
     assert client.delete(f"/api/v1/analyses/{ids[0]}").json() == {"deleted": ids[0]}

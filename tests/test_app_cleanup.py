@@ -135,6 +135,7 @@ def test_shutdown_removes_everything_of_this_server(tmp_path, monkeypatch):
         upload = _cached(handlers.janitor, "patient.dcm", dicom_with_pixels())
         app.state.demo.upload_file_set.add(str(upload))  # as Gradio's /upload route records it
         *_, mask_file, _ = handlers.analyze(str(upload), "skin", False, True, 0.5)
+        mask_file = mask_file["value"]
         assert upload.exists() and os.path.exists(mask_file)
     assert not upload.exists() and not folder.exists()  # lifespan shutdown ran the janitor
     assert app.state.service.store.count() == 1  # the de-identified history stays

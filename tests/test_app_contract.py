@@ -111,6 +111,22 @@ def test_records_stored_before_findings_still_view(tmp_path):
     assert view["classification"]["learnt_from"] == {} and view["segmentation"]["colour_key"] == []
 
 
+def test_a_missing_uncertainty_reads_the_same_in_the_api_and_the_ui():
+    from medlens.app import render
+    from medlens.app.views import analysis_view
+    from medlens.pipelines.analysis import UNCERTAINTY_NOT_MEASURED
+
+    record = {"id": "x", "created": "2026-01-01T00:00:00+00:00", "pipeline": "chest-xray", "files": {},
+              "source_format": "png", "label": None, "probabilities": {}, "features": {},
+              "result": {"uncertainty": None, "tta": False}}  # fmt: skip
+    assert analysis_view(record)["uncertainty_note"] == UNCERTAINTY_NOT_MEASURED
+    assert f"{UNCERTAINTY_NOT_MEASURED}." in render.uncertainty_html(record)
+    record["result"]["tta"] = True  # flips ran, but not for the model behind the result: the same words
+    assert f"{UNCERTAINTY_NOT_MEASURED}." in render.uncertainty_html(record)
+    measured = {**record, "result": {"uncertainty": 0.02, "tta": True}}
+    assert analysis_view(measured)["uncertainty_note"] is None
+
+
 class _Raising(FakePipeline):
     def __init__(self, exc: BaseException) -> None:
         super().__init__("skin")

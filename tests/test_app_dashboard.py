@@ -68,6 +68,17 @@ def test_format_1_bundles_show_validation_only_and_hide_matrices():
     assert list(frame["metric"]) == ["balanced accuracy", "Melanoma recall"]
 
 
+def test_a_class_with_no_images_in_a_split_shows_not_measured():
+    empty = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0, "auc": None}  # as evaluate writes it
+    external = {"per_class": {"akiec": empty, "nv": {"recall": 0.8, "support": 10}}}
+    test = {"per_class": {"akiec": {"recall": 0.5, "support": 4}, "nv": {"recall": 0.9, "support": 12}}}
+    frame = dashboard.metrics_frame({"evaluations": {"test": test, "external:isic": external}})
+    rows = {r["metric"]: r for r in frame.to_dict("records")}
+    assert rows["akiec recall"] == {"metric": "akiec recall", "test": "0.500", "external: isic": "—"}
+    assert rows["akiec precision"]["external: isic"] == rows["akiec F1"]["external: isic"] == "—"
+    assert rows["akiec images"]["external: isic"] == "0" and rows["nv recall"]["external: isic"] == "0.800"
+
+
 def test_a_classifier_shows_its_shipped_rule_and_flags_first():
     test = {
         "balanced_accuracy": 0.64, "accuracy": 0.8, "n_images": 100,

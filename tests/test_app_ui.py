@@ -11,7 +11,7 @@ from medlens.app import render
 from medlens.app.service import AnalysisService
 from medlens.app.store import HistoryStore
 from medlens.drawing import PALETTE
-from medlens.pipelines.advice import out_of_scope_text
+from medlens.pipelines.advice import DEFAULT_NOTICE, out_of_scope_text
 from tests.helpers_app import FakePipeline, bomb_png, corrupt_jpeg, png_bytes, rgb_image
 
 
@@ -41,8 +41,10 @@ def test_tables_and_advice():
               "uncertainty": 0.2, "recommendation": "See a dermatologist.",
               "notice": "Research tool, not a diagnosis. Ask a doctor."}}  # fmt: skip
     text = render.advice_markdown(record)
-    assert text.count("Research tool, not a diagnosis.") == 1 and "Ask a doctor." in text
+    assert text.count("Research tool, not a diagnosis.") == 1 and "Ask a doctor." not in text  # refused
     assert "looks like a chest X-ray" in text and "See a dermatologist." in text
+    read = render.advice_markdown({"label": None, "result": {**record["result"], "out_of_scope": False}})
+    assert read.count("Research tool, not a diagnosis.") == 1 and "Ask a doctor." in read
     table = render.pipelines_table([{"name": "skin", "classes": ["a", "b"], "segmenter": None}])
     assert table.to_dict("records") == [{"name": "skin", "segmenter": "—", "classes": "a, b"}]
     widths = render.pipelines_widths(table)  # one per column present, summing to the whole table
@@ -82,7 +84,13 @@ def test_advice_lists_findings_where_the_model_looked_and_what_each_class_was_le
         "findings": [*scope, {"text": "CTR above 0.5.", "severity": "moderate", "source": "ctr"}],
     }
     text = render.advice_markdown({"result": oos})
-    assert text.count("in colour") == 1 and "CTR above 0.5." in text  # the reason once, other findings kept
+    assert text.count("in colour") == 1 and "CTR above 0.5." not in text  # the reason once, and nothing else
+    # a record stored before refusals dropped them: still no provenance, measurement or pipeline notice
+    skin_notice = "Research tool, not a diagnosis. Only a dermatologist can tell."
+    older_refusal = {**result, **oos, "notice": skin_notice}
+    text = render.advice_markdown({"label": None, "result": older_refusal})
+    assert "Learnt from" not in text and "dermatologist" not in text and "Grad-CAM" not in text
+    assert text.endswith(render.notice_markdown(DEFAULT_NOTICE)) and text.count("not a diagnosis") == 1
     older = render.advice_markdown({"result": {**oos, "findings": [], "recommendation": None}})
     assert "**Out of scope:** in colour" in older  # a record without a recommendation still says why
 
@@ -110,7 +118,9 @@ def test_ui_handlers_analyse_reblend_history_compare_delete(handlers, tmp_path):
     assert gradcam is not None and "mean intensity" in set(features["Feature"])
     assert list(features.columns) == ["Feature", "Value", "Unit", "What it means"]
     assert "Recommendation" in advice and "flip" in uncertainty and 'class="scale"' in uncertainty
-    assert mask_file.endswith(f"medlens-mask-{analysis_id[:12]}.png")
+    assert mask_file["value"].endswith(f"medlens-mask-{analysis_id[:12]}.png")
+    assert mask_file["label"] == "Mask (PNG): 0 = background, 255 = region"  # what the download's values show
+    mask_file = mask_file["value"]
     assert not np.array_equal(handlers.overlay(analysis_id, 0.0), handlers.overlay(analysis_id, 1.0))
     items, ids, *_, paging, more, _ = handlers.history("all", "all")
     assert ids == [analysis_id] and len(items) == 1 and "1 of 1" in paging and more["visible"] is False
@@ -137,13 +147,45 @@ def test_ui_handlers_analyse_reblend_history_compare_delete(handlers, tmp_path):
     assert handlers.service.store.count() == 0
 
 
+def _refused(service: AnalysisService, pipeline: str = "chest-xray") -> dict:
+    """A refused (out-of-scope) record, stored as the service stores one."""
+    result = {"pipeline": pipeline, "out_of_scope": True, "scope_reason": "in colour", "recommendation": "x"}
+    return service.store.add(pipeline=pipeline, label=None, probabilities={}, features={}, result=result,
+                             pictures={"image": rgb_image(24)}, source_format="png")  # fmt: skip
+
+
+def test_the_history_filters_the_refused_analyses(handlers, tmp_path):
+    upload = tmp_path / "lesion.png"
+    upload.write_bytes(png_bytes(rgb_image(40)))
+    kept = handlers.analyze(str(upload), "skin", False, True, 0.5)[-1]
+    refused = _refused(handlers.service)["id"]
+    _, ids, label_filter, *_ = handlers.history("all", render.OUT_OF_SCOPE)
+    assert ids == [refused] and render.OUT_OF_SCOPE in label_filter.choices[1]
+    assert label_filter.value == render.OUT_OF_SCOPE
+    assert set(handlers.history("all", "all")[1]) == {kept, refused}
+    assert handlers.service.list(out_of_scope=False)[0][0]["id"] == kept  # the API's filter, the other way
+
+
+def test_compare_refuses_analyses_of_two_pipelines_naming_both(handlers, tmp_path):
+    upload = tmp_path / "lesion.png"
+    upload.write_bytes(png_bytes(rgb_image(40)))
+    first, second = (handlers.analyze(str(upload), "skin", False, True, 0.5)[-1] for _ in range(2))
+    *a, b_original, _, _, _, b_caption, note = handlers.compare(first, second)  # one pipeline: side by side
+    assert a[0] and b_original and "skin" in b_caption and note == ""
+    film = _refused(handlers.service, "chest-xray")["id"]
+    *panels, note = handlers.compare(first, film)
+    assert "skin pipeline" in note and "chest-xray pipeline" in note and note.startswith("**Not compared:**")
+    assert panels[0] is None and panels[5] is None and panels[4] == panels[9] == ""  # neither side shown
+    assert "no pipeline" in handlers.compare(film, _refused(handlers.service, "auto")["id"])[-1]
+
+
 def test_a_failed_analysis_clears_the_previous_result_and_names_the_file(handlers, tmp_path, monkeypatch):
     from medlens.app.ui_handlers import DETAIL
 
     good = tmp_path / "lesion.png"
     good.write_bytes(png_bytes(rgb_image(40)))
     first = dict(zip([*DETAIL, "id"], handlers.analyze(str(good), "skin", False, True, 0.5), strict=True))
-    assert "Label:" in first["advice"] and first["probs"] and first["mask_file"] and first["id"]
+    assert "Label:" in first["advice"] and first["probs"] and first["mask_file"]["value"] and first["id"]
     folder = tmp_path / "gradio" / "0123abcd"  # where Gradio keeps an upload, under its original name
     folder.mkdir(parents=True)
     broken = folder / "truncated.jpg"
@@ -155,7 +197,8 @@ def test_a_failed_analysis_clears_the_previous_result_and_names_the_file(handler
     assert "JPEG" in advice and str(folder) not in advice and "Label" not in advice
     assert out.pop("features").empty and out.pop("uncertainty") == ""
     assert out.pop("probs_box") == {"__type__": "update"}  # the panel's visibility follows the pipeline
-    assert out == dict.fromkeys(("original", "overlay", "probs", "gradcam", "mask_file", "id"))
+    assert out.pop("mask_file") == {"__type__": "update", "value": None, "label": render.MASK_LABEL}
+    assert out == dict.fromkeys(("original", "overlay", "probs", "gradcam", "id"))
     assert handlers.service.store.count() == 1  # only the good one
 
     def fail(*_args, **_kwargs):

@@ -21,7 +21,9 @@ import yaml
 from PIL import Image
 
 from medlens.errors import ConfigError
+from medlens.pipelines.advice import DEFAULT_NOTICE
 from medlens.pipelines.config import PipelineConfig, load_pipeline_configs
+from medlens.pipelines.names import readable
 from medlens.pipelines.pipeline import load_pipelines
 from medlens.pipelines.routing import AUTO, ModalityRouter
 from tests.helpers_inference import MODALITY_CLASSES, make_pipeline_bundles
@@ -111,11 +113,12 @@ def test_an_image_of_another_modality_is_refused_naming_what_fits(pipelines, pip
     assert a.out_of_scope and a.label is None and a.mask is None and a.probabilities == {}
     for w in words:
         assert w in a.scope_reason
-    assert f"modality check: {label}, 0.92" in a.scope_reason
+    assert f"modality check: {readable(label)}, 0.92" in a.scope_reason and "chest_xray" not in a.scope_reason
     assert a.recommendation.startswith(f"Out of scope for the {pipelines[pipeline].title} pipeline: this")
     scope = [f for f in a.findings if f.source == "scope"]  # the refusal is a finding too, the first
     assert a.findings[0] == scope[0] and scope[0].severity == "high" and a.scope_reason in scope[0].text
     assert a.modality["label"] == label and a.modality["probability"] == pytest.approx(0.92)
+    assert a.notice == DEFAULT_NOTICE and a.learnt_from == {}  # not the pipeline's notice nor its provenance
     assert a.timings_ms["segment"] == 0 and a.timings_ms["classify"] == 0  # no model ran after the check
     assert a.to_dict()["modality"]["pipeline"] == {"dermoscopy": "skin", "endoscopy": "polyp"}.get(
         label, "chest-xray" if label == "chest_xray" else None

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from medlens.errors import BundleError, ConfigError
+from medlens.pipelines.analysis import UNCERTAINTY_NOT_MEASURED
 from medlens.pipelines.config import DEFAULT_TTA, PipelineConfig
 from medlens.pipelines.describe import NO_SPACING, describe_features
-from medlens.pipelines.groups import display_name, group_fields, group_scores
+from medlens.pipelines.groups import group_fields, group_scores
 from medlens.pipelines.heatmap import colour_bar_stops, field_of_view, heatmap_overlay, jet
+from medlens.pipelines.names import display_name, readable, region_names
 from medlens.pipelines.pipeline import load_pipelines
 from medlens.spec import ClassGroup
 from tests.helpers_inference import make_tiny_bundle
@@ -70,6 +72,38 @@ def test_skin_pipeline_reports_malignant_probability_names_and_tta(skin, monkeyp
     else:
         assert d["malignant_flagged"] == (expected >= 0.2)
         assert d["label_name"] == f"{d['class_names'][a.label]} ({a.label})"
+
+
+def test_tta_is_reported_only_when_a_flip_ran_and_a_missing_uncertainty_says_so(skin, monkeypatch):
+    image = np.random.default_rng(1).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    for model in (skin.segmenter, skin.classifier):  # trained under no flip (the chest models): none to run
+        monkeypatch.setattr(model.spec, "tta_flips", [])
+    a = skin.analyze(image, gradcam=False, tta=True)
+    assert a.tta is False and a.uncertainty is None and a.segmentation_uncertainty is None
+    assert a.to_dict()["uncertainty_note"] == a.csv_row()["uncertainty_note"] == UNCERTAINTY_NOT_MEASURED
+    monkeypatch.setattr(skin.segmenter.spec, "tta_flips", ["hflip"])  # the segmenter's flip runs: TTA used
+    assert skin.analyze(image, gradcam=False, tta=True).tta is True
+    grey = np.full((96, 128, 3), 90, np.uint8)  # refused by the colour check before any model runs
+    refused = skin.analyze(grey, gradcam=False, tta=True)
+    assert refused.out_of_scope and refused.tta is False
+
+
+def test_people_read_names_and_json_fields_keep_the_identifiers(skin, monkeypatch):
+    assert readable("chest_xray") == "chest X-ray" and readable("left_lung") == "left lung"
+    assert region_names(["background", "foreground", "heart"], "skin_lesion") == [
+        "background",
+        "skin lesion",
+        "heart",
+    ]
+    monkeypatch.setattr(skin.segmenter.spec, "classes", ["background", "foreground"])  # a data set's generic
+    prob = np.zeros((96, 128), np.float32)
+    prob[30:60, 40:90] = 0.9
+    monkeypatch.setattr(skin.segmenter, "predict_proba", lambda images: [prob for _ in images])
+    a = skin.analyze(np.random.default_rng(2).integers(0, 255, (96, 128, 3), dtype=np.uint8), tta=False)
+    assert a.mask_classes == ["background", "foreground"] and a.mask_names == ["background", "skin lesion"]
+    assert [e.name for e in a.colour_key] == ["skin lesion"]  # the overlay's key and the JSON's names
+    rows = describe_features({"class_area_fractions": {"left_lung": 0.2}, "odd_key": 1})
+    assert rows[0]["value"] == "left lung: 20.0%" and rows[1]["name"] == "odd key"
 
 
 def test_feature_rows_have_names_units_and_say_why_mm_is_blank():

@@ -132,14 +132,17 @@ def test_the_overlay_carries_lines_and_a_colour_key_in_distinct_colours(chest, m
     assert a.to_dict()["colour_key"][0] == {"name": "left lung", "colour": colours[0], "kind": "region"}
 
 
-def test_each_class_says_what_it_was_learnt_from(chest):
+def test_each_class_says_what_it_was_learnt_from(chest, monkeypatch):
     info = chest.info()
     assert set(info["learnt_from"]) == {"normal", "pneumonia"}  # tuberculosis: not a class of this bundle
     assert "children" in info["learnt_from"]["pneumonia"] and "Guangzhou" in info["learnt_from"]["pneumonia"]
     assert "Shenzhen" in chest.config.classifier.learnt_from["tuberculosis"]
     assert chest.config.class_names["tuberculosis"] == "Tuberculosis"
+    monkeypatch.setattr(chest.config.scope, "min_probability", None)  # random weights: do not judge them
     a = chest.analyze(_film(None), gradcam=False, tta=False)
     assert a.learnt_from == info["learnt_from"] and a.to_dict()["learnt_from"] == info["learnt_from"]
+    monkeypatch.setattr(chest.config.scope, "min_probability", 1.0)  # refused: no provenance is given
+    assert chest.analyze(_film(None), gradcam=False, tta=False).learnt_from == {}
 
 
 def test_the_ui_shows_the_overlay_the_api_serves(chest, monkeypatch, tmp_path):
@@ -151,6 +154,7 @@ def test_the_ui_shows_the_overlay_the_api_serves(chest, monkeypatch, tmp_path):
     from tests.helpers_app import png_bytes
 
     fix_segmentation(chest, monkeypatch, _anatomy(small_left=True))
+    monkeypatch.setattr(chest.config.scope, "min_probability", None)  # random weights: do not judge them
     service = AnalysisService({"chest-xray": chest}, HistoryStore(tmp_path / "home"), workers=1)
     try:
         record = service.analyze_bytes(png_bytes(_film(None)), "chest-xray", tta=False)

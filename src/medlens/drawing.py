@@ -182,14 +182,15 @@ def draw_key(
     return rgb
 
 
-def viewable_mask(mask: np.ndarray) -> np.ndarray:
-    """A mask for display as ``(H, W)`` uint8: binary 0/1 -> 0/255, labels unchanged, multi-label
-    ``(H, W, K)`` 0/1 -> 1 + the index of the last positive channel (0 = background)."""
+def viewable_mask(mask: np.ndarray, binary: bool) -> np.ndarray:
+    """A mask to store or download as ``(H, W)`` uint8: a ``binary`` segmenter's 0/1 as 0/255, else labels
+    as they are (label k is class k, whichever labels the image holds), multi-label ``(H, W, K)`` 0/1 as
+    1 + the index of the last positive channel (0 = background)."""
     mask = np.asarray(mask)
     if mask.ndim == 3:
         mask = ((mask > 0) * np.arange(1, mask.shape[2] + 1, dtype=np.uint16)).max(axis=2)
     mask = mask.astype(np.uint8)
-    return mask * 255 if mask.max(initial=0) <= 1 else mask
+    return (mask > 0).astype(np.uint8) * 255 if binary else mask
 
 
 def png_bytes(array: np.ndarray) -> bytes:

@@ -68,6 +68,9 @@ PRECISIONS = ("fp32", "int8")
 TASKS = tuple(t.value for t in Task)
 MODES = tuple(m.value for m in Mode)
 GUIDE_MODES = tuple(g.value for g in GuideMode)
+# The class a binary segmentation data set's one structure gets when the data does not name it (data.layout);
+# pipelines show it by their region's name (pipelines.names.region_names).
+GENERIC_REGION = "foreground"
 # The test-time flips a model may be run under, by augmentation name, and the (B, C, H, W) dims they mirror.
 FLIP_DIMS: dict[str, tuple[int, ...]] = {"hflip": (3,), "vflip": (2,)}
 
@@ -289,7 +292,9 @@ class ModelSpec:
 
     def runs_tta(self, requested: bool | None) -> bool:
         """Whether flip TTA runs for this model: as ``requested``, else as chosen on validation and recorded
-        (on where nothing was recorded)."""
+        (on where nothing was recorded); never for a model trained under no flip (it has none to run)."""
+        if len(self.flip_dims) < 2:
+            return False
         return bool(requested) if requested is not None else self.tta is not False
 
     @property

@@ -135,6 +135,15 @@ def _flat(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _unmeasured(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat figures with those of a class that has no images in the split (``per_class.<c>.support`` 0)
+    as None, shown as "—": its recall, precision or F1 was not measured (an evaluation writes 0 for them)."""
+    empty = {k.removesuffix(".support") for k, v in flat.items()
+             if k.startswith("per_class.") and k.endswith(".support") and v == 0}  # fmt: skip
+    return {k: None if k.rpartition(".")[0] in empty and not k.endswith(".support") else v
+            for k, v in flat.items()}  # fmt: skip
+
+
 def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "—"
@@ -153,8 +162,11 @@ def evaluations_of(bundle: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
 def metrics_frame(bundle: Mapping[str, Any], class_names: Mapping[str, str] | None = None) -> pd.DataFrame:
     """One row per scalar metric in words, one column per split (validation, test, external...); a
     classifier's figures at its shipped decision rule and its group flags come first, its arg-max figures are
-    labelled."""
-    splits = {split_name(k): {**_rule_figures(v), **_flat(v)} for k, v in evaluations_of(bundle).items()}
+    labelled; a class with no images in a split shows "—" there (not measured)."""
+    splits = {
+        split_name(k): _unmeasured({**_rule_figures(v), **_flat(v)})
+        for k, v in evaluations_of(bundle).items()
+    }
     keys = [
         k for k in dict.fromkeys(k for flat in splits.values() for k in flat) if not re.search(r"_std$", k)
     ]

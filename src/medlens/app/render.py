@@ -19,13 +19,18 @@ import pandas as pd
 from PIL import Image
 
 from medlens.drawing import as_rgb
+from medlens.pipelines.advice import DEFAULT_NOTICE, NOTICE_PREFIX
+from medlens.pipelines.analysis import mask_legend, uncertainty_note
 from medlens.pipelines.describe import describe_features
-from medlens.pipelines.groups import display_name
 from medlens.pipelines.heatmap import colour_bar_stops
+from medlens.pipelines.names import display_name
 from medlens.pipelines.overlay import draw_overlay
+from medlens.pipelines.routing import AUTO
 
-NOTICE = "Research tool, not a diagnosis."
+NOTICE = NOTICE_PREFIX
 FEATURE_COLUMNS = ["Feature", "Value", "Unit", "What it means"]
+MASK_LABEL = "Mask (PNG)"
+OUT_OF_SCOPE = "out of scope"  # a refused result's label in the UI, and the history's filter for them
 UNCERTAINTY_LEVELS = ((0.05, "low"), (0.15, "moderate"), (math.inf, "high"))
 UNCERTAINTY_TICKS = (0.0, 0.05, 0.15, 0.3)  # equally spaced on the drawn scale (the last is its right end)
 PIPELINE_COLUMNS = ("name", "title", "modality", "segmenter", "classifier", "classes", "description")
@@ -57,7 +62,8 @@ def blend(
         image: (H, W[, C]) uint8.
         mask: (H, W) uint8 as stored, 0 = background; binary 0/255 (or 0/1), label maps 1..K.
         opacity: 0 (image only) .. 1 (solid colour) inside the mask; the outline is always drawn.
-        classes: the segmenter's classes (the record's ``mask_classes``; unknown: "label k" in the key).
+        classes: the names of the segmenter's classes (the record's ``mask_names``, or for older records its
+            ``mask_classes``; unknown: "label k" in the key).
         features: the record's features (the CTR lines are drawn from them).
     Returns:
         (H, W, 3) uint8.
@@ -71,6 +77,12 @@ def blend(
         mask = np.asarray(Image.fromarray(mask).resize(rgb.shape[1::-1], Image.Resampling.NEAREST))
     labels = np.where(mask == 255, 1, mask).astype(np.uint8)
     return draw_overlay(rgb, labels, list(classes), features, alpha=float(opacity))[0]
+
+
+def mask_label(result: Mapping[str, Any]) -> str:
+    """The mask download's label: `MASK_LABEL` and what each of its values shows (when the record says)."""
+    values = result.get("mask_values")
+    return f"{MASK_LABEL}: {mask_legend(values)}" if values else MASK_LABEL
 
 
 def _fmt(value: Any) -> str:
@@ -108,7 +120,7 @@ def label_name(record: Mapping[str, Any]) -> str:
     """The record's label as people read it ("Melanoma (mel)"), or why there is none."""
     result = record.get("result") or {}
     if result.get("out_of_scope"):
-        return "out of scope"
+        return OUT_OF_SCOPE
     return display_name(record.get("label"), result.get("class_names")) or "no label"
 
 
@@ -162,6 +174,22 @@ def group_markdown(result: Mapping[str, Any], expected: list[str] | tuple[str, .
     return lines
 
 
+def compare_refusal(a: Mapping[str, Any], b: Mapping[str, Any]) -> str | None:
+    """Why records ``a`` and ``b`` are not shown side by side (None when they may be): analyses of two
+    pipelines measure different things, so the message names both."""
+    if a["pipeline"] == b["pipeline"]:
+        return None
+
+    def source(record: Mapping[str, Any]) -> str:
+        name = record["pipeline"]
+        return "no pipeline (pipeline=auto refused it)" if name == AUTO else f"the {name} pipeline"
+
+    return (
+        f"**Not compared:** A comes from {source(a)} and B from {source(b)}; their results do not measure "
+        "the same things. Pick two analyses of one pipeline."
+    )
+
+
 def choice(record: Mapping[str, Any]) -> tuple[str, str]:
     """(text shown, id) for a dropdown of analyses."""
     return f"{record['id'][:8]} · {caption(record)}", record["id"]
@@ -212,20 +240,31 @@ def findings_markdown(findings: list[Mapping[str, Any]]) -> str | None:
     return "**Findings** (most severe first):\n\n" + "\n".join(rows)
 
 
+def notice_markdown(notice: str | None) -> str:
+    """The notice as a warning line that opens with `NOTICE` (said once)."""
+    rest = (notice or "").replace(NOTICE, "").strip()
+    return f"> ⚠️ **{NOTICE}** {rest}".rstrip()
+
+
+def refusal_markdown(result: Mapping[str, Any]) -> list[str]:
+    """A refused (out-of-scope) result: why (the recommendation says it; a record that did not gets its
+    reason) and the generic notice; no model provenance, no measurement, no pipeline's own notice."""
+    reason = result.get("scope_reason") or "it does not look like what the pipeline was trained on"
+    recommendation = result.get("recommendation") or ""
+    said = [] if reason in recommendation else [f"**Out of scope:** {reason}"]
+    return [*said, f"**Recommendation:** {recommendation or '—'}", notice_markdown(DEFAULT_NOTICE)]
+
+
 def advice_markdown(record: Mapping[str, Any] | None, expected_groups: tuple[str, ...] = ()) -> str:
-    """What the modality check saw (and where ``auto`` sent the image), out-of-scope warning, label and what
-    it was learnt from, class groups, area, where the model looked, the reading (recommendation), every
-    finding and the notice, as Markdown."""
+    """What the modality check saw (and where ``auto`` sent the image), then the refusal of an image out of
+    scope (:func:`refusal_markdown`), or the label and what it was learnt from, class groups, area, where
+    the model looked, the reading (recommendation), every finding and the pipeline's notice, as Markdown."""
     if record is None:
         return ""
     result = record["result"]
-    findings = result.get("findings") or []
     parts: list[str | None] = [modality_line(record)]
-    if result.get("out_of_scope"):  # the recommendation gives the reason: not once more as a finding
-        findings = [f for f in findings if f.get("source") != "scope"]
-        reason = result.get("scope_reason") or "it does not look like what the pipeline was trained on"
-        if reason not in (result.get("recommendation") or ""):  # a record that did not say why
-            parts.append(f"**Out of scope:** {reason}")
+    if result.get("out_of_scope"):
+        return "\n\n".join(p for p in parts + refusal_markdown(result) if p)
     if record.get("label"):
         parts.append(f"**Label:** {label_name(record)}")
     parts.append(learnt_from_markdown(result, record.get("label")))
@@ -234,9 +273,8 @@ def advice_markdown(record: Mapping[str, Any] | None, expected_groups: tuple[str
         parts.append(f"**Segmented area:** {100 * result['area_fraction']:.1f}% of the image")
     parts.append(evidence_markdown(result))
     parts.append(f"**Recommendation:** {result.get('recommendation') or '—'}")
-    parts.append(findings_markdown(findings))
-    notice = (result.get("notice") or "").replace(NOTICE, "").strip()
-    parts.append(f"> ⚠️ **{NOTICE}** {notice}".rstrip())
+    parts.append(findings_markdown(result.get("findings") or []))
+    parts.append(notice_markdown(result.get("notice")))
     return "\n\n".join(p for p in parts if p)
 
 
@@ -283,9 +321,9 @@ def uncertainty_html(record: Mapping[str, Any] | None) -> str:
         return ""
     result = record["result"]
     value = result.get("uncertainty")
-    if value is None:
-        off = "test-time augmentation was off" if result.get("tta") is False else "not measured"
-        return f'<div class="medlens-uncertainty"><b>Uncertainty:</b> {off}.</div>'
+    note = uncertainty_note(value)
+    if note is not None:
+        return f'<div class="medlens-uncertainty"><b>Uncertainty:</b> {html.escape(note)}.</div>'
     level = next(name for limit, name in UNCERTAINTY_LEVELS if value < limit)
     left = 100 * float(np.interp(value, UNCERTAINTY_TICKS, np.linspace(0.0, 1.0, len(UNCERTAINTY_TICKS))))
     return (

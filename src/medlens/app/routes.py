@@ -100,9 +100,12 @@ def _history_routes(router: APIRouter, service: AnalysisService) -> None:
         page_size: Annotated[int, Query(ge=1, le=200)] = 20,
         pipeline: str | None = None,
         label: str | None = None,
+        out_of_scope: Annotated[
+            bool | None, Query(description="true: only refused analyses; false: only the others")
+        ] = None,
     ) -> dict[str, Any]:
         """Stored analyses, newest first: ``{"items", "total", "page", "page_size"}``."""
-        records, total = service.list(page=page, page_size=page_size, pipeline=pipeline, label=label)
+        records, total = service.list(page, page_size, pipeline, label, out_of_scope)
         items = [service.to_view(r, base_url(request)) for r in records]
         return {"items": items, "total": total, "page": page, "page_size": page_size}
 
@@ -137,7 +140,8 @@ def _history_routes(router: APIRouter, service: AnalysisService) -> None:
         responses={**schemas.NOT_FOUND, **PNG},
     )
     def picture(analysis_id: str, kind: PictureKind) -> FileResponse:
-        """The stored input (de-identified pixels), mask (0/255), overlay, Grad-CAM or thumbnail, as PNG."""
+        """The stored input (de-identified pixels), mask (valued as the analysis's segmentation.mask_values
+        says), overlay, Grad-CAM or thumbnail, as PNG."""
         path = service.file_path(analysis_id, "thumb" if kind == "thumbnail" else kind)
         if path is None:
             raise HTTPException(404, f"analysis {analysis_id!r} has no {kind}")

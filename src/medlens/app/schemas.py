@@ -6,15 +6,26 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from medlens.pipelines.analysis import UNCERTAINTY_NOT_MEASURED
+
 _OVERLAY = (
     "the mask drawn over the image with its measurement lines and, when it shows more than one thing, its "
     "colour key drawn in; PNG"
+)
+_MASK = (
+    "the mask as PNG: 0/255 from a binary segmenter, label k (class k of classes) from a multi-class one; "
+    "mask_values says what each value shows"
+)
+_MASK_VALUES = (
+    'what each value of the mask PNG shows, e.g. {"0": "background", "255": "skin lesion"} or {"0": '
+    '"background", "1": "left lung", "2": "right lung", "3": "heart"}; {} for records stored before it'
 )
 _LEARNT_FROM = (
     "per class code, the films (population, hospital) the classifier learnt it from: a film of another "
     "population is outside that experience"
 )
 _READING = "the reading: the first advice rule that holds, or why the image is out of scope"
+_NOT_MEASURED = f'why there is no uncertainty ("{UNCERTAINTY_NOT_MEASURED}"); None when there is one'
 _INSIDE = (
     "share of the Grad-CAM inside the segmented region (chest films: the lungs and the heart), 0..1; None "
     "without a segmentation or a Grad-CAM"
@@ -28,7 +39,8 @@ class ColourKeyEntry(BaseModel):
 
 
 class Segmentation(BaseModel):
-    mask_url: str | None = Field(description="the label mask as PNG (0/255 for binary masks)")
+    mask_url: str | None = Field(description=_MASK)
+    mask_values: dict[str, str] = Field(default_factory=dict, description=_MASK_VALUES)
     overlay_url: str | None = Field(description=_OVERLAY)
     area_fraction: float | None = Field(description="share of the image the segmentation covers, 0..1")
     components: list[dict[str, Any]] = Field(description="connected regions: area, bounding box, centroid")
@@ -101,7 +113,9 @@ class AnalysisView(BaseModel):
         None, description="[height, width] of the upload when it was decoded reduced (large images)"
     )
     clahe: bool
-    tta: bool | None = Field(None, description="whether flip test-time augmentation ran")
+    tta: bool | None = Field(
+        None, description="whether at least one test-time flip ran (a model trained under no flip runs none)"
+    )
     image_url: str | None
     thumbnail_url: str | None
     segmentation: Segmentation | None
@@ -114,8 +128,9 @@ class AnalysisView(BaseModel):
     )
     notice: str
     uncertainty: float | None = Field(
-        description="flip-TTA disagreement (0 = the views agree); None without TTA"
+        description="flip-TTA disagreement (0 = the views agree); None when not measured"
     )
+    uncertainty_note: str | None = Field(None, description=_NOT_MEASURED)
     out_of_scope: bool
     scope_reason: str | None
     gradcam_url: str | None

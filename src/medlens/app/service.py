@@ -26,7 +26,6 @@ from typing import Any
 from medlens.app.pool import PipelinePool, serving_plan
 from medlens.app.security import declared_size
 from medlens.app.store import HistoryStore
-from medlens.drawing import viewable_mask
 from medlens.errors import InternalError, MedlensError, UnknownNameError
 from medlens.jsonable import to_jsonable
 from medlens.pipelines.config import DEFAULT_TTA
@@ -255,7 +254,7 @@ class AnalysisService:
             result=result,
             pictures={
                 "image": image.array,  # pixels only: never the DICOM header, never the client's file name
-                "mask": None if analysis.mask is None else viewable_mask(analysis.mask),
+                "mask": analysis.mask_image(),  # valued as result["mask_values"] says
                 "overlay": analysis.overlay,
                 "gradcam": analysis.gradcam,
             },
@@ -269,9 +268,16 @@ class AnalysisService:
     def get(self, analysis_id: str) -> dict[str, Any] | None:
         return self.store.get(analysis_id)
 
-    def list(self, page: int = 1, page_size: int = 20, pipeline: str | None = None, label: str | None = None):
+    def list(
+        self,
+        page: int = 1,
+        page_size: int = 20,
+        pipeline: str | None = None,
+        label: str | None = None,
+        out_of_scope: bool | None = None,
+    ) -> tuple[list[dict[str, Any]], int]:
         """(records of the page, total) newest first; see :meth:`HistoryStore.list`."""
-        return self.store.list(page=page, page_size=page_size, pipeline=pipeline, label=label)
+        return self.store.list(page, page_size, pipeline, label, out_of_scope)
 
     def delete(self, analysis_id: str) -> bool:
         """Delete a stored analysis, then call :attr:`delete_hooks` with its id; False when there is none."""

@@ -253,9 +253,15 @@ class HistoryStore:
             return row.to_dict() if row is not None else None
 
     def list(
-        self, page: int = 1, page_size: int = 20, pipeline: str | None = None, label: str | None = None
+        self,
+        page: int = 1,
+        page_size: int = 20,
+        pipeline: str | None = None,
+        label: str | None = None,
+        out_of_scope: bool | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
-        """Records newest first, filtered by pipeline and/or label: (items of the page, total matching)."""
+        """Records newest first, filtered by pipeline, label and/or whether they were refused (out of scope):
+        (items of the page, total matching)."""
         if page < 1 or page_size < 1:
             raise ValueError("page and page_size must be >= 1")
         query = select(AnalysisRow)
@@ -263,6 +269,9 @@ class HistoryStore:
             query = query.where(AnalysisRow.pipeline == pipeline)
         if label:
             query = query.where(AnalysisRow.label == label)
+        if out_of_scope is not None:
+            refused = func.coalesce(AnalysisRow.result["out_of_scope"].as_boolean(), False)
+            query = query.where(refused == out_of_scope)
         with self._session() as session:
             total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
             rows = session.scalars(

@@ -131,8 +131,9 @@ def _wire_history(demo: gr.Blocks, h: UiHandlers, a: dict, hi: dict) -> None:
     detail = [hi["opened"]] + [hi[k] for k in DETAIL]
     hi["gallery"].select(h.open_selected, hi["ids"], detail, **PRIVATE)
     hi["delete"].click(h.delete, hi["opened"], detail, **PRIVATE).then(h.history, inputs, outputs, **PRIVATE)
+    panels = [*hi["cmp_a"], *hi["cmp_b"], hi["compare_note"]]
     for side in ("a", "b"):
-        hi[f"select_{side}"].change(h.panel, hi[f"select_{side}"], hi[f"cmp_{side}"], **PRIVATE)
+        hi[f"select_{side}"].change(h.compare, [hi["select_a"], hi["select_b"]], panels, **PRIVATE)
 
 
 def _wire_dashboard(demo: gr.Blocks, h: UiHandlers, a: dict, d: dict) -> None:

@@ -33,7 +33,8 @@ DETAIL = (
     "uncertainty",
     "mask_file",
 )
-"""What an opened analysis fills, in this order (``probs_box`` is a visibility update)."""
+"""What an opened analysis fills, in this order (``probs_box`` is a visibility update, ``mask_file`` an update
+of the download and of its label, which says what the mask's values show)."""
 
 
 def failure_reason(exc: MedlensError) -> str:
@@ -48,6 +49,14 @@ def failure_reason(exc: MedlensError) -> str:
 
 def _all_to_none(value: str | None) -> str | None:
     return None if value in (None, ALL) else value
+
+
+def _filters(pipeline: str | None, label: str | None) -> dict[str, Any]:
+    """The history's filters as :meth:`AnalysisService.list` takes them; "out of scope"
+    (`render.OUT_OF_SCOPE`) in the label filter picks the refused analyses."""
+    if label == render.OUT_OF_SCOPE:
+        return {"pipeline": _all_to_none(pipeline), "out_of_scope": True}
+    return {"pipeline": _all_to_none(pipeline), "label": _all_to_none(label)}
 
 
 class UiHandlers:
@@ -132,7 +141,8 @@ class UiHandlers:
     def detail(self, record: dict[str, Any] | None, opacity: float = 0.45) -> tuple:
         """The :data:`DETAIL` values of a record (empty ones for None)."""
         if record is None:
-            return None, None, None, gr.update(), None, render.features_frame({}), "", "", None
+            empty = gr.update(value=None, label=render.MASK_LABEL)
+            return None, None, None, gr.update(), None, render.features_frame({}), "", "", empty
         path = self.service.file_path
         image_path = path(record["id"], "image")
         probs = render.probabilities(record)
@@ -145,7 +155,7 @@ class UiHandlers:
             render.features_frame(record["features"]),
             render.advice_markdown(record, self._expected_groups(record["pipeline"])),
             render.uncertainty_html(record),
-            self._mask_download(record["id"]),
+            gr.update(value=self._mask_download(record["id"]), label=render.mask_label(record["result"])),
         )
 
     def overlay(self, analysis_id: str | None, opacity: float) -> np.ndarray | None:
@@ -159,8 +169,9 @@ class UiHandlers:
         mask_path = self.service.file_path(analysis_id, "mask")
         mask = render.load_png(mask_path) if mask_path else None
         record = self.service.get(analysis_id) or {}
-        classes = (record.get("result") or {}).get("mask_classes") or ()
-        return render.blend(image, mask, opacity, classes, record.get("features"))
+        result = record.get("result") or {}
+        names = result.get("mask_names") or result.get("mask_classes") or ()  # older records: the classes
+        return render.blend(image, mask, opacity, names, record.get("features"))
 
     def _mask_download(self, analysis_id: str) -> str | None:
         source = self.service.file_path(analysis_id, "mask")
@@ -180,11 +191,9 @@ class UiHandlers:
         """(gallery items, ids, label filter, compare A choices, compare B choices, paging text, load-more
         button, shown): the ``shown`` newest analyses matching the filters."""
         shown = max(HISTORY_PAGE, int(shown or HISTORY_PAGE))
-        records, total = self.service.list(
-            page=1, page_size=shown, pipeline=_all_to_none(pipeline), label=_all_to_none(label)
-        )
+        records, total = self.service.list(page=1, page_size=shown, **_filters(pipeline, label))
         with_thumbs = [(r, p) for r in records if (p := self.service.file_path(r["id"], "thumb"))]
-        labels = [ALL, *self.service.store.labels(_all_to_none(pipeline))]
+        labels = [ALL, render.OUT_OF_SCOPE, *self.service.store.labels(_all_to_none(pipeline))]
         choices = [render.choice(r) for r in records]
         return (
             [(str(p), render.caption(r)) for r, p in with_thumbs],
@@ -220,6 +229,15 @@ class UiHandlers:
             render.features_frame(record["features"]),
             f"**{render.caption(record)}**",
         )
+
+    def compare(self, a_id: str | None, b_id: str | None) -> tuple:
+        """Compare panels A and B (:meth:`panel` each) and the note above them: analyses of two pipelines are
+        not shown side by side (both panels empty, the note naming both pipelines)."""
+        a, b = (self.service.get(i) if i else None for i in (a_id, b_id))
+        refusal = render.compare_refusal(a, b) if a and b else None
+        if refusal:
+            return (*self.panel(None), *self.panel(None), refusal)
+        return (*self.panel(a_id), *self.panel(b_id), "")
 
     def delete(self, analysis_id: str | None) -> tuple:
         """Delete the opened analysis (and the UI's copies of its files) -> (None, empty :data:`DETAIL`)."""

@@ -116,7 +116,7 @@ def analyse_tab(h: UiHandlers, names: list[str], examples: list[list[str]]) -> d
                 elem_id="features",
                 column_widths=FEATURE_WIDTHS,
             )
-            c["mask_file"] = gr.File(label="Mask (PNG, 0/255)", interactive=False, elem_id="mask-file")
+            c["mask_file"] = gr.File(label=render.MASK_LABEL, interactive=False, elem_id="mask-file")
     c["id"] = gr.State(None)
     return c
 
@@ -141,13 +141,14 @@ def _opened(c: dict[str, Any]) -> None:
             column_widths=FEATURE_WIDTHS,
         )
         with gr.Row():
-            c["mask_file"] = gr.File(label="Mask (PNG)", interactive=False)
+            c["mask_file"] = gr.File(label=render.MASK_LABEL, interactive=False)
             c["delete"] = gr.Button("Delete this analysis", variant="stop")
     c["opened"] = gr.State(None)
 
 
 def _compare(c: dict[str, Any]) -> None:
     gr.Markdown("### Compare two analyses")
+    c["compare_note"] = gr.Markdown(elem_id="compare-note")
     with gr.Row():
         for side in ("a", "b"):
             with gr.Column():

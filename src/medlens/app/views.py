@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from medlens.pipelines.analysis import uncertainty_note
 from medlens.pipelines.describe import describe_features
-from medlens.pipelines.groups import display_name, group_fields
+from medlens.pipelines.groups import group_fields
+from medlens.pipelines.names import display_name
 
 
 def _links(record: Mapping[str, Any], base: str) -> dict[str, str | None]:
@@ -24,6 +26,7 @@ def _segmentation(result: Mapping[str, Any], links: Mapping[str, str | None]) ->
         return None
     return {
         "mask_url": links["mask"],
+        "mask_values": result.get("mask_values") or {},
         "overlay_url": links["overlay"],
         "area_fraction": result.get("area_fraction"),
         "components": result.get("components") or [],
@@ -75,6 +78,7 @@ def analysis_view(record: Mapping[str, Any], base: str = "/api/v1") -> dict[str,
         "findings": result.get("findings") or [],
         "notice": result.get("notice", ""),
         "uncertainty": result.get("uncertainty"),
+        "uncertainty_note": uncertainty_note(result.get("uncertainty")),
         "out_of_scope": bool(result.get("out_of_scope", False)),
         "scope_reason": result.get("scope_reason"),
         "gradcam_url": links["gradcam"],

@@ -28,7 +28,7 @@ from medlens.data.tables import (
     read_table,
 )
 from medlens.errors import DatasetError
-from medlens.spec import MODES, Mode, Task
+from medlens.spec import GENERIC_REGION, MODES, Mode, Task
 
 # The index types live in medlens.data.index and the CSV reading in medlens.data.tables; re-exported here as
 # the discovery API.
@@ -195,7 +195,7 @@ def _segmentation_classes(root, mode, mask_dirs, classes, items) -> list[str]:
         if classes:
             return ["background", classes[0]] if len(classes) == 1 else list(classes)
         labels = {item.label for item in items if item.label}
-        return ["background", labels.pop() if len(labels) == 1 else "foreground"]
+        return ["background", labels.pop() if len(labels) == 1 else GENERIC_REGION]
     if mode == Mode.MULTILABEL:
         if classes and len(classes) != len(mask_dirs):
             raise DatasetError(

@@ -17,8 +17,8 @@ Rules come from the pipeline YAML (``advice:`` section)::
 
 The reading (`AdviceConfig.advise`): the rules are tried in order and the first whose conditions all hold
 gives the text; none -> ``default``. The findings (`AdviceConfig.find`): one `Finding` per finding rule
-that holds, plus one for an image out of scope, ordered by severity (ties keep the YAML order), so that no
-finding hides another. A YAML without ``findings`` (rules only) loads as before.
+that holds, ordered by severity (ties keep the YAML order), so that no finding hides another; an image out of
+scope gets its refusal as its one finding. A YAML without ``findings`` (rules only) loads as before.
 Conditions (`CONDITIONS`): ``label_in`` / ``label_not_in`` (list of class names), ``prob_gte`` / ``prob_lt``
 (calibrated probability of the predicted class), ``class_prob_gte`` ({class: p}: any listed class at least p),
 ``uncertainty_gte`` / ``uncertainty_lt`` (TTA uncertainty), ``feature_gte`` / ``feature_lt`` ({feature:
@@ -266,10 +266,12 @@ class AdviceConfig:
         return self.default
 
     def find(self, ctx: AdviceContext, scope_reason: str | None = None) -> list[Finding]:
-        """Every finding that holds for ``ctx`` (plus one for ``scope_reason``, an image out of scope), most
-        severe first; findings of equal severity keep the YAML's order."""
-        found = [scope_finding(scope_reason)] if scope_reason else []
-        found += [Finding(f.say, f.severity, f.name) for f in self.findings if f.matches(ctx)]
+        """Every finding that holds for ``ctx``, most severe first (findings of equal severity keep the YAML's
+        order); for an image out of scope (``scope_reason``) its refusal only: a measurement of an image the
+        pipeline refuses to read is no finding."""
+        if scope_reason:
+            return [scope_finding(scope_reason)]
+        found = [Finding(f.say, f.severity, f.name) for f in self.findings if f.matches(ctx)]
         return sorted(found, key=lambda f: SEVERITIES.index(f.severity))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,10 +11,25 @@ import numpy as np
 from medlens.drawing import png_bytes, viewable_mask
 from medlens.jsonable import to_jsonable
 from medlens.pipelines.advice import Finding
-from medlens.pipelines.groups import display_name, group_fields
+from medlens.pipelines.groups import group_fields
+from medlens.pipelines.names import display_name
 from medlens.pipelines.overlay import KeyEntry
 
 FINDINGS_SEPARATOR = " | "  # between the findings of one image in a CSV cell
+UNCERTAINTY_NOT_MEASURED = (
+    "not measured (the model behind the result was not run on flipped copies of the image)"
+)
+
+
+def mask_legend(values: Mapping[Any, str]) -> str:
+    """What the values of a mask PNG show, in words: "0 = background, 255 = skin lesion" (`mask_values`)."""
+    return ", ".join(f"{value} = {name}" for value, name in values.items())
+
+
+def uncertainty_note(uncertainty: float | None) -> str | None:
+    """What a result says in place of an uncertainty it lacks, in the one wording of the JSON, the UI and the
+    CSV (`UNCERTAINTY_NOT_MEASURED`); None when it has one."""
+    return UNCERTAINTY_NOT_MEASURED if uncertainty is None else None
 
 
 @dataclass
@@ -24,8 +40,9 @@ class Analysis:
     ``overlay`` and ``gradcam`` ``(H, W, 3)`` uint8 RGB. ``probabilities`` are calibrated (flip-TTA mean);
     ``uncertainty`` is the flip-TTA standard deviation of the predicted class's probability or, without a
     classifier, ``segmentation_uncertainty`` (the segmenter's mean TTA standard deviation over the predicted
-    region); None without TTA (``tta`` says whether flip TTA ran). ``label`` is None when out of scope
-    (``scope_reason`` says why). ``groups``: the classifier's class groups (e.g. "malignant") with their
+    region); None when not measured (`uncertainty_note` says so). ``tta``: whether at least one test-time flip
+    ran (a model trained under no flip runs none, nor does one that never ran). ``label`` is None when out of
+    scope (``scope_reason`` says why). ``groups``: the classifier's class groups (e.g. "malignant") with their
     summed probability, validation-fitted threshold and flag (see `medlens.pipelines.groups.group_scores`;
     empty for bundles without groups). ``class_names``: full names of the class codes, from the pipeline YAML.
     ``modality``: what the modality check saw (`medlens.pipelines.modality.ModalityVerdict.describe`: class,
@@ -35,8 +52,9 @@ class Analysis:
     ``findings`` every finding that applies besides it, most severe first (`medlens.pipelines.advice`).
     ``gradcam_inside_region``: share of the Grad-CAM mass inside the segmented region, 0..1 (None without a
     segmenter or a Grad-CAM). ``mask_classes``: the segmenter's classes (label k of ``mask`` is
-    ``mask_classes[k]``); ``colour_key``: what each colour of ``overlay`` shows. ``learnt_from``: per class of
-    the classifier, the films it was learnt from (pipeline YAML; empty when it says nothing).
+    ``mask_classes[k]``), ``mask_names`` the same as people read them (`names.region_names`: "skin lesion" for
+    a generic "foreground"); ``colour_key``: what each colour of ``overlay`` shows. ``learnt_from``: per class
+    of the classifier, the films it was learnt from (pipeline YAML; empty when it says nothing).
     """
 
     id: str | None
@@ -57,13 +75,14 @@ class Analysis:
     timings_ms: dict[str, float]
     scope_reason: str | None = None
     segmentation_uncertainty: float | None = None
-    tta: bool | None = None
+    tta: bool = False
     groups: list[dict] = field(default_factory=list)
     class_names: dict[str, str] = field(default_factory=dict)
     modality: dict | None = None
     findings: list[Finding] = field(default_factory=list)
     gradcam_inside_region: float | None = None
     mask_classes: list[str] = field(default_factory=list)
+    mask_names: list[str] = field(default_factory=list)
     colour_key: list[KeyEntry] = field(default_factory=list)
     learnt_from: dict[str, str] = field(default_factory=dict)
 
@@ -73,18 +92,40 @@ class Analysis:
         return self.probabilities.get(self.label) if self.label is not None else None
 
     @property
+    def binary_mask(self) -> bool:
+        """Whether the segmenter has one structure (background and one class): its mask PNG is 0/255."""
+        return len(self.mask_classes) <= 2
+
+    @property
+    def mask_values(self) -> dict[int, str]:
+        """What each value of the mask PNG (`mask_image`) shows, by name (`mask_names`): ``{0: "background",
+        255: "skin lesion"}`` from a binary segmenter, ``{0: "background", 1: "left lung", ...}`` (label k:
+        class k) from a multi-class one; {} without a mask."""
+        if self.mask is None:
+            return {}
+        names = self.mask_names or self.mask_classes or ["background", "segmented region"]
+        return {0: names[0], 255: names[-1]} if self.binary_mask else dict(enumerate(names))
+
+    def mask_image(self) -> np.ndarray | None:
+        """The mask as stored and downloaded, ``(H, W)`` uint8 valued as `mask_values` says (None without)."""
+        return None if self.mask is None else viewable_mask(self.mask, self.binary_mask)
+
+    @property
     def label_name(self) -> str | None:
         """The label as people read it, e.g. "Melanoma (mel)" (the code when the pipeline names none)."""
         return display_name(self.label, self.class_names)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary: every field but the arrays, plus ``probability``, ``label_name``,
-        ``<group>_probability`` / ``<group>_flagged`` per class group and ``has_<array>`` flags."""
+        ``uncertainty_note``, ``mask_values``, ``<group>_probability`` / ``<group>_flagged`` per class group
+        and ``has_<array>`` flags."""
         out = {k: v for k, v in self.__dict__.items() if k not in ("mask", "overlay", "gradcam")}
         out.update(group_fields(self.groups))
         out.update(
             probability=self.probability,
             label_name=self.label_name,
+            uncertainty_note=uncertainty_note(self.uncertainty),
+            mask_values=self.mask_values,
             has_mask=self.mask is not None,
             has_overlay=self.overlay is not None,
             has_gradcam=self.gradcam is not None,
@@ -106,6 +147,7 @@ class Analysis:
             **group_fields(self.groups),
             "area_fraction": self.area_fraction,
             "uncertainty": self.uncertainty,
+            "uncertainty_note": uncertainty_note(self.uncertainty),
             "out_of_scope": self.out_of_scope,
             "tta": self.tta,
             "gradcam_inside_region": self.gradcam_inside_region,
@@ -115,8 +157,9 @@ class Analysis:
         }
 
     def mask_png(self) -> bytes | None:
-        """The mask as PNG bytes (binary 0/255, multi-class labels as they are), or None."""
-        return None if self.mask is None else png_bytes(viewable_mask(self.mask))
+        """The mask as PNG bytes (`mask_image`: binary 0/255, multi-class labels as they are), or None."""
+        image = self.mask_image()
+        return None if image is None else png_bytes(image)
 
     def overlay_png(self) -> bytes | None:
         """The segmentation overlay as PNG bytes, or None."""

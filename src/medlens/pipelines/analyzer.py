@@ -35,6 +35,7 @@ from medlens.inference.decisions import probs_to_mask
 from medlens.inference.postprocess import apply_postprocess, area_fraction, connected_components
 from medlens.inference.predictor import ClassificationPredictor, SegmentationPredictor
 from medlens.pipelines.advice import (
+    DEFAULT_NOTICE,
     AdviceContext,
     check_confidence,
     check_modality,
@@ -47,6 +48,7 @@ from medlens.pipelines.features import compute_features
 from medlens.pipelines.groups import group_scores
 from medlens.pipelines.heatmap import heatmap_overlay, place_cam, share_inside
 from medlens.pipelines.modality import ModalityGate, ModalityVerdict, check_gate
+from medlens.pipelines.names import region_names
 from medlens.pipelines.overlay import draw_overlay
 from medlens.pipelines.stages import StageTimer, as_image, enhance_contrast
 
@@ -113,7 +115,8 @@ class Analyzer:
 
     @staticmethod
     def model_tta(model: Any, tta: bool | None) -> bool:
-        """Whether ``model`` (segmenter or classifier, None = absent) runs flip TTA when ``tta`` is asked."""
+        """Whether ``model`` (segmenter or classifier, None = absent) runs flip TTA when ``tta`` is asked
+        (never when it was trained under no flip)."""
         return model is not None and model.spec.runs_tta(tta)
 
     # -- the sequence ---------------------------------------------------------------------------------------
@@ -124,7 +127,7 @@ class Analyzer:
     ) -> list[Analysis]:  # fmt: skip
         """One `Analysis` per image, in order (see `Pipeline.analyze` for the arguments). ``scope=False``
         runs every stage whatever the out-of-scope checks say (warm-up)."""
-        items = [self._take(image, clahe, tta) for image in images]
+        items = [self._take(image, clahe) for image in images]
         self._check_modality(items, modality)
         live = [item for item in items if item.reason is None or not scope]
         if live and self.segmenter is not None:
@@ -160,12 +163,12 @@ class Analyzer:
         return ms
 
     # -- the stages -----------------------------------------------------------------------------------------
-    def _take(self, image: np.ndarray | ImageRecord, clahe: bool, tta: bool | None) -> ImageWork:
+    def _take(self, image: np.ndarray | ImageRecord, clahe: bool) -> ImageWork:
         timer = StageTimer()
         with timer("preprocess"):
             original, spacing = as_image(image)
             work = enhance_contrast(original) if clahe else original
-        return ImageWork(original, spacing, work, self._empty_result(original, tta), timer)
+        return ImageWork(original, spacing, work, self._empty_result(original), timer)
 
     def _check_modality(self, items: list[ImageWork], given: Sequence[ModalityVerdict] | None) -> None:
         """The modality check (``given``: the verdicts when ``pipeline=auto`` ran the classifier, else one
@@ -181,10 +184,10 @@ class Analyzer:
     def _segment(self, items: list[ImageWork], tta: bool | None) -> None:
         """Masks (before and after post-processing), area, components, TTA uncertainty; the region check;
         then the features and the overlay."""
-        seg, post = self.segmenter, self.config.segmenter
+        seg, post, flipped = self.segmenter, self.config.segmenter, self.model_tta(self.segmenter, tta)
         with shared(items, "segment"):
             works = [item.work for item in items]
-            if self.model_tta(seg, tta):
+            if flipped:
                 outs = [(prob, unc) for prob, _, unc in seg.predict_batch_with_uncertainty(works)]
             else:
                 outs = [(prob, None) for prob in seg.predict_proba(works)]
@@ -197,14 +200,14 @@ class Analyzer:
                 )
                 result.mask, result.area_fraction = mask, area_fraction(mask)
                 result.components = connected_components(mask > 0)
-                result.segmentation_uncertainty = uncertainty
+                result.segmentation_uncertainty, result.tta = uncertainty, result.tta or flipped
             item.reason = item.reason or check_region(result.area_fraction, self.config.scope)
             with item.timer("features"):
                 result.features = compute_features(
                     self.config.features, item.original, mask, item.spacing, classes=seg.classes
                 )
                 result.overlay, result.colour_key = draw_overlay(
-                    item.original, mask, result.mask_classes, result.features
+                    item.original, mask, result.mask_names, result.features
                 )
 
     def _classify(self, items: list[ImageWork], tta: bool | None) -> None:
@@ -222,8 +225,9 @@ class Analyzer:
                 result.probabilities = {c: float(p) for c, p in zip(clf.classes, probs[0], strict=True)}
                 result.label = clf.decide(probs)[0]
                 result.groups = group_scores(result.probabilities, clf.spec.groups)
-                if views_tta and len(per_view[i]) > 1:
+                if len(per_view[i]) > 1:  # the identity and at least one flip ran
                     result.uncertainty = float(per_view[i][:, clf.classes.index(result.label)].std())
+                    result.tta = True
                 item.features = feats[i][0] if feats is not None else None
             top = max(result.probabilities.values()) if result.probabilities else None
             item.reason = item.reason or check_confidence(top, result.uncertainty, self.config.scope)
@@ -246,10 +250,11 @@ class Analyzer:
         return heatmap_overlay(item.original, cam)
 
     def _conclude(self, result: Analysis, reason: str | None) -> None:
-        """Out-of-scope verdict or the reading, and every finding that applies."""
+        """Out-of-scope verdict or the reading, and every finding that applies. A refused result carries its
+        refusal and the generic notice only: no class, no flag, no model provenance, no pipeline's notice."""
         result.out_of_scope, result.scope_reason = reason is not None, reason
         if reason is not None:
-            result.label = None
+            result.label, result.learnt_from, result.notice = None, {}, DEFAULT_NOTICE
             result.groups = [{**g, "flagged": None} for g in result.groups]
         ctx = AdviceContext(
             label=result.label, probability=result.probability, probabilities=result.probabilities,
@@ -261,13 +266,14 @@ class Analyzer:
         result.recommendation = out_of_scope_text(reason, self.config.title) if reason else advice.advise(ctx)
         result.findings = advice.find(ctx, reason)
 
-    def _empty_result(self, original: np.ndarray, tta: bool | None) -> Analysis:
+    def _empty_result(self, original: np.ndarray) -> Analysis:
+        seg, cfg = self.segmenter, self.config.segmenter
         return Analysis(
             id=None, pipeline=self.config.name, image_size=(int(original.shape[0]), int(original.shape[1])),
             mask=None, overlay=None, area_fraction=None, components=[], label=None, probabilities={},
             uncertainty=None, out_of_scope=False, features={}, recommendation="",
-            notice=self.config.advice.notice, gradcam=None, timings_ms={},
-            tta=self.model_tta(self.segmenter, tta) or self.model_tta(self.classifier, tta),
+            notice=self.config.advice.notice, gradcam=None, timings_ms={}, tta=False,
             class_names=dict(self.config.class_names), learnt_from=dict(self.learnt_from),
-            mask_classes=self.segmenter.classes if self.segmenter is not None else [],
+            mask_classes=seg.classes if seg is not None else [],
+            mask_names=region_names(seg.classes, cfg.structure) if seg is not None else [],
         )  # fmt: skip

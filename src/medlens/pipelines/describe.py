@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from medlens.pipelines.names import readable
+
 
 class FeatureInfo(NamedTuple):
     name: str
@@ -105,7 +107,7 @@ def format_value(key: str, value: Any) -> str:
     if isinstance(value, int | float):
         return _number(value, info.percent)
     if isinstance(value, Mapping):
-        return ", ".join(f"{k}: {format_value(key, v)}" for k, v in value.items()) or "none"
+        return ", ".join(f"{readable(k)}: {format_value(key, v)}" for k, v in value.items()) or "none"
     if isinstance(value, list | tuple):
         return ", ".join(format_value(key, v) for v in value) or "none"
     return str(value)
@@ -120,7 +122,7 @@ def describe_features(features: Mapping[str, Any]) -> list[dict[str, str]]:
     for key, value in features.items():
         if key in HIDDEN_KEYS:
             continue
-        info = FEATURE_INFO.get(key, FeatureInfo(key.replace("_", " "), "", ""))
+        info = FEATURE_INFO.get(key, FeatureInfo(readable(key), "", ""))
         explanation = NO_SPACING if value is None and "mm" in info.unit else info.explanation
         rows.append(
             {

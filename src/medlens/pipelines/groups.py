@@ -55,14 +55,3 @@ def group_fields(scores: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         out[f"{s['name']}_probability"] = s["probability"]
         out[f"{s['name']}_flagged"] = s["flagged"]
     return out
-
-
-def display_name(code: str | None, class_names: Mapping[str, str] | None) -> str | None:
-    """``"Melanoma (mel)"`` for a class code with a full name (just ``"Normal"`` when the name only differs
-    in case), else the code itself (None stays None)."""
-    if code is None:
-        return None
-    name = (class_names or {}).get(code)
-    if not name or name.lower() == code.lower():
-        return name or code
-    return f"{name} ({code})"

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from medlens.errors import BundleError, ConfigError
+from medlens.pipelines.names import readable
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def phrase(label: str) -> str:
     """An image of class ``label`` in words (`PHRASES`)."""
     if label == OTHER:
         return "no medical image that medlens analyses"
-    return PHRASES.get(label, f"a {label.replace('_', ' ')} image")
+    return PHRASES.get(label, f"a {readable(label)} image")
 
 
 def modality_reason(seen: ModalityVerdict, routes: Mapping[str, str]) -> str:
@@ -114,7 +115,7 @@ def modality_reason(seen: ModalityVerdict, routes: Mapping[str, str]) -> str:
         f"this looks like {phrase(seen.label)}")  # fmt: skip
     target = routes.get(seen.label)
     advice = f"use the {target} pipeline" if target else "no medlens pipeline takes it"
-    return f"{looks} (modality check: {seen.label}{p}): {advice}"
+    return f"{looks} (modality check: {readable(seen.label)}{p}): {advice}"
 
 
 # ------------------------------------------------------------------------------------------------- classifier

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from medlens.drawing import PALETTE, draw_key, overlay_mask
+from medlens.pipelines.names import readable
 
 #: Measurement lines a feature carries (``{line: [row, x0, x1]}``): feature -> ((line, name in the key), ...)
 MEASUREMENT_LINES: dict[str, tuple[tuple[str, str], ...]] = {
@@ -45,7 +46,7 @@ def _hex(colour: Sequence[int]) -> str:
 
 
 def _name(classes: Sequence[str], k: int) -> str:
-    return classes[k].replace("_", " ") if k < len(classes) else f"label {k}"
+    return readable(classes[k]) if k < len(classes) else f"label {k}"
 
 
 def colour_key(
