@@ -4,10 +4,13 @@ failed credentials, offline docs, and large images decoded reduced."""
 
 from __future__ import annotations
 
+import io
 import logging
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from medlens.app.api import create_app
 from medlens.errors import ImageReadError, InternalError, MedlensError, UnknownNameError
@@ -180,6 +183,20 @@ def test_large_images_are_decoded_reduced_and_say_so(tmp_path):
         small = _post(c, png_bytes(rgb_image(40))).json()
     assert max(body["image_size"]) <= 64 and body["original_size"] == [200, 200]
     assert small["image_size"] == [40, 40] and small["original_size"] is None
+    note = "(200x200 pixels) is larger than 64 pixels a side, so it was decoded reduced to"
+    assert len(body["input_notes"]) == 1 and note in body["input_notes"][0] and small["input_notes"] == []
+
+
+def test_a_transparent_upload_is_laid_on_white_and_says_so(tmp_path):
+    rgba = np.dstack([rgb_image(32), np.full((32, 32), 255, np.uint8)])
+    rgba[:8, :, 3] = 0
+    with _client(tmp_path) as c:
+        body = _post(c, png_bytes(rgba)).json()
+        stored = c.get(f"/api/v1/analyses/{body['id']}").json()
+        image = np.asarray(Image.open(io.BytesIO(c.get(body["image_url"]).content)))
+    assert body["input_notes"] == stored["input_notes"]
+    assert "transparent (25% of its pixels)" in body["input_notes"][0]
+    assert (image[:8] == 255).all()  # the stored (analysed) pixels: white where the upload was see-through
 
 
 def test_failed_tokens_are_throttled_per_client(tmp_path):

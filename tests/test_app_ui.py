@@ -87,6 +87,18 @@ def test_advice_lists_findings_where_the_model_looked_and_what_each_class_was_le
     assert "**Out of scope:** in colour" in older  # a record without a recommendation still says why
 
 
+def test_advice_says_what_was_done_to_the_image():
+    notes = [
+        "the image is partly transparent (25% of its pixels): it was laid on a white background",
+        "the image (4000x3000 pixels) is larger than 2048 pixels a side, so it was decoded reduced",
+    ]
+    text = render.advice_markdown({"result": {"input_notes": notes, "recommendation": "Routine."}})
+    assert "**About the image:**\n\n- The image is partly transparent (25% of its pixels)" in text
+    assert "\n- The image (4000x3000 pixels) is larger than 2048 pixels" in text
+    assert text.index("About the image") < text.index("Recommendation")
+    assert "About the image" not in render.advice_markdown({"result": {"recommendation": "Routine."}})
+
+
 @pytest.fixture()
 def handlers(tmp_path):
     pytest.importorskip("gradio")

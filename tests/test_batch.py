@@ -77,6 +77,21 @@ def test_plain_classification_and_onnx_runtime(cls_bundle: Path, inputs: Path, t
     assert float(rows[0]["confidence"]) == pytest.approx(max(info["probabilities"].values()))
 
 
+def test_a_transparent_input_is_said_in_the_json_the_summary_and_the_log(
+    seg_bundle: Path, cls_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    rgba = np.dstack([np.full((20, 20, 3), 90, np.uint8), np.full((20, 20), 255, np.uint8)])
+    rgba[:5, :, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "see-through.png")
+    with caplog.at_level("WARNING", logger="medlens.pipelines.batch"):
+        for model, out in ((seg_bundle, tmp_path / "seg"), (cls_bundle, tmp_path / "cls")):
+            row = _summary(predict_paths(model, [tmp_path / "see-through.png"], out))[0]
+            info = json.loads((out / "see-through.json").read_text())
+            assert row["status"] == "ok" and info["input_notes"] == [row["input_notes"]]
+            assert "transparent (25% of its pixels)" in row["input_notes"]
+    assert "see-through.png: the image is partly transparent" in caplog.text
+
+
 def test_missing_input_is_reported_not_fatal(seg_bundle: Path, inputs: Path, tmp_path: Path):
     rows = _summary(predict_paths(seg_bundle, [inputs / "a.png", inputs / "gone.png"], tmp_path))
     assert [(r["id"], r["status"]) for r in rows] == [("a", "ok"), ("gone", "error")]
@@ -107,6 +122,7 @@ def test_pipeline_mode_by_name_and_yaml(seg_bundle: Path, cls_bundle: Path, inpu
     assert rows[0]["recommendation"] == info["recommendation"]
     assert rows[0]["findings"] == " | ".join(f"{f['severity']}: {f['text']}" for f in info["findings"])
     assert rows[0]["findings"].endswith("high: High. | low: Low note.")  # most severe first, in one cell
+    assert rows[0]["input_notes"] == "" and info["input_notes"] == []  # an opaque image read as it is
     share = info["gradcam_inside_region"]
     assert rows[0]["gradcam_inside_region"] == ("" if share is None else str(share))
     assert info["pipeline"] == "tiny" and info["id"] == "a" and info["source"].endswith("a.png")

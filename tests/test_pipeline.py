@@ -284,6 +284,27 @@ def test_clahe_and_input_validation(pipelines):
     json.dumps(info)
 
 
+def test_what_reading_did_to_the_image_is_in_the_result(pipelines):
+    """An RGBA array is laid on white, said in the result (JSON, CSV); a record's notes and size travel."""
+    pipe = pipelines["polyp"]
+    rgba = np.zeros((48, 64, 4), np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 3] = 200, 90, 255
+    rgba[:, :16, 3] = 0  # a see-through border, a quarter of the image
+    a = pipe.analyze(rgba, gradcam=False, tta=False)
+    assert a.input_notes == [
+        "the image is partly transparent (25% of its pixels): it was laid on a white background "
+        "(transparency flattened) before the analysis"
+    ]
+    assert a.to_dict()["input_notes"] == a.input_notes and a.csv_row()["input_notes"] == a.input_notes[0]
+    assert a.original_size is None and pipe.analyze(rgba[..., :3], gradcam=False).input_notes == []
+    reduced = ImageRecord(
+        rgba[..., :3].copy(), None, "jpeg", notes=["decoded reduced"], original_size=(96, 128)
+    )
+    b = pipe.analyze(reduced, gradcam=False, tta=False)
+    assert b.input_notes == ["decoded reduced"] and b.to_dict()["original_size"] == [96, 128]
+    assert b.image_size == (48, 64)
+
+
 def test_dicom_input_spacing_and_seg_export(pipelines, tmp_path, monkeypatch):
     from medlens.data.io import read_dicom
     from medlens.pipelines.dicom_seg import dicom_seg_bytes, read_dicom_seg_mask

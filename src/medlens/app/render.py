@@ -204,6 +204,15 @@ def evidence_markdown(result: Mapping[str, Any]) -> str | None:
     return f"**Where the model looked:** {100 * share:.0f}% of the Grad-CAM lies inside {where}"
 
 
+def input_markdown(result: Mapping[str, Any]) -> str | None:
+    """What was done to the image before the analysis (``input_notes``: transparency flattened, decoded
+    reduced), or None when nothing was."""
+    notes = result.get("input_notes") or []
+    if not notes:
+        return None
+    return "**About the image:**\n\n" + "\n".join(f"- {note[:1].upper()}{note[1:]}." for note in notes)
+
+
 def findings_markdown(findings: list[Mapping[str, Any]]) -> str | None:
     """Every finding, most severe first, as a list (None without findings)."""
     if not findings:
@@ -213,14 +222,14 @@ def findings_markdown(findings: list[Mapping[str, Any]]) -> str | None:
 
 
 def advice_markdown(record: Mapping[str, Any] | None, expected_groups: tuple[str, ...] = ()) -> str:
-    """What the modality check saw (and where ``auto`` sent the image), out-of-scope warning, label and what
-    it was learnt from, class groups, area, where the model looked, the reading (recommendation), every
-    finding and the notice, as Markdown."""
+    """What the modality check saw (and where ``auto`` sent the image), what was done to the image before the
+    analysis, out-of-scope warning, label and what it was learnt from, class groups, area, where the model
+    looked, the reading (recommendation), every finding and the notice, as Markdown."""
     if record is None:
         return ""
     result = record["result"]
     findings = result.get("findings") or []
-    parts: list[str | None] = [modality_line(record)]
+    parts: list[str | None] = [modality_line(record), input_markdown(result)]
     if result.get("out_of_scope"):  # the recommendation gives the reason: not once more as a finding
         findings = [f for f in findings if f.get("source") != "scope"]
         reason = result.get("scope_reason") or "it does not look like what the pipeline was trained on"

@@ -100,6 +100,11 @@ class AnalysisView(BaseModel):
     original_size: list[int] | None = Field(
         None, description="[height, width] of the upload when it was decoded reduced (large images)"
     )
+    input_notes: list[str] = Field(
+        default_factory=list,
+        description="what was done to the image before the analysis, in words: a transparent image laid on "
+        "white, a large one decoded reduced (then original_size is set)",
+    )
     clahe: bool
     tta: bool | None = Field(None, description="whether flip test-time augmentation ran")
     image_url: str | None

@@ -37,6 +37,9 @@ class Analysis:
     segmenter or a Grad-CAM). ``mask_classes``: the segmenter's classes (label k of ``mask`` is
     ``mask_classes[k]``); ``colour_key``: what each colour of ``overlay`` shows. ``learnt_from``: per class of
     the classifier, the films it was learnt from (pipeline YAML; empty when it says nothing).
+    ``input_notes``: what was done to the image before the analysis, in words (transparency flattened, a large
+    image decoded reduced; `medlens.data.io.read_image`); ``original_size``: ``(H, W)`` of the file when it
+    was decoded reduced (``image_size`` is what was analysed), else None.
     """
 
     id: str | None
@@ -66,6 +69,8 @@ class Analysis:
     mask_classes: list[str] = field(default_factory=list)
     colour_key: list[KeyEntry] = field(default_factory=list)
     learnt_from: dict[str, str] = field(default_factory=dict)
+    input_notes: list[str] = field(default_factory=list)
+    original_size: tuple[int, int] | None = None
 
     @property
     def probability(self) -> float | None:
@@ -94,8 +99,9 @@ class Analysis:
     def csv_row(self) -> dict[str, Any]:
         """The analysis as a row of batch prediction's ``summary.csv``: the pipeline that analysed it
         (``auto`` when none took it), the modality the check saw (its class; empty without the check), the
-        scalar results, the reading, the findings (``severity: text``, joined by `FINDINGS_SEPARATOR`) and the
-        features that fit a cell as ``feature_<name>`` columns (structured ones stay in the JSON)."""
+        scalar results, the reading, the findings (``severity: text``, joined by `FINDINGS_SEPARATOR`), the
+        input notes (joined the same way) and the features that fit a cell as ``feature_<name>`` columns
+        (structured ones stay in the JSON)."""
         scalar = (bool, int, float, str, type(None))
         return {
             "pipeline": self.pipeline,
@@ -111,6 +117,7 @@ class Analysis:
             "gradcam_inside_region": self.gradcam_inside_region,
             "recommendation": self.recommendation,
             "findings": FINDINGS_SEPARATOR.join(f"{f.severity}: {f.text}" for f in self.findings),
+            "input_notes": FINDINGS_SEPARATOR.join(self.input_notes),
             **{f"feature_{k}": v for k, v in self.features.items() if isinstance(v, scalar)},
         }
 

@@ -163,9 +163,9 @@ class Analyzer:
     def _take(self, image: np.ndarray | ImageRecord, clahe: bool, tta: bool | None) -> ImageWork:
         timer = StageTimer()
         with timer("preprocess"):
-            original, spacing = as_image(image)
-            work = enhance_contrast(original) if clahe else original
-        return ImageWork(original, spacing, work, self._empty_result(original, tta), timer)
+            record = as_image(image)
+            work = enhance_contrast(record.array) if clahe else record.array
+        return ImageWork(record.array, record.spacing_mm, work, self._empty_result(record, tta), timer)
 
     def _check_modality(self, items: list[ImageWork], given: Sequence[ModalityVerdict] | None) -> None:
         """The modality check (``given``: the verdicts when ``pipeline=auto`` ran the classifier, else one
@@ -261,13 +261,14 @@ class Analyzer:
         result.recommendation = out_of_scope_text(reason, self.config.title) if reason else advice.advise(ctx)
         result.findings = advice.find(ctx, reason)
 
-    def _empty_result(self, original: np.ndarray, tta: bool | None) -> Analysis:
+    def _empty_result(self, record: ImageRecord, tta: bool | None) -> Analysis:
         return Analysis(
-            id=None, pipeline=self.config.name, image_size=(int(original.shape[0]), int(original.shape[1])),
+            id=None, pipeline=self.config.name, image_size=record.array.shape[:2],
             mask=None, overlay=None, area_fraction=None, components=[], label=None, probabilities={},
             uncertainty=None, out_of_scope=False, features={}, recommendation="",
             notice=self.config.advice.notice, gradcam=None, timings_ms={},
             tta=self.model_tta(self.segmenter, tta) or self.model_tta(self.classifier, tta),
             class_names=dict(self.config.class_names), learnt_from=dict(self.learnt_from),
             mask_classes=self.segmenter.classes if self.segmenter is not None else [],
+            input_notes=list(record.notes), original_size=record.original_size,
         )  # fmt: skip
