@@ -161,6 +161,18 @@ def test_a_failure_inside_the_pipeline_is_internal(tmp_path, caplog):
         assert c.get("/healthz").status_code == 200  # and it keeps serving
 
 
+def test_errors_name_the_uploaded_file_by_its_name_without_folders(tmp_path):
+    with _client(tmp_path) as c:
+        unreadable = _post(c, b"not an image at all", name="C:\\scans\\jane`s chest.png")
+        huge = _post(c, bomb_png(20000, 20000), name="/home/jane/huge.png")
+        empty = _post(c, b"", name="empty.png")
+    assert unreadable.status_code == 422
+    assert unreadable.json()["detail"].startswith("cannot read janes chest.png: unknown file type")
+    assert huge.status_code == 413 and huge.json()["detail"].startswith("cannot read huge.png: 20000x20000")
+    assert empty.status_code == 422 and empty.json()["detail"] == "cannot read empty.png: empty file"
+    assert not any("<upload>" in r.text or "jane/" in r.text for r in (unreadable, huge, empty))
+
+
 def test_too_large_image_reports_its_real_size(tmp_path):
     with _client(tmp_path) as c:
         r = _post(c, bomb_png(20000, 20000))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from medlens.app import render
+from medlens.app.security import UPLOAD_NAME_LIMIT, upload_name
 from medlens.app.service import AnalysisService
 from medlens.app.store import HistoryStore
 from medlens.drawing import PALETTE
@@ -182,10 +183,11 @@ def test_a_failed_analysis_clears_the_previous_result_and_names_the_file(handler
 
 
 def test_upload_names_and_failure_messages_are_safe_to_show():
-    assert render.upload_name("/tmp/gradio/9f2c/ISIC_0024403.jpg") == "ISIC_0024403.jpg"
-    assert render.upload_name("/tmp/x/a`b\nc.png") == "abc.png"
-    assert render.upload_name("/tmp/x/" + "n" * 200 + ".png").endswith("…")
-    assert len(render.upload_name("/tmp/x/" + "n" * 200 + ".png")) == render.UPLOAD_NAME_LIMIT
+    assert upload_name("/tmp/gradio/9f2c/ISIC_0024403.jpg") == "ISIC_0024403.jpg"
+    assert upload_name("/tmp/x/a`b\nc.png") == "abc.png"
+    assert upload_name("/tmp/x/" + "n" * 200 + ".png").endswith("…")
+    assert len(upload_name("/tmp/x/" + "n" * 200 + ".png")) == UPLOAD_NAME_LIMIT
+    assert upload_name("C:\\Users\\jane\\scan 1.png") == "scan 1.png" and upload_name(None) == ""
     text = render.failure_markdown("a_b.png", "bad <b>header</b> in *MEDLENS_MAX*.")
     assert text.startswith("**Could not analyse `a_b.png`:** bad \\<b\\>header")
     assert "\\*MEDLENS\\_MAX\\*." in text and ".." not in text

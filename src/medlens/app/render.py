@@ -250,19 +250,11 @@ def advice_markdown(record: Mapping[str, Any] | None, expected_groups: tuple[str
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~&])")
-UPLOAD_NAME_LIMIT = 80
-
-
-def upload_name(path: str | Path) -> str:
-    """An uploaded file's name as its user knows it: Gradio keeps an upload as ``<cache>/<hash>/<name>``, so
-    the basename (never the folders); characters that are not printable and backticks dropped, a long name
-    cut."""
-    name = "".join(c for c in Path(path).name if c.isprintable() and c != "`").strip()
-    return name if len(name) <= UPLOAD_NAME_LIMIT else name[: UPLOAD_NAME_LIMIT - 1] + "…"
 
 
 def failure_markdown(name: str | None, reason: str) -> str:
-    """What the advice panel says when an analysis failed: the file (as named by ``upload_name``) and why."""
+    """What the advice panel says when an analysis failed: the file (as named by
+    :func:`medlens.app.security.upload_name`) and why."""
     reason = _MARKDOWN_SPECIAL.sub(r"\\\1", reason.rstrip("."))  # as written: messages may hold <, _, *
     if not name:
         return f"**Nothing to analyse:** {reason}."

@@ -214,8 +214,10 @@ class AnalysisService:
         clahe: bool = False,
         gradcam: bool = True,
         tta: bool | None = DEFAULT_TTA,
+        file_name: str | None = None,
     ) -> dict[str, Any]:
         """Decode ``data``, analyse it with ``pipeline`` and store it; returns the stored record.
+        ``file_name``: what errors call the upload (`medlens.app.security.upload_name`; never stored).
 
         Images larger than ``max_side`` are decoded reduced: ``result["original_size"]`` keeps the upload's
         size and ``result["input_notes"]`` says so (as it says that a transparent image was flattened).
@@ -226,8 +228,8 @@ class AnalysisService:
 
         name = self.resolve_pipeline(pipeline)
         t0 = time.perf_counter()
-        declared_size(data, self.max_pixels)  # ImageTooLargeError before any decoding
-        image = read_image(data, max_pixels=self.max_pixels, max_side=self.max_side)
+        declared_size(data, self.max_pixels, file_name)  # ImageTooLargeError before any decoding
+        image = read_image(data, max_pixels=self.max_pixels, max_side=self.max_side, name=file_name)
         t1 = time.perf_counter()
         try:
             analysis, wait_ms = self._run(name, image, clahe, gradcam, tta)

@@ -93,14 +93,17 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-def _source_name(source: Source) -> str:
-    return str(source) if isinstance(source, str | Path) else "<upload>"
+def _source_name(source: Source, name: str | None = None) -> str:
+    if isinstance(source, str | Path):
+        return str(source)
+    return name or "<upload>"
 
 
 @contextmanager
-def open_source(source: Source) -> Iterator[tuple[IO[bytes], str, str]]:
-    """Yield ``(binary file object, display name, sniffed format)``; raises ImageReadError when unusable."""
-    name = _source_name(source)
+def open_source(source: Source, name: str | None = None) -> Iterator[tuple[IO[bytes], str, str]]:
+    """Yield ``(binary file object, display name, sniffed format)``; raises ImageReadError when unusable.
+    ``name``: what bytes are called in messages (an upload's file name; default ``"<upload>"``)."""
+    name = _source_name(source, name)
     if isinstance(source, str | Path):
         path = Path(source)
         if not path.exists():

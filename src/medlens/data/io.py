@@ -180,8 +180,10 @@ def read_image(
     channels: int | None = None,
     max_pixels: int | None = None,
     max_side: int | None = None,
+    *,
+    name: str | None = None,
 ) -> ImageRecord:
-    """Read an image file path or uploaded bytes (shown as ``"<upload>"`` in errors).
+    """Read an image file path or uploaded bytes (shown as ``name``, default ``"<upload>"``, in errors).
 
     Returns an :class:`ImageRecord` whose ``array`` is ``(H, W, C)`` uint8, ``C`` in {1, 3} (``channels``
     converts). EXIF orientation is honoured; RGBA/LA are flattened on white (:func:`flatten_alpha`); palette
@@ -192,7 +194,7 @@ def read_image(
     (transparency flattened, size reduced) is said in the record's ``notes``.
     """
     limit = max_pixels_limit(max_pixels)
-    with open_source(source) as (fp, shown, fmt):
+    with open_source(source, name) as (fp, shown, fmt):
         if fmt == "dicom":
             record = read_dicom_fp(fp, shown, limit)
             full = record.array.shape[:2]
@@ -316,14 +318,17 @@ def _mask_array(im: Image.Image, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def probe_image(source: Source, verify: bool = False, max_pixels: int | None = None) -> ImageInfo:
+def probe_image(
+    source: Source, verify: bool = False, max_pixels: int | None = None, *, name: str | None = None
+) -> ImageInfo:
     """Read the header of an image (size after EXIF orientation, format, mode) without decoding the pixels.
 
     ``verify=True`` also decodes the pixel data (JPEG cheaply in 1/8-scale draft mode; DICOM through pydicom),
-    which catches truncated and corrupt files.
+    which catches truncated and corrupt files. ``name``: what bytes are called in errors (see
+    :func:`read_image`).
     """
     limit = max_pixels_limit(max_pixels)
-    with open_source(source) as (fp, name, fmt):
+    with open_source(source, name) as (fp, name, fmt):
         if fmt == "dicom":
             return probe_dicom_fp(fp, name, limit, verify)
         im = _open_pil(fp, name, fmt, limit)
