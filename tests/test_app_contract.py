@@ -173,6 +173,14 @@ def test_errors_name_the_uploaded_file_by_its_name_without_folders(tmp_path):
     assert not any("<upload>" in r.text or "jane/" in r.text for r in (unreadable, huge, empty))
 
 
+def test_every_scope_reason_is_listed_also_for_records_stored_before_the_list():
+    from medlens.app.views import scope_reasons
+
+    assert scope_reasons({"scope_reason": "a; and b", "scope_reasons": ["a", "b"]}) == ["a", "b"]
+    assert scope_reasons({"scope_reason": "grey"}) == ["grey"]  # an older record: its one reason
+    assert scope_reasons({"scope_reason": None}) == []
+
+
 def test_too_large_image_reports_its_real_size(tmp_path):
     with _client(tmp_path) as c:
         r = _post(c, bomb_png(20000, 20000))

@@ -122,7 +122,10 @@ class AnalysisView(BaseModel):
         description="flip-TTA disagreement (0 = the views agree); None without TTA"
     )
     out_of_scope: bool
-    scope_reason: str | None
+    scope_reason: str | None = Field(description="scope_reasons in one line (None: in scope)")
+    scope_reasons: list[str] = Field(
+        default_factory=list, description="every reason it is out of scope, in the order the checks ran"
+    )
     gradcam_url: str | None
     gradcam_inside_region: float | None = Field(None, description=_INSIDE)
     timings: dict[str, float] = Field(description="milliseconds per stage")

@@ -49,6 +49,13 @@ def _classification(record: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def scope_reasons(result: Mapping[str, Any]) -> list[str]:
+    """Every reason the image is out of scope; a record stored before they were listed has its one."""
+    if "scope_reasons" in result:
+        return list(result["scope_reasons"])
+    return [result["scope_reason"]] if result.get("scope_reason") else []
+
+
 def analysis_view(record: Mapping[str, Any], base: str = "/api/v1") -> dict[str, Any]:
     """The API's JSON for a stored record; picture URLs under ``base`` (include a proxy's root_path)."""
     result = record["result"]
@@ -78,6 +85,7 @@ def analysis_view(record: Mapping[str, Any], base: str = "/api/v1") -> dict[str,
         "uncertainty": result.get("uncertainty"),
         "out_of_scope": bool(result.get("out_of_scope", False)),
         "scope_reason": result.get("scope_reason"),
+        "scope_reasons": scope_reasons(result),
         "gradcam_url": links["gradcam"],
         "gradcam_inside_region": result.get("gradcam_inside_region"),
         "timings": result.get("timings_ms") or {},

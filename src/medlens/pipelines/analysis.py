@@ -24,10 +24,12 @@ class Analysis:
     ``overlay`` and ``gradcam`` ``(H, W, 3)`` uint8 RGB. ``probabilities`` are calibrated (flip-TTA mean);
     ``uncertainty`` is the flip-TTA standard deviation of the predicted class's probability or, without a
     classifier, ``segmentation_uncertainty`` (the segmenter's mean TTA standard deviation over the predicted
-    region); None without TTA (``tta`` says whether flip TTA ran). ``label`` is None when out of scope
-    (``scope_reason`` says why). ``groups``: the classifier's class groups (e.g. "malignant") with their
-    summed probability, validation-fitted threshold and flag (see `medlens.pipelines.groups.group_scores`;
-    empty for bundles without groups). ``class_names``: full names of the class codes, from the pipeline YAML.
+    region); None without TTA (``tta`` says whether flip TTA ran). ``label`` is None when out of scope:
+    ``scope_reasons`` lists every reason, in the order the checks ran, and ``scope_reason`` is all of them in
+    one line (`medlens.pipelines.advice.scope_summary`). ``groups``: the classifier's class groups (e.g.
+    "malignant") with their summed probability, validation-fitted threshold and flag (see
+    `medlens.pipelines.groups.group_scores`; empty for bundles without groups). ``class_names``: full names
+    of the class codes, from the pipeline YAML.
     ``modality``: what the modality check saw (`medlens.pipelines.modality.ModalityVerdict.describe`: class,
     in words, probabilities, the pipeline that takes it); None for a pipeline without the check.
 
@@ -59,6 +61,7 @@ class Analysis:
     gradcam: np.ndarray | None
     timings_ms: dict[str, float]
     scope_reason: str | None = None
+    scope_reasons: list[str] = field(default_factory=list)
     segmentation_uncertainty: float | None = None
     tta: bool | None = None
     groups: list[dict] = field(default_factory=list)
@@ -99,9 +102,9 @@ class Analysis:
     def csv_row(self) -> dict[str, Any]:
         """The analysis as a row of batch prediction's ``summary.csv``: the pipeline that analysed it
         (``auto`` when none took it), the modality the check saw (its class; empty without the check), the
-        scalar results, the reading, the findings (``severity: text``, joined by `FINDINGS_SEPARATOR`), the
-        input notes (joined the same way) and the features that fit a cell as ``feature_<name>`` columns
-        (structured ones stay in the JSON)."""
+        scalar results, every reason it is out of scope (joined by `FINDINGS_SEPARATOR`), the reading, the
+        findings (``severity: text``, joined the same way), the input notes (likewise) and the features that
+        fit a cell as ``feature_<name>`` columns (structured ones stay in the JSON)."""
         scalar = (bool, int, float, str, type(None))
         return {
             "pipeline": self.pipeline,
@@ -113,6 +116,7 @@ class Analysis:
             "area_fraction": self.area_fraction,
             "uncertainty": self.uncertainty,
             "out_of_scope": self.out_of_scope,
+            "scope_reasons": FINDINGS_SEPARATOR.join(self.scope_reasons),
             "tta": self.tta,
             "gradcam_inside_region": self.gradcam_inside_region,
             "recommendation": self.recommendation,

@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,7 @@ from medlens.pipelines.advice import (
     check_modality,
     check_region,
     out_of_scope_text,
+    scope_summary,
 )
 from medlens.pipelines.analysis import Analysis
 from medlens.pipelines.config import DEFAULT_TTA, PipelineConfig
@@ -56,18 +57,22 @@ logger = logging.getLogger(__name__)
 @dataclass
 class ImageWork:
     """One image on its way through the stages: the image, what the models see, the result filled in stage
-    by stage, its stage timer, why it is out of scope (None: in scope so far), the segmentation before
-    post-processing (what guides the classifier) and the classifier's ``(C, h, w)`` feature map of its
-    identity view when the runtime gives one (Grad-CAM without backpropagation)."""
+    by stage, its stage timer, every reason it is out of scope (empty: in scope so far), the segmentation
+    before post-processing (what guides the classifier) and the classifier's ``(C, h, w)`` feature map of
+    its identity view when the runtime gives one (Grad-CAM without backpropagation)."""
 
     original: np.ndarray
     spacing: tuple[float, float] | None
     work: np.ndarray
     result: Analysis
     timer: StageTimer
-    reason: str | None = None
+    reasons: list[str] = field(default_factory=list)
     raw_mask: np.ndarray | None = None
     features: np.ndarray | None = None
+
+    def refuse(self, *reasons: str | None) -> None:
+        """Add the out-of-scope reasons a check gave (None: the check passed)."""
+        self.reasons += [reason for reason in reasons if reason]
 
 
 @contextmanager
@@ -126,7 +131,7 @@ class Analyzer:
         runs every stage whatever the out-of-scope checks say (warm-up)."""
         items = [self._take(image, clahe, tta) for image in images]
         self._check_modality(items, modality)
-        live = [item for item in items if item.reason is None or not scope]
+        live = [item for item in items if not item.reasons or not scope]
         if live and self.segmenter is not None:
             self._segment(live, tta)
         if live and self.classifier is not None:
@@ -134,13 +139,13 @@ class Analyzer:
         for item in live:
             if self.classifier is None:
                 item.result.uncertainty = item.result.segmentation_uncertainty
-            if gradcam and (item.reason is None or not scope):
+            if gradcam and (not item.reasons or not scope):
                 with item.timer("gradcam"):
                     item.result.gradcam = self._explain(item)
         for item in items:
             result = item.result
             with item.timer("advice"):
-                self._conclude(result, item.reason)
+                self._conclude(result, item.reasons)
             result.timings_ms = item.timer.finish()
             logger.info(
                 "pipeline %s: label=%s out_of_scope=%s in %.0f ms",
@@ -175,8 +180,8 @@ class Analyzer:
                 given = self.gate.classifier.classify([item.original for item in items])
         for item, seen in zip(items, given if given is not None else [None] * len(items), strict=True):
             with item.timer("modality"):
-                item.result.modality, item.reason = check_gate(self.gate, item.original, seen)
-            item.reason = item.reason or check_modality(item.original, self.config.scope)
+                item.result.modality, refused = check_gate(self.gate, item.original, seen)
+            item.refuse(refused, check_modality(item.original, self.config.scope))
 
     def _segment(self, items: list[ImageWork], tta: bool | None) -> None:
         """Masks (before and after post-processing), area, components, TTA uncertainty; the region check;
@@ -198,7 +203,7 @@ class Analyzer:
                 result.mask, result.area_fraction = mask, area_fraction(mask)
                 result.components = connected_components(mask > 0)
                 result.segmentation_uncertainty = uncertainty
-            item.reason = item.reason or check_region(result.area_fraction, self.config.scope)
+            item.refuse(check_region(result.area_fraction, self.config.scope))
             with item.timer("features"):
                 result.features = compute_features(
                     self.config.features, item.original, mask, item.spacing, classes=seg.classes
@@ -226,7 +231,7 @@ class Analyzer:
                     result.uncertainty = float(per_view[i][:, clf.classes.index(result.label)].std())
                 item.features = feats[i][0] if feats is not None else None
             top = max(result.probabilities.values()) if result.probabilities else None
-            item.reason = item.reason or check_confidence(top, result.uncertainty, self.config.scope)
+            item.refuse(check_confidence(top, result.uncertainty, self.config.scope))
 
     def _explain(self, item: ImageWork) -> np.ndarray | None:
         """Grad-CAM overlay on the original image: the classifier's predicted class (placed back where a
@@ -245,9 +250,11 @@ class Analyzer:
             result.gradcam_inside_region = share_inside(cam, result.mask > 0)
         return heatmap_overlay(item.original, cam)
 
-    def _conclude(self, result: Analysis, reason: str | None) -> None:
-        """Out-of-scope verdict or the reading, and every finding that applies."""
-        result.out_of_scope, result.scope_reason = reason is not None, reason
+    def _conclude(self, result: Analysis, reasons: list[str]) -> None:
+        """Out-of-scope verdict (every reason, and all of them in one line) or the reading, and every
+        finding that applies."""
+        reason = scope_summary(reasons)
+        result.out_of_scope, result.scope_reason, result.scope_reasons = bool(reasons), reason, list(reasons)
         if reason is not None:
             result.label = None
             result.groups = [{**g, "flagged": None} for g in result.groups]
@@ -259,7 +266,7 @@ class Analyzer:
         )  # fmt: skip
         advice = self.config.advice
         result.recommendation = out_of_scope_text(reason, self.config.title) if reason else advice.advise(ctx)
-        result.findings = advice.find(ctx, reason)
+        result.findings = advice.find(ctx, reasons)
 
     def _empty_result(self, record: ImageRecord, tta: bool | None) -> Analysis:
         return Analysis(

@@ -67,7 +67,8 @@ class ModalityRouter:
             overlay=None, area_fraction=None, components=[], label=None, probabilities={}, uncertainty=None,
             out_of_scope=True, features={}, recommendation=out_of_scope_text(reason, None),
             notice=DEFAULT_NOTICE, gradcam=None, timings_ms={"modality": round(ms, 2), "total": round(ms, 2)},
-            scope_reason=reason, modality=seen.describe(self.routes), findings=[scope_finding(reason)],
+            scope_reason=reason, scope_reasons=[reason], modality=seen.describe(self.routes),
+            findings=[scope_finding(reason)],
             input_notes=list(record.notes), original_size=record.original_size,
         )  # fmt: skip
 
