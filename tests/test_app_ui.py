@@ -88,6 +88,17 @@ def test_advice_lists_findings_where_the_model_looked_and_what_each_class_was_le
     assert "**Out of scope:** in colour" in older  # a record without a recommendation still says why
 
 
+def test_the_segmented_area_is_given_per_structure():
+    chest = {"area_fraction": 0.3, "area_fractions": {"left_lung": 0.12, "right_lung": 0.115, "heart": 0.065}}
+    text = render.advice_markdown({"result": chest})
+    assert "**Segmented area** (share of the image): left lung 12.0%, right lung 11.5%, heart 6.5%" in text
+    assert "30.0%" not in text  # not the lungs and the heart lumped together
+    assert "**Segmented area:** 4.2% of the image" in render.advice_markdown(
+        {"result": {"area_fraction": 0.042}}
+    )
+    assert "Segmented area" not in render.advice_markdown({"result": {"area_fraction": None}})
+
+
 def test_advice_says_what_was_done_to_the_image():
     notes = [
         "the image is partly transparent (25% of its pixels): it was laid on a white background",

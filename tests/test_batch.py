@@ -67,6 +67,21 @@ def test_plain_segmentation_writes_masks_overlays_and_json(seg_bundle: Path, inp
     assert not (tmp_path / "broken_mask.png").exists()
 
 
+def test_plain_multiclass_segmentation_measures_each_structure(inputs: Path, tmp_path: Path):
+    classes = ["background", "left_lung", "right_lung", "heart"]
+    chest = make_tiny_bundle(tmp_path, "segmentation", name="tiny-chest", encoder="mobilenet_v2",
+                             mode="multiclass", num_classes=4, classes=classes)  # fmt: skip
+    predict_paths(chest, [inputs / "a.png"], tmp_path / "out")
+    info = json.loads((tmp_path / "out" / "a.json").read_text())
+    mask = np.asarray(Image.open(tmp_path / "out" / "a_mask.png"))
+    assert list(info["per_class"]) == classes[1:] and info["n_components"] == len(info["components"])
+    for k, name in enumerate(classes[1:], 1):
+        assert info["per_class"][name]["area_fraction"] == pytest.approx((mask == k).mean())
+        mine = [c for c in info["components"] if c["structure"] == name]  # each structure's own components
+        assert len(mine) == info["per_class"][name]["n_components"]
+        assert sum(c["area_px"] for c in mine) == (mask == k).sum()
+
+
 def test_plain_classification_and_onnx_runtime(cls_bundle: Path, inputs: Path, tmp_path: Path):
     summary = predict_paths(cls_bundle, [inputs / "a.png", inputs / "b.jpg"], tmp_path, runtime="onnx")
     rows = _summary(summary)

@@ -168,6 +168,7 @@ def test_polyp_pipeline_end_to_end_on_colonoscopy(pipelines, shared_datasets):
     check_structure(a, pipe, img.shape[:2])
     assert not a.out_of_scope and a.probabilities == {}
     assert a.features["count"] == len(a.components)
+    assert a.area_fractions == {} and not any("structure" in c for c in a.components)  # binary: as before
     assert a.uncertainty == a.segmentation_uncertainty is not None
     assert a.gradcam is not None  # Grad-CAM of the segmenter (no classifier)
     expected = "Polyp-like region found" if a.components else "No polyp-like region found"
@@ -199,6 +200,16 @@ def test_chest_pipeline_with_spacing_and_known_anatomy(pipelines, shared_dataset
     assert tuple(a.overlay[heart_row, 110]) == key["heart width (CTR)"].rgb
     assert a.mask_classes == CHEST_CLASSES
     assert a.uncertainty is None and set(a.probabilities) == {"normal", "pneumonia"}
+    # each structure measured on its own: the heart touches both lungs, yet three components, not one
+    assert a.area_fractions == pytest.approx(
+        {"left_lung": 130 * 70 / (h * w), "right_lung": 140 * 70 / (h * w), "heart": 55 * 25 / (h * w)}
+    )
+    assert a.area_fraction == pytest.approx(sum(a.area_fractions.values()))
+    assert [(c["structure"], c["area_px"]) for c in a.components] == [
+        ("left_lung", 130 * 70), ("right_lung", 140 * 70), ("heart", 55 * 25)
+    ]  # fmt: skip
+    row = a.csv_row()
+    assert row["area_fraction_heart"] == a.area_fractions["heart"] and row["area_fraction"] == a.area_fraction
 
 
 def test_no_region_where_one_is_required_is_out_of_scope(pipelines, shared_datasets, monkeypatch):

@@ -194,6 +194,18 @@ def learnt_from_markdown(result: Mapping[str, Any], label: str | None) -> str | 
     return head + "\n\n" + "\n".join(rows)
 
 
+def area_markdown(result: Mapping[str, Any]) -> str | None:
+    """The share of the image segmented: per structure for a multi-class mask (``area_fractions``: "left lung
+    12.0%, right lung 11.5%, heart 6.1%"), else in all; None without a segmentation."""
+    shares = [f"{name.replace('_', ' ')} {100 * share:.1f}%" for name, share in
+              (result.get("area_fractions") or {}).items()]  # fmt: skip
+    if shares:
+        return f"**Segmented area** (share of the image): {', '.join(shares)}"
+    if result.get("area_fraction") is None:
+        return None
+    return f"**Segmented area:** {100 * result['area_fraction']:.1f}% of the image"
+
+
 def evidence_markdown(result: Mapping[str, Any]) -> str | None:
     """How much of the Grad-CAM lies inside the segmented structures, or None when it was not measured."""
     share = result.get("gradcam_inside_region")
@@ -239,8 +251,7 @@ def advice_markdown(record: Mapping[str, Any] | None, expected_groups: tuple[str
         parts.append(f"**Label:** {label_name(record)}")
     parts.append(learnt_from_markdown(result, record.get("label")))
     parts += group_markdown(result, expected_groups)
-    if result.get("area_fraction") is not None:
-        parts.append(f"**Segmented area:** {100 * result['area_fraction']:.1f}% of the image")
+    parts.append(area_markdown(result))
     parts.append(evidence_markdown(result))
     parts.append(f"**Recommendation:** {result.get('recommendation') or '—'}")
     parts.append(findings_markdown(findings))

@@ -30,8 +30,18 @@ class ColourKeyEntry(BaseModel):
 class Segmentation(BaseModel):
     mask_url: str | None = Field(description="the label mask as PNG (0/255 for binary masks)")
     overlay_url: str | None = Field(description=_OVERLAY)
-    area_fraction: float | None = Field(description="share of the image the segmentation covers, 0..1")
-    components: list[dict[str, Any]] = Field(description="connected regions: area, bounding box, centroid")
+    area_fraction: float | None = Field(
+        description="share of the image the segmentation covers (all its structures together), 0..1"
+    )
+    area_fractions: dict[str, float] = Field(
+        default_factory=dict,
+        description="share of the image each structure covers, by class (multi-class masks, e.g. left_lung, "
+        "right_lung, heart); {} for a binary mask",
+    )
+    components: list[dict[str, Any]] = Field(
+        description="connected regions: area, bounding box, centroid; with a multi-class mask those of each "
+        "structure on its own, each naming its 'structure'"
+    )
     classes: list[str] = Field(default_factory=list, description="the segmenter's classes (label k: [k])")
     colour_key: list[ColourKeyEntry] = Field(
         default_factory=list, description="what each colour of the overlay shows, in the order drawn"

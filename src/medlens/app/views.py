@@ -26,6 +26,7 @@ def _segmentation(result: Mapping[str, Any], links: Mapping[str, str | None]) ->
         "mask_url": links["mask"],
         "overlay_url": links["overlay"],
         "area_fraction": result.get("area_fraction"),
+        "area_fractions": result.get("area_fractions") or {},
         "components": result.get("components") or [],
         "classes": result.get("mask_classes") or [],
         "colour_key": result.get("colour_key") or [],

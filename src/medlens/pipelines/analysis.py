@@ -35,6 +35,9 @@ class Analysis:
 
     ``recommendation`` is the reading (the first advice rule that holds, or why the image is out of scope);
     ``findings`` every finding that applies besides it, most severe first (`medlens.pipelines.advice`).
+    ``area_fraction`` is the share of the image the segmentation covers (all its structures together);
+    ``area_fractions`` each structure's of a multi-class mask by class name ({} for a binary one), and then
+    each of ``components`` names its ``structure`` (`medlens.inference.postprocess.structure_components`).
     ``gradcam_inside_region``: share of the Grad-CAM mass inside the segmented region, 0..1 (None without a
     segmenter or a Grad-CAM). ``mask_classes``: the segmenter's classes (label k of ``mask`` is
     ``mask_classes[k]``); ``colour_key``: what each colour of ``overlay`` shows. ``learnt_from``: per class of
@@ -73,6 +76,7 @@ class Analysis:
     colour_key: list[KeyEntry] = field(default_factory=list)
     learnt_from: dict[str, str] = field(default_factory=dict)
     input_notes: list[str] = field(default_factory=list)
+    area_fractions: dict[str, float] = field(default_factory=dict)
     original_size: tuple[int, int] | None = None
 
     @property
@@ -102,9 +106,10 @@ class Analysis:
     def csv_row(self) -> dict[str, Any]:
         """The analysis as a row of batch prediction's ``summary.csv``: the pipeline that analysed it
         (``auto`` when none took it), the modality the check saw (its class; empty without the check), the
-        scalar results, every reason it is out of scope (joined by `FINDINGS_SEPARATOR`), the reading, the
-        findings (``severity: text``, joined the same way), the input notes (likewise) and the features that
-        fit a cell as ``feature_<name>`` columns (structured ones stay in the JSON)."""
+        scalar results (with ``area_fraction_<structure>`` per structure), every reason it is out of scope
+        (joined by `FINDINGS_SEPARATOR`), the reading, the findings (``severity: text``, joined the same way),
+        the input notes (likewise) and the features that fit a cell as ``feature_<name>`` columns (structured
+        ones stay in the JSON)."""
         scalar = (bool, int, float, str, type(None))
         return {
             "pipeline": self.pipeline,
@@ -114,6 +119,7 @@ class Analysis:
             "probability": self.probability,
             **group_fields(self.groups),
             "area_fraction": self.area_fraction,
+            **{f"area_fraction_{name}": share for name, share in self.area_fractions.items()},
             "uncertainty": self.uncertainty,
             "out_of_scope": self.out_of_scope,
             "scope_reasons": FINDINGS_SEPARATOR.join(self.scope_reasons),

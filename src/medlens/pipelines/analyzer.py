@@ -5,7 +5,8 @@
 2. modality: the modality classifier's verdict (one batched call, or the verdicts ``pipeline=auto`` already
    has), then the scope's colour check; an image out of scope here skips the models;
 3. segment: one batched call (flip-TTA views included), then per image the mask before and after
-   post-processing, its area, components and TTA uncertainty, and the region check;
+   post-processing, its area and components (per structure for a multi-class mask) and TTA uncertainty, and
+   the region check;
 4. features and the overlay;
 5. classify: one batched call of every image's test-time views, guided by the classifier itself with the
    masks of step 3 before post-processing; the probabilities, decision, class groups, TTA uncertainty, and
@@ -32,7 +33,13 @@ import numpy as np
 
 from medlens.data.io import ImageRecord
 from medlens.inference.decisions import probs_to_mask
-from medlens.inference.postprocess import apply_postprocess, area_fraction, connected_components
+from medlens.inference.postprocess import (
+    apply_postprocess,
+    area_fraction,
+    connected_components,
+    structure_areas,
+    structure_components,
+)
 from medlens.inference.predictor import ClassificationPredictor, SegmentationPredictor
 from medlens.pipelines.advice import (
     AdviceContext,
@@ -50,6 +57,7 @@ from medlens.pipelines.heatmap import heatmap_overlay, place_cam, share_inside
 from medlens.pipelines.modality import ModalityGate, ModalityVerdict, check_gate
 from medlens.pipelines.overlay import draw_overlay
 from medlens.pipelines.stages import StageTimer, as_image, enhance_contrast
+from medlens.spec import Mode
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +209,11 @@ class Analyzer:
                     item.raw_mask, post.fill_holes, post.largest_component, post.min_size_px
                 )
                 result.mask, result.area_fraction = mask, area_fraction(mask)
-                result.components = connected_components(mask > 0)
+                if seg.mode == Mode.MULTICLASS:  # lungs and heart apart, not one region
+                    result.area_fractions = structure_areas(mask, seg.classes)
+                    result.components = structure_components(mask, seg.classes)
+                else:
+                    result.components = connected_components(mask > 0)
                 result.segmentation_uncertainty = uncertainty
             item.refuse(check_region(result.area_fraction, self.config.scope))
             with item.timer("features"):

@@ -5,8 +5,8 @@ Plain mode (``model`` = run folder or bundle) writes per image into ``out``:
 - segmentation: ``<stem>_mask.png`` (0/255 for binary, class labels for multi-class, one
   ``<stem>_mask_<class>.png`` per label for multi-label), ``<stem>_overlay.png`` (several structures: with
   their colour key drawn in, :func:`medlens.pipelines.overlay.draw_overlay`) and ``<stem>.json`` (image
-  size, input notes, area fraction, bounding box, connected components, model name, post-processing, TTA
-  uncertainty);
+  size, input notes, area fraction, bounding box, connected components (each structure's own for a
+  multi-class mask, with area and components per class), model name, post-processing, TTA uncertainty);
 - classification: ``<stem>.json`` (label, probabilities, uncertainty with TTA, input notes).
 
 Input notes say what reading did to an image (a transparent one laid on white, `medlens.data.io.read_image`);
@@ -128,32 +128,35 @@ def _batches(inputs: list[tuple[Path, str]], batch_size: int, rows: dict[int, di
 
 # ---------------------------------------------------------------------------------- plain: segmentation
 def _mask_payload(mask: np.ndarray, classes: Sequence[str], mode: str) -> dict[str, Any]:
-    """Area fraction, bounding box and components of a ``(H, W)`` mask (+ per class for label masks)."""
-    from medlens.inference.postprocess import area_fraction, bounding_box, connected_components
+    """Area fraction, bounding box and components of a mask (+ per class for label and multi-label masks;
+    the components of a label mask are each structure's, `structure_components`)."""
+    from medlens.inference.postprocess import (
+        area_fraction,
+        bounding_box,
+        connected_components,
+        label_planes,
+        structure_components,
+    )
 
     fg = mask.max(axis=-1) if mask.ndim == 3 else mask
+    labels = mode == Mode.MULTICLASS and mask.ndim == 2
     payload: dict[str, Any] = {
         "area_fraction": area_fraction(fg),
         "bbox": bounding_box(fg),
-        "components": connected_components(fg),
+        "components": structure_components(mask, classes) if labels else connected_components(fg),
     }
     payload["n_components"] = len(payload["components"])
     if mode != Mode.BINARY:
-        planes = (
-            {k: mask[..., k] for k in range(mask.shape[-1])}
-            if mask.ndim == 3
-            else {k: mask == k for k in range(1, len(classes))}
-        )
-        names = {k: classes[k] if k < len(classes) else str(k) for k in planes}
-        if mask.ndim == 3 and len(classes) != mask.shape[-1]:
-            names = {k: str(k) for k in planes}
+        named = len(classes) == mask.shape[-1]
+        planes = label_planes(mask, classes) if mask.ndim == 2 else {
+            classes[k] if named else str(k): mask[..., k] for k in range(mask.shape[-1])}  # fmt: skip
         payload["per_class"] = {
-            names[k]: {
+            name: {
                 "area_fraction": area_fraction(p),
                 "bbox": bounding_box(p),
                 "n_components": len(connected_components(p)),
             }
-            for k, p in planes.items()
+            for name, p in planes.items()
         }
     return payload
 
