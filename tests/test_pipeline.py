@@ -70,7 +70,8 @@ def check_structure(a, pipe: Pipeline, shape: tuple[int, int]) -> dict:
     assert "notice" in d and d["has_mask"] == (a.mask is not None) and len(text) < 50_000
     if a.mask is not None:
         assert a.mask.shape == shape and a.mask.dtype == np.uint8
-        assert a.overlay.shape == (*shape, 3)
+        keyed = len(a.colour_key) > 1  # the colour key goes in a strip under the image, never over it
+        assert a.overlay.shape[1:] == (shape[1], 3) and (a.overlay.shape[0] > shape[0]) == keyed
         assert Image.open(io.BytesIO(a.mask_png())).size == (shape[1], shape[0])
     if a.gradcam is not None:
         assert a.gradcam.shape == (*shape, 3) and a.gradcam.dtype == np.uint8

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 _OVERLAY = (
     "the mask drawn over the image with its measurement lines and, when it shows more than one thing, its "
-    "colour key drawn in; PNG"
+    "colour key in a strip under the image (the PNG is then taller than the image); PNG"
 )
 _LEARNT_FROM = (
     "per class code, the films (population, hospital) the classifier learnt it from: a film of another "

@@ -21,7 +21,8 @@ class Analysis:
     """The result of one `Pipeline.analyze` call.
 
     Arrays (never in `to_dict`): ``mask`` ``(H, W)`` uint8 labels (binary 0/1) at the image's size,
-    ``overlay`` and ``gradcam`` ``(H, W, 3)`` uint8 RGB. ``probabilities`` are calibrated (flip-TTA mean);
+    ``overlay`` and ``gradcam`` ``(H, W, 3)`` uint8 RGB (an overlay with a colour key has the key's strip
+    under the image: ``(H + strip, W, 3)``). ``probabilities`` are calibrated (flip-TTA mean);
     ``uncertainty`` is the flip-TTA standard deviation of the predicted class's probability or, without a
     classifier, ``segmentation_uncertainty`` (the segmenter's mean TTA standard deviation over the predicted
     region); None without TTA (``tta`` says whether flip TTA ran). ``label`` is None when out of scope:
