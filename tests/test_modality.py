@@ -135,6 +135,15 @@ def test_every_reason_an_image_is_refused_is_kept(pipelines):
     assert a.csv_row()["scope_reasons"] == " | ".join(a.scope_reasons)
 
 
+def test_scope_off_runs_every_stage_and_still_records_the_checks(pipelines):
+    """What the inference benchmark times: the modality check runs, and refuses nothing."""
+    a = pipelines["polyp"].analyze(marked("fundus"), tta=False, gradcam=True, scope=False)
+    assert a.mask is not None and a.gradcam is not None and a.timings_ms["segment"] > 0
+    assert a.out_of_scope and "retinal fundus photograph" in a.scope_reasons[0]
+    batch = pipelines["polyp"].analyze_batch([marked("fundus")], tta=False, scope=False)
+    assert batch[0].mask is not None and batch[0].out_of_scope
+
+
 def test_the_right_modality_goes_on_and_the_older_checks_still_apply(pipelines):
     skin = pipelines["skin"]
     a = skin.analyze(marked("dermoscopy"), tta=False)
