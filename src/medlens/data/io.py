@@ -122,11 +122,11 @@ def flatten_alpha(arr: np.ndarray) -> tuple[np.ndarray, str | None]:
     not opaque (None when all were).
 
     White, whatever the modality: an image is decoded before anything knows its modality (``pipeline=auto``
-    decides it from these pixels), so one background serves all. White is what the user saw: viewers and
-    browsers, the web app included, show transparency over a light page. And it is the neutral choice for
-    every shipped modality: on a radiograph white is the unexposed border outside the collimation, where
-    black would read as air inside the chest; on a dermoscopy or endoscopy photo black is the lens' dark
-    vignette, which the segmenters learnt to leave out, so black would hide where a transparent border is.
+    decides it from these pixels), so one background must serve all. White is what the user most likely
+    saw (most viewers and browsers show transparency over a light page), and it passes for no anatomy in
+    any shipped modality: on a radiograph white is the unexposed border outside the collimation, where black
+    would read as air in the lungs; on a dermoscopy or endoscopy photo black is the dark vignette of the
+    lens, so a black fill would pass for part of the photo.
     """
     colour, alpha = arr[..., :-1].astype(np.float32), arr[..., -1:].astype(np.float32) / 255.0
     flat = np.rint(colour * alpha + TRANSPARENCY_BACKGROUND * (1.0 - alpha)).astype(np.uint8)
