@@ -2,9 +2,10 @@
 process.
 
 Pipelines (``--pipeline``, repeatable; default ``all``): each shipped pipeline YAML (``skin``, ``polyp``,
-``chest-xray``, ...) with the bundles it names (segmenter and/or classifier), copied from ``--models``, or
-random-weight stand-ins of the shipped architectures (``models/<bundle>/bundle.json``) with ``--tiny`` or when
-``--models`` lacks some of a pipeline's bundles. Example images (:data:`benchmarks.pipelines.IMAGE_SOURCES`):
+``chest-xray``, ...) with the bundles it names (segmenter and/or classifier, and the modality classifier of
+its modality check, which every served pipeline runs first), copied from ``--models``, or random-weight
+stand-ins of the shipped architectures (``models/<bundle>/bundle.json``) with ``--tiny`` or when ``--models``
+lacks some of a pipeline's bundles. Example images (:data:`benchmarks.pipelines.IMAGE_SOURCES`):
 HAM10000 for skin, Kvasir-SEG for polyp, paediatric (Kermany) and adult (Shenzhen) films for chest-xray, read
 as the app reads uploads; synthetic colour (grey for chest-xray) images where the data sets are missing.
 
@@ -18,13 +19,14 @@ Variants (``--variants``):
   variant);
 * ``onnx-int8``: as ``onnx`` with a static int8 graph per bundle (:func:`benchmarks.pipelines.prepare_int8`:
   for bundles with a split and their data, the held-out check of `medlens.evaluation.int8` says whether
-  serving may use them; random-weight stand-ins are timed only).
+  serving may use them; random-weight stand-ins are timed only); the modality check stays fp32.
 
 Measures per pipeline and variant:
 
 * batch 1: ``Pipeline.analyze(image)`` p50/p95 latency and the median of every ``timings_ms`` stage the
-  pipeline reports; flip TTA as each bundle chose (as served; ``--no-tta``: off); out-of-scope checks off so
-  that every stage runs on every image;
+  pipeline reports (``modality``, the modality check, included); flip TTA as each bundle chose (as served;
+  ``--no-tta``: off); out-of-scope checks off (``scope=False``: the modality check runs and is timed, but
+  refuses nothing) so that every stage runs on every image;
 * batch N (``--batch``): the predictors' batched ``predict_proba`` on N images (no TTA, one call per model; a
   guided classifier gets its guided inputs), the pipeline on the same N images one ``analyze`` after the
   other, and one ``analyze_batch`` of the N;
@@ -73,14 +75,11 @@ from benchmarks.common import (
 from benchmarks.inference_report import markdown
 from benchmarks.pipelines import (
     build_pipeline,
-    bundle_names,
     classifier_inputs,
-    pipeline_config,
     pipeline_images,
     pipeline_names,
     prepare_int8,
-    prepare_models,
-    prepare_skin_models,
+    prepare_pipeline,
     use_int8,
 )
 
@@ -233,7 +232,7 @@ def measure(
     n = len(images)
 
     def analyze(v: str) -> Callable[[int], Any]:
-        return lambda i: pipes[v].analyze(images[i % n], tta=tta)
+        return lambda i: pipes[v].analyze(images[i % n], tta=tta, scope=False)
 
     b1 = interleaved({v: analyze(v) for v in pipes}, args.repeats, args.warmup, args.block)
     batch = [images[i % n] for i in range(args.batch)]
@@ -244,8 +243,8 @@ def measure(
     if first.classifier is not None:
         cls_batch = classifier_inputs(first, batch)
         parts["classifier"] = lambda p: p.classifier.predict_proba(cls_batch)
-    parts["pipeline"] = lambda p: [p.analyze(im, tta=tta) for im in batch]
-    parts["analyze_batch"] = lambda p: p.analyze_batch(batch, tta=tta)
+    parts["pipeline"] = lambda p: [p.analyze(im, tta=tta, scope=False) for im in batch]
+    parts["analyze_batch"] = lambda p: p.analyze_batch(batch, tta=tta, scope=False)
     bn: dict[str, list] = {}
     for part, fn in parts.items():
         group = {f"{v} {part}": (lambda _i, p=p, fn=fn: fn(p)) for v, p in pipes.items()}
@@ -254,14 +253,17 @@ def measure(
 
 
 def describe(pipe: Any, tta: bool | None) -> dict[str, Any]:
-    """How the pipeline runs: flip TTA per bundle, its guide mode, whose Grad-CAM it computes (or None)."""
+    """How the pipeline runs: its modality check's bundle (None: no check), flip TTA per bundle, its guide
+    mode, whose Grad-CAM it computes (or None)."""
     cfg = pipe.config
     models = ((cfg.segmenter, pipe.segmenter), (cfg.classifier, pipe.classifier))
     if cfg.classifier is not None:
         cam = "classifier" if cfg.classifier.gradcam else None
     else:
         cam = "segmenter" if cfg.segmenter.gradcam else None
+    gate = pipe.modality_gate
     return {
+        "modality_check": gate.classifier.name if gate is not None else None,
         "tta": {part.bundle: pipe.model_tta(model, tta) for part, model in models if model is not None},
         "guided": pipe.guide_mode,
         "gradcam_by": cam,
@@ -329,20 +331,11 @@ def targets(res: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ main
-def prepare(args: argparse.Namespace, name: str, work: Path) -> tuple[Path, str]:
-    """The models folder holding pipeline ``name``'s bundles (see :func:`benchmarks.pipelines.prepare_models`;
-    ``--v2-standins`` for skin) and their description."""
-    if name == "skin":
-        return prepare_skin_models(args.models, work, args.tiny, args.v2_standins)
-    out = work / "models"
-    return out, prepare_models(bundle_names(pipeline_config(name)), args.models, out, args.tiny)
-
-
 def bench_pipeline(args: argparse.Namespace, name: str, work: Path, run: dict[str, Any]) -> dict[str, Any]:
     """Prepare pipeline ``name``'s models and images, then measure it: its results record."""
     res: dict[str, Any] = {**run, "pipeline": name, "section": section_key(args.section, name),
                            "load_before": round(os.getloadavg()[0], 2)}  # fmt: skip
-    models_dir, res["models"] = prepare(args, name, work)
+    models_dir, res["models"] = prepare_pipeline(name, args.models, work, args.tiny, args.v2_standins)
     images, images_desc = pipeline_images(name, args.image_folders.get(name), max(8, args.batch))
     sizes = sorted({"x".join(map(str, (im.shape[1], im.shape[0], im.shape[2]))) for im in images})
     res["images"] = f"{images_desc} (sizes W x H x channels: {', '.join(sizes)})"

@@ -39,6 +39,9 @@ def _what(res: dict[str, Any]) -> str:
         + ", ".join(f"{b} {'on' if on else 'off'}" for b, on in res["tta"].items())
     )
     guided = f"; the classifier is guided by the segmentation ({res['guided']})" if res.get("guided") else ""
+    gate, check = res.get("modality_check"), ""
+    if gate:
+        check = f"; the modality check first, as served (bundle {gate}, fp32 in every ONNX variant)"
     models = " and ".join(f"the {p}'s" for p in res["batched_parts"] if p in ("segmenter", "classifier"))
     guided_inputs = ", the classifier on its guided inputs" if res.get("guided") else ""
     cam = {
@@ -49,13 +52,13 @@ def _what(res: dict[str, Any]) -> str:
     }.get(res["gradcam_by"], "; `onnx` fp32, TTA views in one call; `onnx-int8` the same with static int8 "
                                "graphs. No Grad-CAM in this pipeline.")  # fmt: skip
     return (
-        f"What: `Pipeline.analyze` of the {name} pipeline ({stages}; flip TTA {tta}{guided}; out-of-scope "
-        f"checks off so every stage runs) at the models' input sizes, batch 1; and at batch {s['batch']} "
-        f"{models} batched `predict_proba` (no TTA, one call per model{guided_inputs}), the pipeline over "
-        f"{s['batch']} images one `analyze` after the other and one `analyze_batch` of them. Warm-up "
-        "excluded; variants alternate in blocks; torch and ONNX Runtime get the same threads. Variants: "
-        "`torch` eager (MONAI Grad-CAM); `onnx-before` ONNX Runtime fp32 as before issue #14 (TTA views "
-        f"one call each, Grad-CAM by torch backprop){cam}"
+        f"What: `Pipeline.analyze` of the {name} pipeline ({stages}; flip TTA {tta}{guided}{check}; "
+        "out-of-scope checks off so every stage runs) at the models' input sizes, batch 1; and at batch "
+        f"{s['batch']} {models} batched `predict_proba` (no TTA, one call per model{guided_inputs}), the "
+        f"pipeline over {s['batch']} images one `analyze` after the other and one `analyze_batch` of them. "
+        "Warm-up excluded; variants alternate in blocks; torch and ONNX Runtime get the same threads. "
+        "Variants: `torch` eager (MONAI Grad-CAM); `onnx-before` ONNX Runtime fp32 as before issue #14 (TTA "
+        f"views one call each, Grad-CAM by torch backprop){cam}"
     )
 
 

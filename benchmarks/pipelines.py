@@ -69,6 +69,12 @@ def bundle_names(config: Any) -> list[str]:
     return [part.bundle for part in (config.segmenter, config.classifier) if part is not None]
 
 
+def check_bundle(config: Any) -> str | None:
+    """The bundle of the pipeline's modality check, which a served pipeline runs before its models (None for a
+    YAML without the check)."""
+    return config.modality_check.bundle if config.modality_check is not None else None
+
+
 def build_pipeline(name: str, models_dir: Path, runtime: str, scope: bool = False) -> Any:
     """The shipped pipeline ``name`` over the bundles in ``models_dir`` (see :func:`pipeline_config`)."""
     from medlens.pipelines.pipeline import Pipeline
@@ -201,6 +207,29 @@ def prepare_models(names: Sequence[str], models_dir: str | Path, out: Path, tiny
         "random-weight stand-ins (--tiny) of the shipped architectures (models/*/bundle.json): "
         + _describe(specs)
     )
+
+
+def prepare_pipeline(
+    name: str, models_dir: str | Path, work_dir: Path, tiny: bool, v2: bool = False
+) -> tuple[Path, str]:
+    """A private models folder under ``work_dir`` holding pipeline ``name``'s bundles (:func:`prepare_models`;
+    skin: :func:`prepare_skin_models`, ``v2`` its v2 stand-ins) and the bundle of its modality check
+    (:func:`check_bundle`, prepared once for the pipelines of a run, which share it). Returns ``(folder,
+    description)``."""
+    from medlens.inference.bundle import is_bundle
+
+    config = pipeline_config(name)
+    if name == "skin":
+        out, desc = prepare_skin_models(models_dir, work_dir, tiny, v2)
+    else:
+        out = work_dir / "models"
+        desc = prepare_models(bundle_names(config), models_dir, out, tiny)
+    check = check_bundle(config)
+    if check is None:
+        return out, desc
+    if is_bundle(out / check):
+        return out, f"{desc}; modality check: {check}, as for an earlier pipeline"
+    return out, f"{desc}; modality check: {prepare_models([check], models_dir, out, tiny)}"
 
 
 def prepare_skin_models(

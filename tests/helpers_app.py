@@ -79,6 +79,8 @@ class FakePipeline:
                 findings=list(FAKE_FINDINGS), gradcam_inside_region=0.3 if gradcam else None,
                 learnt_from={c: f"{c} films of one clinic" for c in self.classes},
                 mask_classes=["background", "region"], colour_key=[KeyEntry("region", "#00e640", "region")],
+                input_notes=list(getattr(image, "notes", [])),  # as a Pipeline carries the record's
+                original_size=getattr(image, "original_size", None),
             )  # fmt: skip
         finally:
             self._busy.release()

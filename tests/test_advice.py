@@ -145,9 +145,14 @@ def test_every_finding_that_holds_is_listed_most_severe_first():
         "odd_shape"
     ]
     assert cfg.find(AdviceContext()) == []  # unknown values never make a finding
-    scope = cfg.find(AdviceContext(features={"diameter_mm": 9.0}), scope_reason="the image looks grayscale")
-    assert [(f.source, f.severity) for f in scope] == [("scope", "high")]  # a refused image: its refusal only
-    assert scope[0].text == "Out of scope: the image looks grayscale."
+    reasons = ["the image looks grayscale", "the classifier is unsure"]
+    scope = cfg.find(AdviceContext(features={"diameter_mm": 9.0}), scope_reasons=reasons)
+    # a refused image: its refusal only, one finding per reason
+    assert [(f.source, f.severity) for f in scope] == [("scope", "high"), ("scope", "high")]
+    assert [f.text for f in scope] == [
+        "Out of scope: the image looks grayscale.",
+        "Out of scope: the classifier is unsure.",
+    ]
 
 
 def test_advice_with_rules_only_still_loads_and_findings_are_validated():

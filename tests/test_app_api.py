@@ -62,6 +62,7 @@ def test_analyze_returns_the_documented_json_and_pictures(client):
         assert key in body, key
     assert body["pipeline"] == "polyp" and body["clahe"] is True
     seg, cls = body["segmentation"], body["classification"]
+    assert seg["area_fractions"] == {}  # a binary mask: no structures to tell apart
     assert 0 < seg["area_fraction"] < 1 and seg["components"] == [
         {"area_px": seg["components"][0]["area_px"]}
     ]

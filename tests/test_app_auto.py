@@ -51,10 +51,14 @@ def test_api_auto_routes_refuses_and_keeps_the_history(client):
     assert "retinal fundus photograph" in body["scope_reason"] and body["modality"]["pipeline"] is None
     assert body["findings"] == [{"text": f"Out of scope: {body['scope_reason']}.", "severity": "high",
                                  "source": "scope"}]  # fmt: skip
+    assert body["scope_reasons"] == [body["scope_reason"]]
     listed = client.get("/api/v1/analyses", params={"pipeline": AUTO}).json()
     assert [i["id"] for i in listed["items"]] == [body["id"]]
     wrong = _post(client, marked("endoscopy"), pipeline="skin").json()
     assert wrong["out_of_scope"] and "use the polyp pipeline" in wrong["scope_reason"] and not wrong["auto"]
+    assert wrong["scope_reason"] == "; and ".join(
+        wrong["scope_reasons"]
+    )  # the list in the JSON, and in one line
     first = wrong["findings"][0]
     assert first["source"] == "scope" and "use the polyp pipeline" in first["text"]
     models = client.get("/api/v1/models").json()

@@ -4,10 +4,13 @@ failed credentials, offline docs, and large images decoded reduced."""
 
 from __future__ import annotations
 
+import io
 import logging
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from medlens.app.api import create_app
 from medlens.errors import ImageReadError, InternalError, MedlensError, UnknownNameError
@@ -174,6 +177,26 @@ def test_a_failure_inside_the_pipeline_is_internal(tmp_path, caplog):
         assert c.get("/healthz").status_code == 200  # and it keeps serving
 
 
+def test_errors_name_the_uploaded_file_by_its_name_without_folders(tmp_path):
+    with _client(tmp_path) as c:
+        unreadable = _post(c, b"not an image at all", name="C:\\scans\\jane`s chest.png")
+        huge = _post(c, bomb_png(20000, 20000), name="/home/jane/huge.png")
+        empty = _post(c, b"", name="empty.png")
+    assert unreadable.status_code == 422
+    assert unreadable.json()["detail"].startswith("cannot read janes chest.png: unknown file type")
+    assert huge.status_code == 413 and huge.json()["detail"].startswith("cannot read huge.png: 20000x20000")
+    assert empty.status_code == 422 and empty.json()["detail"] == "cannot read empty.png: empty file"
+    assert not any("<upload>" in r.text or "jane/" in r.text for r in (unreadable, huge, empty))
+
+
+def test_every_scope_reason_is_listed_also_for_records_stored_before_the_list():
+    from medlens.app.views import scope_reasons
+
+    assert scope_reasons({"scope_reason": "a; and b", "scope_reasons": ["a", "b"]}) == ["a", "b"]
+    assert scope_reasons({"scope_reason": "grey"}) == ["grey"]  # an older record: its one reason
+    assert scope_reasons({"scope_reason": None}) == []
+
+
 def test_too_large_image_reports_its_real_size(tmp_path):
     with _client(tmp_path) as c:
         r = _post(c, bomb_png(20000, 20000))
@@ -196,6 +219,20 @@ def test_large_images_are_decoded_reduced_and_say_so(tmp_path):
         small = _post(c, png_bytes(rgb_image(40))).json()
     assert max(body["image_size"]) <= 64 and body["original_size"] == [200, 200]
     assert small["image_size"] == [40, 40] and small["original_size"] is None
+    note = "(200x200 pixels) is larger than 64 pixels a side, so it was decoded reduced to"
+    assert len(body["input_notes"]) == 1 and note in body["input_notes"][0] and small["input_notes"] == []
+
+
+def test_a_transparent_upload_is_laid_on_white_and_says_so(tmp_path):
+    rgba = np.dstack([rgb_image(32), np.full((32, 32), 255, np.uint8)])
+    rgba[:8, :, 3] = 0
+    with _client(tmp_path) as c:
+        body = _post(c, png_bytes(rgba)).json()
+        stored = c.get(f"/api/v1/analyses/{body['id']}").json()
+        image = np.asarray(Image.open(io.BytesIO(c.get(body["image_url"]).content)))
+    assert body["input_notes"] == stored["input_notes"]
+    assert "transparent (25% of its pixels)" in body["input_notes"][0]
+    assert (image[:8] == 255).all()  # the stored (analysed) pixels: white where the upload was see-through
 
 
 def test_failed_tokens_are_throttled_per_client(tmp_path):

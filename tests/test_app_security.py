@@ -92,8 +92,8 @@ def test_image_size_check_reads_headers_only_and_names_the_real_size():
 
 
 class _Upload:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos, self.reads = data, 0, 0
+    def __init__(self, data: bytes, filename: str | None = "/home/jane/scan.png") -> None:
+        self.data, self.pos, self.reads, self.filename = data, 0, 0, filename
 
     async def read(self, n: int) -> bytes:
         self.reads += 1
@@ -110,7 +110,9 @@ def test_read_upload_stops_as_soon_as_the_limit_is_passed():
     assert asyncio.run(security.read_upload(_Upload(b"abc"), limit=10)) == b"abc"
     with pytest.raises(HTTPException) as exc:
         asyncio.run(security.read_upload(_Upload(b""), limit=10))
-    assert exc.value.status_code == 422
+    assert exc.value.status_code == 422 and exc.value.detail == "cannot read scan.png: empty file"
+    with pytest.raises(HTTPException, match="cannot read <upload>: empty file"):
+        asyncio.run(security.read_upload(_Upload(b"", filename=None), limit=10))
 
 
 def _tiny_app(frame_ancestors="'self'") -> FastAPI:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from medlens.app import render
+from medlens.app.security import UPLOAD_NAME_LIMIT, upload_name
 from medlens.app.service import AnalysisService
 from medlens.app.store import HistoryStore
 from medlens.drawing import PALETTE
@@ -93,6 +94,29 @@ def test_advice_lists_findings_where_the_model_looked_and_what_each_class_was_le
     assert text.endswith(render.notice_markdown(DEFAULT_NOTICE)) and text.count("not a diagnosis") == 1
     older = render.advice_markdown({"result": {**oos, "findings": [], "recommendation": None}})
     assert "**Out of scope:** in colour" in older  # a record without a recommendation still says why
+
+
+def test_the_segmented_area_is_given_per_structure():
+    chest = {"area_fraction": 0.3, "area_fractions": {"left_lung": 0.12, "right_lung": 0.115, "heart": 0.065}}
+    text = render.advice_markdown({"result": chest})
+    assert "**Segmented area** (share of the image): left lung 12.0%, right lung 11.5%, heart 6.5%" in text
+    assert "30.0%" not in text  # not the lungs and the heart lumped together
+    assert "**Segmented area:** 4.2% of the image" in render.advice_markdown(
+        {"result": {"area_fraction": 0.042}}
+    )
+    assert "Segmented area" not in render.advice_markdown({"result": {"area_fraction": None}})
+
+
+def test_advice_says_what_was_done_to_the_image():
+    notes = [
+        "the image is partly transparent (25% of its pixels): it was laid on a white background",
+        "the image (4000x3000 pixels) is larger than 2048 pixels a side, so it was decoded reduced",
+    ]
+    text = render.advice_markdown({"result": {"input_notes": notes, "recommendation": "Routine."}})
+    assert "**About the image:**\n\n- The image is partly transparent (25% of its pixels)" in text
+    assert "\n- The image (4000x3000 pixels) is larger than 2048 pixels" in text
+    assert text.index("About the image") < text.index("Recommendation")
+    assert "About the image" not in render.advice_markdown({"result": {"recommendation": "Routine."}})
 
 
 @pytest.fixture()
@@ -213,10 +237,11 @@ def test_a_failed_analysis_clears_the_previous_result_and_names_the_file(handler
 
 
 def test_upload_names_and_failure_messages_are_safe_to_show():
-    assert render.upload_name("/tmp/gradio/9f2c/ISIC_0024403.jpg") == "ISIC_0024403.jpg"
-    assert render.upload_name("/tmp/x/a`b\nc.png") == "abc.png"
-    assert render.upload_name("/tmp/x/" + "n" * 200 + ".png").endswith("…")
-    assert len(render.upload_name("/tmp/x/" + "n" * 200 + ".png")) == render.UPLOAD_NAME_LIMIT
+    assert upload_name("/tmp/gradio/9f2c/ISIC_0024403.jpg") == "ISIC_0024403.jpg"
+    assert upload_name("/tmp/x/a`b\nc.png") == "abc.png"
+    assert upload_name("/tmp/x/" + "n" * 200 + ".png").endswith("…")
+    assert len(upload_name("/tmp/x/" + "n" * 200 + ".png")) == UPLOAD_NAME_LIMIT
+    assert upload_name("C:\\Users\\jane\\scan 1.png") == "scan 1.png" and upload_name(None) == ""
     text = render.failure_markdown("a_b.png", "bad <b>header</b> in *MEDLENS_MAX*.")
     assert text.startswith("**Could not analyse `a_b.png`:** bad \\<b\\>header")
     assert "\\*MEDLENS\\_MAX\\*." in text and ".." not in text

@@ -67,6 +67,21 @@ def test_plain_segmentation_writes_masks_overlays_and_json(seg_bundle: Path, inp
     assert not (tmp_path / "broken_mask.png").exists()
 
 
+def test_plain_multiclass_segmentation_measures_each_structure(inputs: Path, tmp_path: Path):
+    classes = ["background", "left_lung", "right_lung", "heart"]
+    chest = make_tiny_bundle(tmp_path, "segmentation", name="tiny-chest", encoder="mobilenet_v2",
+                             mode="multiclass", num_classes=4, classes=classes)  # fmt: skip
+    predict_paths(chest, [inputs / "a.png"], tmp_path / "out")
+    info = json.loads((tmp_path / "out" / "a.json").read_text())
+    mask = np.asarray(Image.open(tmp_path / "out" / "a_mask.png"))
+    assert list(info["per_class"]) == classes[1:] and info["n_components"] == len(info["components"])
+    for k, name in enumerate(classes[1:], 1):
+        assert info["per_class"][name]["area_fraction"] == pytest.approx((mask == k).mean())
+        mine = [c for c in info["components"] if c["structure"] == name]  # each structure's own components
+        assert len(mine) == info["per_class"][name]["n_components"]
+        assert sum(c["area_px"] for c in mine) == (mask == k).sum()
+
+
 def test_plain_classification_and_onnx_runtime(cls_bundle: Path, inputs: Path, tmp_path: Path):
     summary = predict_paths(cls_bundle, [inputs / "a.png", inputs / "b.jpg"], tmp_path, runtime="onnx")
     rows = _summary(summary)
@@ -75,6 +90,21 @@ def test_plain_classification_and_onnx_runtime(cls_bundle: Path, inputs: Path, t
     assert info["label"] in ("benign", "malignant")
     assert sum(info["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     assert float(rows[0]["confidence"]) == pytest.approx(max(info["probabilities"].values()))
+
+
+def test_a_transparent_input_is_said_in_the_json_the_summary_and_the_log(
+    seg_bundle: Path, cls_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    rgba = np.dstack([np.full((20, 20, 3), 90, np.uint8), np.full((20, 20), 255, np.uint8)])
+    rgba[:5, :, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "see-through.png")
+    with caplog.at_level("WARNING", logger="medlens.pipelines.batch"):
+        for model, out in ((seg_bundle, tmp_path / "seg"), (cls_bundle, tmp_path / "cls")):
+            row = _summary(predict_paths(model, [tmp_path / "see-through.png"], out))[0]
+            info = json.loads((out / "see-through.json").read_text())
+            assert row["status"] == "ok" and info["input_notes"] == [row["input_notes"]]
+            assert "transparent (25% of its pixels)" in row["input_notes"]
+    assert "see-through.png: the image is partly transparent" in caplog.text
 
 
 def test_missing_input_is_reported_not_fatal(seg_bundle: Path, inputs: Path, tmp_path: Path):
@@ -107,6 +137,7 @@ def test_pipeline_mode_by_name_and_yaml(seg_bundle: Path, cls_bundle: Path, inpu
     assert rows[0]["recommendation"] == info["recommendation"]
     assert rows[0]["findings"] == " | ".join(f"{f['severity']}: {f['text']}" for f in info["findings"])
     assert rows[0]["findings"].endswith("high: High. | low: Low note.")  # most severe first, in one cell
+    assert rows[0]["input_notes"] == "" and info["input_notes"] == []  # an opaque image read as it is
     share = info["gradcam_inside_region"]
     assert rows[0]["gradcam_inside_region"] == ("" if share is None else str(share))
     assert info["pipeline"] == "tiny" and info["id"] == "a" and info["source"].endswith("a.png")

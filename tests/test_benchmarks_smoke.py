@@ -95,8 +95,9 @@ def test_pipeline_bundles_and_synthetic_images(no_shared_data: None) -> None:
 
 
 def test_inference_benchmark_covers_every_pipeline(bench_env: Path, no_shared_data: None) -> None:
-    """``--tiny --repeats 1``: random-weight stand-ins of every pipeline's bundles, synthetic images; one row
-    per pipeline and variant with the pipeline's stages, the speed-ups and the targets; one section each."""
+    """``--tiny --repeats 1``: random-weight stand-ins of every pipeline's bundles, its modality check's
+    included, synthetic images; one row per pipeline and variant with the pipeline's stages (the modality
+    check first, timed), the speed-ups and the targets; one section each."""
     from benchmarks import inference
 
     out = bench_env / "BENCHMARKS.md"
@@ -117,15 +118,18 @@ def test_inference_benchmark_covers_every_pipeline(bench_env: Path, no_shared_da
         config = pipelines.pipeline_config(name)
         assert r["section"] == inference.section_key("inference", name)
         assert r["models"].startswith("random-weight stand-ins") and "synthetic" in r["images"]
+        assert "; modality check: " in r["models"] and r["modality_check"] == config.modality_check.bundle
         assert set(r["batch1"]) == set(inference.VARIANTS)
         stages = r["stages"]
-        assert stages[-1] == "total" and {"segment", "gradcam", "advice"} <= set(stages)
+        assert stages[-1] == "total" and {"modality", "segment", "gradcam", "advice"} <= set(stages)
+        assert "modality" not in r["stages_zero"]
         if config.classifier is not None:
             assert all(row["stages_ms_p50"]["classify"] > 0 for row in r["batch1"].values())
         for row in r["batch1"].values():
             assert row["latency_ms"]["n"] == 1 and row["latency_ms"]["p50"] > 0
             assert list(row["stages_ms_p50"]) == stages and row["stages_ms_p50"]["total"] > 0
-            assert row["gradcam_ran"] == 1 and row["out_of_scope"] == 0  # scope checks off: every stage ran
+            assert row["stages_ms_p50"]["modality"] > 0  # the modality check ran, as in every served pipeline
+            assert row["gradcam_ran"] == 1  # scope off: every stage ran, whatever the random checks said
         parts = ["segmenter", *(["classifier"] if config.classifier else []), "pipeline", "analyze_batch"]
         assert r["batched_parts"] == parts
         assert set(r["batched"]) == {f"{v} {p}" for v in inference.VARIANTS for p in parts}
@@ -153,6 +157,7 @@ def test_inference_benchmark_covers_every_pipeline(bench_env: Path, no_shared_da
         block = text.split(f"<!-- bench:{key} -->")[1].split(f"<!-- /bench:{key} -->")[0]
         assert f"## Inference: {name} pipeline" in block and "| variant | n | p50 ms" in block
         assert " gradcam p50 |" in block and "| onnx-int8 |" in block and "p50 <= 150 ms" in block
+        assert "| modality p50 |" in block and "the modality check first, as served (bundle modality" in block
 
 
 def test_inference_benchmark_guided_chest_classifier(

@@ -45,12 +45,20 @@ def test_png_grey_rgb_rgba_and_palette(tmp_path: Path) -> None:
     np.testing.assert_array_equal(load_image(tmp_path / "c.png"), rgb)
 
     rgba = np.dstack([rgb, np.full_like(grey, 255)])
-    rgba[:, :4, 3] = 0  # transparent strip -> black after compositing
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "opaque.png")
+    assert read_image(tmp_path / "opaque.png").notes == []  # an alpha channel that hides nothing: no note
+    rgba[:, :4, 3] = 0  # transparent strip -> white after compositing
+    rgba[:, 4:8, 3] = 128  # half transparent: half way to white
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
-    out = load_image(tmp_path / "a.png")
+    rec = read_image(tmp_path / "a.png")
+    out = rec.array
     assert out.shape == (24, 32, 3)
-    assert out[:, :4].max() == 0
-    np.testing.assert_array_equal(out[:, 4:], rgb[:, 4:])
+    assert out[:, :4].min() == 255
+    expected = np.rint(rgb[:, 4:8] * (128 / 255) + 255 * (1 - 128 / 255)).astype(np.uint8)
+    np.testing.assert_array_equal(out[:, 4:8], expected)
+    np.testing.assert_array_equal(out[:, 8:], rgb[:, 8:])
+    assert len(rec.notes) == 1 and "transparent (25% of its pixels)" in rec.notes[0]
+    assert "white background" in rec.notes[0] and rec.original_size is None
 
     pal = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     pal.save(tmp_path / "p.png")
@@ -61,6 +69,12 @@ def test_la_and_16_bit_png_and_channel_conversion(tmp_path: Path) -> None:
     la = Image.merge("LA", [Image.fromarray(_gradient()), Image.new("L", (32, 24), 255)])
     la.save(tmp_path / "la.png")
     np.testing.assert_array_equal(load_image(tmp_path / "la.png")[..., 0], _gradient())
+    alpha = np.full((24, 32), 255, np.uint8)
+    alpha[0, 0] = 0  # one see-through pixel of 768
+    Image.merge("LA", [Image.fromarray(_gradient()), Image.fromarray(alpha)]).save(tmp_path / "la2.png")
+    rec = read_image(tmp_path / "la2.png")
+    assert rec.array.shape == (24, 32, 1) and rec.array[0, 0, 0] == 255  # grey stays grey, laid on white
+    assert "under 1% of its pixels" in rec.notes[0]
 
     deep = np.tile(np.linspace(1000, 60000, 32), (24, 1)).astype(np.uint16)
     Image.fromarray(deep).save(tmp_path / "deep.png")
@@ -354,3 +368,26 @@ def test_deidentify_removes_identifiers_everywhere() -> None:
     assert out.PatientIdentityRemoved == "YES"
     assert ds.PatientName == "Doe^Jane" and "OperatorsName" in ds  # the source is untouched
     assert isinstance(out, pydicom.Dataset)
+
+
+def test_images_decoded_reduced_keep_their_size_and_say_so(tmp_path: Path) -> None:
+    Image.fromarray(_gradient(120, 200)).save(tmp_path / "wide.png")
+    rec = read_image(tmp_path / "wide.png", max_side=64)
+    assert rec.array.shape == (30, 50, 1) and rec.original_size == (120, 200)
+    assert rec.notes == [
+        "the image (200x120 pixels) is larger than 64 pixels a side, so it was decoded reduced to 50x30 and "
+        "analysed at that size; sizes in pixels refer to the reduced image"
+    ]
+    small = read_image(tmp_path / "wide.png", max_side=200)
+    assert small.original_size is None and small.notes == []
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 200 wide and 120 high, shown turned: 120 wide and 200 high
+    rgb = np.repeat(_gradient(120, 200)[..., None], 3, axis=2)
+    Image.fromarray(rgb).save(tmp_path / "turned.jpg", exif=exif.tobytes())
+    turned = read_image(tmp_path / "turned.jpg", max_side=64)
+    assert turned.original_size == (200, 120) and turned.array.shape[0] > turned.array.shape[1]
+    assert "(120x200 pixels)" in turned.notes[0]
+
+    dicom = read_image(_save(_dicom(np.zeros((8, 160)) + 5), tmp_path / "d.dcm"), max_side=40)
+    assert dicom.array.shape == (2, 40, 1) and dicom.original_size == (8, 160) and "160x8" in dicom.notes[0]

@@ -116,13 +116,35 @@ def test_an_image_of_another_modality_is_refused_naming_what_fits(pipelines, pip
     assert f"modality check: {readable(label)}, 0.92" in a.scope_reason and "chest_xray" not in a.scope_reason
     assert a.recommendation.startswith(f"Out of scope for the {pipelines[pipeline].title} pipeline: this")
     scope = [f for f in a.findings if f.source == "scope"]  # the refusal is a finding too, the first
-    assert a.findings[0] == scope[0] and scope[0].severity == "high" and a.scope_reason in scope[0].text
+    assert a.findings[0] == scope[0] and scope[0].severity == "high" and a.scope_reasons[0] in scope[0].text
     assert a.modality["label"] == label and a.modality["probability"] == pytest.approx(0.92)
     assert a.notice == DEFAULT_NOTICE and a.learnt_from == {}  # not the pipeline's notice nor its provenance
     assert a.timings_ms["segment"] == 0 and a.timings_ms["classify"] == 0  # no model ran after the check
     assert a.to_dict()["modality"]["pipeline"] == {"dermoscopy": "skin", "endoscopy": "polyp"}.get(
         label, "chest-xray" if label == "chest_xray" else None
     )
+
+
+def test_every_reason_an_image_is_refused_is_kept(pipelines):
+    """A grey chest film sent to the skin pipeline fails the modality check and the colour check: both."""
+    a = pipelines["skin"].analyze(marked("chest_xray", grey=True), tta=False)
+    assert len(a.scope_reasons) == 2
+    assert "looks like a chest X-ray" in a.scope_reasons[0] and "looks grayscale" in a.scope_reasons[1]
+    assert a.scope_reason == "; and ".join(a.scope_reasons) and a.scope_reason in a.recommendation
+    assert [f.text for f in a.findings if f.source == "scope"] == [
+        f"Out of scope: {r}." for r in a.scope_reasons
+    ]
+    assert a.to_dict()["scope_reasons"] == a.scope_reasons
+    assert a.csv_row()["scope_reasons"] == " | ".join(a.scope_reasons)
+
+
+def test_scope_off_runs_every_stage_and_still_records_the_checks(pipelines):
+    """What the inference benchmark times: the modality check runs, and refuses nothing."""
+    a = pipelines["polyp"].analyze(marked("fundus"), tta=False, gradcam=True, scope=False)
+    assert a.mask is not None and a.gradcam is not None and a.timings_ms["segment"] > 0
+    assert a.out_of_scope and "retinal fundus photograph" in a.scope_reasons[0]
+    batch = pipelines["polyp"].analyze_batch([marked("fundus")], tta=False, scope=False)
+    assert batch[0].mask is not None and batch[0].out_of_scope
 
 
 def test_the_right_modality_goes_on_and_the_older_checks_still_apply(pipelines):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medlens.drawing import PALETTE, draw_key, key_box
+from medlens.drawing import PALETTE, draw_key, key_layout
 from medlens.pipelines.overlay import colour_key, draw_overlay
 
 CHEST = ["background", "left_lung", "right_lung", "heart"]
@@ -16,21 +16,22 @@ def _grey(size: int = 256) -> np.ndarray:
     return np.full((size, size, 3), 128, np.uint8)
 
 
-def test_the_key_goes_to_the_emptiest_corner_and_names_each_colour():
+def test_the_key_goes_under_the_image_and_names_each_colour():
     entries = [("left lung", (0, 230, 64)), ("heart", (40, 120, 255))]
-    mask = np.zeros((256, 256), bool)
-    mask[:, :128] = True  # the left half is taken: the key goes to the top right
-    out = draw_key(_grey(), entries, avoid=mask)
-    changed = (out != _grey()).any(axis=2)
-    rows, cols = np.nonzero(changed)
-    assert rows.min() == 0 and cols.max() == 255 and cols.min() > 128  # in the top-right corner only
-    box_h, box_w, size = key_box((256, 256), [name for name, _ in entries])
-    assert changed.sum() == box_h * box_w  # the box is darkened, nothing else touched
-    for _, colour in entries:  # a full swatch of each colour
-        assert ((out == colour).all(axis=2)).sum() >= size * size
-    text = out[:box_h, 256 - box_w + 2 * size :]  # right of the swatches
-    assert (text.min(axis=2) > 150).sum() > 20  # light text on the darkened box
-    assert (draw_key(_grey(40), entries) == _grey(40)).all()  # too small to hold a key: left out
+    out = draw_key(_grey(), entries)
+    spots, strip_h, size = key_layout((256, 256), [name for name, _ in entries])
+    assert out.shape == (256 + strip_h, 256, 3)
+    assert (out[:256] == _grey()).all()  # the image itself is not covered anywhere
+    strip = out[256:]
+    for (_, colour), (x, y) in zip(entries, spots, strict=True):  # a full swatch of each colour
+        assert (strip[y : y + size, x : x + size] == colour).all()
+    assert spots[0][1] == spots[1][1]  # side by side, in one row: the strip stays low
+    text = strip[:, spots[0][0] + size : spots[1][0]]  # between the swatches: the first name
+    assert (text.min(axis=2) > 150).sum() > 20  # light text on the dark strip
+    many = [(f"structure number {k}", PALETTE[k]) for k in range(6)]  # wider than one row: more rows
+    rows = {y for x, y in key_layout((256, 256), [name for name, _ in many])[0]}
+    assert len(rows) > 1 and draw_key(_grey(), many).shape[0] > out.shape[0]
+    assert (draw_key(_grey(40), entries) == _grey(40)).all()  # too narrow for an entry: left out
     assert (draw_key(_grey(), []) == _grey()).all()
 
 
@@ -73,3 +74,13 @@ def test_the_ui_reblend_draws_the_lines_and_the_key():
     shown = render.blend(_grey(), mask, 0.3, CHEST, LINES)
     np.testing.assert_array_equal(shown, draw_overlay(_grey(), mask, CHEST, LINES, alpha=0.3)[0])
     assert tuple(shown[150, 130]) == PALETTE[3]  # the heart width line
+
+
+def test_on_a_small_film_the_key_covers_no_structure():
+    """A 128 px film with lungs in every corner: the key goes under it; each lung pixel keeps its colour."""
+    mask = np.zeros((128, 128), np.uint8)
+    mask[:, :60], mask[:, 68:], mask[80:120, 60:68] = 2, 1, 3  # lungs to the edges, the heart between
+    overlay, key = draw_overlay(_grey(128), mask, CHEST, alpha=1.0)
+    assert len(key) == 3 and overlay.shape[0] > 128 and overlay.shape[1] == 128
+    for entry, label in zip(key, (1, 2, 3), strict=True):
+        assert (overlay[:128][mask == label] == entry.rgb).all()

@@ -70,7 +70,8 @@ def check_structure(a, pipe: Pipeline, shape: tuple[int, int]) -> dict:
     assert "notice" in d and d["has_mask"] == (a.mask is not None) and len(text) < 50_000
     if a.mask is not None:
         assert a.mask.shape == shape and a.mask.dtype == np.uint8
-        assert a.overlay.shape == (*shape, 3)
+        keyed = len(a.colour_key) > 1  # the colour key goes in a strip under the image, never over it
+        assert a.overlay.shape[1:] == (shape[1], 3) and (a.overlay.shape[0] > shape[0]) == keyed
         assert Image.open(io.BytesIO(a.mask_png())).size == (shape[1], shape[0])
     if a.gradcam is not None:
         assert a.gradcam.shape == (*shape, 3) and a.gradcam.dtype == np.uint8
@@ -168,6 +169,7 @@ def test_polyp_pipeline_end_to_end_on_colonoscopy(pipelines, shared_datasets):
     check_structure(a, pipe, img.shape[:2])
     assert not a.out_of_scope and a.probabilities == {}
     assert a.features["count"] == len(a.components)
+    assert a.area_fractions == {} and not any("structure" in c for c in a.components)  # binary: as before
     assert a.uncertainty == a.segmentation_uncertainty is not None
     assert a.gradcam is not None  # Grad-CAM of the segmenter (no classifier)
     expected = "Polyp-like region found" if a.components else "No polyp-like region found"
@@ -199,6 +201,16 @@ def test_chest_pipeline_with_spacing_and_known_anatomy(pipelines, shared_dataset
     assert tuple(a.overlay[heart_row, 110]) == key["heart width (CTR)"].rgb
     assert a.mask_classes == CHEST_CLASSES
     assert a.uncertainty is None and set(a.probabilities) == {"normal", "pneumonia"}
+    # each structure measured on its own: the heart touches both lungs, yet three components, not one
+    assert a.area_fractions == pytest.approx(
+        {"left_lung": 130 * 70 / (h * w), "right_lung": 140 * 70 / (h * w), "heart": 55 * 25 / (h * w)}
+    )
+    assert a.area_fraction == pytest.approx(sum(a.area_fractions.values()))
+    assert [(c["structure"], c["area_px"]) for c in a.components] == [
+        ("left_lung", 130 * 70), ("right_lung", 140 * 70), ("heart", 55 * 25)
+    ]  # fmt: skip
+    row = a.csv_row()
+    assert row["area_fraction_heart"] == a.area_fractions["heart"] and row["area_fraction"] == a.area_fraction
 
 
 def test_no_region_where_one_is_required_is_out_of_scope(pipelines, shared_datasets, monkeypatch):
@@ -282,6 +294,27 @@ def test_clahe_and_input_validation(pipelines):
     info = pipelines["skin"].info()
     assert info["classes"] == SKIN_CLASSES and info["segmenter"] == "skin-seg"
     json.dumps(info)
+
+
+def test_what_reading_did_to_the_image_is_in_the_result(pipelines):
+    """An RGBA array is laid on white, said in the result (JSON, CSV); a record's notes and size travel."""
+    pipe = pipelines["polyp"]
+    rgba = np.zeros((48, 64, 4), np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 3] = 200, 90, 255
+    rgba[:, :16, 3] = 0  # a see-through border, a quarter of the image
+    a = pipe.analyze(rgba, gradcam=False, tta=False)
+    assert a.input_notes == [
+        "the image is partly transparent (25% of its pixels): it was laid on a white background "
+        "(transparency flattened) before the analysis"
+    ]
+    assert a.to_dict()["input_notes"] == a.input_notes and a.csv_row()["input_notes"] == a.input_notes[0]
+    assert a.original_size is None and pipe.analyze(rgba[..., :3], gradcam=False).input_notes == []
+    reduced = ImageRecord(
+        rgba[..., :3].copy(), None, "jpeg", notes=["decoded reduced"], original_size=(96, 128)
+    )
+    b = pipe.analyze(reduced, gradcam=False, tta=False)
+    assert b.input_notes == ["decoded reduced"] and b.to_dict()["original_size"] == [96, 128]
+    assert b.image_size == (48, 64)
 
 
 def test_dicom_input_spacing_and_seg_export(pipelines, tmp_path, monkeypatch):

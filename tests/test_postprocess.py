@@ -12,7 +12,10 @@ from medlens.inference.postprocess import (
     connected_components,
     fill_holes,
     keep_largest_component,
+    label_planes,
     remove_small_components,
+    structure_areas,
+    structure_components,
 )
 
 
@@ -85,3 +88,22 @@ def test_apply_postprocess_on_label_mask_keeps_labels():
 def test_rejects_non_2d_masks():
     with pytest.raises(ValueError, match="shape"):
         fill_holes(np.zeros((4, 4, 3)))
+
+
+def test_each_structure_of_a_label_mask_is_measured_on_its_own():
+    """Two lungs and the heart between them touch: one region as a whole, three structures apart."""
+    chest = ["background", "left_lung", "right_lung", "heart", "clavicle"]
+    m = np.zeros((20, 30), np.uint8)
+    m[2:18, 2:12], m[2:18, 18:28], m[10:16, 12:18] = 2, 1, 3  # the heart touches both lungs
+    assert len(connected_components(m > 0)) == 1
+    assert structure_areas(m, chest) == pytest.approx(
+        {"left_lung": 160 / 600, "right_lung": 160 / 600, "heart": 36 / 600, "clavicle": 0.0}
+    )
+    parts = structure_components(m, chest)
+    assert [(c["structure"], c["label"], c["area_px"]) for c in parts] == [
+        ("left_lung", 1, 160), ("right_lung", 1, 160), ("heart", 1, 36),
+    ]  # fmt: skip
+    assert parts[2]["bbox"] == [12, 10, 18, 16]
+    m[0, 0] = 7  # a label the classes do not name is named by its value; without classes, labels present
+    assert list(label_planes(m, chest)) == ["left_lung", "right_lung", "heart", "clavicle", "7"]
+    assert list(structure_areas(m)) == ["1", "2", "3", "7"]

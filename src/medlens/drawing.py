@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -115,7 +116,7 @@ def overlay_mask(
 
 
 KEY_TEXT_FRACTION = 1 / 32  # a colour key's text height, as a share of the image's shorter side
-KEY_MAX_FRACTION = 0.6  # a key wider or taller than this share of the image is left out (tiny images)
+KEY_BACKGROUND = (32, 32, 32)  # the strip under the image that holds a colour key: white text reads on it
 
 
 @functools.lru_cache(maxsize=16)
@@ -128,58 +129,58 @@ def _font(size: int) -> Any:  # a scalable FreeType font, or PIL's bitmap one
         return ImageFont.load_default()
 
 
-def key_box(image_shape: tuple[int, ...], names: Sequence[str]) -> tuple[int, int, int] | None:
-    """``(box height, box width, text size)`` in pixels of a colour key naming ``names`` on an image of
-    ``image_shape``, or None when it would take more than `KEY_MAX_FRACTION` of either side."""
+def _key_pad(size: int) -> int:
+    return max(2, size // 3)
+
+
+def key_layout(
+    image_shape: tuple[int, ...], names: Sequence[str]
+) -> tuple[list[tuple[int, int]], int, int] | None:
+    """Where a colour key naming ``names`` goes in a strip under an image of ``image_shape``: ``(the (x, y)
+    of each entry's swatch in the strip, the strip's height, the text size)`` in pixels. The entries run left
+    to right in rows as wide as the image. None when one entry is wider than the image (tiny images)."""
     from PIL import Image, ImageDraw
 
     h, w = image_shape[:2]
     size = max(9, round(min(h, w) * KEY_TEXT_FRACTION))
-    font, pad = _font(size), max(2, size // 3)
+    font, pad = _font(size), _key_pad(size)
     measure = ImageDraw.Draw(Image.new("L", (1, 1)))
-    text = max((measure.textlength(n, font=font) for n in names), default=0.0)
-    box_h, box_w = pad + len(names) * (size + pad), int(3 * pad + size + text + 0.5)
-    if box_h > KEY_MAX_FRACTION * h or box_w > KEY_MAX_FRACTION * w:
-        return None
-    return box_h, box_w, size
+    spots, x, y = [], pad, pad
+    for name in names:
+        entry = size + pad + math.ceil(measure.textlength(name, font=font))  # swatch, gap, text
+        if entry + 2 * pad > w:
+            return None
+        if x > pad and x + entry + pad > w:  # the row is full: on to the next
+            x, y = pad, y + size + pad
+        spots.append((x, y))
+        x += entry + size  # a text height between entries
+    return spots, y + size + pad, size
 
 
-def draw_key(
-    image: np.ndarray, entries: Sequence[tuple[str, Sequence[int]]], avoid: np.ndarray | None = None
-) -> np.ndarray:
-    """``image`` with a colour key drawn into one of its corners: for each ``(name, RGB colour)`` entry a
-    swatch and the name, in white on a darkened box.
+def draw_key(image: np.ndarray, entries: Sequence[tuple[str, Sequence[int]]]) -> np.ndarray:
+    """``image`` with a colour key in a strip under it, so that the key never covers the image: for each
+    ``(name, RGB colour)`` entry a swatch and the name, in white on dark grey, left to right in rows.
 
     Args:
         image: ``(H, W, 3)`` uint8 (not changed).
         entries: what each colour means, in the order listed.
-        avoid: ``(H, W)`` or ``(H, W, K)``, non-zero where the image should stay visible (e.g. the mask):
-            the key goes to the corner where the fewest of these lie under it (ties: top left, top right,
-            bottom left, bottom right).
     Returns:
-        ``(H, W, 3)`` uint8; the image unchanged when there is nothing to key or the key would not fit
-        (:func:`key_box`).
+        ``(H + strip height, W, 3)`` uint8, the image on top, unchanged; a copy of the image alone when there
+        is nothing to key or the key does not fit its width (:func:`key_layout`).
     """
     from PIL import Image, ImageDraw
 
-    rgb = as_rgb(image).copy()
-    box = key_box(rgb.shape, [name for name, _ in entries]) if entries else None
-    if box is None:
-        return rgb
-    (box_h, box_w, size), (h, w) = box, rgb.shape[:2]
-    corners = [(0, 0), (0, w - box_w), (h - box_h, 0), (h - box_h, w - box_w)]
-    if avoid is not None:
-        corners.sort(key=lambda tl: np.count_nonzero(avoid[tl[0] : tl[0] + box_h, tl[1] : tl[1] + box_w]))
-    top, left = corners[0]
-    area = rgb[top : top + box_h, left : left + box_w]
-    patch = Image.fromarray(np.ascontiguousarray(area // 3))  # darkened: white text reads on any image
-    pad, font, draw = max(2, size // 3), _font(size), ImageDraw.Draw(patch)
-    for i, (name, colour) in enumerate(entries):
-        y = pad + i * (size + pad)
-        draw.rectangle([pad, y, pad + size - 1, y + size - 1], fill=tuple(int(c) for c in colour))
-        draw.text((2 * pad + size, y + size / 2), name, fill=(255, 255, 255), font=font, anchor="lm")
-    area[...] = np.asarray(patch)
-    return rgb
+    rgb = as_rgb(image)
+    layout = key_layout(rgb.shape, [name for name, _ in entries]) if entries else None
+    if layout is None:
+        return rgb.copy()
+    spots, strip_h, size = layout
+    strip = Image.new("RGB", (rgb.shape[1], strip_h), KEY_BACKGROUND)
+    draw, font, pad = ImageDraw.Draw(strip), _font(size), _key_pad(size)
+    for (name, colour), (x, y) in zip(entries, spots, strict=True):
+        draw.rectangle([x, y, x + size - 1, y + size - 1], fill=tuple(int(c) for c in colour))
+        draw.text((x + size + pad, y + size / 2), name, fill=(255, 255, 255), font=font, anchor="lm")
+    return np.concatenate([rgb, np.asarray(strip)], axis=0)
 
 
 def viewable_mask(mask: np.ndarray, binary: bool) -> np.ndarray:

@@ -222,6 +222,18 @@ def learnt_from_markdown(result: Mapping[str, Any], label: str | None) -> str | 
     return head + "\n\n" + "\n".join(rows)
 
 
+def area_markdown(result: Mapping[str, Any]) -> str | None:
+    """The share of the image segmented: per structure for a multi-class mask (``area_fractions``: "left lung
+    12.0%, right lung 11.5%, heart 6.1%"), else in all; None without a segmentation."""
+    shares = [f"{name.replace('_', ' ')} {100 * share:.1f}%" for name, share in
+              (result.get("area_fractions") or {}).items()]  # fmt: skip
+    if shares:
+        return f"**Segmented area** (share of the image): {', '.join(shares)}"
+    if result.get("area_fraction") is None:
+        return None
+    return f"**Segmented area:** {100 * result['area_fraction']:.1f}% of the image"
+
+
 def evidence_markdown(result: Mapping[str, Any]) -> str | None:
     """How much of the Grad-CAM lies inside the segmented structures, or None when it was not measured."""
     share = result.get("gradcam_inside_region")
@@ -230,6 +242,15 @@ def evidence_markdown(result: Mapping[str, Any]) -> str | None:
     regions = [e["name"] for e in result.get("colour_key") or [] if e.get("kind") == "region"]
     where = ", ".join(regions) if regions else "the segmented region"
     return f"**Where the model looked:** {100 * share:.0f}% of the Grad-CAM lies inside {where}"
+
+
+def input_markdown(result: Mapping[str, Any]) -> str | None:
+    """What was done to the image before the analysis (``input_notes``: transparency flattened, decoded
+    reduced), or None when nothing was."""
+    notes = result.get("input_notes") or []
+    if not notes:
+        return None
+    return "**About the image:**\n\n" + "\n".join(f"- {note[:1].upper()}{note[1:]}." for note in notes)
 
 
 def findings_markdown(findings: list[Mapping[str, Any]]) -> str | None:
@@ -256,21 +277,21 @@ def refusal_markdown(result: Mapping[str, Any]) -> list[str]:
 
 
 def advice_markdown(record: Mapping[str, Any] | None, expected_groups: tuple[str, ...] = ()) -> str:
-    """What the modality check saw (and where ``auto`` sent the image), then the refusal of an image out of
-    scope (:func:`refusal_markdown`), or the label and what it was learnt from, class groups, area, where
-    the model looked, the reading (recommendation), every finding and the pipeline's notice, as Markdown."""
+    """What the modality check saw (and where ``auto`` sent the image), what was done to the image before the
+    analysis, then the refusal of an image out of scope (:func:`refusal_markdown`), or the label and what it
+    was learnt from, class groups, area, where the model looked, the reading (recommendation), every finding
+    and the pipeline's notice, as Markdown."""
     if record is None:
         return ""
     result = record["result"]
-    parts: list[str | None] = [modality_line(record)]
+    parts: list[str | None] = [modality_line(record), input_markdown(result)]
     if result.get("out_of_scope"):
         return "\n\n".join(p for p in parts + refusal_markdown(result) if p)
     if record.get("label"):
         parts.append(f"**Label:** {label_name(record)}")
     parts.append(learnt_from_markdown(result, record.get("label")))
     parts += group_markdown(result, expected_groups)
-    if result.get("area_fraction") is not None:
-        parts.append(f"**Segmented area:** {100 * result['area_fraction']:.1f}% of the image")
+    parts.append(area_markdown(result))
     parts.append(evidence_markdown(result))
     parts.append(f"**Recommendation:** {result.get('recommendation') or '—'}")
     parts.append(findings_markdown(result.get("findings") or []))
@@ -279,19 +300,11 @@ def advice_markdown(record: Mapping[str, Any] | None, expected_groups: tuple[str
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~&])")
-UPLOAD_NAME_LIMIT = 80
-
-
-def upload_name(path: str | Path) -> str:
-    """An uploaded file's name as its user knows it: Gradio keeps an upload as ``<cache>/<hash>/<name>``, so
-    the basename (never the folders); characters that are not printable and backticks dropped, a long name
-    cut."""
-    name = "".join(c for c in Path(path).name if c.isprintable() and c != "`").strip()
-    return name if len(name) <= UPLOAD_NAME_LIMIT else name[: UPLOAD_NAME_LIMIT - 1] + "…"
 
 
 def failure_markdown(name: str | None, reason: str) -> str:
-    """What the advice panel says when an analysis failed: the file (as named by ``upload_name``) and why."""
+    """What the advice panel says when an analysis failed: the file (as named by
+    :func:`medlens.app.security.upload_name`) and why."""
     reason = _MARKDOWN_SPECIAL.sub(r"\\\1", reason.rstrip("."))  # as written: messages may hold <, _, *
     if not name:
         return f"**Nothing to analyse:** {reason}."

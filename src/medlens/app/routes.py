@@ -85,10 +85,14 @@ def _analyze_route(router: APIRouter, service: AnalysisService, upload_limit: in
             ),
         ] = DEFAULT_TTA,
     ) -> dict[str, Any]:
-        """Analyse one image; the result is stored in the history (de-identified pixels only)."""
+        """Analyse one image; the result is stored in the history (de-identified pixels only). An error about
+        the file names it by its file name (`security.upload_name`: no folders)."""
         service.resolve_pipeline(pipeline or None)  # fail fast, before reading the file into memory
         data = await security.read_upload(file, upload_limit)
-        record = await run_in_threadpool(service.analyze_bytes, data, pipeline or None, clahe, True, tta)
+        name = security.upload_name(file.filename) or None
+        record = await run_in_threadpool(
+            service.analyze_bytes, data, pipeline or None, clahe, True, tta, file_name=name
+        )
         return service.to_view(record, base_url(request))
 
 

@@ -10,7 +10,7 @@ from medlens.pipelines.analysis import UNCERTAINTY_NOT_MEASURED
 
 _OVERLAY = (
     "the mask drawn over the image with its measurement lines and, when it shows more than one thing, its "
-    "colour key drawn in; PNG"
+    "colour key in a strip under the image (the PNG is then taller than the image); PNG"
 )
 _MASK = (
     "the mask as PNG: 0/255 from a binary segmenter, label k (class k of classes) from a multi-class one; "
@@ -42,8 +42,18 @@ class Segmentation(BaseModel):
     mask_url: str | None = Field(description=_MASK)
     mask_values: dict[str, str] = Field(default_factory=dict, description=_MASK_VALUES)
     overlay_url: str | None = Field(description=_OVERLAY)
-    area_fraction: float | None = Field(description="share of the image the segmentation covers, 0..1")
-    components: list[dict[str, Any]] = Field(description="connected regions: area, bounding box, centroid")
+    area_fraction: float | None = Field(
+        description="share of the image the segmentation covers (all its structures together), 0..1"
+    )
+    area_fractions: dict[str, float] = Field(
+        default_factory=dict,
+        description="share of the image each structure covers, by class (multi-class masks, e.g. left_lung, "
+        "right_lung, heart); {} for a binary mask",
+    )
+    components: list[dict[str, Any]] = Field(
+        description="connected regions: area, bounding box, centroid; with a multi-class mask those of each "
+        "structure on its own, each naming its 'structure'"
+    )
     classes: list[str] = Field(default_factory=list, description="the segmenter's classes (label k: [k])")
     colour_key: list[ColourKeyEntry] = Field(
         default_factory=list, description="what each colour of the overlay shows, in the order drawn"
@@ -112,6 +122,11 @@ class AnalysisView(BaseModel):
     original_size: list[int] | None = Field(
         None, description="[height, width] of the upload when it was decoded reduced (large images)"
     )
+    input_notes: list[str] = Field(
+        default_factory=list,
+        description="what was done to the image before the analysis, in words: a transparent image laid on "
+        "white, a large one decoded reduced (then original_size is set)",
+    )
     clahe: bool
     tta: bool | None = Field(
         None, description="whether at least one test-time flip ran (a model trained under no flip runs none)"
@@ -132,7 +147,10 @@ class AnalysisView(BaseModel):
     )
     uncertainty_note: str | None = Field(None, description=_NOT_MEASURED)
     out_of_scope: bool
-    scope_reason: str | None
+    scope_reason: str | None = Field(description="scope_reasons in one line (None: in scope)")
+    scope_reasons: list[str] = Field(
+        default_factory=list, description="every reason it is out of scope, in the order the checks ran"
+    )
     gradcam_url: str | None
     gradcam_inside_region: float | None = Field(None, description=_INSIDE)
     timings: dict[str, float] = Field(description="milliseconds per stage")

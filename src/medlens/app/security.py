@@ -13,6 +13,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import PurePath, PurePosixPath
 from typing import Any
 
 from fastapi import HTTPException, Request, UploadFile
@@ -100,8 +101,21 @@ def gradio_auth(token: str) -> Callable[[str, str], bool]:
 
 
 # ------------------------------------------------------------------------------------------------ uploads
+UPLOAD_NAME_LIMIT = 80
+
+
+def upload_name(path: str | PurePath | None) -> str:
+    """An uploaded file's name as its user knows it, safe to show: the basename only (Gradio keeps an upload
+    as ``<cache>/<hash>/<name>``; a client may send a path, with either slash), characters that are not
+    printable and backticks dropped, a long name cut; "" when nothing is left."""
+    base = PurePosixPath(str(path or "").replace("\\", "/")).name
+    name = "".join(c for c in base if c.isprintable() and c != "`").strip()
+    return name if len(name) <= UPLOAD_NAME_LIMIT else name[: UPLOAD_NAME_LIMIT - 1] + "…"
+
+
 async def read_upload(upload: UploadFile, limit: int, chunk_size: int = 1024 * 1024) -> bytes:
-    """Read an upload in chunks; 413 as soon as it exceeds ``limit`` bytes, 422 when it is empty."""
+    """Read an upload in chunks; 413 as soon as it exceeds ``limit`` bytes, 422 (naming the file, see
+    :func:`upload_name`) when it is empty."""
     chunks, size = [], 0
     while chunk := await upload.read(chunk_size):
         size += len(chunk)
@@ -109,7 +123,8 @@ async def read_upload(upload: UploadFile, limit: int, chunk_size: int = 1024 * 1
             raise HTTPException(status_code=413, detail=too_large_message(limit))
         chunks.append(chunk)
     if size == 0:
-        raise HTTPException(status_code=422, detail="cannot read <upload>: empty file")
+        name = upload_name(upload.filename) or "<upload>"
+        raise HTTPException(status_code=422, detail=f"cannot read {name}: empty file")
     return b"".join(chunks)
 
 
@@ -117,15 +132,16 @@ def too_large_message(limit: int) -> str:
     return f"upload too large: the limit is {limit / 1024 / 1024:g} MB (MEDLENS_MAX_UPLOAD_MB)"
 
 
-def declared_size(data: bytes, max_pixels: int | None) -> tuple[int, int] | None:
-    """(height, width) declared by an image's header; ImageTooLargeError (413, with the declared size) when it
-    declares more than ``max_pixels`` pixels. Reads the header only, so a decompression bomb is refused before
-    any allocation; None for other header problems, left to ``read_image``, whose messages say more."""
+def declared_size(data: bytes, max_pixels: int | None, name: str | None = None) -> tuple[int, int] | None:
+    """(height, width) declared by an image's header; ImageTooLargeError (413, with the declared size, naming
+    the file ``name``) when it declares more than ``max_pixels`` pixels. Reads the header only, so a
+    decompression bomb is refused before any allocation; None for other header problems, left to
+    ``read_image``, whose messages say more."""
     from medlens.data.io import probe_image  # imported here: keeps `import medlens.app.security` light
     from medlens.errors import ImageReadError, ImageTooLargeError
 
     try:
-        info = probe_image(data, max_pixels=max_pixels)
+        info = probe_image(data, max_pixels=max_pixels, name=name)
     except ImageTooLargeError:
         raise
     except ImageReadError:

@@ -197,7 +197,7 @@ class AnalysisService:
                 name = self.router.pipeline_for(seen) or AUTO
             t1 = time.perf_counter()
             if name == AUTO:
-                return self.router.refusal(image.array, seen, (t1 - t0) * 1e3), 0.0
+                return self.router.refusal(image, seen, (t1 - t0) * 1e3), 0.0
             given = {"modality": seen} if seen is not None else {}  # test doubles take no modality
             with self.pools[name].acquire() as pipe:
                 wait = (time.perf_counter() - t1) * 1e3
@@ -213,10 +213,13 @@ class AnalysisService:
         clahe: bool = False,
         gradcam: bool = True,
         tta: bool | None = DEFAULT_TTA,
+        file_name: str | None = None,
     ) -> dict[str, Any]:
         """Decode ``data``, analyse it with ``pipeline`` and store it; returns the stored record.
+        ``file_name``: what errors call the upload (`medlens.app.security.upload_name`; never stored).
 
-        Images larger than ``max_side`` are decoded reduced (``result["original_size"]`` keeps the upload's).
+        Images larger than ``max_side`` are decoded reduced: ``result["original_size"]`` keeps the upload's
+        size and ``result["input_notes"]`` says so (as it says that a transparent image was flattened).
         Raises ImageTooLargeError (more than ``max_pixels``, from the header, before decoding), ImageReadError
         (unreadable, unknown type, DICOM without pixels), UnknownNameError (pipeline), NoPipelineError.
         """
@@ -224,8 +227,8 @@ class AnalysisService:
 
         name = self.resolve_pipeline(pipeline)
         t0 = time.perf_counter()
-        size = declared_size(data, self.max_pixels)  # ImageTooLargeError before any decoding
-        image = read_image(data, max_pixels=self.max_pixels, max_side=self.max_side)
+        declared_size(data, self.max_pixels, file_name)  # ImageTooLargeError before any decoding
+        image = read_image(data, max_pixels=self.max_pixels, max_side=self.max_side, name=file_name)
         t1 = time.perf_counter()
         try:
             analysis, wait_ms = self._run(name, image, clahe, gradcam, tta)
@@ -238,8 +241,6 @@ class AnalysisService:
         result["pipeline"] = name
         result["clahe"] = bool(clahe)
         result["tta"] = bool(analysis.tta)
-        if size is not None and image.array.shape[:2] != size:
-            result["original_size"] = list(size)
         result["timings_ms"] = {
             "decode": round((t1 - t0) * 1000, 1),
             **{k: round(float(v), 1) for k, v in (analysis.timings_ms or {}).items()},

@@ -39,7 +39,7 @@ of the download and of its label, which says what the mask's values show)."""
 
 def failure_reason(exc: MedlensError) -> str:
     """Why an upload could not be analysed, by error type: the reason alone for image errors (their message
-    says ``cannot read <upload>``; the UI names the file itself), the message for the others."""
+    says ``cannot read <name>``; the UI names the file itself, in bold), the message for the others."""
     if isinstance(exc, ImageTooLargeError):
         return f"the image is too large: {exc.reason}"
     if isinstance(exc, ImageReadError):
@@ -89,12 +89,12 @@ class UiHandlers:
         internal error, logged under an id that the message gives."""
         if not file:
             return self._failed(None, "upload an image (or pick an example) first")
-        name = render.upload_name(file)
+        name = security.upload_name(file)
         try:
             data = self._read(Path(file))
             # ticked: flips for every model; unticked: each model as chosen on validation (DEFAULT_TTA)
             record = self.service.analyze_bytes(
-                data, pipeline or None, bool(clahe), tta=True if tta else None
+                data, pipeline or None, bool(clahe), tta=True if tta else None, file_name=name or None
             )
         except MedlensError as exc:
             return self._failed(name, failure_reason(exc))

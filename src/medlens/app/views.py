@@ -29,6 +29,7 @@ def _segmentation(result: Mapping[str, Any], links: Mapping[str, str | None]) ->
         "mask_values": result.get("mask_values") or {},
         "overlay_url": links["overlay"],
         "area_fraction": result.get("area_fraction"),
+        "area_fractions": result.get("area_fractions") or {},
         "components": result.get("components") or [],
         "classes": result.get("mask_classes") or [],
         "colour_key": result.get("colour_key") or [],
@@ -52,6 +53,13 @@ def _classification(record: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def scope_reasons(result: Mapping[str, Any]) -> list[str]:
+    """Every reason the image is out of scope; a record stored before they were listed has its one."""
+    if "scope_reasons" in result:
+        return list(result["scope_reasons"])
+    return [result["scope_reason"]] if result.get("scope_reason") else []
+
+
 def analysis_view(record: Mapping[str, Any], base: str = "/api/v1") -> dict[str, Any]:
     """The API's JSON for a stored record; picture URLs under ``base`` (include a proxy's root_path)."""
     result = record["result"]
@@ -66,6 +74,7 @@ def analysis_view(record: Mapping[str, Any], base: str = "/api/v1") -> dict[str,
         "source_format": record["source_format"],
         "image_size": result.get("image_size"),
         "original_size": result.get("original_size"),
+        "input_notes": result.get("input_notes") or [],
         "clahe": result.get("clahe", False),
         "tta": result.get("tta"),
         "image_url": links["image"],
@@ -81,6 +90,7 @@ def analysis_view(record: Mapping[str, Any], base: str = "/api/v1") -> dict[str,
         "uncertainty_note": uncertainty_note(result.get("uncertainty")),
         "out_of_scope": bool(result.get("out_of_scope", False)),
         "scope_reason": result.get("scope_reason"),
+        "scope_reasons": scope_reasons(result),
         "gradcam_url": links["gradcam"],
         "gradcam_inside_region": result.get("gradcam_inside_region"),
         "timings": result.get("timings_ms") or {},

@@ -10,7 +10,7 @@ import io
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -33,8 +33,10 @@ class ImageRecord:
 
     array: np.ndarray  # (H, W, C) uint8, C in {1, 3}
     spacing_mm: tuple[float, float] | None  # (row, col) pixel spacing when known
-    source_format: str  # "png", "jpeg", "tiff", "bmp", "dicom"
+    source_format: str  # "png", "jpeg", "tiff", "bmp", "dicom" ("array": handed over as pixels)
     dicom: pydicom.Dataset | None = None  # the source dataset without PixelData; never logged
+    notes: list[str] = field(default_factory=list)  # what reading changed (transparency flattened, size)
+    original_size: tuple[int, int] | None = None  # (height, width) of the file when it was decoded reduced
 
     def __repr__(self) -> str:  # keep the DICOM dataset (patient fields) out of logs and tracebacks
         shape = tuple(self.array.shape)
@@ -91,14 +93,17 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-def _source_name(source: Source) -> str:
-    return str(source) if isinstance(source, str | Path) else "<upload>"
+def _source_name(source: Source, name: str | None = None) -> str:
+    if isinstance(source, str | Path):
+        return str(source)
+    return name or "<upload>"
 
 
 @contextmanager
-def open_source(source: Source) -> Iterator[tuple[IO[bytes], str, str]]:
-    """Yield ``(binary file object, display name, sniffed format)``; raises ImageReadError when unusable."""
-    name = _source_name(source)
+def open_source(source: Source, name: str | None = None) -> Iterator[tuple[IO[bytes], str, str]]:
+    """Yield ``(binary file object, display name, sniffed format)``; raises ImageReadError when unusable.
+    ``name``: what bytes are called in messages (an upload's file name; default ``"<upload>"``)."""
+    name = _source_name(source, name)
     if isinstance(source, str | Path):
         path = Path(source)
         if not path.exists():

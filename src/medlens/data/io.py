@@ -47,6 +47,7 @@ __all__ = [
     "convert_channels",
     "deidentify",
     "dicom_spacing_mm",
+    "flatten_alpha",
     "load_image",
     "max_pixels_from_env",
     "max_pixels_limit",
@@ -111,31 +112,54 @@ def robust_scale_to_uint8(arr: np.ndarray, percentiles: tuple[float, float] = (0
     return scale_to_uint8(finite, lo, hi)
 
 
-def _pil_to_hwc(im: Image.Image) -> np.ndarray:
-    """Any PIL mode -> (H, W, C) uint8 with C in {1, 3}; alpha is composited on black."""
+#: What transparent pixels are laid on before the analysis (see :func:`flatten_alpha`): white.
+TRANSPARENCY_BACKGROUND = 255
+
+
+def flatten_alpha(arr: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """``(H, W, C)`` uint8 whose last channel is alpha (C = 2: grey + alpha, C = 4: RGBA) -> the other
+    channels composited on :data:`TRANSPARENCY_BACKGROUND`, and the note for the result when some pixel was
+    not opaque (None when all were).
+
+    White, whatever the modality: an image is decoded before anything knows its modality (``pipeline=auto``
+    decides it from these pixels), so one background must serve all. White is what the user most likely
+    saw (most viewers and browsers show transparency over a light page), and it passes for no anatomy in
+    any shipped modality: on a radiograph white is the unexposed border outside the collimation, where black
+    would read as air in the lungs; on a dermoscopy or endoscopy photo black is the dark vignette of the
+    lens, so a black fill would pass for part of the photo.
+    """
+    colour, alpha = arr[..., :-1].astype(np.float32), arr[..., -1:].astype(np.float32) / 255.0
+    flat = np.rint(colour * alpha + TRANSPARENCY_BACKGROUND * (1.0 - alpha)).astype(np.uint8)
+    share = float(np.count_nonzero(arr[..., -1] < 255)) / max(1, arr.shape[0] * arr.shape[1])
+    if share == 0:
+        return flat, None
+    shown = f"{100 * share:.0f}%" if share >= 0.01 else "under 1%"
+    return flat, (
+        f"the image is partly transparent ({shown} of its pixels): it was laid on a white background "
+        "(transparency flattened) before the analysis"
+    )
+
+
+def _pil_to_hwc(im: Image.Image) -> tuple[np.ndarray, str | None]:
+    """Any PIL mode -> ((H, W, C) uint8 with C in {1, 3}, note or None); alpha is flattened on white
+    (:func:`flatten_alpha`, whose note says so)."""
     mode = im.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        return robust_scale_to_uint8(np.asarray(im))[..., None]
+        return robust_scale_to_uint8(np.asarray(im))[..., None], None
     if mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     elif mode == "PA":
         im = im.convert("RGBA")
     elif mode == "1":
         im = im.convert("L")
-    elif mode == "LA":
-        im = im.convert("RGBA")
-    elif mode not in ("L", "RGB", "RGBA"):
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
         im = im.convert("RGB")
     arr = np.array(im)  # a writable copy (PIL-backed arrays are read-only)
     if arr.ndim == 2:
-        return arr[..., None]
-    if arr.shape[-1] == 4:
-        alpha = arr[..., 3:4].astype(np.float32) / 255.0
-        rgb = np.rint(arr[..., :3].astype(np.float32) * alpha).astype(np.uint8)
-        if mode == "LA":
-            return rgb[..., :1].copy()
-        return rgb
-    return np.ascontiguousarray(arr)
+        return arr[..., None], None
+    if im.mode in ("LA", "RGBA"):
+        return flatten_alpha(arr)
+    return np.ascontiguousarray(arr), None
 
 
 def convert_channels(arr: np.ndarray, channels: int | None) -> np.ndarray:
@@ -152,36 +176,58 @@ def convert_channels(arr: np.ndarray, channels: int | None) -> np.ndarray:
 
 
 def read_image(
-    source: Source, channels: int | None = None, max_pixels: int | None = None, max_side: int | None = None
+    source: Source,
+    channels: int | None = None,
+    max_pixels: int | None = None,
+    max_side: int | None = None,
+    *,
+    name: str | None = None,
 ) -> ImageRecord:
-    """Read an image file path or uploaded bytes (shown as ``"<upload>"`` in errors).
+    """Read an image file path or uploaded bytes (shown as ``name``, default ``"<upload>"``, in errors).
 
     Returns an :class:`ImageRecord` whose ``array`` is ``(H, W, C)`` uint8, ``C`` in {1, 3} (``channels``
-    converts). EXIF orientation is honoured; RGBA/LA are composited on black; palette images become RGB;
-    16-bit PNG/TIFF are scaled to uint8 between robust (0.5, 99.5) percentiles. DICOM goes through
-    :func:`read_dicom`. ``max_side``: decode reduced so that the longer side is at most about that (JPEG in
-    the decoder itself, others by an integer box reduction right after decoding, before any copy); the pixel
-    spacing is scaled to match.
+    converts). EXIF orientation is honoured; RGBA/LA are flattened on white (:func:`flatten_alpha`); palette
+    images become RGB; 16-bit PNG/TIFF are scaled to uint8 between robust (0.5, 99.5) percentiles. DICOM
+    goes through :func:`read_dicom`. ``max_side``: decode reduced so that the longer side is at most about
+    that (JPEG in the decoder itself, others by an integer box reduction right after decoding, before any
+    copy); the pixel spacing is scaled to match and ``original_size`` keeps the file's. What reading changed
+    (transparency flattened, size reduced) is said in the record's ``notes``.
     """
     limit = max_pixels_limit(max_pixels)
-    with open_source(source) as (fp, name, fmt):
+    with open_source(source, name) as (fp, shown, fmt):
         if fmt == "dicom":
-            record = read_dicom_fp(fp, name, limit)
+            record = read_dicom_fp(fp, shown, limit)
+            full = record.array.shape[:2]
             record.array, factor = _reduce_array(record.array, max_side)
         else:
-            im = _open_pil(fp, name, fmt, limit)
-            full_side = max(im.size)
+            header = _open_pil(fp, shown, fmt, limit)
+            full = header.size[::-1]
             if max_side and fmt == "jpeg":
-                im.draft(im.mode, _reduced_size(im.size, max_side))  # DCT scaling: 1/2, 1/4 or 1/8
-            im = _decode(im, name, fmt)
+                header.draft(header.mode, _reduced_size(header.size, max_side))  # DCT scaling: 1/2, 1/4, 1/8
+            im = _decode(header, shown, fmt)
             spacing = _pil_spacing_mm(im)
             im, _ = _reduce_pil(im, max_side)
-            factor = full_side / max(im.size)
-            record = ImageRecord(_pil_to_hwc(im), spacing, fmt, None)
+            factor = max(full) / max(im.size)
+            if factor != 1 and _exif_orientation(header) in _SWAPPED_ORIENTATIONS:
+                full = full[::-1]  # the file's size as displayed, like the array's
+            array, note = _pil_to_hwc(im)
+            record = ImageRecord(array, spacing, fmt, None, notes=[note] if note else [])
+    if factor != 1:
+        record.original_size = (int(full[0]), int(full[1]))
+        record.notes.append(_reduced_note(record.original_size, record.array.shape[:2], max_side))
     if record.spacing_mm is not None and factor != 1:
         record.spacing_mm = (record.spacing_mm[0] * factor, record.spacing_mm[1] * factor)
     record.array = convert_channels(record.array, channels)
     return record
+
+
+def _reduced_note(original: tuple[int, int], analysed: tuple[int, ...], max_side: int | None) -> str:
+    """What the result says of an image decoded reduced: both sizes (width x height) and why."""
+    (h, w), (h2, w2) = original, analysed[:2]
+    return (
+        f"the image ({w}x{h} pixels) is larger than {max_side} pixels a side, so it was decoded reduced to "
+        f"{w2}x{h2} and analysed at that size; sizes in pixels refer to the reduced image"
+    )
 
 
 def _reduction(size: tuple[int, int], max_side: int | None) -> int:
@@ -272,14 +318,17 @@ def _mask_array(im: Image.Image, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def probe_image(source: Source, verify: bool = False, max_pixels: int | None = None) -> ImageInfo:
+def probe_image(
+    source: Source, verify: bool = False, max_pixels: int | None = None, *, name: str | None = None
+) -> ImageInfo:
     """Read the header of an image (size after EXIF orientation, format, mode) without decoding the pixels.
 
     ``verify=True`` also decodes the pixel data (JPEG cheaply in 1/8-scale draft mode; DICOM through pydicom),
-    which catches truncated and corrupt files.
+    which catches truncated and corrupt files. ``name``: what bytes are called in errors (see
+    :func:`read_image`).
     """
     limit = max_pixels_limit(max_pixels)
-    with open_source(source) as (fp, name, fmt):
+    with open_source(source, name) as (fp, name, fmt):
         if fmt == "dicom":
             return probe_dicom_fp(fp, name, limit, verify)
         im = _open_pil(fp, name, fmt, limit)

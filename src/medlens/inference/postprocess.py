@@ -8,6 +8,7 @@ hold integer class labels (0 = background). Bounding boxes are ``[x0, y0, x1, y1
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -100,6 +101,32 @@ def connected_components(mask: np.ndarray, min_size: int = 1) -> list[dict]:
         )
     found.sort(key=lambda c: -c["area_px"])
     return [{"label": i + 1, **c} for i, c in enumerate(found)]
+
+
+def label_planes(mask: np.ndarray, classes: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """The structures of an ``(H, W)`` label mask as boolean planes by name, in label order: label ``k`` is
+    ``classes[k]`` (0, the background, left out); every named structure is there (an all-False plane when
+    the mask lacks it), and a label present beyond ``classes`` is named by its value."""
+    mask = np.asarray(mask)
+    counts = np.bincount(mask.ravel().astype(np.int64)) if mask.size else np.zeros(1, np.int64)
+    labels = [k for k in range(1, max(len(classes), len(counts))) if k < len(classes) or counts[k]]
+    return {(classes[k] if k < len(classes) else str(k)): mask == k for k in labels}
+
+
+def structure_areas(mask: np.ndarray, classes: Sequence[str] = ()) -> dict[str, float]:
+    """Fraction of the image each structure of a label mask covers (see :func:`label_planes`), 0..1."""
+    return {name: area_fraction(plane) for name, plane in label_planes(mask, classes).items()}
+
+
+def structure_components(mask: np.ndarray, classes: Sequence[str] = (), min_size: int = 1) -> list[dict]:
+    """:func:`connected_components` of each structure of a label mask on its own (touching structures, such as
+    the heart between the lungs, stay apart), each with its ``structure`` name: structures in label order,
+    a structure's components largest first (``label`` is the rank within the structure)."""
+    return [
+        {"structure": name, **component}
+        for name, plane in label_planes(mask, classes).items()
+        for component in connected_components(plane, min_size)
+    ]
 
 
 def apply_postprocess(

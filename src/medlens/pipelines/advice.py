@@ -17,8 +17,9 @@ Rules come from the pipeline YAML (``advice:`` section)::
 
 The reading (`AdviceConfig.advise`): the rules are tried in order and the first whose conditions all hold
 gives the text; none -> ``default``. The findings (`AdviceConfig.find`): one `Finding` per finding rule
-that holds, ordered by severity (ties keep the YAML order), so that no finding hides another; an image out of
-scope gets its refusal as its one finding. A YAML without ``findings`` (rules only) loads as before.
+that holds, ordered by severity (ties keep the YAML order), so that no finding hides another; an image out
+of scope gets its refusal as its findings, one per reason. A YAML without ``findings`` (rules only) loads as
+before.
 Conditions (`CONDITIONS`): ``label_in`` / ``label_not_in`` (list of class names), ``prob_gte`` / ``prob_lt``
 (calibrated probability of the predicted class), ``class_prob_gte`` ({class: p}: any listed class at least p),
 ``uncertainty_gte`` / ``uncertainty_lt`` (TTA uncertainty), ``feature_gte`` / ``feature_lt`` ({feature:
@@ -39,13 +40,16 @@ Out of scope (`ScopeConfig`, YAML ``scope:``) — after the modality classifier'
     least ``max_uncertainty`` (without TTA the probability floor alone decides);
 (c) ``require_region`` is set and the segmenter found less than ``min_region_fraction`` of the image
     (nothing).
+
+Every check that runs gives its reason (the models do not run on an image the modality or colour checks
+refuse, so (b) and (c) come after them); `scope_summary` puts them in one line.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -265,12 +269,12 @@ class AdviceConfig:
                 return rule.say
         return self.default
 
-    def find(self, ctx: AdviceContext, scope_reason: str | None = None) -> list[Finding]:
+    def find(self, ctx: AdviceContext, scope_reasons: Sequence[str] = ()) -> list[Finding]:
         """Every finding that holds for ``ctx``, most severe first (findings of equal severity keep the YAML's
-        order); for an image out of scope (``scope_reason``) its refusal only: a measurement of an image the
-        pipeline refuses to read is no finding."""
-        if scope_reason:
-            return [scope_finding(scope_reason)]
+        order); for an image out of scope (``scope_reasons``) its refusal only, one finding per reason: a
+        measurement of an image the pipeline refuses to read is no finding."""
+        if scope_reasons:
+            return [scope_finding(reason) for reason in scope_reasons]
         found = [Finding(f.say, f.severity, f.name) for f in self.findings if f.matches(ctx)]
         return sorted(found, key=lambda f: SEVERITIES.index(f.severity))
 
@@ -365,6 +369,14 @@ def check_region(area_fraction: float | None, scope: ScopeConfig) -> str | None:
     if area_fraction > scope.min_region_fraction:
         return None
     return "the segmenter found no region of interest, which this pipeline requires"
+
+
+SCOPE_REASONS_JOINT = "; and "  # between the reasons of `scope_summary`
+
+
+def scope_summary(reasons: Sequence[str]) -> str | None:
+    """Every reason an image is out of scope, in the order the checks ran, as one line (None: in scope)."""
+    return SCOPE_REASONS_JOINT.join(reasons) or None
 
 
 def out_of_scope_text(reason: str, title: str | None) -> str:

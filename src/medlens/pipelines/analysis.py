@@ -37,24 +37,33 @@ class Analysis:
     """The result of one `Pipeline.analyze` call.
 
     Arrays (never in `to_dict`): ``mask`` ``(H, W)`` uint8 labels (binary 0/1) at the image's size,
-    ``overlay`` and ``gradcam`` ``(H, W, 3)`` uint8 RGB. ``probabilities`` are calibrated (flip-TTA mean);
+    ``overlay`` and ``gradcam`` ``(H, W, 3)`` uint8 RGB (an overlay with a colour key has the key's strip
+    under the image: ``(H + strip, W, 3)``). ``probabilities`` are calibrated (flip-TTA mean);
     ``uncertainty`` is the flip-TTA standard deviation of the predicted class's probability or, without a
     classifier, ``segmentation_uncertainty`` (the segmenter's mean TTA standard deviation over the predicted
     region); None when not measured (`uncertainty_note` says so). ``tta``: whether at least one test-time flip
     ran (a model trained under no flip runs none, nor does one that never ran). ``label`` is None when out of
-    scope (``scope_reason`` says why). ``groups``: the classifier's class groups (e.g. "malignant") with their
-    summed probability, validation-fitted threshold and flag (see `medlens.pipelines.groups.group_scores`;
-    empty for bundles without groups). ``class_names``: full names of the class codes, from the pipeline YAML.
+    scope: ``scope_reasons`` lists every reason, in the order the checks ran, and ``scope_reason`` is all of
+    them in one line (`medlens.pipelines.advice.scope_summary`). ``groups``: the classifier's class groups
+    (e.g. "malignant") with their summed probability, validation-fitted threshold and flag (see
+    `medlens.pipelines.groups.group_scores`; empty for bundles without groups). ``class_names``: full names
+    of the class codes, from the pipeline YAML.
     ``modality``: what the modality check saw (`medlens.pipelines.modality.ModalityVerdict.describe`: class,
     in words, probabilities, the pipeline that takes it); None for a pipeline without the check.
 
     ``recommendation`` is the reading (the first advice rule that holds, or why the image is out of scope);
     ``findings`` every finding that applies besides it, most severe first (`medlens.pipelines.advice`).
+    ``area_fraction`` is the share of the image the segmentation covers (all its structures together);
+    ``area_fractions`` each structure's of a multi-class mask by class name ({} for a binary one), and then
+    each of ``components`` names its ``structure`` (`medlens.inference.postprocess.structure_components`).
     ``gradcam_inside_region``: share of the Grad-CAM mass inside the segmented region, 0..1 (None without a
     segmenter or a Grad-CAM). ``mask_classes``: the segmenter's classes (label k of ``mask`` is
     ``mask_classes[k]``), ``mask_names`` the same as people read them (`names.region_names`: "skin lesion" for
     a generic "foreground"); ``colour_key``: what each colour of ``overlay`` shows. ``learnt_from``: per class
     of the classifier, the films it was learnt from (pipeline YAML; empty when it says nothing).
+    ``input_notes``: what was done to the image before the analysis, in words (transparency flattened, a large
+    image decoded reduced; `medlens.data.io.read_image`); ``original_size``: ``(H, W)`` of the file when it
+    was decoded reduced (``image_size`` is what was analysed), else None.
     """
 
     id: str | None
@@ -74,6 +83,7 @@ class Analysis:
     gradcam: np.ndarray | None
     timings_ms: dict[str, float]
     scope_reason: str | None = None
+    scope_reasons: list[str] = field(default_factory=list)
     segmentation_uncertainty: float | None = None
     tta: bool = False
     groups: list[dict] = field(default_factory=list)
@@ -85,6 +95,9 @@ class Analysis:
     mask_names: list[str] = field(default_factory=list)
     colour_key: list[KeyEntry] = field(default_factory=list)
     learnt_from: dict[str, str] = field(default_factory=dict)
+    input_notes: list[str] = field(default_factory=list)
+    area_fractions: dict[str, float] = field(default_factory=dict)
+    original_size: tuple[int, int] | None = None
 
     @property
     def probability(self) -> float | None:
@@ -135,8 +148,10 @@ class Analysis:
     def csv_row(self) -> dict[str, Any]:
         """The analysis as a row of batch prediction's ``summary.csv``: the pipeline that analysed it
         (``auto`` when none took it), the modality the check saw (its class; empty without the check), the
-        scalar results, the reading, the findings (``severity: text``, joined by `FINDINGS_SEPARATOR`) and the
-        features that fit a cell as ``feature_<name>`` columns (structured ones stay in the JSON)."""
+        scalar results (with ``area_fraction_<structure>`` per structure), every reason it is out of scope
+        (joined by `FINDINGS_SEPARATOR`), the reading, the findings (``severity: text``, joined the same way),
+        the input notes (likewise) and the features that fit a cell as ``feature_<name>`` columns (structured
+        ones stay in the JSON)."""
         scalar = (bool, int, float, str, type(None))
         return {
             "pipeline": self.pipeline,
@@ -146,13 +161,16 @@ class Analysis:
             "probability": self.probability,
             **group_fields(self.groups),
             "area_fraction": self.area_fraction,
+            **{f"area_fraction_{name}": share for name, share in self.area_fractions.items()},
             "uncertainty": self.uncertainty,
             "uncertainty_note": uncertainty_note(self.uncertainty),
             "out_of_scope": self.out_of_scope,
+            "scope_reasons": FINDINGS_SEPARATOR.join(self.scope_reasons),
             "tta": self.tta,
             "gradcam_inside_region": self.gradcam_inside_region,
             "recommendation": self.recommendation,
             "findings": FINDINGS_SEPARATOR.join(f"{f.severity}: {f.text}" for f in self.findings),
+            "input_notes": FINDINGS_SEPARATOR.join(self.input_notes),
             **{f"feature_{k}": v for k, v in self.features.items() if isinstance(v, scalar)},
         }
 

@@ -5,7 +5,8 @@
 2. modality: the modality classifier's verdict (one batched call, or the verdicts ``pipeline=auto`` already
    has), then the scope's colour check; an image out of scope here skips the models;
 3. segment: one batched call (flip-TTA views included), then per image the mask before and after
-   post-processing, its area, components and TTA uncertainty, and the region check;
+   post-processing, its area and components (per structure for a multi-class mask) and TTA uncertainty, and
+   the region check;
 4. features and the overlay;
 5. classify: one batched call of every image's test-time views, guided by the classifier itself with the
    masks of step 3 before post-processing; the probabilities, decision, class groups, TTA uncertainty, and
@@ -25,14 +26,20 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from medlens.data.io import ImageRecord
 from medlens.inference.decisions import probs_to_mask
-from medlens.inference.postprocess import apply_postprocess, area_fraction, connected_components
+from medlens.inference.postprocess import (
+    apply_postprocess,
+    area_fraction,
+    connected_components,
+    structure_areas,
+    structure_components,
+)
 from medlens.inference.predictor import ClassificationPredictor, SegmentationPredictor
 from medlens.pipelines.advice import (
     DEFAULT_NOTICE,
@@ -41,6 +48,7 @@ from medlens.pipelines.advice import (
     check_modality,
     check_region,
     out_of_scope_text,
+    scope_summary,
 )
 from medlens.pipelines.analysis import Analysis
 from medlens.pipelines.config import DEFAULT_TTA, PipelineConfig
@@ -51,6 +59,7 @@ from medlens.pipelines.modality import ModalityGate, ModalityVerdict, check_gate
 from medlens.pipelines.names import region_names
 from medlens.pipelines.overlay import draw_overlay
 from medlens.pipelines.stages import StageTimer, as_image, enhance_contrast
+from medlens.spec import Mode
 
 logger = logging.getLogger(__name__)
 
@@ -58,18 +67,22 @@ logger = logging.getLogger(__name__)
 @dataclass
 class ImageWork:
     """One image on its way through the stages: the image, what the models see, the result filled in stage
-    by stage, its stage timer, why it is out of scope (None: in scope so far), the segmentation before
-    post-processing (what guides the classifier) and the classifier's ``(C, h, w)`` feature map of its
-    identity view when the runtime gives one (Grad-CAM without backpropagation)."""
+    by stage, its stage timer, every reason it is out of scope (empty: in scope so far), the segmentation
+    before post-processing (what guides the classifier) and the classifier's ``(C, h, w)`` feature map of
+    its identity view when the runtime gives one (Grad-CAM without backpropagation)."""
 
     original: np.ndarray
     spacing: tuple[float, float] | None
     work: np.ndarray
     result: Analysis
     timer: StageTimer
-    reason: str | None = None
+    reasons: list[str] = field(default_factory=list)
     raw_mask: np.ndarray | None = None
     features: np.ndarray | None = None
+
+    def refuse(self, *reasons: str | None) -> None:
+        """Add the out-of-scope reasons a check gave (None: the check passed)."""
+        self.reasons += [reason for reason in reasons if reason]
 
 
 @contextmanager
@@ -129,7 +142,7 @@ class Analyzer:
         runs every stage whatever the out-of-scope checks say (warm-up)."""
         items = [self._take(image, clahe) for image in images]
         self._check_modality(items, modality)
-        live = [item for item in items if item.reason is None or not scope]
+        live = [item for item in items if not item.reasons or not scope]
         if live and self.segmenter is not None:
             self._segment(live, tta)
         if live and self.classifier is not None:
@@ -137,13 +150,13 @@ class Analyzer:
         for item in live:
             if self.classifier is None:
                 item.result.uncertainty = item.result.segmentation_uncertainty
-            if gradcam and (item.reason is None or not scope):
+            if gradcam and (not item.reasons or not scope):
                 with item.timer("gradcam"):
                     item.result.gradcam = self._explain(item)
         for item in items:
             result = item.result
             with item.timer("advice"):
-                self._conclude(result, item.reason)
+                self._conclude(result, item.reasons)
             result.timings_ms = item.timer.finish()
             logger.info(
                 "pipeline %s: label=%s out_of_scope=%s in %.0f ms",
@@ -166,9 +179,9 @@ class Analyzer:
     def _take(self, image: np.ndarray | ImageRecord, clahe: bool) -> ImageWork:
         timer = StageTimer()
         with timer("preprocess"):
-            original, spacing = as_image(image)
-            work = enhance_contrast(original) if clahe else original
-        return ImageWork(original, spacing, work, self._empty_result(original), timer)
+            record = as_image(image)
+            work = enhance_contrast(record.array) if clahe else record.array
+        return ImageWork(record.array, record.spacing_mm, work, self._empty_result(record), timer)
 
     def _check_modality(self, items: list[ImageWork], given: Sequence[ModalityVerdict] | None) -> None:
         """The modality check (``given``: the verdicts when ``pipeline=auto`` ran the classifier, else one
@@ -178,8 +191,8 @@ class Analyzer:
                 given = self.gate.classifier.classify([item.original for item in items])
         for item, seen in zip(items, given if given is not None else [None] * len(items), strict=True):
             with item.timer("modality"):
-                item.result.modality, item.reason = check_gate(self.gate, item.original, seen)
-            item.reason = item.reason or check_modality(item.original, self.config.scope)
+                item.result.modality, refused = check_gate(self.gate, item.original, seen)
+            item.refuse(refused, check_modality(item.original, self.config.scope))
 
     def _segment(self, items: list[ImageWork], tta: bool | None) -> None:
         """Masks (before and after post-processing), area, components, TTA uncertainty; the region check;
@@ -199,9 +212,13 @@ class Analyzer:
                     item.raw_mask, post.fill_holes, post.largest_component, post.min_size_px
                 )
                 result.mask, result.area_fraction = mask, area_fraction(mask)
-                result.components = connected_components(mask > 0)
+                if seg.mode == Mode.MULTICLASS:  # lungs and heart apart, not one region
+                    result.area_fractions = structure_areas(mask, seg.classes)
+                    result.components = structure_components(mask, seg.classes)
+                else:
+                    result.components = connected_components(mask > 0)
                 result.segmentation_uncertainty, result.tta = uncertainty, result.tta or flipped
-            item.reason = item.reason or check_region(result.area_fraction, self.config.scope)
+            item.refuse(check_region(result.area_fraction, self.config.scope))
             with item.timer("features"):
                 result.features = compute_features(
                     self.config.features, item.original, mask, item.spacing, classes=seg.classes
@@ -230,7 +247,7 @@ class Analyzer:
                     result.tta = True
                 item.features = feats[i][0] if feats is not None else None
             top = max(result.probabilities.values()) if result.probabilities else None
-            item.reason = item.reason or check_confidence(top, result.uncertainty, self.config.scope)
+            item.refuse(check_confidence(top, result.uncertainty, self.config.scope))
 
     def _explain(self, item: ImageWork) -> np.ndarray | None:
         """Grad-CAM overlay on the original image: the classifier's predicted class (placed back where a
@@ -249,10 +266,12 @@ class Analyzer:
             result.gradcam_inside_region = share_inside(cam, result.mask > 0)
         return heatmap_overlay(item.original, cam)
 
-    def _conclude(self, result: Analysis, reason: str | None) -> None:
-        """Out-of-scope verdict or the reading, and every finding that applies. A refused result carries its
-        refusal and the generic notice only: no class, no flag, no model provenance, no pipeline's notice."""
-        result.out_of_scope, result.scope_reason = reason is not None, reason
+    def _conclude(self, result: Analysis, reasons: list[str]) -> None:
+        """Out-of-scope verdict (every reason, and all of them in one line) or the reading, and every finding
+        that applies. A refused result carries its refusal and the generic notice only: no class, no flag, no
+        model provenance, no pipeline's notice."""
+        reason = scope_summary(reasons)
+        result.out_of_scope, result.scope_reason, result.scope_reasons = bool(reasons), reason, list(reasons)
         if reason is not None:
             result.label, result.learnt_from, result.notice = None, {}, DEFAULT_NOTICE
             result.groups = [{**g, "flagged": None} for g in result.groups]
@@ -264,16 +283,17 @@ class Analyzer:
         )  # fmt: skip
         advice = self.config.advice
         result.recommendation = out_of_scope_text(reason, self.config.title) if reason else advice.advise(ctx)
-        result.findings = advice.find(ctx, reason)
+        result.findings = advice.find(ctx, reasons)
 
-    def _empty_result(self, original: np.ndarray) -> Analysis:
+    def _empty_result(self, record: ImageRecord) -> Analysis:
         seg, cfg = self.segmenter, self.config.segmenter
         return Analysis(
-            id=None, pipeline=self.config.name, image_size=(int(original.shape[0]), int(original.shape[1])),
+            id=None, pipeline=self.config.name, image_size=record.array.shape[:2],
             mask=None, overlay=None, area_fraction=None, components=[], label=None, probabilities={},
             uncertainty=None, out_of_scope=False, features={}, recommendation="",
             notice=self.config.advice.notice, gradcam=None, timings_ms={}, tta=False,
             class_names=dict(self.config.class_names), learnt_from=dict(self.learnt_from),
             mask_classes=seg.classes if seg is not None else [],
             mask_names=region_names(seg.classes, cfg.structure) if seg is not None else [],
+            input_notes=list(record.notes), original_size=record.original_size,
         )  # fmt: skip

@@ -5,8 +5,12 @@ Plain mode (``model`` = run folder or bundle) writes per image into ``out``:
 - segmentation: ``<stem>_mask.png`` (0/255 for binary, class labels for multi-class, one
   ``<stem>_mask_<class>.png`` per label for multi-label), ``<stem>_overlay.png`` (several structures: with
   their colour key drawn in, :func:`medlens.pipelines.overlay.draw_overlay`) and ``<stem>.json`` (image
-  size, area fraction, bounding box, connected components, model name, post-processing, TTA uncertainty);
-- classification: ``<stem>.json`` (label, probabilities, uncertainty with TTA).
+  size, input notes, area fraction, bounding box, connected components (each structure's own for a
+  multi-class mask, with area and components per class), model name, post-processing, TTA uncertainty);
+- classification: ``<stem>.json`` (label, probabilities, uncertainty with TTA, input notes).
+
+Input notes say what reading did to an image (a transparent one laid on white, `medlens.data.io.read_image`);
+they are also logged as warnings and joined in the ``input_notes`` column of ``summary.csv``.
 
 Pipeline mode (``model`` = a pipeline name under ``models_dir``, a pipeline YAML, or ``auto``: each image the
 pipeline of its modality, `medlens.pipelines.batch_analysis`) writes ``<stem>.json`` (``Analysis.to_dict()``),
@@ -36,6 +40,7 @@ from PIL import Image
 from medlens.errors import BundleError, ImageReadError, MedlensError
 from medlens.inference.bundle import read_spec, source_kind
 from medlens.jsonable import write_json
+from medlens.pipelines.analysis import FINDINGS_SEPARATOR
 from medlens.spec import Mode, Task
 
 logger = logging.getLogger(__name__)
@@ -108,7 +113,10 @@ def _batches(inputs: list[tuple[Path, str]], batch_size: int, rows: dict[int, di
     batch: list[tuple[int, Path, str, Any]] = []
     for n, (path, stem) in enumerate(inputs, 1):
         try:
-            batch.append((n, path, stem, _read(path)))
+            record = _read(path)
+            batch.append((n, path, stem, record))
+            for note in record.notes:  # said in its JSON and summary row too
+                logger.warning("%s: %s", path, note)
         except ImageReadError as exc:
             logger.warning("skipping %s: %s", path, exc.reason)
             rows[n] = {"id": stem, "source": str(path), "status": "error", "error": exc.reason}
@@ -120,32 +128,35 @@ def _batches(inputs: list[tuple[Path, str]], batch_size: int, rows: dict[int, di
 
 # ---------------------------------------------------------------------------------- plain: segmentation
 def _mask_payload(mask: np.ndarray, classes: Sequence[str], mode: str) -> dict[str, Any]:
-    """Area fraction, bounding box and components of a ``(H, W)`` mask (+ per class for label masks)."""
-    from medlens.inference.postprocess import area_fraction, bounding_box, connected_components
+    """Area fraction, bounding box and components of a mask (+ per class for label and multi-label masks;
+    the components of a label mask are each structure's, `structure_components`)."""
+    from medlens.inference.postprocess import (
+        area_fraction,
+        bounding_box,
+        connected_components,
+        label_planes,
+        structure_components,
+    )
 
     fg = mask.max(axis=-1) if mask.ndim == 3 else mask
+    labels = mode == Mode.MULTICLASS and mask.ndim == 2
     payload: dict[str, Any] = {
         "area_fraction": area_fraction(fg),
         "bbox": bounding_box(fg),
-        "components": connected_components(fg),
+        "components": structure_components(mask, classes) if labels else connected_components(fg),
     }
     payload["n_components"] = len(payload["components"])
     if mode != Mode.BINARY:
-        planes = (
-            {k: mask[..., k] for k in range(mask.shape[-1])}
-            if mask.ndim == 3
-            else {k: mask == k for k in range(1, len(classes))}
-        )
-        names = {k: classes[k] if k < len(classes) else str(k) for k in planes}
-        if mask.ndim == 3 and len(classes) != mask.shape[-1]:
-            names = {k: str(k) for k in planes}
+        named = len(classes) == mask.shape[-1]
+        planes = label_planes(mask, classes) if mask.ndim == 2 else {
+            classes[k] if named else str(k): mask[..., k] for k in range(mask.shape[-1])}  # fmt: skip
         payload["per_class"] = {
-            names[k]: {
+            name: {
                 "area_fraction": area_fraction(p),
                 "bbox": bounding_box(p),
                 "n_components": len(connected_components(p)),
             }
-            for k, p in planes.items()
+            for name, p in planes.items()
         }
     return payload
 
@@ -163,13 +174,13 @@ def _postprocess(mask: np.ndarray, options: dict[str, Any]) -> np.ndarray:
     return apply_postprocess(mask, **kw)
 
 
-def _write_segmentation(predictor, stem: str, image: np.ndarray, prob, unc, out: Path, options) -> dict:
+def _write_segmentation(predictor, stem: str, record, prob, unc, out: Path, options) -> dict:
     from medlens.drawing import overlay_mask
     from medlens.inference.decisions import probs_to_mask
     from medlens.pipelines.overlay import draw_overlay
 
     mask = _postprocess(probs_to_mask(prob, predictor.spec.mode, predictor.spec.threshold), options)
-    mode, classes = predictor.mode, predictor.classes
+    mode, classes, image = predictor.mode, predictor.classes, record.array
     files = {}
     if mask.ndim == 3:
         for k in range(mask.shape[-1]):
@@ -187,6 +198,7 @@ def _write_segmentation(predictor, stem: str, image: np.ndarray, prob, unc, out:
         "mode": mode,
         "classes": classes,
         "image_size": list(image.shape[:2]),
+        "input_notes": record.notes,
         "threshold": predictor.spec.threshold,
         **_mask_payload(mask, classes, mode),
         "postprocess": options,
@@ -198,32 +210,33 @@ def _write_segmentation(predictor, stem: str, image: np.ndarray, prob, unc, out:
         "area_fraction": payload["area_fraction"],
         "n_components": payload["n_components"],
         "uncertainty": unc,
+        "input_notes": FINDINGS_SEPARATOR.join(record.notes),
         **files,
         "json": f"{stem}.json",
     }
 
 
 def _predict_segmentation(predictor, batch, out: Path, options: dict) -> list[dict]:
-    images = [image for _, _, image in batch]
+    images = [record.array for _, _, record in batch]
     if predictor.tta:
         results = [(p, u) for p, _, u in predictor.predict_batch_with_uncertainty(images)]
     else:
         results = [(p, None) for p in predictor.predict_proba(images)]
     return [
-        _write_segmentation(predictor, stem, image, prob, unc, out, options)
-        for (_, stem, image), (prob, unc) in zip(batch, results, strict=True)
+        _write_segmentation(predictor, stem, record, prob, unc, out, options)
+        for (_, stem, record), (prob, unc) in zip(batch, results, strict=True)
     ]
 
 
 # ---------------------------------------------------------------------------------- plain: classification
 def _predict_classification(predictor, batch, out: Path, options: dict) -> list[dict]:
-    images = [image for _, _, image in batch]  # a guided classifier guides them
+    images = [record.array for _, _, record in batch]  # a guided classifier guides them
     if predictor.tta:
         probs, uncertainty = predictor.predict_with_uncertainty(images)
     else:
         probs, uncertainty = predictor.predict_proba(images), [None] * len(images)
     rows = []
-    for (_, stem, image), p, label, unc in zip(
+    for (_, stem, record), p, label, unc in zip(
         batch, probs, predictor.decide(probs), uncertainty, strict=True
     ):
         probabilities = {c: float(v) for c, v in zip(predictor.classes, p, strict=True)}
@@ -234,7 +247,8 @@ def _predict_classification(predictor, batch, out: Path, options: dict) -> list[
             "label": label,
             "probabilities": probabilities,
             "uncertainty": unc,
-            "image_size": list(image.shape[:2]),
+            "image_size": list(record.array.shape[:2]),
+            "input_notes": record.notes,
             "decision": predictor.spec.decision.to_dict() if predictor.spec.decision else None,
             "temperature": predictor.temperature,
         }
@@ -244,6 +258,7 @@ def _predict_classification(predictor, batch, out: Path, options: dict) -> list[
                 "label": label,
                 "confidence": max(probabilities.values()),
                 "uncertainty": unc,
+                "input_notes": FINDINGS_SEPARATOR.join(record.notes),
                 **{f"prob_{c}": v for c, v in probabilities.items()},
                 "json": f"{stem}.json",
             }
@@ -262,7 +277,7 @@ def _run_plain(
     handler = _predict_segmentation if predictor.task == Task.SEGMENTATION else _predict_classification
     rows: dict[int, dict] = {}  # by input position, so that the summary keeps the input order
     for batch in _batches(inputs, batch_size, rows, "predicted"):
-        results = handler(predictor, [(p, s, record.array) for _, p, s, record in batch], out, options)
+        results = handler(predictor, [(p, s, record) for _, p, s, record in batch], out, options)
         for (pos, p, s, _), result in zip(batch, results, strict=True):
             rows[pos] = {"id": s, "source": str(p), "status": "ok", "error": "", **result}
     return [rows[k] for k in sorted(rows)]

@@ -28,6 +28,7 @@ from skimage.measure import label as label_components
 from skimage.measure import regionprops
 
 from medlens.errors import UnknownNameError
+from medlens.inference.postprocess import structure_areas
 
 logger = logging.getLogger(__name__)
 
@@ -352,13 +353,8 @@ def class_areas(
 ) -> dict[str, Any]:
     """Area fraction of every non-zero label of a multi-class mask, keyed by class name (or the label value).
 
-    With ``classes`` every named foreground class is reported (0.0 when absent); without, the labels present.
+    With ``classes`` every named foreground class is reported (0.0 when absent); without, the labels present
+    (`medlens.inference.postprocess.structure_areas`).
     """
-    total = mask.shape[0] * mask.shape[1]
-    counts = np.bincount(np.asarray(mask, dtype=np.int64).ravel())
-    labels = range(1, len(classes)) if classes else [k for k in range(1, len(counts)) if counts[k]]
-    areas = {}
-    for k in labels:
-        name = classes[k] if classes and k < len(classes) else str(k)
-        areas[name] = _round((counts[k] if k < len(counts) else 0) / total, 6)
-    return {"class_area_fractions": areas}
+    areas = structure_areas(mask, classes or ())
+    return {"class_area_fractions": {name: _round(area, 6) for name, area in areas.items()}}

@@ -5,8 +5,9 @@ carry (the cardiothoracic ratio's two widths) as lines, and a colour key naming 
 history thumbnails) and the UI's re-blend at another opacity both come from it. Colours are taken from one
 palette (:data:`medlens.drawing.PALETTE`) in one order, the mask's labels first and the measurement lines
 after them, so that no two things in an overlay share a colour. An overlay with more than one thing to tell
-apart carries its key, drawn into a corner (:func:`medlens.drawing.draw_key`); the key's entries are also
-returned, for the JSON. Numpy and PIL only: the web app redraws on every opacity change.
+apart carries its key in a strip under the image, where it covers none of it (the overlay is then taller
+than the image, :func:`medlens.drawing.draw_key`); the key's entries are also returned, for the JSON. Numpy
+and PIL only: the web app redraws on every opacity change.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def draw_overlay(
         features: the analysis's features; those in `MEASUREMENT_LINES` are drawn as lines.
         alpha: fill opacity of the structures (their outlines and the lines are opaque).
     Returns:
-        ``((H, W, 3) uint8 overlay, the colour key's entries)``.
+        ``((H, W, 3) uint8 overlay, the colour key's entries)``; with a key drawn, the overlay has the key's
+        strip under the image: ``(H + strip, W, 3)``, its first ``H`` rows the overlay proper.
     """
     entries = colour_key(mask, classes, features)
     out = overlay_mask(image, mask, alpha=float(np.clip(alpha, 0.0, 1.0)))
@@ -110,5 +112,5 @@ def draw_overlay(
             if line in drawn:
                 _draw_line(out, *drawn[line], next(lines).rgb)
     if len(entries) > 1:
-        out = draw_key(out, [(e.name, e.rgb) for e in entries], avoid=mask)
+        out = draw_key(out, [(e.name, e.rgb) for e in entries])
     return out, entries

@@ -186,7 +186,7 @@ class Pipeline:
     # -- analysis -------------------------------------------------------------------------------------------
     def analyze(
         self, image: np.ndarray | ImageRecord, clahe: bool = False, gradcam: bool = True,
-        tta: bool | None = DEFAULT_TTA, *, modality: ModalityVerdict | None = None,
+        tta: bool | None = DEFAULT_TTA, *, modality: ModalityVerdict | None = None, scope: bool = True,
     ) -> Analysis:  # fmt: skip
         """Analyse one image (the stage sequence of `medlens.pipelines.analyzer`, on a batch of one).
 
@@ -197,18 +197,23 @@ class Pipeline:
             tta: flip test-time augmentation, which also yields the uncertainty; None (`DEFAULT_TTA`): each
                 model as chosen on its validation split (:meth:`ModelSpec.runs_tta`).
             modality: the modality classifier's verdict on the image when it already ran (``pipeline=auto``).
+            scope: False runs every stage whatever the out-of-scope checks, the modality check's included,
+                say (they still run, and their verdict is recorded): for timing every stage (benchmarks).
         """
-        return self.analyzer.run([image], clahe, gradcam, tta, None if modality is None else [modality])[0]
+        seen = None if modality is None else [modality]
+        return self.analyzer.run([image], clahe, gradcam, tta, seen, scope=scope)[0]
 
     def analyze_batch(
         self, images: Sequence[np.ndarray | ImageRecord], clahe: bool = False, gradcam: bool = True,
-        tta: bool | None = DEFAULT_TTA, modality: Sequence[ModalityVerdict] | None = None,
+        tta: bool | None = DEFAULT_TTA, modality: Sequence[ModalityVerdict] | None = None, *,
+        scope: bool = True,
     ) -> list[Analysis]:  # fmt: skip
         """:meth:`analyze` of several images with one batched model call per model (TTA views included;
         chunked by each predictor's ``batch_size``); each result's model stage timings are its share of the
-        batch's. Images out of scope for the pipeline's modality skip the models. ``modality``: the images'
-        modality verdicts when the classifier already ran on them (``pipeline=auto``)."""
-        return self.analyzer.run(images, clahe, gradcam, tta, modality)
+        batch's. Images out of scope for the pipeline's modality skip the models (unless ``scope=False``, as
+        in :meth:`analyze`). ``modality``: the images' modality verdicts when the classifier already ran on
+        them (``pipeline=auto``)."""
+        return self.analyzer.run(images, clahe, gradcam, tta, modality, scope=scope)
 
     def model_tta(self, model: Any, tta: bool | None) -> bool:
         """Whether ``model`` (segmenter or classifier, None = absent) runs flip TTA when ``tta`` is asked."""

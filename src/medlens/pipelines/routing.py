@@ -53,21 +53,23 @@ class ModalityRouter:
 
     def classify(self, images: Sequence[np.ndarray | ImageRecord]) -> list[ModalityVerdict]:
         """The modality verdict of each image (see `as_image`; one batched call per chunk)."""
-        return self.classifier.classify([as_image(image)[0] for image in images])
+        return self.classifier.classify([as_image(image).array for image in images])
 
     def pipeline_for(self, seen: ModalityVerdict) -> str | None:
         """The pipeline that takes an image of class ``seen.label``, None when none does."""
         return self.routes.get(seen.label)
 
-    def refusal(self, image: np.ndarray, seen: ModalityVerdict, ms: float = 0.0) -> Analysis:
+    def refusal(self, image: np.ndarray | ImageRecord, seen: ModalityVerdict, ms: float = 0.0) -> Analysis:
         """The out-of-scope result of an image no pipeline takes (``ms``: the classifier's time on it)."""
-        reason = modality_reason(seen, self.routes)
+        reason, record = modality_reason(seen, self.routes), as_image(image)
         return Analysis(
-            id=None, pipeline=AUTO, image_size=(int(image.shape[0]), int(image.shape[1])), mask=None,
+            id=None, pipeline=AUTO, image_size=record.array.shape[:2], mask=None,
             overlay=None, area_fraction=None, components=[], label=None, probabilities={}, uncertainty=None,
             out_of_scope=True, features={}, recommendation=out_of_scope_text(reason, None),
             notice=DEFAULT_NOTICE, gradcam=None, timings_ms={"modality": round(ms, 2), "total": round(ms, 2)},
-            scope_reason=reason, modality=seen.describe(self.routes), findings=[scope_finding(reason)],
+            scope_reason=reason, scope_reasons=[reason], modality=seen.describe(self.routes),
+            findings=[scope_finding(reason)],
+            input_notes=list(record.notes), original_size=record.original_size,
         )  # fmt: skip
 
     def analyze_batch(
@@ -80,9 +82,9 @@ class ModalityRouter:
     ) -> list[Analysis]:
         """Classify the images' modality in one batch, then analyse each group with its pipeline's
         ``analyze_batch`` (``pipelines``: by name) and refuse the rest; results in the input order."""
-        originals = [as_image(image)[0] for image in images]
+        records = [as_image(image) for image in images]
         t0 = time.perf_counter()
-        seen = self.classifier.classify(originals)
+        seen = self.classifier.classify([record.array for record in records])
         share = (time.perf_counter() - t0) * 1e3 / max(1, len(images))
         names = [self.pipeline_for(s) for s in seen]
         out: list[Analysis | None] = [None] * len(images)
@@ -94,4 +96,4 @@ class ModalityRouter:
                 result.timings_ms["modality"] = round(result.timings_ms.get("modality", 0.0) + share, 2)
                 result.timings_ms["total"] = round(result.timings_ms.get("total", 0.0) + share, 2)
                 out[i] = result
-        return [r if r is not None else self.refusal(originals[i], seen[i], share) for i, r in enumerate(out)]
+        return [r if r is not None else self.refusal(records[i], seen[i], share) for i, r in enumerate(out)]

@@ -8,12 +8,13 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medlens.data.io import ImageRecord
+from medlens.data.io import ImageRecord, flatten_alpha
 from medlens.errors import BundleError, ConfigError, MedlensError
 from medlens.inference.bundle import is_bundle, list_bundles
 from medlens.spec import GuideMode
@@ -51,23 +52,26 @@ class StageTimer:
         return out
 
 
-def as_image(image: np.ndarray | ImageRecord) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """``(HWC uint8 array with C in {1, 3}, spacing_mm or None)`` from an array or an `ImageRecord`.
+def as_image(image: np.ndarray | ImageRecord) -> ImageRecord:
+    """``image`` as an `ImageRecord` whose ``array`` is ``(H, W, C)`` uint8 with C in {1, 3} (an array's has
+    no pixel spacing).
 
-    ``(H, W)`` arrays gain a channel axis and RGBA loses its alpha; anything else raises `MedlensError`.
+    ``(H, W)`` arrays gain a channel axis and RGBA is flattened on white (`flatten_alpha`, which adds its note
+    to the record's ``notes``); anything else raises `MedlensError`. A record given is not changed.
     """
-    if isinstance(image, ImageRecord):
-        arr, spacing = image.array, image.spacing_mm
-    else:
-        arr, spacing = image, None
-    arr = np.asarray(arr)
+    record = image if isinstance(image, ImageRecord) else ImageRecord(image, None, "array")
+    arr = np.asarray(record.array)
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or 0 in arr.shape:
         raise MedlensError(
             f"expected an (H, W, C) uint8 image with C in 1, 3, 4; got {arr.dtype} {arr.shape}"
         )
-    return np.ascontiguousarray(arr[..., :3]), spacing
+    notes = list(record.notes)
+    if arr.shape[2] == 4:
+        arr, note = flatten_alpha(arr)
+        notes += [note] if note else []
+    return replace(record, array=np.ascontiguousarray(arr), notes=notes)
 
 
 def enhance_contrast(image: np.ndarray, clip_limit: float = 0.01) -> np.ndarray:
