@@ -282,7 +282,7 @@ def run_medlens(args: argparse.Namespace, root: Path, work: Path, device: Any, a
         data.get_batch(data.train, idx, augment=True)
         sync(device)
         prep.append(time.perf_counter() - t0)
-    x, y = data.get_batch(data.train, next(batches), augment=True)
+    x, y, _ = data.get_batch(data.train, next(batches), augment=True)
     flops = step_flops(learner.model, x, y, learner.loss_fn, learner.autocast)
     out = {
         **timing,

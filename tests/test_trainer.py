@@ -466,6 +466,9 @@ def test_time_budget_shortens_the_schedule() -> None:
     t.history[-1]["time_s"] = 400.0
     t.fit_schedule_to_budget()
     assert t.planned_epochs == 20 and t.stop_reason is None
+    # ... and so is a slow second epoch before three are in (488 and 1095 s once cut a run of 24 to 8)
+    assert TimeBudget.epoch_seconds([488.0, 1095.0]) == 488.0
+    assert TimeBudget.epoch_seconds([488.0, 1095.0, 284.0, 290.0]) == 290.0
 
 
 def test_validator_keeps_the_best_epoch_and_counts_for_early_stopping() -> None:
