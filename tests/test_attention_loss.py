@@ -25,6 +25,11 @@ def test_the_share_outside_is_measured_on_the_class_activation_map() -> None:
     assert shares == [0.0, 1.0, 0.5]
     # the batch's figure is the mean of its images'
     assert outside_evidence(feats, weight, target, left_half(3)).item() == sum(shares) / 3
+    # an image whose guide found nothing has no inside: left out, not counted as all outside
+    region = left_half(3)
+    region[2] = 0.0
+    assert outside_evidence(feats, weight, target, region).item() == sum(shares[:2]) / 2
+    assert outside_evidence(feats, weight, target, torch.zeros(3, 1, 8, 8)).item() == 0.0
 
 
 def test_a_shift_common_to_every_class_does_not_hide_the_evidence() -> None:
@@ -101,3 +106,27 @@ def train_tiny(penalty: float) -> float:
 def test_the_attention_loss_moves_the_evidence_into_the_region() -> None:
     free, guided = train_tiny(0.0), train_tiny(0.3)
     assert free > 0.35 and guided < 0.5 * free, (guided, free)
+
+
+def test_regions_move_with_the_augmented_image() -> None:
+    """The region rides the same geometric draw as the image and its guide mask channel (flip, rotation,
+    scale), without photometric change: after augmentation it still equals the mask channel."""
+    from medlens.data.augment import AugmentConfig, GpuAugmenter
+    from medlens.spec import Task
+    from medlens.training.datamodule import DataModule
+
+    cfg = AugmentConfig(hflip=0.5, vflip=0.5, rotate_deg=30.0, scale=(0.8, 1.2), brightness=0.3)
+    data = object.__new__(DataModule)  # only the augmentation's parts
+    data.is_seg, data.mask_channels = False, 1
+    data.augmenter = GpuAugmenter(cfg, Task.CLASSIFICATION)
+    data.mask_augmenter = GpuAugmenter(cfg, Task.SEGMENTATION)
+    torch.manual_seed(0)
+    mask = torch.zeros(8, 1, 48, 48)
+    for i in range(8):  # a different off-centre blob per image
+        mask[i, :, 4 + i : 20 + 2 * i, 6 + 3 * i : 18 + 3 * i] = 1.0
+    image = torch.rand(8, 3, 48, 48)
+    labels = torch.zeros(8, dtype=torch.int64)
+    x, _, region = data.augment(torch.cat([image, mask], dim=1), labels, mask.clone())
+    assert region is not None and region.shape == (8, 1, 48, 48)
+    assert not torch.equal(region, mask)  # it moved ...
+    assert torch.equal(region, x[:, -1:])  # ... with the mask channel

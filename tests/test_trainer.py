@@ -268,8 +268,11 @@ def test_attention_loss_run(seg_run: Path, synthetic_cls: Path, tmp_path: Path) 
     bundle = make_bundle(seg_run, tmp_path / "seg-bundle")
     run = train(cls_config(synthetic_cls, tmp_path / "runs", "epochs=2", "data.input_size=[64,64]",
                            f"guide_bundle={bundle}", "cam_penalty=0.3", "augment.rotate_deg=30"))  # fmt: skip
-    shares = [float(row["train_cam_outside"]) for row in read_rows(run)]
+    rows = read_rows(run)
+    shares = [float(row["train_cam_outside"]) for row in rows]
     assert len(shares) == 2 and all(0.0 <= s <= 1.0 for s in shares)
+    for row, share in zip(rows, shares, strict=True):  # the loss is cross-entropy plus the weighted share
+        assert float(row["train_loss"]) == pytest.approx(float(row["train_ce"]) + 0.3 * share)
     assert yaml.safe_load((run / "config.yaml").read_text())["cam_penalty"] == 0.3
     with pytest.raises(ConfigError, match="guide_bundle"):
         load_config(None, ["data.task=classification", "cam_penalty=0.3"])

@@ -219,8 +219,10 @@ def _guided_cache(
         masks = [seg.predict(image) for image in images]
         arrays = guide_inputs(images, None, cfg.guide_mode, size, masks=masks, margin=cfg.guide_margin)
         chunks.append(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous())
-        if regions:
-            guided = guide_inputs(images, None, with_mask, size, masks=masks, margin=cfg.guide_margin)
+        if regions:  # the mask channel of the mode, or of the same crop with one
+            guided = arrays if cfg.guide_mode.extra_channels else guide_inputs(
+                images, None, with_mask, size, masks=masks, margin=cfg.guide_margin
+            )  # fmt: skip
             region_chunks.append(torch.from_numpy(np.stack([g[None, ..., -1] > 0 for g in guided])).byte())
     targets = torch.tensor([run.index.class_index(item) for item in items], dtype=torch.int64)
     logger.info("guided inputs (%s) from %s for %d images", cfg.guide_mode, cfg.guide_bundle, len(items))

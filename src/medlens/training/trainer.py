@@ -166,7 +166,7 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, float]:
         """One epoch of ``steps_per_epoch`` optimizer steps; returns ``train_loss`` (and ``train_dice``, and
-        ``train_cam_outside`` with the attention loss)."""
+        ``train_cam_outside`` and ``train_ce`` with the attention loss)."""
         self.learner.model.train()
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
         bar = tqdm(self.data.sampler.epoch(self.epoch), desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
@@ -189,8 +189,9 @@ class Trainer:
         stats = {"train_loss": loss_sum / max(count, 1)}
         if self.data.is_seg:
             stats["train_dice"] = dice_sum / max(count, 1)
-        if self.cfg.cam_penalty > 0:
+        if self.cfg.cam_penalty > 0:  # train_loss holds the attention loss; train_ce compares with val_loss
             stats["train_cam_outside"] = outside_sum / max(count, 1)
+            stats["train_ce"] = stats["train_loss"] - self.cfg.cam_penalty * stats["train_cam_outside"]
         return stats
 
     def train_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
