@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medlens.drawing import PALETTE, draw_key, key_layout
+from medlens.drawing import PALETTE, draw_key, key_layout, mask_labels, mask_values, viewable_mask
 from medlens.pipelines.overlay import colour_key, draw_overlay
 
 CHEST = ["background", "left_lung", "right_lung", "heart"]
@@ -84,3 +84,18 @@ def test_on_a_small_film_the_key_covers_no_structure():
     assert len(key) == 3 and overlay.shape[0] > 128 and overlay.shape[1] == 128
     for entry, label in zip(key, (1, 2, 3), strict=True):
         assert (overlay[:128][mask == label] == entry.rgb).all()
+
+
+def test_a_stored_mask_reads_back_as_the_labels_it_was_written_from():
+    """`viewable_mask` and `mask_labels` are one definition: the UI's redraw reads the stored PNG back."""
+    binary, chest = np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8)
+    binary[2:5, 2:5], chest[:, :3], chest[:, 5:], chest[6:, 3:5] = 1, 1, 2, 3
+    stored = viewable_mask(binary, ["background", "lesion"])
+    assert set(np.unique(stored)) == {0, 255} and (mask_labels(stored) == binary).all()
+    assert (viewable_mask(binary, []) == stored).all()  # a bundle that named no classes: binary too
+    one_lung = viewable_mask(np.where(chest == 1, 1, 0).astype(np.uint8), CHEST)  # labels, not 0/255
+    assert one_lung.max() == 1 and (mask_labels(viewable_mask(chest, CHEST)) == chest).all()
+    assert mask_values(["background", "skin lesion"]) == {0: "background", 255: "skin lesion"}
+    assert mask_values([]) == {0: "background", 255: "segmented region"}
+    assert mask_values(["background", "left lung", "right lung"]) == {
+        0: "background", 1: "left lung", 2: "right lung"}  # fmt: skip

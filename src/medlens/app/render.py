@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from medlens.drawing import as_rgb
+from medlens.drawing import as_rgb, mask_labels
 from medlens.pipelines.advice import DEFAULT_NOTICE, NOTICE_PREFIX
 from medlens.pipelines.analysis import mask_legend, uncertainty_note
 from medlens.pipelines.describe import describe_features
@@ -60,7 +60,8 @@ def blend(
 
     Args:
         image: (H, W[, C]) uint8.
-        mask: (H, W) uint8 as stored, 0 = background; binary 0/255 (or 0/1), label maps 1..K.
+        mask: (H, W) uint8 as stored (:func:`medlens.drawing.viewable_mask`; read back by
+            :func:`medlens.drawing.mask_labels`), 0 = background.
         opacity: 0 (image only) .. 1 (solid colour) inside the mask; the outline is always drawn.
         classes: the names of the segmenter's classes (the record's ``mask_names``, or for older records its
             ``mask_classes``; unknown: "label k" in the key).
@@ -75,8 +76,7 @@ def blend(
         mask = mask[..., 0]
     if mask.shape != rgb.shape[:2]:
         mask = np.asarray(Image.fromarray(mask).resize(rgb.shape[1::-1], Image.Resampling.NEAREST))
-    labels = np.where(mask == 255, 1, mask).astype(np.uint8)
-    return draw_overlay(rgb, labels, list(classes), features, alpha=float(opacity))[0]
+    return draw_overlay(rgb, mask_labels(mask), list(classes), features, alpha=float(opacity))[0]
 
 
 def mask_label(result: Mapping[str, Any]) -> str:

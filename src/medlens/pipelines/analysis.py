@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from medlens.drawing import png_bytes, viewable_mask
+from medlens.drawing import mask_values, png_bytes, viewable_mask
 from medlens.jsonable import to_jsonable
 from medlens.pipelines.advice import Finding
 from medlens.pipelines.groups import group_fields
@@ -105,23 +105,15 @@ class Analysis:
         return self.probabilities.get(self.label) if self.label is not None else None
 
     @property
-    def binary_mask(self) -> bool:
-        """Whether the segmenter has one structure (background and one class): its mask PNG is 0/255."""
-        return len(self.mask_classes) <= 2
-
-    @property
     def mask_values(self) -> dict[int, str]:
-        """What each value of the mask PNG (`mask_image`) shows, by name (`mask_names`): ``{0: "background",
-        255: "skin lesion"}`` from a binary segmenter, ``{0: "background", 1: "left lung", ...}`` (label k:
-        class k) from a multi-class one; {} without a mask."""
-        if self.mask is None:
-            return {}
-        names = self.mask_names or self.mask_classes or ["background", "segmented region"]
-        return {0: names[0], 255: names[-1]} if self.binary_mask else dict(enumerate(names))
+        """What each value of the mask PNG (`mask_image`) shows, by name (`mask_names`):
+        `medlens.drawing.mask_values` (0/255 from a binary segmenter, labels from a multi-class one); {}
+        without a mask."""
+        return {} if self.mask is None else mask_values(self.mask_names or self.mask_classes)
 
     def mask_image(self) -> np.ndarray | None:
         """The mask as stored and downloaded, ``(H, W)`` uint8 valued as `mask_values` says (None without)."""
-        return None if self.mask is None else viewable_mask(self.mask, self.binary_mask)
+        return None if self.mask is None else viewable_mask(self.mask, self.mask_classes)
 
     @property
     def label_name(self) -> str | None:
