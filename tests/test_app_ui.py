@@ -136,8 +136,9 @@ def test_ui_handlers_analyse_reblend_history_compare_delete(handlers, tmp_path):
     upload = tmp_path / "upload.bin"
     upload.write_bytes(png_bytes(rgb_image(40)))
     out = handlers.analyze(str(upload), "skin", False, True, 0.5)
-    original, overlay, probs, box, gradcam, features, advice, uncertainty, mask_file, analysis_id = out
+    original, overlay, key, probs, box, gradcam, features, advice, uncertainty, mask_file, analysis_id = out
     assert original.endswith(".png") and overlay.shape == (40, 40, 3) and box["visible"] is True
+    assert 'class="medlens-key"' in key and ">region</span>" in key  # the key beside the picture
     assert set(probs) == {"benign", "Malignant lesion (malignant)"}  # full names from class_names
     assert gradcam is not None and "mean intensity" in set(features["Feature"])
     assert list(features.columns) == ["Feature", "Value", "Unit", "What it means"]
@@ -151,7 +152,7 @@ def test_ui_handlers_analyse_reblend_history_compare_delete(handlers, tmp_path):
     assert "UTC" in items[0][1] and "skin" in items[0][1]
     assert handlers.history("all", "no-such-label")[1] == []
     panel = handlers.panel(analysis_id)
-    assert panel[2] == probs and "skin" in panel[4]
+    assert panel[2] == key and panel[3] == probs and "skin" in panel[5]
     assert Path(mask_file).exists()
     assert handlers.delete(analysis_id)[0] is None
     assert handlers.service.get(analysis_id) is None and handlers.panel(analysis_id)[0] is None
@@ -194,12 +195,12 @@ def test_compare_refuses_analyses_of_two_pipelines_naming_both(handlers, tmp_pat
     upload = tmp_path / "lesion.png"
     upload.write_bytes(png_bytes(rgb_image(40)))
     first, second = (handlers.analyze(str(upload), "skin", False, True, 0.5)[-1] for _ in range(2))
-    *a, b_original, _, _, _, b_caption, note = handlers.compare(first, second)  # one pipeline: side by side
+    *a, b_original, _, _, _, _, b_caption, note = handlers.compare(first, second)  # one pipeline: both shown
     assert a[0] and b_original and "skin" in b_caption and note == ""
     film = _refused(handlers.service, "chest-xray")["id"]
     *panels, note = handlers.compare(first, film)
     assert "skin pipeline" in note and "chest-xray pipeline" in note and note.startswith("**Not compared:**")
-    assert panels[0] is None and panels[5] is None and panels[4] == panels[9] == ""  # neither side shown
+    assert panels[0] is None and panels[6] is None and panels[5] == panels[11] == ""  # neither side shown
     assert "no pipeline" in handlers.compare(film, _refused(handlers.service, "auto")["id"])[-1]
 
 
@@ -222,7 +223,7 @@ def test_a_failed_analysis_clears_the_previous_result_and_names_the_file(handler
     assert out.pop("features").empty and out.pop("uncertainty") == ""
     assert out.pop("probs_box") == {"__type__": "update"}  # the panel's visibility follows the pipeline
     assert out.pop("mask_file") == {"__type__": "update", "value": None, "label": render.MASK_LABEL}
-    assert out == dict.fromkeys(("original", "overlay", "probs", "gradcam", "id"))
+    assert out.pop("key") == "" and out == dict.fromkeys(("original", "overlay", "probs", "gradcam", "id"))
     assert handlers.service.store.count() == 1  # only the good one
 
     def fail(*_args, **_kwargs):

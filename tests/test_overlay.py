@@ -65,15 +65,21 @@ def test_multilabel_and_single_structure_overlays():
     assert (overlay[:40, :40] == 128).all() and (overlay[-40:, -40:] == 128).all()
 
 
-def test_the_ui_reblend_draws_the_lines_and_the_key():
+def test_the_ui_reblend_lines_up_with_the_original_and_shows_the_key_apart():
     pytest.importorskip("pandas")
     from medlens.app import render
 
     mask = np.zeros((256, 256), np.uint8)
     mask[60:200, 30:110], mask[60:200, 150:230], mask[140:190, 100:160] = 2, 1, 3
     shown = render.blend(_grey(), mask, 0.3, CHEST, LINES)
-    np.testing.assert_array_equal(shown, draw_overlay(_grey(), mask, CHEST, LINES, alpha=0.3)[0])
+    png, key = draw_overlay(_grey(), mask, CHEST, LINES, alpha=0.3)  # the API's PNG: a key strip under it
+    assert shown.shape == _grey().shape and png.shape[0] > 256  # the UI's is the image's size
+    np.testing.assert_array_equal(shown, png[:256])  # the same drawing, without the strip
     assert tuple(shown[150, 130]) == PALETTE[3]  # the heart width line
+    record = {"colour_key": [{"name": e.name, "colour": e.colour, "kind": e.kind} for e in key]}
+    html = render.key_html(record)
+    assert all(e.name in html and e.colour in html for e in key) and html.count('class="entry"') == 5
+    assert render.key_html({"colour_key": []}) == render.key_html(None) == ""
 
 
 def test_on_a_small_film_the_key_covers_no_structure():

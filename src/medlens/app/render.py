@@ -56,7 +56,9 @@ def blend(
     features: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """The pipeline's overlay redrawn at another opacity by the same function
-    (:func:`medlens.pipelines.overlay.draw_overlay`): structures, measurement lines and colour key.
+    (:func:`medlens.pipelines.overlay.draw_overlay`): structures and measurement lines, without the key strip
+    of the overlay PNG, so that the overlay lines up with the original and the Grad-CAM (the UI shows the key
+    beside it, :func:`key_html`).
 
     Args:
         image: (H, W[, C]) uint8.
@@ -67,7 +69,7 @@ def blend(
             ``mask_classes``; unknown: "label k" in the key).
         features: the record's features (the CTR lines are drawn from them).
     Returns:
-        (H, W, 3) uint8.
+        (H, W, 3) uint8, the image's size.
     """
     rgb = as_rgb(image)
     if mask is None:
@@ -76,7 +78,18 @@ def blend(
         mask = mask[..., 0]
     if mask.shape != rgb.shape[:2]:
         mask = np.asarray(Image.fromarray(mask).resize(rgb.shape[1::-1], Image.Resampling.NEAREST))
-    return draw_overlay(rgb, mask_labels(mask), list(classes), features, alpha=float(opacity))[0]
+    return draw_overlay(rgb, mask_labels(mask), list(classes), features, float(opacity), key=False)[0]
+
+
+def key_html(result: Mapping[str, Any] | None) -> str:
+    """The overlay's colour key (the record's ``colour_key``) as HTML, shown under the UI's overlay
+    (:func:`blend` draws none in the picture): a swatch and the name of each entry; "" without entries."""
+    entries = [
+        f'<span class="entry"><span class="swatch {html.escape(e.get("kind") or "")}" style="background: '
+        f'{html.escape(e["colour"])}"></span>{html.escape(e["name"])}</span>'
+        for e in (result or {}).get("colour_key") or []
+    ]
+    return f'<div class="medlens-key">{"".join(entries)}</div>' if entries else ""
 
 
 def mask_label(result: Mapping[str, Any]) -> str:
