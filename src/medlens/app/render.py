@@ -20,7 +20,7 @@ from PIL import Image
 
 from medlens.drawing import as_rgb, mask_labels
 from medlens.pipelines.advice import DEFAULT_NOTICE, NOTICE_PREFIX
-from medlens.pipelines.analysis import mask_legend, uncertainty_note
+from medlens.pipelines.analysis import mask_legend, stored_uncertainty_note
 from medlens.pipelines.describe import describe_features
 from medlens.pipelines.heatmap import colour_bar_stops
 from medlens.pipelines.names import display_name
@@ -346,8 +346,7 @@ def uncertainty_html(record: Mapping[str, Any] | None) -> str:
     if record is None:
         return ""
     result = record["result"]
-    value = result.get("uncertainty")
-    note = uncertainty_note(value)
+    value, note = result.get("uncertainty"), stored_uncertainty_note(result)
     if note is not None:
         return f'<div class="medlens-uncertainty"><b>Uncertainty:</b> {html.escape(note)}.</div>'
     level = next(name for limit, name in UNCERTAINTY_LEVELS if value < limit)

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medlens.pipelines.analysis import UNCERTAINTY_NOT_MEASURED
+from medlens.pipelines.analysis import UNCERTAINTY_NO_MODEL_RAN, UNCERTAINTY_NOT_MEASURED
 
 _OVERLAY = (
     "the mask drawn over the image with its measurement lines and, when it shows more than one thing, its "
@@ -25,7 +25,10 @@ _LEARNT_FROM = (
     "population is outside that experience"
 )
 _READING = "the reading: the first advice rule that holds, or why the image is out of scope"
-_NOT_MEASURED = f'why there is no uncertainty ("{UNCERTAINTY_NOT_MEASURED}"); None when there is one'
+_NOT_MEASURED = (
+    f'why there is no uncertainty ("{UNCERTAINTY_NOT_MEASURED}", or "{UNCERTAINTY_NO_MODEL_RAN}"); None when '
+    "there is one"
+)
 _INSIDE = (
     "share of the Grad-CAM inside the segmented region (chest films: the lungs and the heart), 0..1; None "
     "without a segmentation or a Grad-CAM"

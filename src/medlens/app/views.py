@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from medlens.pipelines.analysis import uncertainty_note
+from medlens.pipelines.analysis import stored_uncertainty_note
 from medlens.pipelines.describe import describe_features
 from medlens.pipelines.groups import group_fields
 from medlens.pipelines.names import display_name
@@ -87,7 +87,7 @@ def analysis_view(record: Mapping[str, Any], base: str = "/api/v1") -> dict[str,
         "findings": result.get("findings") or [],
         "notice": result.get("notice", ""),
         "uncertainty": result.get("uncertainty"),
-        "uncertainty_note": uncertainty_note(result.get("uncertainty")),
+        "uncertainty_note": stored_uncertainty_note(result),
         "out_of_scope": bool(result.get("out_of_scope", False)),
         "scope_reason": result.get("scope_reason"),
         "scope_reasons": scope_reasons(result),

@@ -19,6 +19,7 @@ FINDINGS_SEPARATOR = " | "  # between the findings of one image in a CSV cell
 UNCERTAINTY_NOT_MEASURED = (
     "not measured (the model behind the result was not run on flipped copies of the image)"
 )
+UNCERTAINTY_NO_MODEL_RAN = "not measured (the image was refused before any model of the pipeline ran on it)"
 
 
 def mask_legend(values: Mapping[Any, str]) -> str:
@@ -26,10 +27,21 @@ def mask_legend(values: Mapping[Any, str]) -> str:
     return ", ".join(f"{value} = {name}" for value, name in values.items())
 
 
-def uncertainty_note(uncertainty: float | None) -> str | None:
+def uncertainty_note(uncertainty: float | None, models_ran: bool = True) -> str | None:
     """What a result says in place of an uncertainty it lacks, in the one wording of the JSON, the UI and the
-    CSV (`UNCERTAINTY_NOT_MEASURED`); None when it has one."""
-    return UNCERTAINTY_NOT_MEASURED if uncertainty is None else None
+    CSV: `UNCERTAINTY_NOT_MEASURED` when the models ran without flips, `UNCERTAINTY_NO_MODEL_RAN` when the
+    modality or colour check refused the image first (`Analysis.models_ran`); None when it has one."""
+    if uncertainty is not None:
+        return None
+    return UNCERTAINTY_NOT_MEASURED if models_ran else UNCERTAINTY_NO_MODEL_RAN
+
+
+def stored_uncertainty_note(result: Mapping[str, Any]) -> str | None:
+    """`uncertainty_note` of a stored result (`Analysis.to_dict`): the note it carries; a result stored
+    before notes told the two cases apart gets the wording of models run without flips."""
+    if result.get("uncertainty") is not None:
+        return None
+    return result.get("uncertainty_note") or UNCERTAINTY_NOT_MEASURED
 
 
 @dataclass
@@ -105,6 +117,12 @@ class Analysis:
         return self.probabilities.get(self.label) if self.label is not None else None
 
     @property
+    def models_ran(self) -> bool:
+        """Whether the pipeline's models ran on the image (a mask or probabilities came out); they do not on
+        an image the modality or colour check refused."""
+        return self.mask is not None or bool(self.probabilities)
+
+    @property
     def mask_values(self) -> dict[int, str]:
         """What each value of the mask PNG (`mask_image`) shows, by name (`mask_names`):
         `medlens.drawing.mask_values` (0/255 from a binary segmenter, labels from a multi-class one); {}
@@ -129,7 +147,7 @@ class Analysis:
         out.update(
             probability=self.probability,
             label_name=self.label_name,
-            uncertainty_note=uncertainty_note(self.uncertainty),
+            uncertainty_note=uncertainty_note(self.uncertainty, self.models_ran),
             mask_values=self.mask_values,
             has_mask=self.mask is not None,
             has_overlay=self.overlay is not None,
@@ -155,7 +173,7 @@ class Analysis:
             "area_fraction": self.area_fraction,
             **{f"area_fraction_{name}": share for name, share in self.area_fractions.items()},
             "uncertainty": self.uncertainty,
-            "uncertainty_note": uncertainty_note(self.uncertainty),
+            "uncertainty_note": uncertainty_note(self.uncertainty, self.models_ran),
             "out_of_scope": self.out_of_scope,
             "scope_reasons": FINDINGS_SEPARATOR.join(self.scope_reasons),
             "tta": self.tta,
