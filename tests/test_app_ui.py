@@ -105,6 +105,12 @@ def test_the_segmented_area_is_given_per_structure():
         {"result": {"area_fraction": 0.042}}
     )
     assert "Segmented area" not in render.advice_markdown({"result": {"area_fraction": None}})
+    named = {"area_fraction": 0.3, "area_fractions": {"foreground": 0.2, "chest_xray": 0.1},
+             "mask_classes": ["background", "foreground", "chest_xray"],
+             "mask_names": ["background", "skin lesion", "chest X-ray"]}  # fmt: skip
+    assert "skin lesion 20.0%, chest X-ray 10.0%" in render.area_markdown(named)  # the pipeline's names
+    older = {k: v for k, v in named.items() if k != "mask_names"}  # a record without names: readable()
+    assert "foreground 20.0%, chest X-ray 10.0%" in render.area_markdown(older)
 
 
 def test_advice_says_what_was_done_to_the_image():

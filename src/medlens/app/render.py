@@ -23,7 +23,7 @@ from medlens.pipelines.advice import DEFAULT_NOTICE, NOTICE_PREFIX
 from medlens.pipelines.analysis import mask_legend, stored_uncertainty_note
 from medlens.pipelines.describe import describe_features
 from medlens.pipelines.heatmap import colour_bar_stops
-from medlens.pipelines.names import display_name
+from medlens.pipelines.names import display_name, region_name
 from medlens.pipelines.overlay import draw_overlay
 from medlens.pipelines.routing import AUTO
 
@@ -237,8 +237,10 @@ def learnt_from_markdown(result: Mapping[str, Any], label: str | None) -> str | 
 
 def area_markdown(result: Mapping[str, Any]) -> str | None:
     """The share of the image segmented: per structure for a multi-class mask (``area_fractions``: "left lung
-    12.0%, right lung 11.5%, heart 6.1%"), else in all; None without a segmentation."""
-    shares = [f"{name.replace('_', ' ')} {100 * share:.1f}%" for name, share in
+    12.0%, right lung 11.5%, heart 6.1%", named as the record's ``mask_names``), else in all; None without a
+    segmentation."""
+    classes, names = result.get("mask_classes") or [], result.get("mask_names") or []
+    shares = [f"{region_name(c, classes, names)} {100 * share:.1f}%" for c, share in
               (result.get("area_fractions") or {}).items()]  # fmt: skip
     if shares:
         return f"**Segmented area** (share of the image): {', '.join(shares)}"
