@@ -35,9 +35,6 @@ def test_blend_colours_inside_the_mask_only():
 
 
 def test_tables_and_advice():
-    frame = render.table({"area": 0.123456, "nested": {"a": 1, "b": [1, 2]}, "none": None})
-    assert list(frame["feature"]) == ["area", "nested.a", "nested.b", "none"]
-    assert list(frame["value"]) == ["0.1235", "1", "[1, 2]", ""]
     record = {"label": "mel", "result": {"out_of_scope": True, "scope_reason": "looks like a chest X-ray",
               "uncertainty": 0.2, "recommendation": "See a dermatologist.",
               "notice": "Research tool, not a diagnosis. Ask a doctor."}}  # fmt: skip

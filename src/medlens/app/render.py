@@ -6,7 +6,6 @@ Kept apart from ``ui.py`` so that they can be tested without building a page.
 from __future__ import annotations
 
 import html
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -96,32 +95,6 @@ def mask_label(result: Mapping[str, Any]) -> str:
     """The mask download's label: `MASK_LABEL` and what each of its values shows (when the record says)."""
     values = result.get("mask_values")
     return f"{MASK_LABEL}: {mask_legend(values)}" if values else MASK_LABEL
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list | dict):
-        return json.dumps(value, default=str)[:200]
-    return "" if value is None else str(value)
-
-
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> ``{"a.b": value}``; lists stay values."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
-def table(data: Mapping[str, Any] | None, key: str = "feature") -> pd.DataFrame:
-    """A two-column table (``key``, value) of a (nested) mapping, values formatted for reading."""
-    rows = [(k, _fmt(v)) for k, v in flatten(data or {}).items()]
-    return pd.DataFrame(rows, columns=[key, "value"])
 
 
 def short_date(iso: str) -> str:
