@@ -114,6 +114,19 @@ def test_records_stored_before_findings_still_view(tmp_path):
     assert view["classification"]["learnt_from"] == {} and view["segmentation"]["colour_key"] == []
 
 
+def test_a_refused_image_keeps_its_raw_probabilities_in_the_api_marked_as_no_reading():
+    from medlens.app.views import analysis_view
+
+    record = {"id": "x", "created": "2026-01-01T00:00:00+00:00", "pipeline": "skin", "files": {},
+              "source_format": "png", "label": None, "probabilities": {"nv": 0.55, "mel": 0.45},
+              "features": {"mean_intensity": 90.0}, "result": {"out_of_scope": True}}  # fmt: skip
+    view = analysis_view(record)
+    assert view["classification"]["reading"] is False and view["classification"]["label"] is None
+    assert view["classification"]["probabilities"] == {"nv": 0.55, "mel": 0.45}  # for integrators
+    read = analysis_view({**record, "label": "nv", "result": {"out_of_scope": False}})
+    assert read["classification"]["reading"] is True
+
+
 def test_a_missing_uncertainty_reads_the_same_in_the_api_and_the_ui():
     from medlens.app import render
     from medlens.app.views import analysis_view

@@ -194,6 +194,33 @@ def test_the_history_filters_the_refused_analyses(handlers, tmp_path):
     assert handlers.service.list(out_of_scope=False)[0][0]["id"] == kept  # the API's filter, the other way
 
 
+def test_a_refused_image_shows_no_class_probabilities_or_features(handlers):
+    """Refused by the confidence check: the model's probabilities and the features are in the record (the
+    API marks them as no reading) but the UI presents none of them, only the refusal."""
+    from medlens.app.ui_handlers import DETAIL
+
+    result = {"pipeline": "skin", "out_of_scope": True, "scope_reason": "the model is unsure",
+              "recommendation": "Out of scope: unsure.", "class_names": {"mel": "Melanoma"}}  # fmt: skip
+    kept = {
+        "features": {"mean_intensity": 90.0},
+        "pictures": {"image": rgb_image(24)},
+        "source_format": "png",
+    }
+    record = handlers.service.store.add(
+        pipeline="skin", label=None, probabilities={"nv": 0.55, "mel": 0.45}, result=result, **kept
+    )
+    shown = dict(zip(DETAIL, handlers.detail(record), strict=True))
+    assert shown["probs"] is None and shown["probs_box"]["visible"] is False and shown["features"].empty
+    assert "the model is unsure" in shown["advice"] and "Melanoma" not in shown["advice"]
+    _, _, _, probs, features, caption = handlers.panel(record["id"])  # the compare panel: the same
+    assert probs is None and features.empty and render.OUT_OF_SCOPE in caption
+    read = handlers.service.store.add(
+        pipeline="skin", label="mel", probabilities={"nv": 0.2, "mel": 0.8},
+        result={**result, "out_of_scope": False}, **kept,
+    )  # fmt: skip
+    assert render.probabilities(read) and not render.reading_features(read).empty
+
+
 def test_compare_refuses_analyses_of_two_pipelines_naming_both(handlers, tmp_path):
     upload = tmp_path / "lesion.png"
     upload.write_bytes(png_bytes(rgb_image(40)))

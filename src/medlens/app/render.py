@@ -102,12 +102,18 @@ def short_date(iso: str) -> str:
     return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def refused(record: Mapping[str, Any] | None) -> bool:
+    """Whether the record's image was refused (out of scope). The UI gives a refused image no reading: no
+    class, probabilities or features (:func:`probabilities`, :func:`reading_features`), only why it was
+    refused; the API keeps the raw ones for integrators, marked (`medlens.app.views.analysis_view`)."""
+    return bool(((record or {}).get("result") or {}).get("out_of_scope"))
+
+
 def label_name(record: Mapping[str, Any]) -> str:
     """The record's label as people read it ("Melanoma (mel)"), or why there is none."""
-    result = record.get("result") or {}
-    if result.get("out_of_scope"):
+    if refused(record):
         return OUT_OF_SCOPE
-    return display_name(record.get("label"), result.get("class_names")) or "no label"
+    return display_name(record.get("label"), (record.get("result") or {}).get("class_names")) or "no label"
 
 
 def caption(record: Mapping[str, Any]) -> str:
@@ -116,8 +122,9 @@ def caption(record: Mapping[str, Any]) -> str:
 
 
 def probabilities(record: Mapping[str, Any] | None) -> dict[str, float] | None:
-    """Class probabilities keyed by display name ("Melanoma (mel)"), or None without a classifier."""
-    if not record or not record.get("probabilities"):
+    """Class probabilities keyed by display name ("Melanoma (mel)"), or None without a classifier or for a
+    refused image (:func:`refused`)."""
+    if not record or not record.get("probabilities") or refused(record):
         return None
     names = (record.get("result") or {}).get("class_names")
     return {display_name(code, names): float(p) for code, p in record["probabilities"].items()}
@@ -127,6 +134,11 @@ def features_frame(features: Mapping[str, Any] | None) -> pd.DataFrame:
     """The features with names, units and explanations (``describe_features``) as a table."""
     rows = [[r["name"], r["value"], r["unit"], r["explanation"]] for r in describe_features(features or {})]
     return pd.DataFrame(rows, columns=FEATURE_COLUMNS)
+
+
+def reading_features(record: Mapping[str, Any]) -> pd.DataFrame:
+    """The record's features table (:func:`features_frame`); empty for a refused image (:func:`refused`)."""
+    return features_frame(None if refused(record) else record.get("features"))
 
 
 _VERDICTS = {

@@ -155,7 +155,7 @@ class UiHandlers:
             probs,
             gr.update(visible=probs is not None),
             self._str(path(record["id"], "gradcam")),
-            render.features_frame(record["features"]),
+            render.reading_features(record),
             render.advice_markdown(record, self._expected_groups(record["pipeline"])),
             render.uncertainty_html(record),
             gr.update(value=self._mask_download(record["id"]), label=render.mask_label(record["result"])),
@@ -226,14 +226,7 @@ class UiHandlers:
         if record is None:
             return None, None, "", None, render.features_frame({}), ""
         original, overlay, key, probs, *_ = self.detail(record)
-        return (
-            original,
-            overlay,
-            key,
-            probs,
-            render.features_frame(record["features"]),
-            f"**{render.caption(record)}**",
-        )
+        return original, overlay, key, probs, render.reading_features(record), f"**{render.caption(record)}**"
 
     def compare(self, a_id: str | None, b_id: str | None) -> tuple:
         """Compare panels A and B (:meth:`panel` each) and the note above them: analyses of two pipelines are

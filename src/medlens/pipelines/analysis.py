@@ -56,10 +56,11 @@ class Analysis:
     region); None when not measured (`uncertainty_note` says so). ``tta``: whether at least one test-time flip
     ran (a model trained under no flip runs none, nor does one that never ran). ``label`` is None when out of
     scope: ``scope_reasons`` lists every reason, in the order the checks ran, and ``scope_reason`` is all of
-    them in one line (`medlens.pipelines.advice.scope_summary`). ``groups``: the classifier's class groups
-    (e.g. "malignant") with their summed probability, validation-fitted threshold and flag (see
-    `medlens.pipelines.groups.group_scores`; empty for bundles without groups). ``class_names``: full names
-    of the class codes, from the pipeline YAML.
+    them in one line (`medlens.pipelines.advice.scope_summary`); the probabilities and features measured
+    before a refusal stay, raw, and are no reading (the web app shows none of them; its API marks them).
+    ``groups``: the classifier's class groups (e.g. "malignant") with their summed probability,
+    validation-fitted threshold and flag (see `medlens.pipelines.groups.group_scores`; empty for bundles
+    without groups). ``class_names``: full names of the class codes, from the pipeline YAML.
     ``modality``: what the modality check saw (`medlens.pipelines.modality.ModalityVerdict.describe`: class,
     in words, probabilities, the pipeline that takes it); None for a pipeline without the check.
 
