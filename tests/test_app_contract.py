@@ -114,10 +114,23 @@ def test_records_stored_before_findings_still_view(tmp_path):
     assert view["classification"]["learnt_from"] == {} and view["segmentation"]["colour_key"] == []
 
 
+def test_a_refused_image_keeps_its_raw_probabilities_in_the_api_marked_as_no_reading():
+    from medlens.app.views import analysis_view
+
+    record = {"id": "x", "created": "2026-01-01T00:00:00+00:00", "pipeline": "skin", "files": {},
+              "source_format": "png", "label": None, "probabilities": {"nv": 0.55, "mel": 0.45},
+              "features": {"mean_intensity": 90.0}, "result": {"out_of_scope": True}}  # fmt: skip
+    view = analysis_view(record)
+    assert view["classification"]["reading"] is False and view["classification"]["label"] is None
+    assert view["classification"]["probabilities"] == {"nv": 0.55, "mel": 0.45}  # for integrators
+    read = analysis_view({**record, "label": "nv", "result": {"out_of_scope": False}})
+    assert read["classification"]["reading"] is True
+
+
 def test_a_missing_uncertainty_reads_the_same_in_the_api_and_the_ui():
     from medlens.app import render
     from medlens.app.views import analysis_view
-    from medlens.pipelines.analysis import UNCERTAINTY_NOT_MEASURED
+    from medlens.pipelines.analysis import UNCERTAINTY_NO_MODEL_RAN, UNCERTAINTY_NOT_MEASURED
 
     record = {"id": "x", "created": "2026-01-01T00:00:00+00:00", "pipeline": "chest-xray", "files": {},
               "source_format": "png", "label": None, "probabilities": {}, "features": {},
@@ -128,6 +141,12 @@ def test_a_missing_uncertainty_reads_the_same_in_the_api_and_the_ui():
     assert f"{UNCERTAINTY_NOT_MEASURED}." in render.uncertainty_html(record)
     measured = {**record, "result": {"uncertainty": 0.02, "tta": True}}
     assert analysis_view(measured)["uncertainty_note"] is None
+    refused = {
+        **record,
+        "result": {"uncertainty": None, "out_of_scope": True, "uncertainty_note": UNCERTAINTY_NO_MODEL_RAN},
+    }  # as the pipeline wrote it
+    assert analysis_view(refused)["uncertainty_note"] == UNCERTAINTY_NO_MODEL_RAN
+    assert f"{UNCERTAINTY_NO_MODEL_RAN}." in render.uncertainty_html(refused)
 
 
 class _Raising(FakePipeline):

@@ -79,6 +79,24 @@ def test_a_class_with_no_images_in_a_split_shows_not_measured():
     assert rows["akiec images"]["external: isic"] == "0" and rows["nv recall"]["external: isic"] == "0.800"
 
 
+def test_the_precision_of_a_class_is_blank_only_when_nothing_was_predicted_as_it():
+    per_class = {
+        "akiec": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0},  # no images, predicted twice
+        "bcc": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0},  # no images, never predicted
+        "nv": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 3},  # images, never predicted
+        "mel": {"precision": 0.75, "recall": 1.0, "f1": 0.857, "support": 3},
+    }
+    matrix = [[0, 0, 0, 0], [0, 0, 0, 0], [2, 0, 0, 1], [0, 0, 0, 3]]  # rows: true, columns: predicted
+    frame = dashboard.metrics_frame(
+        {"evaluations": {"test": {"per_class": per_class, "confusion_matrix": matrix}}}
+    )
+    rows = {r["metric"]: r["test"] for r in frame.to_dict("records")}
+    assert rows["akiec precision"] == "0.000" and rows["akiec recall"] == rows["akiec F1"] == "—"
+    assert rows["bcc precision"] == rows["bcc recall"] == rows["bcc F1"] == "—"
+    assert rows["nv precision"] == "—" and rows["nv recall"] == rows["nv F1"] == "0.000"
+    assert rows["mel precision"] == "0.750"
+
+
 def test_a_classifier_shows_its_shipped_rule_and_flags_first():
     test = {
         "balanced_accuracy": 0.64, "accuracy": 0.8, "n_images": 100,

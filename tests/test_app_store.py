@@ -66,6 +66,17 @@ def test_add_get_roundtrip_and_files_named_by_content_hash(store):
     assert set(np.unique(np.asarray(Image.open(store.file_path(rec["id"], "mask"))))) <= {0, 255}
 
 
+def test_the_thumbnail_shows_the_overlay_without_its_colour_key_strip(store):
+    image = rgb_image(32)
+    keyed = np.concatenate([image, np.full((12, 32, 3), (32, 32, 32), np.uint8)])  # the key's strip under it
+    rec = store.add(pipeline="chest-xray", label=None, probabilities={}, features={}, result={},
+                    pictures={"image": image, "overlay": keyed}, source_format="png")  # fmt: skip
+    from PIL import Image
+
+    thumb = np.asarray(Image.open(store.file_path(rec["id"], "thumb")))
+    np.testing.assert_array_equal(thumb, image)  # the image part alone (32 px: no reduction)
+
+
 def test_same_image_is_stored_once(store):
     img = rgb_image(32, seed=1)
     a, b = _add(store, img), _add(store, img, label="malignant")

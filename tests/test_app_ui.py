@@ -35,9 +35,6 @@ def test_blend_colours_inside_the_mask_only():
 
 
 def test_tables_and_advice():
-    frame = render.table({"area": 0.123456, "nested": {"a": 1, "b": [1, 2]}, "none": None})
-    assert list(frame["feature"]) == ["area", "nested.a", "nested.b", "none"]
-    assert list(frame["value"]) == ["0.1235", "1", "[1, 2]", ""]
     record = {"label": "mel", "result": {"out_of_scope": True, "scope_reason": "looks like a chest X-ray",
               "uncertainty": 0.2, "recommendation": "See a dermatologist.",
               "notice": "Research tool, not a diagnosis. Ask a doctor."}}  # fmt: skip
@@ -105,6 +102,12 @@ def test_the_segmented_area_is_given_per_structure():
         {"result": {"area_fraction": 0.042}}
     )
     assert "Segmented area" not in render.advice_markdown({"result": {"area_fraction": None}})
+    named = {"area_fraction": 0.3, "area_fractions": {"foreground": 0.2, "chest_xray": 0.1},
+             "mask_classes": ["background", "foreground", "chest_xray"],
+             "mask_names": ["background", "skin lesion", "chest X-ray"]}  # fmt: skip
+    assert "skin lesion 20.0%, chest X-ray 10.0%" in render.area_markdown(named)  # the pipeline's names
+    older = {k: v for k, v in named.items() if k != "mask_names"}  # a record without names: readable()
+    assert "foreground 20.0%, chest X-ray 10.0%" in render.area_markdown(older)
 
 
 def test_advice_says_what_was_done_to_the_image():
@@ -136,8 +139,9 @@ def test_ui_handlers_analyse_reblend_history_compare_delete(handlers, tmp_path):
     upload = tmp_path / "upload.bin"
     upload.write_bytes(png_bytes(rgb_image(40)))
     out = handlers.analyze(str(upload), "skin", False, True, 0.5)
-    original, overlay, probs, box, gradcam, features, advice, uncertainty, mask_file, analysis_id = out
+    original, overlay, key, probs, box, gradcam, features, advice, uncertainty, mask_file, analysis_id = out
     assert original.endswith(".png") and overlay.shape == (40, 40, 3) and box["visible"] is True
+    assert 'class="medlens-key"' in key and ">region</span>" in key  # the key beside the picture
     assert set(probs) == {"benign", "Malignant lesion (malignant)"}  # full names from class_names
     assert gradcam is not None and "mean intensity" in set(features["Feature"])
     assert list(features.columns) == ["Feature", "Value", "Unit", "What it means"]
@@ -151,7 +155,7 @@ def test_ui_handlers_analyse_reblend_history_compare_delete(handlers, tmp_path):
     assert "UTC" in items[0][1] and "skin" in items[0][1]
     assert handlers.history("all", "no-such-label")[1] == []
     panel = handlers.panel(analysis_id)
-    assert panel[2] == probs and "skin" in panel[4]
+    assert panel[2] == key and panel[3] == probs and "skin" in panel[5]
     assert Path(mask_file).exists()
     assert handlers.delete(analysis_id)[0] is None
     assert handlers.service.get(analysis_id) is None and handlers.panel(analysis_id)[0] is None
@@ -190,16 +194,43 @@ def test_the_history_filters_the_refused_analyses(handlers, tmp_path):
     assert handlers.service.list(out_of_scope=False)[0][0]["id"] == kept  # the API's filter, the other way
 
 
+def test_a_refused_image_shows_no_class_probabilities_or_features(handlers):
+    """Refused by the confidence check: the model's probabilities and the features are in the record (the
+    API marks them as no reading) but the UI presents none of them, only the refusal."""
+    from medlens.app.ui_handlers import DETAIL
+
+    result = {"pipeline": "skin", "out_of_scope": True, "scope_reason": "the model is unsure",
+              "recommendation": "Out of scope: unsure.", "class_names": {"mel": "Melanoma"}}  # fmt: skip
+    kept = {
+        "features": {"mean_intensity": 90.0},
+        "pictures": {"image": rgb_image(24)},
+        "source_format": "png",
+    }
+    record = handlers.service.store.add(
+        pipeline="skin", label=None, probabilities={"nv": 0.55, "mel": 0.45}, result=result, **kept
+    )
+    shown = dict(zip(DETAIL, handlers.detail(record), strict=True))
+    assert shown["probs"] is None and shown["probs_box"]["visible"] is False and shown["features"].empty
+    assert "the model is unsure" in shown["advice"] and "Melanoma" not in shown["advice"]
+    _, _, _, probs, features, caption = handlers.panel(record["id"])  # the compare panel: the same
+    assert probs is None and features.empty and render.OUT_OF_SCOPE in caption
+    read = handlers.service.store.add(
+        pipeline="skin", label="mel", probabilities={"nv": 0.2, "mel": 0.8},
+        result={**result, "out_of_scope": False}, **kept,
+    )  # fmt: skip
+    assert render.probabilities(read) and not render.reading_features(read).empty
+
+
 def test_compare_refuses_analyses_of_two_pipelines_naming_both(handlers, tmp_path):
     upload = tmp_path / "lesion.png"
     upload.write_bytes(png_bytes(rgb_image(40)))
     first, second = (handlers.analyze(str(upload), "skin", False, True, 0.5)[-1] for _ in range(2))
-    *a, b_original, _, _, _, b_caption, note = handlers.compare(first, second)  # one pipeline: side by side
+    *a, b_original, _, _, _, _, b_caption, note = handlers.compare(first, second)  # one pipeline: both shown
     assert a[0] and b_original and "skin" in b_caption and note == ""
     film = _refused(handlers.service, "chest-xray")["id"]
     *panels, note = handlers.compare(first, film)
     assert "skin pipeline" in note and "chest-xray pipeline" in note and note.startswith("**Not compared:**")
-    assert panels[0] is None and panels[5] is None and panels[4] == panels[9] == ""  # neither side shown
+    assert panels[0] is None and panels[6] is None and panels[5] == panels[11] == ""  # neither side shown
     assert "no pipeline" in handlers.compare(film, _refused(handlers.service, "auto")["id"])[-1]
 
 
@@ -222,7 +253,7 @@ def test_a_failed_analysis_clears_the_previous_result_and_names_the_file(handler
     assert out.pop("features").empty and out.pop("uncertainty") == ""
     assert out.pop("probs_box") == {"__type__": "update"}  # the panel's visibility follows the pipeline
     assert out.pop("mask_file") == {"__type__": "update", "value": None, "label": render.MASK_LABEL}
-    assert out == dict.fromkeys(("original", "overlay", "probs", "gradcam", "id"))
+    assert out.pop("key") == "" and out == dict.fromkeys(("original", "overlay", "probs", "gradcam", "id"))
     assert handlers.service.store.count() == 1  # only the good one
 
     def fail(*_args, **_kwargs):

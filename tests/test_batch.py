@@ -64,7 +64,30 @@ def test_plain_segmentation_writes_masks_overlays_and_json(seg_bundle: Path, inp
         assert info["area_fraction"] == pytest.approx((mask > 0).mean())
         assert info["n_components"] == len(info["components"]) <= 1  # largest component kept
         assert info["uncertainty"] is not None and info["postprocess"]["fill_holes"] is True
+        assert info["mask_values"] == {"0": "background", "255": "lesion"}  # what the mask PNG shows
     assert not (tmp_path / "broken_mask.png").exists()
+
+
+def test_a_two_class_softmax_segmenter_writes_the_binary_mask_pipelines_and_the_api_write(
+    inputs: Path, tmp_path: Path
+):
+    """One definition of a binary mask (`drawing.binary_segmenter`): background and one class make a 0/255
+    mask whatever the segmenter's mode, in plain prediction as in an `Analysis`."""
+    from medlens.pipelines.analysis import Analysis
+
+    classes = ["background", "lesion"]
+    softmax = make_tiny_bundle(tmp_path, "segmentation", name="tiny-softmax", mode="multiclass",
+                               num_classes=2, classes=classes)  # fmt: skip
+    predict_paths(softmax, [inputs / "a.png"], tmp_path / "out")
+    mask = np.asarray(Image.open(tmp_path / "out" / "a_mask.png"))
+    info = json.loads((tmp_path / "out" / "a.json").read_text())
+    assert set(np.unique(mask)) == {0, 255} and info["mask_values"] == {"0": "background", "255": "lesion"}
+    analysis = Analysis(id=None, pipeline="p", image_size=mask.shape, mask=(mask > 0).astype(np.uint8),
+                        overlay=None, area_fraction=None, components=[], label=None, probabilities={},
+                        uncertainty=None, out_of_scope=False, features={}, recommendation="", notice="",
+                        gradcam=None, timings_ms={}, mask_classes=classes)  # fmt: skip
+    np.testing.assert_array_equal(analysis.mask_image(), mask)
+    assert {str(k): v for k, v in analysis.mask_values.items()} == info["mask_values"]
 
 
 def test_plain_multiclass_segmentation_measures_each_structure(inputs: Path, tmp_path: Path):

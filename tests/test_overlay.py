@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medlens.drawing import PALETTE, draw_key, key_layout
+from medlens.drawing import PALETTE, draw_key, key_layout, mask_labels, mask_values, viewable_mask
 from medlens.pipelines.overlay import colour_key, draw_overlay
 
 CHEST = ["background", "left_lung", "right_lung", "heart"]
@@ -65,15 +65,21 @@ def test_multilabel_and_single_structure_overlays():
     assert (overlay[:40, :40] == 128).all() and (overlay[-40:, -40:] == 128).all()
 
 
-def test_the_ui_reblend_draws_the_lines_and_the_key():
+def test_the_ui_reblend_lines_up_with_the_original_and_shows_the_key_apart():
     pytest.importorskip("pandas")
     from medlens.app import render
 
     mask = np.zeros((256, 256), np.uint8)
     mask[60:200, 30:110], mask[60:200, 150:230], mask[140:190, 100:160] = 2, 1, 3
     shown = render.blend(_grey(), mask, 0.3, CHEST, LINES)
-    np.testing.assert_array_equal(shown, draw_overlay(_grey(), mask, CHEST, LINES, alpha=0.3)[0])
+    png, key = draw_overlay(_grey(), mask, CHEST, LINES, alpha=0.3)  # the API's PNG: a key strip under it
+    assert shown.shape == _grey().shape and png.shape[0] > 256  # the UI's is the image's size
+    np.testing.assert_array_equal(shown, png[:256])  # the same drawing, without the strip
     assert tuple(shown[150, 130]) == PALETTE[3]  # the heart width line
+    record = {"colour_key": [{"name": e.name, "colour": e.colour, "kind": e.kind} for e in key]}
+    html = render.key_html(record)
+    assert all(e.name in html and e.colour in html for e in key) and html.count('class="entry"') == 5
+    assert render.key_html({"colour_key": []}) == render.key_html(None) == ""
 
 
 def test_on_a_small_film_the_key_covers_no_structure():
@@ -84,3 +90,18 @@ def test_on_a_small_film_the_key_covers_no_structure():
     assert len(key) == 3 and overlay.shape[0] > 128 and overlay.shape[1] == 128
     for entry, label in zip(key, (1, 2, 3), strict=True):
         assert (overlay[:128][mask == label] == entry.rgb).all()
+
+
+def test_a_stored_mask_reads_back_as_the_labels_it_was_written_from():
+    """`viewable_mask` and `mask_labels` are one definition: the UI's redraw reads the stored PNG back."""
+    binary, chest = np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8)
+    binary[2:5, 2:5], chest[:, :3], chest[:, 5:], chest[6:, 3:5] = 1, 1, 2, 3
+    stored = viewable_mask(binary, ["background", "lesion"])
+    assert set(np.unique(stored)) == {0, 255} and (mask_labels(stored) == binary).all()
+    assert (viewable_mask(binary, []) == stored).all()  # a bundle that named no classes: binary too
+    one_lung = viewable_mask(np.where(chest == 1, 1, 0).astype(np.uint8), CHEST)  # labels, not 0/255
+    assert one_lung.max() == 1 and (mask_labels(viewable_mask(chest, CHEST)) == chest).all()
+    assert mask_values(["background", "skin lesion"]) == {0: "background", 255: "skin lesion"}
+    assert mask_values([]) == {0: "background", 255: "segmented region"}
+    assert mask_values(["background", "left lung", "right lung"]) == {
+        0: "background", 1: "left lung", 2: "right lung"}  # fmt: skip

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from medlens.errors import BundleError, ConfigError
-from medlens.pipelines.analysis import UNCERTAINTY_NOT_MEASURED
+from medlens.pipelines.analysis import UNCERTAINTY_NO_MODEL_RAN, UNCERTAINTY_NOT_MEASURED
 from medlens.pipelines.config import DEFAULT_TTA, PipelineConfig
 from medlens.pipelines.describe import NO_SPACING, describe_features
 from medlens.pipelines.groups import group_fields, group_scores
@@ -86,6 +86,8 @@ def test_tta_is_reported_only_when_a_flip_ran_and_a_missing_uncertainty_says_so(
     grey = np.full((96, 128, 3), 90, np.uint8)  # refused by the colour check before any model runs
     refused = skin.analyze(grey, gradcam=False, tta=True)
     assert refused.out_of_scope and refused.tta is False
+    note = refused.to_dict()["uncertainty_note"]  # no model ran at all: not "not run on flipped copies"
+    assert note == refused.csv_row()["uncertainty_note"] == UNCERTAINTY_NO_MODEL_RAN
 
 
 def test_people_read_names_and_json_fields_keep_the_identifiers(skin, monkeypatch):

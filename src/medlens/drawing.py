@@ -183,15 +183,38 @@ def draw_key(image: np.ndarray, entries: Sequence[tuple[str, Sequence[int]]]) ->
     return np.concatenate([rgb, np.asarray(strip)], axis=0)
 
 
-def viewable_mask(mask: np.ndarray, binary: bool) -> np.ndarray:
-    """A mask to store or download as ``(H, W)`` uint8: a ``binary`` segmenter's 0/1 as 0/255, else labels
-    as they are (label k is class k, whichever labels the image holds), multi-label ``(H, W, K)`` 0/1 as
-    1 + the index of the last positive channel (0 = background)."""
+def binary_segmenter(classes: Sequence[str]) -> bool:
+    """Whether a segmenter of label masks with ``classes`` (background first) finds one structure: a sigmoid
+    one, or a softmax one over background and one class. The one definition of a binary mask: its PNG is
+    0/255 (:func:`viewable_mask`) in the pipelines, the API, plain prediction and the UI alike."""
+    return len(classes) <= 2
+
+
+def viewable_mask(mask: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    """A mask to store or download as ``(H, W)`` uint8: a binary segmenter's (:func:`binary_segmenter`) 0/1
+    as 0/255, else labels as they are (label k is ``classes[k]``, whichever labels the image holds),
+    multi-label ``(H, W, K)`` 0/1 as 1 + the index of the last positive channel (0 = background)."""
     mask = np.asarray(mask)
     if mask.ndim == 3:
         mask = ((mask > 0) * np.arange(1, mask.shape[2] + 1, dtype=np.uint16)).max(axis=2)
+        return mask.astype(np.uint8)
     mask = mask.astype(np.uint8)
-    return (mask > 0).astype(np.uint8) * 255 if binary else mask
+    return (mask > 0).astype(np.uint8) * 255 if binary_segmenter(classes) else mask
+
+
+def mask_values(names: Sequence[str]) -> dict[int, str]:
+    """What each value of a label mask's PNG (:func:`viewable_mask`) shows, ``names`` being the segmenter's
+    classes in words, background first: ``{0: "background", 255: "skin lesion"}`` from a binary segmenter,
+    ``{0: "background", 1: "left lung", ...}`` from a multi-class one."""
+    if len(names) < 2:  # a bundle that named no classes, or only its structure
+        names = ["background", *(names or ["segmented region"])]
+    return {0: names[0], 255: names[-1]} if binary_segmenter(names) else dict(enumerate(names))
+
+
+def mask_labels(viewable: np.ndarray) -> np.ndarray:
+    """The labels of a mask PNG as :func:`viewable_mask` writes it (``(H, W)`` uint8): a binary segmenter's
+    255 is label 1, a multi-class one's labels are as they are (they stay below 255)."""
+    return np.where(viewable == 255, 1, viewable).astype(np.uint8)
 
 
 def png_bytes(array: np.ndarray) -> bytes:

@@ -135,13 +135,22 @@ def _flat(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _unmeasured(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat figures with those of a class that has no images in the split (``per_class.<c>.support`` 0)
-    as None, shown as "—": its recall, precision or F1 was not measured (an evaluation writes 0 for them)."""
-    empty = {k.removesuffix(".support") for k, v in flat.items()
-             if k.startswith("per_class.") and k.endswith(".support") and v == 0}  # fmt: skip
-    return {k: None if k.rpartition(".")[0] in empty and not k.endswith(".support") else v
-            for k, v in flat.items()}  # fmt: skip
+def _unmeasured(flat: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat figures with those not measured as None, shown as "—" (an evaluation writes 0 for them): the
+    recall and F1 of a class with no images in the split (``per_class.<c>.support`` 0), and the precision of
+    a class nothing was predicted as (its confusion-matrix column sums to 0; without a matrix, that of a
+    class with no images). A class predicted but absent has a measured precision: 0."""
+    classes = list(metrics.get("per_class") or {})  # in the confusion matrix's order
+    matrix = metrics.get("confusion_matrix") or []
+    columns = [sum(column) for column in zip(*matrix, strict=True)]
+    predicted = dict(zip(classes, columns, strict=True)) if len(columns) == len(classes) else None
+    blank = set()
+    for c in classes:
+        absent = flat.get(f"per_class.{c}.support") == 0
+        blank |= {f"per_class.{c}.recall", f"per_class.{c}.f1"} if absent else set()
+        if absent if predicted is None else predicted[c] == 0:
+            blank.add(f"per_class.{c}.precision")
+    return {k: None if k in blank else v for k, v in flat.items()}
 
 
 def _fmt(value: Any) -> str:
@@ -162,9 +171,10 @@ def evaluations_of(bundle: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
 def metrics_frame(bundle: Mapping[str, Any], class_names: Mapping[str, str] | None = None) -> pd.DataFrame:
     """One row per scalar metric in words, one column per split (validation, test, external...); a
     classifier's figures at its shipped decision rule and its group flags come first, its arg-max figures are
-    labelled; a class with no images in a split shows "—" there (not measured)."""
+    labelled; a figure not measured in a split shows "—" there (a class with no images, or nothing
+    predicted as it: `_unmeasured`)."""
     splits = {
-        split_name(k): _unmeasured({**_rule_figures(v), **_flat(v)})
+        split_name(k): _unmeasured({**_rule_figures(v), **_flat(v)}, v)
         for k, v in evaluations_of(bundle).items()
     }
     keys = [

@@ -6,7 +6,6 @@ Kept apart from ``ui.py`` so that they can be tested without building a page.
 from __future__ import annotations
 
 import html
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -18,12 +17,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from medlens.drawing import as_rgb
+from medlens.drawing import as_rgb, mask_labels
 from medlens.pipelines.advice import DEFAULT_NOTICE, NOTICE_PREFIX
-from medlens.pipelines.analysis import mask_legend, uncertainty_note
+from medlens.pipelines.analysis import mask_legend, stored_uncertainty_note
 from medlens.pipelines.describe import describe_features
 from medlens.pipelines.heatmap import colour_bar_stops
-from medlens.pipelines.names import display_name
+from medlens.pipelines.names import display_name, region_name
 from medlens.pipelines.overlay import draw_overlay
 from medlens.pipelines.routing import AUTO
 
@@ -56,17 +55,20 @@ def blend(
     features: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """The pipeline's overlay redrawn at another opacity by the same function
-    (:func:`medlens.pipelines.overlay.draw_overlay`): structures, measurement lines and colour key.
+    (:func:`medlens.pipelines.overlay.draw_overlay`): structures and measurement lines, without the key strip
+    of the overlay PNG, so that the overlay lines up with the original and the Grad-CAM (the UI shows the key
+    beside it, :func:`key_html`).
 
     Args:
         image: (H, W[, C]) uint8.
-        mask: (H, W) uint8 as stored, 0 = background; binary 0/255 (or 0/1), label maps 1..K.
+        mask: (H, W) uint8 as stored (:func:`medlens.drawing.viewable_mask`; read back by
+            :func:`medlens.drawing.mask_labels`), 0 = background.
         opacity: 0 (image only) .. 1 (solid colour) inside the mask; the outline is always drawn.
         classes: the names of the segmenter's classes (the record's ``mask_names``, or for older records its
             ``mask_classes``; unknown: "label k" in the key).
         features: the record's features (the CTR lines are drawn from them).
     Returns:
-        (H, W, 3) uint8.
+        (H, W, 3) uint8, the image's size.
     """
     rgb = as_rgb(image)
     if mask is None:
@@ -75,8 +77,18 @@ def blend(
         mask = mask[..., 0]
     if mask.shape != rgb.shape[:2]:
         mask = np.asarray(Image.fromarray(mask).resize(rgb.shape[1::-1], Image.Resampling.NEAREST))
-    labels = np.where(mask == 255, 1, mask).astype(np.uint8)
-    return draw_overlay(rgb, labels, list(classes), features, alpha=float(opacity))[0]
+    return draw_overlay(rgb, mask_labels(mask), list(classes), features, float(opacity), key=False)[0]
+
+
+def key_html(result: Mapping[str, Any] | None) -> str:
+    """The overlay's colour key (the record's ``colour_key``) as HTML, shown under the UI's overlay
+    (:func:`blend` draws none in the picture): a swatch and the name of each entry; "" without entries."""
+    entries = [
+        f'<span class="entry"><span class="swatch {html.escape(e.get("kind") or "")}" style="background: '
+        f'{html.escape(e["colour"])}"></span>{html.escape(e["name"])}</span>'
+        for e in (result or {}).get("colour_key") or []
+    ]
+    return f'<div class="medlens-key">{"".join(entries)}</div>' if entries else ""
 
 
 def mask_label(result: Mapping[str, Any]) -> str:
@@ -85,43 +97,23 @@ def mask_label(result: Mapping[str, Any]) -> str:
     return f"{MASK_LABEL}: {mask_legend(values)}" if values else MASK_LABEL
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list | dict):
-        return json.dumps(value, default=str)[:200]
-    return "" if value is None else str(value)
-
-
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> ``{"a.b": value}``; lists stay values."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
-def table(data: Mapping[str, Any] | None, key: str = "feature") -> pd.DataFrame:
-    """A two-column table (``key``, value) of a (nested) mapping, values formatted for reading."""
-    rows = [(k, _fmt(v)) for k, v in flatten(data or {}).items()]
-    return pd.DataFrame(rows, columns=[key, "value"])
-
-
 def short_date(iso: str) -> str:
     """ "2024-05-01 14:03 UTC" from a stored ISO time."""
     return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def refused(record: Mapping[str, Any] | None) -> bool:
+    """Whether the record's image was refused (out of scope). The UI gives a refused image no reading: no
+    class, probabilities or features (:func:`probabilities`, :func:`reading_features`), only why it was
+    refused; the API keeps the raw ones for integrators, marked (`medlens.app.views.analysis_view`)."""
+    return bool(((record or {}).get("result") or {}).get("out_of_scope"))
+
+
 def label_name(record: Mapping[str, Any]) -> str:
     """The record's label as people read it ("Melanoma (mel)"), or why there is none."""
-    result = record.get("result") or {}
-    if result.get("out_of_scope"):
+    if refused(record):
         return OUT_OF_SCOPE
-    return display_name(record.get("label"), result.get("class_names")) or "no label"
+    return display_name(record.get("label"), (record.get("result") or {}).get("class_names")) or "no label"
 
 
 def caption(record: Mapping[str, Any]) -> str:
@@ -130,8 +122,9 @@ def caption(record: Mapping[str, Any]) -> str:
 
 
 def probabilities(record: Mapping[str, Any] | None) -> dict[str, float] | None:
-    """Class probabilities keyed by display name ("Melanoma (mel)"), or None without a classifier."""
-    if not record or not record.get("probabilities"):
+    """Class probabilities keyed by display name ("Melanoma (mel)"), or None without a classifier or for a
+    refused image (:func:`refused`)."""
+    if not record or not record.get("probabilities") or refused(record):
         return None
     names = (record.get("result") or {}).get("class_names")
     return {display_name(code, names): float(p) for code, p in record["probabilities"].items()}
@@ -141,6 +134,11 @@ def features_frame(features: Mapping[str, Any] | None) -> pd.DataFrame:
     """The features with names, units and explanations (``describe_features``) as a table."""
     rows = [[r["name"], r["value"], r["unit"], r["explanation"]] for r in describe_features(features or {})]
     return pd.DataFrame(rows, columns=FEATURE_COLUMNS)
+
+
+def reading_features(record: Mapping[str, Any]) -> pd.DataFrame:
+    """The record's features table (:func:`features_frame`); empty for a refused image (:func:`refused`)."""
+    return features_frame(None if refused(record) else record.get("features"))
 
 
 _VERDICTS = {
@@ -224,8 +222,10 @@ def learnt_from_markdown(result: Mapping[str, Any], label: str | None) -> str | 
 
 def area_markdown(result: Mapping[str, Any]) -> str | None:
     """The share of the image segmented: per structure for a multi-class mask (``area_fractions``: "left lung
-    12.0%, right lung 11.5%, heart 6.1%"), else in all; None without a segmentation."""
-    shares = [f"{name.replace('_', ' ')} {100 * share:.1f}%" for name, share in
+    12.0%, right lung 11.5%, heart 6.1%", named as the record's ``mask_names``), else in all; None without a
+    segmentation."""
+    classes, names = result.get("mask_classes") or [], result.get("mask_names") or []
+    shares = [f"{region_name(c, classes, names)} {100 * share:.1f}%" for c, share in
               (result.get("area_fractions") or {}).items()]  # fmt: skip
     if shares:
         return f"**Segmented area** (share of the image): {', '.join(shares)}"
@@ -333,8 +333,7 @@ def uncertainty_html(record: Mapping[str, Any] | None) -> str:
     if record is None:
         return ""
     result = record["result"]
-    value = result.get("uncertainty")
-    note = uncertainty_note(value)
+    value, note = result.get("uncertainty"), stored_uncertainty_note(result)
     if note is not None:
         return f'<div class="medlens-uncertainty"><b>Uncertainty:</b> {html.escape(note)}.</div>'
     level = next(name for limit, name in UNCERTAINTY_LEVELS if value < limit)

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medlens.pipelines.analysis import UNCERTAINTY_NOT_MEASURED
+from medlens.pipelines.analysis import UNCERTAINTY_NO_MODEL_RAN, UNCERTAINTY_NOT_MEASURED
 
 _OVERLAY = (
     "the mask drawn over the image with its measurement lines and, when it shows more than one thing, its "
@@ -25,7 +25,14 @@ _LEARNT_FROM = (
     "population is outside that experience"
 )
 _READING = "the reading: the first advice rule that holds, or why the image is out of scope"
-_NOT_MEASURED = f'why there is no uncertainty ("{UNCERTAINTY_NOT_MEASURED}"); None when there is one'
+_NOT_MEASURED = (
+    f'why there is no uncertainty ("{UNCERTAINTY_NOT_MEASURED}", or "{UNCERTAINTY_NO_MODEL_RAN}"); None when '
+    "there is one"
+)
+_NOT_A_READING = (
+    "false for an image refused (out_of_scope): its probabilities are the classifier's raw output, kept for "
+    "integrators, not a reading (label and flags are None; the web app shows none of them)"
+)
 _INSIDE = (
     "share of the Grad-CAM inside the segmented region (chest films: the lungs and the heart), 0..1; None "
     "without a segmentation or a Grad-CAM"
@@ -78,6 +85,7 @@ class Classification(BaseModel):
 
     label: str | None = Field(description="class code of the decision (None when out of scope)")
     label_name: str | None = Field(None, description='the label as read by people, e.g. "Melanoma (mel)"')
+    reading: bool = Field(True, description=_NOT_A_READING)
     probabilities: dict[str, float] = Field(description="calibrated probability per class code")
     class_names: dict[str, str] = Field(default_factory=dict, description="full name per class code")
     groups: list[GroupScore] = Field(
@@ -135,7 +143,9 @@ class AnalysisView(BaseModel):
     thumbnail_url: str | None
     segmentation: Segmentation | None
     classification: Classification | None
-    features: dict[str, Any] = Field(description="raw feature values by key")
+    features: dict[str, Any] = Field(
+        description="raw feature values by key (for a refused image, out_of_scope: measured, not a reading)"
+    )
     feature_details: list[FeatureRow] = Field(default_factory=list, description="the features for people")
     recommendation: str = Field(description=_READING)
     findings: list[FindingView] = Field(

@@ -210,7 +210,8 @@ class HistoryStore:
         """Store one analysis and return its record (see :meth:`get`).
 
         ``pictures`` maps kinds in :data:`FILE_KINDS` to HWC/HW uint8 arrays (encoded as PNG here) or PNG
-        bytes;        a missing "thumb" is made from the overlay (else the image).
+        bytes; a missing "thumb" is made from the overlay's image part (its first rows, as many as the
+        image's: the colour key's strip under them is left out) or, without an overlay, the image.
         """
         unknown = set(pictures) - set(FILE_KINDS)
         if unknown:
@@ -238,7 +239,9 @@ class HistoryStore:
     def _encode_pictures(pictures: Mapping[str, np.ndarray | bytes | None]) -> dict[str, bytes]:
         arrays = {k: v for k, v in pictures.items() if v is not None}
         if "thumb" not in arrays:
-            source = arrays.get("overlay", arrays.get("image"))
+            source, image = arrays.get("overlay", arrays.get("image")), arrays.get("image")
+            if isinstance(source, np.ndarray) and isinstance(image, np.ndarray):
+                source = source[: image.shape[0]]  # an overlay's key strip is not in the thumbnail
             if isinstance(source, np.ndarray):
                 arrays["thumb"] = make_thumbnail(source)
         return {k: v if isinstance(v, bytes) else encode_png(v) for k, v in arrays.items()}

@@ -35,6 +35,10 @@ CSS = """
 #gallery .caption-label, #gallery figcaption {white-space: normal !important; overflow: visible !important;
     text-overflow: clip !important; max-width: none !important; line-height: 1.25; font-size: 0.85em}
 #examples td, #examples button, #upload .file-name {white-space: normal !important; overflow-wrap: anywhere}
+.medlens-key {display: flex; flex-wrap: wrap; gap: 2px 14px; font-size: 0.85em}
+.medlens-key .swatch {display: inline-block; width: 12px; height: 12px; margin-right: 5px; border-radius: 2px;
+    vertical-align: middle}
+.medlens-key .swatch.line {height: 3px}
 #gradcam-colourbar .bar {height: 12px; border-radius: 4px}
 #gradcam-colourbar .ticks, .medlens-uncertainty .ticks {display: flex; justify-content: space-between;
     font-size: 0.8em; opacity: 0.8}

@@ -25,6 +25,7 @@ HISTORY_PAGE = 24
 DETAIL = (
     "original",
     "overlay",
+    "key",
     "probs",
     "probs_box",
     "gradcam",
@@ -33,8 +34,9 @@ DETAIL = (
     "uncertainty",
     "mask_file",
 )
-"""What an opened analysis fills, in this order (``probs_box`` is a visibility update, ``mask_file`` an update
-of the download and of its label, which says what the mask's values show)."""
+"""What an opened analysis fills, in this order (``key`` is the overlay's colour key as HTML, ``probs_box`` a
+visibility update, ``mask_file`` an update of the download and of its label, which says what the mask's
+values show)."""
 
 
 def failure_reason(exc: MedlensError) -> str:
@@ -142,17 +144,18 @@ class UiHandlers:
         """The :data:`DETAIL` values of a record (empty ones for None)."""
         if record is None:
             empty = gr.update(value=None, label=render.MASK_LABEL)
-            return None, None, None, gr.update(), None, render.features_frame({}), "", "", empty
+            return None, None, "", None, gr.update(), None, render.features_frame({}), "", "", empty
         path = self.service.file_path
         image_path = path(record["id"], "image")
         probs = render.probabilities(record)
         return (
             str(image_path) if image_path else None,
             self.overlay(record["id"], opacity),
+            render.key_html(record["result"]),
             probs,
             gr.update(visible=probs is not None),
             self._str(path(record["id"], "gradcam")),
-            render.features_frame(record["features"]),
+            render.reading_features(record),
             render.advice_markdown(record, self._expected_groups(record["pipeline"])),
             render.uncertainty_html(record),
             gr.update(value=self._mask_download(record["id"]), label=render.mask_label(record["result"])),
@@ -160,7 +163,8 @@ class UiHandlers:
 
     def overlay(self, analysis_id: str | None, opacity: float) -> np.ndarray | None:
         """The stored analysis's overlay redrawn at ``opacity`` (no model run): the API's and the CLI's
-        drawing, with the measurement lines and the colour key."""
+        drawing, with the measurement lines, at the image's size (the colour key is :func:`render.key_html`,
+        not a strip under it)."""
         if not analysis_id:
             return None
         image = render.load_png(self.service.file_path(analysis_id, "image"))
@@ -217,18 +221,12 @@ class UiHandlers:
         return (analysis_id, *self.detail(record))
 
     def panel(self, analysis_id: str | None) -> tuple:
-        """Compare panel: (original, overlay, probabilities, features, caption)."""
+        """Compare panel: (original, overlay, colour key, probabilities, features, caption)."""
         record = self.service.get(analysis_id) if analysis_id else None
         if record is None:
-            return None, None, None, render.features_frame({}), ""
-        original, overlay, probs, *_ = self.detail(record)
-        return (
-            original,
-            overlay,
-            probs,
-            render.features_frame(record["features"]),
-            f"**{render.caption(record)}**",
-        )
+            return None, None, "", None, render.features_frame({}), ""
+        original, overlay, key, probs, *_ = self.detail(record)
+        return original, overlay, key, probs, render.reading_features(record), f"**{render.caption(record)}**"
 
     def compare(self, a_id: str | None, b_id: str | None) -> tuple:
         """Compare panels A and B (:meth:`panel` each) and the note above them: analyses of two pipelines are

@@ -75,21 +75,24 @@ def analyse_tab(h: UiHandlers, names: list[str], examples: list[list[str]]) -> d
         with gr.Column(scale=2, min_width=320):
             _inputs(c, h, names, examples)
         with gr.Column(scale=5):
-            with gr.Row(equal_height=False):
-                c["original"] = gr.Image(
-                    label="Original",
-                    interactive=False,
-                    elem_id="original",
-                    height=IMAGE_HEIGHT,
-                    elem_classes=["medlens-picture"],
-                )
-                c["overlay"] = gr.Image(
-                    label="Overlay",
-                    interactive=False,
-                    elem_id="overlay",
-                    height=IMAGE_HEIGHT,
-                    elem_classes=["medlens-picture"],
-                )
+            with gr.Row(equal_height=False):  # the overlay is the image's size: the two line up
+                with gr.Column(min_width=160):
+                    c["original"] = gr.Image(
+                        label="Original",
+                        interactive=False,
+                        elem_id="original",
+                        height=IMAGE_HEIGHT,
+                        elem_classes=["medlens-picture"],
+                    )
+                with gr.Column(min_width=160):
+                    c["overlay"] = gr.Image(
+                        label="Overlay",
+                        interactive=False,
+                        elem_id="overlay",
+                        height=IMAGE_HEIGHT,
+                        elem_classes=["medlens-picture"],
+                    )
+                    c["key"] = gr.HTML(elem_id="overlay-key")
             c["opacity"] = gr.Slider(
                 0.0, 1.0, value=0.45, step=0.05, label="Overlay opacity", elem_id="opacity"
             )
@@ -124,9 +127,13 @@ def analyse_tab(h: UiHandlers, names: list[str], examples: list[list[str]]) -> d
 def _opened(c: dict[str, Any]) -> None:
     with gr.Accordion("Opened analysis", open=True):
         with gr.Row(equal_height=False):
-            c["original"] = gr.Image(label="Original", interactive=False, height=300)
-            c["overlay"] = gr.Image(label="Overlay", interactive=False, height=300)
-            c["gradcam"] = gr.Image(label="Grad-CAM", interactive=False, height=300)
+            with gr.Column(min_width=160):
+                c["original"] = gr.Image(label="Original", interactive=False, height=300)
+            with gr.Column(min_width=160):
+                c["overlay"] = gr.Image(label="Overlay", interactive=False, height=300)
+                c["key"] = gr.HTML(elem_id="history-overlay-key")
+            with gr.Column(min_width=160):
+                c["gradcam"] = gr.Image(label="Grad-CAM", interactive=False, height=300)
         with gr.Row(equal_height=False):
             with gr.Column() as c["probs_box"]:
                 c["probs"] = gr.Label(label="Class probabilities", elem_id="history-probabilities")
@@ -160,11 +167,12 @@ def _compare(c: dict[str, Any]) -> None:
                     pictures = [
                         gr.Image(label=t, interactive=False, height=240) for t in ("Original", "Overlay")
                     ]
+                key = gr.HTML(elem_id=f"compare-{side}-key")
                 probs = gr.Label(label="Probabilities", elem_id=f"compare-{side}-probs")
                 table = gr.Dataframe(
                     render.features_frame({}), label="Features", interactive=False, wrap=True
                 )
-                c[f"cmp_{side}"] = [*pictures, probs, table, caption]
+                c[f"cmp_{side}"] = [*pictures, key, probs, table, caption]
 
 
 def history_tab(names: list[str]) -> dict[str, Any]:

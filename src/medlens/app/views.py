@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from medlens.pipelines.analysis import uncertainty_note
+from medlens.pipelines.analysis import stored_uncertainty_note
 from medlens.pipelines.describe import describe_features
 from medlens.pipelines.groups import group_fields
 from medlens.pipelines.names import display_name
@@ -45,6 +45,7 @@ def _classification(record: Mapping[str, Any]) -> dict[str, Any] | None:
     return {
         "label": record["label"],
         "label_name": display_name(record["label"], names),
+        "reading": not result.get("out_of_scope", False),
         "probabilities": record["probabilities"],
         "class_names": names,
         "groups": groups,
@@ -61,7 +62,12 @@ def scope_reasons(result: Mapping[str, Any]) -> list[str]:
 
 
 def analysis_view(record: Mapping[str, Any], base: str = "/api/v1") -> dict[str, Any]:
-    """The API's JSON for a stored record; picture URLs under ``base`` (include a proxy's root_path)."""
+    """The API's JSON for a stored record; picture URLs under ``base`` (include a proxy's root_path).
+
+    A refused image (``out_of_scope``) gets no reading: no label, no flag, the refusal as its recommendation.
+    The classifier's probabilities and the features measured before the refusal are kept for integrators,
+    marked as not a reading (``classification.reading`` false); the UI shows neither
+    (`medlens.app.render.refused`)."""
     result = record["result"]
     links = _links(record, base)
     features = record.get("features") or {}
@@ -87,7 +93,7 @@ def analysis_view(record: Mapping[str, Any], base: str = "/api/v1") -> dict[str,
         "findings": result.get("findings") or [],
         "notice": result.get("notice", ""),
         "uncertainty": result.get("uncertainty"),
-        "uncertainty_note": uncertainty_note(result.get("uncertainty")),
+        "uncertainty_note": stored_uncertainty_note(result),
         "out_of_scope": bool(result.get("out_of_scope", False)),
         "scope_reason": result.get("scope_reason"),
         "scope_reasons": scope_reasons(result),

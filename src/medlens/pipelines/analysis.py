@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from medlens.drawing import png_bytes, viewable_mask
+from medlens.drawing import mask_values, png_bytes, viewable_mask
 from medlens.jsonable import to_jsonable
 from medlens.pipelines.advice import Finding
 from medlens.pipelines.groups import group_fields
@@ -19,6 +19,7 @@ FINDINGS_SEPARATOR = " | "  # between the findings of one image in a CSV cell
 UNCERTAINTY_NOT_MEASURED = (
     "not measured (the model behind the result was not run on flipped copies of the image)"
 )
+UNCERTAINTY_NO_MODEL_RAN = "not measured (the image was refused before any model of the pipeline ran on it)"
 
 
 def mask_legend(values: Mapping[Any, str]) -> str:
@@ -26,10 +27,21 @@ def mask_legend(values: Mapping[Any, str]) -> str:
     return ", ".join(f"{value} = {name}" for value, name in values.items())
 
 
-def uncertainty_note(uncertainty: float | None) -> str | None:
+def uncertainty_note(uncertainty: float | None, models_ran: bool = True) -> str | None:
     """What a result says in place of an uncertainty it lacks, in the one wording of the JSON, the UI and the
-    CSV (`UNCERTAINTY_NOT_MEASURED`); None when it has one."""
-    return UNCERTAINTY_NOT_MEASURED if uncertainty is None else None
+    CSV: `UNCERTAINTY_NOT_MEASURED` when the models ran without flips, `UNCERTAINTY_NO_MODEL_RAN` when the
+    modality or colour check refused the image first (`Analysis.models_ran`); None when it has one."""
+    if uncertainty is not None:
+        return None
+    return UNCERTAINTY_NOT_MEASURED if models_ran else UNCERTAINTY_NO_MODEL_RAN
+
+
+def stored_uncertainty_note(result: Mapping[str, Any]) -> str | None:
+    """`uncertainty_note` of a stored result (`Analysis.to_dict`): the note it carries; a result stored
+    before notes told the two cases apart gets the wording of models run without flips."""
+    if result.get("uncertainty") is not None:
+        return None
+    return result.get("uncertainty_note") or UNCERTAINTY_NOT_MEASURED
 
 
 @dataclass
@@ -44,10 +56,11 @@ class Analysis:
     region); None when not measured (`uncertainty_note` says so). ``tta``: whether at least one test-time flip
     ran (a model trained under no flip runs none, nor does one that never ran). ``label`` is None when out of
     scope: ``scope_reasons`` lists every reason, in the order the checks ran, and ``scope_reason`` is all of
-    them in one line (`medlens.pipelines.advice.scope_summary`). ``groups``: the classifier's class groups
-    (e.g. "malignant") with their summed probability, validation-fitted threshold and flag (see
-    `medlens.pipelines.groups.group_scores`; empty for bundles without groups). ``class_names``: full names
-    of the class codes, from the pipeline YAML.
+    them in one line (`medlens.pipelines.advice.scope_summary`); the probabilities and features measured
+    before a refusal stay, raw, and are no reading (the web app shows none of them; its API marks them).
+    ``groups``: the classifier's class groups (e.g. "malignant") with their summed probability,
+    validation-fitted threshold and flag (see `medlens.pipelines.groups.group_scores`; empty for bundles
+    without groups). ``class_names``: full names of the class codes, from the pipeline YAML.
     ``modality``: what the modality check saw (`medlens.pipelines.modality.ModalityVerdict.describe`: class,
     in words, probabilities, the pipeline that takes it); None for a pipeline without the check.
 
@@ -105,23 +118,21 @@ class Analysis:
         return self.probabilities.get(self.label) if self.label is not None else None
 
     @property
-    def binary_mask(self) -> bool:
-        """Whether the segmenter has one structure (background and one class): its mask PNG is 0/255."""
-        return len(self.mask_classes) <= 2
+    def models_ran(self) -> bool:
+        """Whether the pipeline's models ran on the image (a mask or probabilities came out); they do not on
+        an image the modality or colour check refused."""
+        return self.mask is not None or bool(self.probabilities)
 
     @property
     def mask_values(self) -> dict[int, str]:
-        """What each value of the mask PNG (`mask_image`) shows, by name (`mask_names`): ``{0: "background",
-        255: "skin lesion"}`` from a binary segmenter, ``{0: "background", 1: "left lung", ...}`` (label k:
-        class k) from a multi-class one; {} without a mask."""
-        if self.mask is None:
-            return {}
-        names = self.mask_names or self.mask_classes or ["background", "segmented region"]
-        return {0: names[0], 255: names[-1]} if self.binary_mask else dict(enumerate(names))
+        """What each value of the mask PNG (`mask_image`) shows, by name (`mask_names`):
+        `medlens.drawing.mask_values` (0/255 from a binary segmenter, labels from a multi-class one); {}
+        without a mask."""
+        return {} if self.mask is None else mask_values(self.mask_names or self.mask_classes)
 
     def mask_image(self) -> np.ndarray | None:
         """The mask as stored and downloaded, ``(H, W)`` uint8 valued as `mask_values` says (None without)."""
-        return None if self.mask is None else viewable_mask(self.mask, self.binary_mask)
+        return None if self.mask is None else viewable_mask(self.mask, self.mask_classes)
 
     @property
     def label_name(self) -> str | None:
@@ -137,7 +148,7 @@ class Analysis:
         out.update(
             probability=self.probability,
             label_name=self.label_name,
-            uncertainty_note=uncertainty_note(self.uncertainty),
+            uncertainty_note=uncertainty_note(self.uncertainty, self.models_ran),
             mask_values=self.mask_values,
             has_mask=self.mask is not None,
             has_overlay=self.overlay is not None,
@@ -163,7 +174,7 @@ class Analysis:
             "area_fraction": self.area_fraction,
             **{f"area_fraction_{name}": share for name, share in self.area_fractions.items()},
             "uncertainty": self.uncertainty,
-            "uncertainty_note": uncertainty_note(self.uncertainty),
+            "uncertainty_note": uncertainty_note(self.uncertainty, self.models_ran),
             "out_of_scope": self.out_of_scope,
             "scope_reasons": FINDINGS_SEPARATOR.join(self.scope_reasons),
             "tta": self.tta,

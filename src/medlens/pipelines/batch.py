@@ -2,11 +2,13 @@
 
 Plain mode (``model`` = run folder or bundle) writes per image into ``out``:
 
-- segmentation: ``<stem>_mask.png`` (0/255 for binary, class labels for multi-class, one
-  ``<stem>_mask_<class>.png`` per label for multi-label), ``<stem>_overlay.png`` (several structures: with
-  their colour key drawn in, :func:`medlens.pipelines.overlay.draw_overlay`) and ``<stem>.json`` (image
-  size, input notes, area fraction, bounding box, connected components (each structure's own for a
-  multi-class mask, with area and components per class), model name, post-processing, TTA uncertainty);
+- segmentation: ``<stem>_mask.png`` (0/255 from a binary segmenter, class labels from a multi-class one, as
+  in pipeline mode: `medlens.drawing.viewable_mask`; one 0/255 ``<stem>_mask_<class>.png`` per label for
+  multi-label), ``<stem>_overlay.png`` (several structures: with their colour key drawn in,
+  :func:`medlens.pipelines.overlay.draw_overlay`) and ``<stem>.json`` (image size, input notes, what each
+  value of the mask PNG shows (``mask_values``), area fraction, bounding box, connected components (each
+  structure's own for a multi-class mask, with area and components per class), model name,
+  post-processing, TTA uncertainty);
 - classification: ``<stem>.json`` (label, probabilities, uncertainty with TTA, input notes).
 
 Input notes say what reading did to an image (a transparent one laid on white, `medlens.data.io.read_image`);
@@ -175,8 +177,9 @@ def _postprocess(mask: np.ndarray, options: dict[str, Any]) -> np.ndarray:
 
 
 def _write_segmentation(predictor, stem: str, record, prob, unc, out: Path, options) -> dict:
-    from medlens.drawing import overlay_mask
+    from medlens.drawing import binary_segmenter, mask_values, overlay_mask, viewable_mask
     from medlens.inference.decisions import probs_to_mask
+    from medlens.pipelines.names import readable
     from medlens.pipelines.overlay import draw_overlay
 
     mask = _postprocess(probs_to_mask(prob, predictor.spec.mode, predictor.spec.threshold), options)
@@ -186,9 +189,11 @@ def _write_segmentation(predictor, stem: str, record, prob, unc, out: Path, opti
         for k in range(mask.shape[-1]):
             name = classes[k] if len(classes) == mask.shape[-1] else str(k)
             files[f"mask_{name}"] = _save_png(out / f"{stem}_mask_{name}.png", mask[..., k] * 255)
+        values = {0: "background", 255: "the class its file names"}
     else:
-        files["mask"] = _save_png(out / f"{stem}_mask.png", mask * 255 if mode == Mode.BINARY else mask)
-    binary = mode == Mode.BINARY  # one structure, in red; several: the pipelines' colours and colour key
+        files["mask"] = _save_png(out / f"{stem}_mask.png", viewable_mask(mask, classes))
+        values = mask_values([readable(c) for c in classes])
+    binary = mask.ndim == 2 and binary_segmenter(classes)  # one structure, in red; several: with their key
     overlay = overlay_mask(image, mask, colors=_RED) if binary else draw_overlay(image, mask, classes)[0]
     files["overlay"] = _save_png(out / f"{stem}_overlay.png", overlay)
     payload = {
@@ -200,6 +205,7 @@ def _write_segmentation(predictor, stem: str, record, prob, unc, out: Path, opti
         "image_size": list(image.shape[:2]),
         "input_notes": record.notes,
         "threshold": predictor.spec.threshold,
+        "mask_values": values,
         **_mask_payload(mask, classes, mode),
         "postprocess": options,
         "uncertainty": unc,

@@ -28,6 +28,12 @@ def region_names(classes: Sequence[str], region: str) -> list[str]:
     return [readable(region if c == GENERIC_REGION else c) for c in classes]
 
 
+def region_name(cls: str, classes: Sequence[str], names: Sequence[str]) -> str:
+    """The segmenter's class ``cls`` as people read it: its name in ``names`` (:func:`region_names` of
+    ``classes``, as an analysis records them), else :func:`readable` (older records without names)."""
+    return dict(zip(classes, names, strict=False)).get(cls) or readable(cls)
+
+
 def display_name(code: str | None, class_names: Mapping[str, str] | None) -> str | None:
     """``"Melanoma (mel)"`` for a class code with a full name (just ``"Normal"`` when the name only differs
     in case), else the code itself (None stays None)."""

@@ -1,13 +1,14 @@
 """The overlay people read: each structure of the mask in its own colour, the measurements that the features
 carry (the cardiothoracic ratio's two widths) as lines, and a colour key naming each of them.
 
-:func:`draw_overlay` is the one drawing: the pipeline's overlay (the API's and the CLI's overlay PNG, the
-history thumbnails) and the UI's re-blend at another opacity both come from it. Colours are taken from one
-palette (:data:`medlens.drawing.PALETTE`) in one order, the mask's labels first and the measurement lines
-after them, so that no two things in an overlay share a colour. An overlay with more than one thing to tell
-apart carries its key in a strip under the image, where it covers none of it (the overlay is then taller
-than the image, :func:`medlens.drawing.draw_key`); the key's entries are also returned, for the JSON. Numpy
-and PIL only: the web app redraws on every opacity change.
+:func:`draw_overlay` is the one drawing: the pipeline's overlay (the API's and the CLI's overlay PNG) and the
+UI's re-blend at another opacity both come from it. Colours are taken from one palette
+(:data:`medlens.drawing.PALETTE`) in one order, the mask's labels first and the measurement lines after them,
+so that no two things in an overlay share a colour. The overlay PNG of an analysis with more than one thing
+to tell apart carries its key in a strip under the image, where it covers none of it (the PNG is then taller
+than the image, :func:`medlens.drawing.draw_key`); the UI draws none (its overlay lines up with the original
+and the Grad-CAM) and shows the key's entries, which are also returned for the JSON, beside the picture.
+Numpy and PIL only: the web app redraws on every opacity change.
 """
 
 from __future__ import annotations
@@ -90,8 +91,10 @@ def draw_overlay(
     classes: Sequence[str],
     features: Mapping[str, Any] | None = None,
     alpha: float = OVERLAY_ALPHA,
+    key: bool = True,
 ) -> tuple[np.ndarray, list[KeyEntry]]:
-    """The overlay of a segmentation, its measurement lines and, with more than one entry, its colour key.
+    """The overlay of a segmentation, its measurement lines and, with more than one entry and ``key``, its
+    colour key.
 
     Args:
         image: ``(H, W, C)`` uint8, C in {1, 3, 4}.
@@ -99,6 +102,8 @@ def draw_overlay(
         classes: the segmenter's classes (label k is ``classes[k]``; background first for label masks).
         features: the analysis's features; those in `MEASUREMENT_LINES` are drawn as lines.
         alpha: fill opacity of the structures (their outlines and the lines are opaque).
+        key: draw the key in a strip under the image (the overlay PNG); False: the image's size (the UI,
+            which shows the entries beside it).
     Returns:
         ``((H, W, 3) uint8 overlay, the colour key's entries)``; with a key drawn, the overlay has the key's
         strip under the image: ``(H + strip, W, 3)``, its first ``H`` rows the overlay proper.
@@ -106,11 +111,11 @@ def draw_overlay(
     entries = colour_key(mask, classes, features)
     out = overlay_mask(image, mask, alpha=float(np.clip(alpha, 0.0, 1.0)))
     lines = iter(e for e in entries if e.kind == "line")
-    for key, names in MEASUREMENT_LINES.items():
-        drawn = (features or {}).get(key) or {}
+    for feature, names in MEASUREMENT_LINES.items():
+        drawn = (features or {}).get(feature) or {}
         for line, _ in names:
             if line in drawn:
                 _draw_line(out, *drawn[line], next(lines).rgb)
-    if len(entries) > 1:
+    if key and len(entries) > 1:
         out = draw_key(out, [(e.name, e.rgb) for e in entries])
     return out, entries
