@@ -127,3 +127,28 @@ def test_gradcam_bad_input() -> None:
         gradcam(model, torch.zeros(2, 1, 16, 16))
     with pytest.raises(MedlensError, match="not a module"):
         gradcam(model, torch.zeros(1, 1, 16, 16), target_layer="nope")
+
+
+def test_a_term_common_to_every_class_changes_no_map() -> None:
+    """Grad-CAM explains the centred logit (what softmax reads): adding the same vector to every class's
+    weights leaves the probabilities and both paths' maps as they were, although it empties the raw map."""
+    from medlens.inference.explain import cam_from_features, linear_head_weights
+
+    torch.manual_seed(0)
+    model = timm.create_model("mobilenetv2_100", pretrained=False, in_chans=3, num_classes=3).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        probs = model(x).softmax(1)
+    before = gradcam(model, x, class_index=1)
+    weights = linear_head_weights(model, 3, (64, 64))
+    assert weights is not None
+    np.testing.assert_allclose(cam_from_features(feats[0].numpy(), weights, 1, (64, 64)), before, atol=1e-4)
+    head = model.get_classifier()
+    with torch.no_grad():  # a common term large enough to make class 1's raw map negative everywhere
+        head.weight -= 10.0 * head.weight.abs().max() * torch.sign(feats.mean((0, 2, 3)))
+        assert (torch.einsum("c,chw->hw", head.weight[1], feats[0]) < 0).all()  # the raw map is empty ...
+        assert torch.allclose(model(x).softmax(1), probs, atol=1e-5)  # ... the decision unchanged
+    np.testing.assert_allclose(gradcam(model, x, class_index=1), before, atol=1e-4)  # ... and so the map
+    shifted = head.weight.detach().numpy()
+    np.testing.assert_allclose(cam_from_features(feats[0].numpy(), shifted, 1, (64, 64)), before, atol=1e-4)

@@ -23,6 +23,12 @@ pooling then one linear layer (timm's ResNets, MobileNetV2, EfficientNet(-Lite),
 returns ``A`` as a second output (``features``) for such models (:func:`linear_head_weights` checks the
 structure numerically), so the pipeline explains a prediction from the classification pass it already ran.
 MONAI's backpropagation (:func:`gradcam`) stays the reference path (torch runtime, other heads).
+
+Both explain a classifier's **centred** logit, ``z_k - mean_j z_j`` (:class:`CentredLogits`), the quantity
+softmax reads: a term common to every class changes no probability and so changes no map. For networks trained
+without the attention loss the two maps nearly agree (the shipped chest classifier v3: share inside lungs and
+heart .466 raw, .462 centred, 40 adult films); one trained with it had met the loss's raw-map term by making
+every raw map empty while its centred map lay .89 inside (configs/cpu/README).
 """
 
 from __future__ import annotations
@@ -64,6 +70,28 @@ class SegmentationScores(nn.Module):
         area = masks.flatten(2).sum(-1)
         region_mean = (logits * masks).flatten(2).sum(-1) / area.clamp(min=1)
         return torch.where(area > 0, region_mean, logits.flatten(2).mean(-1))
+
+
+class CentredLogits(nn.Module):
+    """Wrap a classifier so it returns its logits less their mean over the classes, ``(B, K)``: what softmax
+    reads. A term added to every class's logit changes no probability, so it must not change the explanation
+    either; Grad-CAM of the raw logit shows such a term, and a network can move it anywhere, even empty the
+    map (the attention-loss run did, configs/cpu/README). A one-logit (sigmoid) head is returned as it is."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        return logits if logits.shape[1] == 1 else logits - logits.mean(dim=1, keepdim=True)
+
+
+def centred_weights(weights: np.ndarray) -> np.ndarray:
+    """``(K, C)`` class weights of a linear head less their mean over the classes (the head of
+    :class:`CentredLogits`); one row stays as it is."""
+    weights = np.asarray(weights, np.float32)
+    return weights if weights.shape[0] == 1 else weights - weights.mean(axis=0, keepdims=True)
 
 
 @contextmanager
@@ -144,8 +172,7 @@ def gradcam(
         raise MedlensError(
             f"Grad-CAM target layer {target_layer!r} is not a module of {type(model).__name__}"
         )
-    segmentation = _is_segmentation(model)
-    wrapped = SegmentationScores(model) if segmentation else model
+    wrapped = SegmentationScores(model) if _is_segmentation(model) else CentredLogits(model)
     with _preserved(model, modules[target_layer]), torch.inference_mode(False), torch.enable_grad():
         model.eval()
         x = x.detach().clone()
@@ -153,7 +180,7 @@ def gradcam(
         index = class_index if class_index is not None else _default_class(model, x)
         cam_fn = GradCAM(
             nn_module=wrapped,
-            target_layers=("model." if segmentation else "") + target_layer,
+            target_layers="model." + target_layer,
             postprocessing=_normalise,
         )
         cam = cam_fn(x, class_idx=index)
@@ -210,9 +237,11 @@ def cam_from_features(
 
     Returns:
         ``(H, W)`` float32 map in 0..1: ``ReLU(sum_c w_kc A_c)``, up-sampled bilinearly and min-max scaled as
-        :func:`gradcam` does (equal to it within float tolerance, see the tests).
+        :func:`gradcam` does (equal to it within float tolerance, see the tests), with the weights centred
+        over the classes as :class:`CentredLogits` centres the logits.
     """
-    acti = np.tensordot(np.asarray(weights[class_index], np.float32), np.asarray(features, np.float32), 1)
+    weight = centred_weights(weights)[class_index]
+    acti = np.tensordot(weight, np.asarray(features, np.float32), 1)
     cam = torch.from_numpy(np.maximum(acti, 0.0, dtype=np.float32))[None, None]
     cam = F.interpolate(cam, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)
     return _normalise(cam)[0, 0].numpy().astype(np.float32, copy=False)
