@@ -204,3 +204,18 @@ def test_the_guide_and_its_margin_come_from_the_bundle_unless_set(cls_start: Pat
     cfg = config_from_bundle(bundle, None, [])
     assert (cfg.guide_bundle, cfg.guide_mode, cfg.guide_margin) == ("models/some-seg", "crop", 0.1)
     assert config_from_bundle(bundle, None, ["guide_margin=0.05"]).guide_margin == 0.05  # a tighter crop
+
+
+def test_a_recipe_naming_the_bundles_split_file_reuses_its_split(tmp_path: Path) -> None:
+    """The lineage says the split was reused when the run's split file has the bundle's sides, wherever it
+    lies (a recipe naming runs/chest3-split.json, as the bundle's own run did), not only at its path."""
+    from medlens.training.warmstart import same_split
+
+    sides = {"train": ["a", "b"], "val": ["c"], "test": ["d"]}
+    bundle_split, recipe_split, other = tmp_path / "b.json", tmp_path / "r.json", tmp_path / "o.json"
+    bundle_split.write_text(json.dumps(sides))
+    recipe_split.write_text(json.dumps(sides, indent=2))
+    other.write_text(json.dumps({**sides, "test": ["e"]}))
+    assert same_split(str(recipe_split), bundle_split) and same_split(str(bundle_split), bundle_split)
+    assert not same_split(str(other), bundle_split)
+    assert not same_split(None, bundle_split) and not same_split(str(tmp_path / "none.json"), bundle_split)

@@ -20,6 +20,7 @@ included) with a class-list check is what neither does, hence this module.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -215,6 +216,14 @@ def epochs_behind(bundle: Bundle) -> int:
     return int(bundle.training.get("epochs_trained") or 0)
 
 
+def same_split(split_file: str | None, bundle_split: Path) -> bool:
+    """Whether a run reads the bundle's split: its ``split.json``, or a file with the same sides (a recipe
+    that names the split file the bundle was trained on)."""
+    if not split_file or not Path(split_file).is_file() or not bundle_split.is_file():
+        return False
+    return json.loads(Path(split_file).read_text()) == json.loads(bundle_split.read_text())
+
+
 def write_lineage(folder: RunFolder, cfg: TrainConfig) -> dict[str, Any]:
     """``lineage.json`` of a run that starts from a bundle: the bundle, its weights' sha256, the epochs behind
     it and its own ancestors (oldest first)."""
@@ -232,7 +241,7 @@ def write_lineage(folder: RunFolder, cfg: TrainConfig) -> dict[str, Any]:
         "from": entry,
         "ancestors": [*(parent.get("ancestors") or []), *([parent["from"]] if parent.get("from") else [])],
         "epochs_before": epochs_behind(bundle),
-        "split_reused": cfg.data.split_file == str(BundleFolder(cfg.from_bundle).split),
+        "split_reused": same_split(cfg.data.split_file, BundleFolder(cfg.from_bundle).split),
     }
     write_json(folder.lineage, lineage)
     return lineage
