@@ -55,6 +55,12 @@ def _inputs(c: dict[str, Any], h: UiHandlers, names: list[str], examples: list[l
         c["file"].keep_in_cache.update(_cached_paths(shown))
 
 
+def _picture(label: str, elem_id: str, height: int = IMAGE_HEIGHT) -> gr.Image:
+    """A picture the app shows (not an input), scaled to fit its box."""
+    return gr.Image(label=label, interactive=False, elem_id=elem_id, height=height,
+                    elem_classes=["medlens-picture"])  # fmt: skip
+
+
 def _cached_paths(examples: gr.Examples) -> set[str]:
     """The paths of Gradio's cached copies of an Examples' files (its processed samples)."""
     values = [v for sample in examples.non_none_processed_examples.values() for v in sample]
@@ -77,21 +83,9 @@ def analyse_tab(h: UiHandlers, names: list[str], examples: list[list[str]]) -> d
         with gr.Column(scale=5):
             with gr.Row(equal_height=False):  # the overlay is the image's size: the two line up
                 with gr.Column(min_width=160):
-                    c["original"] = gr.Image(
-                        label="Original",
-                        interactive=False,
-                        elem_id="original",
-                        height=IMAGE_HEIGHT,
-                        elem_classes=["medlens-picture"],
-                    )
+                    c["original"] = _picture("Original", "original")
                 with gr.Column(min_width=160):
-                    c["overlay"] = gr.Image(
-                        label="Overlay",
-                        interactive=False,
-                        elem_id="overlay",
-                        height=IMAGE_HEIGHT,
-                        elem_classes=["medlens-picture"],
-                    )
+                    c["overlay"] = _picture("Overlay", "overlay")
                     c["key"] = gr.HTML(elem_id="overlay-key")
             c["opacity"] = gr.Slider(
                 0.0, 1.0, value=0.45, step=0.05, label="Overlay opacity", elem_id="opacity"
@@ -101,13 +95,7 @@ def analyse_tab(h: UiHandlers, names: list[str], examples: list[list[str]]) -> d
                 with gr.Column(visible=has_classifier, elem_id="probabilities-box") as c["probs_box"]:
                     c["probs"] = gr.Label(label="Class probabilities (calibrated)", elem_id="probabilities")
                 with gr.Column():
-                    c["gradcam"] = gr.Image(
-                        label="Grad-CAM",
-                        interactive=False,
-                        elem_id="gradcam",
-                        height=IMAGE_HEIGHT - 60,
-                        elem_classes=["medlens-picture"],
-                    )
+                    c["gradcam"] = _picture("Grad-CAM", "gradcam", IMAGE_HEIGHT - 60)
                     gr.HTML(render.colour_bar_html())
             c["advice"] = gr.Markdown(elem_id="advice")
             c["uncertainty"] = gr.HTML(elem_id="uncertainty")
