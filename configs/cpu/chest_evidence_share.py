@@ -4,7 +4,9 @@ the same films as ``chest_cam_share.py``), for the predicted class ``y``:
 
 - raw: ``ReLU(W_y . A)``, Grad-CAM of the raw logit;
 - centred: ``ReLU((W_y - mean_k W_k) . A)``, Grad-CAM of the centred logit (what medlens draws);
-- used: ``sum_k |(W_k - mean_j W_j) . A|``, every class's evidence as softmax reads it.
+- used: ``sum_k |(W_k - mean_j W_j) . A|``, every class's evidence as softmax reads it;
+
+and the centred map's share inside the lung fields alone (the heart left out).
 
 Each map is up-sampled to the input (224 px) and compared with the anatomy mask cropped as the input was. From
 the repository root:
@@ -36,11 +38,14 @@ def main(bundle: str) -> None:
     weights = net.get_classifier().weight.detach().float()
     size = tuple(clf.spec.input_size)
     for name in SETS:
-        shares: dict[str, list[float]] = {"raw": [], "centred": [], "used": []}
+        shares: dict[str, list[float]] = {"raw": [], "centred": [], "used": [], "centred, lungs only": []}
         for path in films(name):
             image = load_image(path, channels=clf.spec.in_channels)
             mask = seg.predict(image)
             region = guide_one(image, mask, GuideMode.BOTH, size, margin=clf.guide_margin)[..., -1] > 0
+            lungs = np.isin(mask, [seg.classes.index("left_lung"), seg.classes.index("right_lung")])
+            lungs = guide_one(255 * lungs.astype(np.uint8), mask, GuideMode.CROP, size, clf.guide_margin)
+            lungs = lungs[..., 0] > 127  # cropped as the input was (the crop is the whole mask's)
             with torch.no_grad():
                 feats = net.forward_features(clf.preprocess([image], [mask])).float()
                 label = int(net.forward_head(feats).argmax(1))
@@ -48,8 +53,9 @@ def main(bundle: str) -> None:
             centred = contrib - contrib.mean(0, keepdim=True)
             used = centred.abs().sum(0)
             maps = {"raw": contrib[label].relu(), "centred": centred[label].relu(), "used": used}
-            inside = torch.from_numpy(region).float()
+            maps["centred, lungs only"] = maps["centred"]
             for key, cam in maps.items():
+                inside = torch.from_numpy(lungs if key.endswith("lungs only") else region).float()
                 up = F.interpolate(cam[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
                 if float(up.sum()) > 0:  # an empty map has no share
                     shares[key].append(float((up * inside).sum() / up.sum()))
