@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from medlens.data.io import load_image
+from medlens.inference.explain import centred_weights
 from medlens.inference.guided import guide_one
 from medlens.inference.predictor import ClassificationPredictor, SegmentationPredictor
 from medlens.spec import GuideMode
@@ -36,6 +37,7 @@ def main(bundle: str) -> None:
     seg = SegmentationPredictor("models/chest-anatomy", runtime="torch", num_threads=1)
     net = clf.model.eval()
     weights = net.get_classifier().weight.detach().float()
+    centred_w = torch.from_numpy(centred_weights(weights.numpy()))
     size = tuple(clf.spec.input_size)
     for name in SETS:
         shares: dict[str, list[float]] = {"raw": [], "centred": [], "used": [], "centred, lungs only": []}
@@ -50,7 +52,7 @@ def main(bundle: str) -> None:
                 feats = net.forward_features(clf.preprocess([image], [mask])).float()
                 label = int(net.forward_head(feats).argmax(1))
             contrib = torch.einsum("kc,bchw->bkhw", weights, feats)[0]
-            centred = contrib - contrib.mean(0, keepdim=True)
+            centred = torch.einsum("kc,bchw->bkhw", centred_w, feats)[0]  # the head medlens explains
             used = centred.abs().sum(0)
             maps = {"raw": contrib[label].relu(), "centred": centred[label].relu(), "used": used}
             maps["centred, lungs only"] = maps["centred"]
