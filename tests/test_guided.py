@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medlens.errors import UnknownNameError
-from medlens.inference.guided import crop_box, guide_inputs, guide_one
+from medlens.inference.guided import crop_box, guide_inputs, guide_one, guide_regions
 from medlens.spec import DEFAULT_GUIDE_MARGIN, Guide, GuideMode, parse_enum
 
 
@@ -135,3 +135,33 @@ def test_guide_margin_sets_the_crop_and_round_trips_through_the_spec():
     assert Guide(**tight.to_dict()) == tight
     with pytest.raises(ValueError, match="margin"):
         Guide("b", "crop", 1.5)
+
+
+@pytest.mark.parametrize("mode", [GuideMode.CROP, GuideMode.CHANNEL, GuideMode.FIELD])
+def test_regions_of_some_structures_line_up_with_the_input_of_all(mode: GuideMode) -> None:
+    """cam_region: the lung fields without the heart, in the crop of lungs and heart together."""
+    mask = np.zeros((60, 80), np.uint8)
+    mask[10:50, 10:30], mask[10:50, 30:50], mask[20:40, 50:70] = 1, 2, 3  # right lung, heart, left lung
+    size = (32, 32)
+    every = guide_regions([mask], [1, 2, 3], mode, size)
+    lungs = guide_regions([mask], [1, 3], mode, size)
+    assert every.shape == lungs.shape == (1, 1, *size) and every.dtype == bool
+    # all structures: the same region as the mask channel of the same crop
+    with_mask = GuideMode.BOTH if mode.crops else GuideMode.CHANNEL
+    channel = guide_inputs([gradient_image()], None, with_mask, size, masks=[mask])[0][..., -1] > 0
+    assert (every[0, 0] != channel).mean() < 0.03
+    # the lungs alone: inside that region, without the heart's band in the middle
+    assert lungs.sum() < every.sum() and not (lungs & ~every).any()
+    heart_column = 40 * size[1] // 80 if not mode.crops else size[1] // 2 - 1
+    assert not lungs[0, 0, :, heart_column].any() and every[0, 0, :, heart_column].any()
+
+
+def test_region_names_are_checked_against_the_guide() -> None:
+    from medlens.errors import ConfigError
+    from medlens.training.prepare import region_labels
+
+    classes = ["background", "left_lung", "right_lung", "heart"]
+    assert region_labels(classes, []) == [1, 2, 3]
+    assert region_labels(classes, ["right_lung", "left_lung"]) == [2, 1]
+    with pytest.raises(ConfigError, match=r"cam_region.*lungs"):
+        region_labels(classes, ["lungs"])

@@ -120,9 +120,7 @@ class TrainConfig:
     cutmix: float = 0.0  # Beta(alpha, alpha) of cutmix; 0 = off (both on: one of them per batch)
     freeze_epochs: int = 0  # two-stage fine-tuning: head only for this many epochs, then all layers
     calibrate: bool = True  # temperature scaling on the validation logits at the end
-    target_sensitivity: float | None = (
-        None  # binary: decision threshold reaching this sensitivity on validation
-    )
+    target_sensitivity: float | None = None  # binary: decision threshold reaching it on validation
     positive_class: str | None = None  # binary: the positive class; None = the non-"normal"/"benign" one
     balanced_decision: bool = (
         False  # multi-class: arg-max of p / prior**tau, tau fitted on val (balanced acc.)
@@ -141,6 +139,7 @@ class TrainConfig:
     guide_mode: GuideMode = GuideMode.CROP  # crop | channel | both | field
     guide_margin: float = DEFAULT_GUIDE_MARGIN  # crop margin per side, a fraction of the region's longer side
     cam_penalty: float = 0.0  # weight of the attention loss (losses.outside_evidence) on the guide's region
+    cam_region: list[str] = field(default_factory=list)  # the guide's structures forming it; [] = all of them
 
 
 def config_to_dict(cfg: Any) -> dict:

@@ -170,3 +170,26 @@ def guide_inputs(
     return GuidedInputs(
         guide_one(img, m, mode, tuple(size), margin) for img, m in zip(images, masks, strict=True)
     )
+
+
+def guide_regions(
+    masks: Sequence[np.ndarray],
+    labels: Sequence[int],
+    mode: GuideMode,
+    size: tuple[int, int],
+    margin: float = DEFAULT_MARGIN,
+) -> np.ndarray:
+    """Where the guided inputs of ``mode`` show the structures ``labels`` of each label mask: the attention
+    loss's region (training/losses.py ``outside_evidence``), aligned with what :func:`guide_inputs` gives.
+
+    The crop stays the one of the whole mask (every structure), so that a region of fewer structures (the
+    lung fields without the heart) lines up with the same input.
+
+    Returns:
+        ``(N, 1, size[0], size[1])`` bool.
+    """
+    with_mask = GuideMode.BOTH if mode.crops else GuideMode.CHANNEL
+    sources = [np.where(np.isin(m, list(labels)), 255, 0).astype(np.uint8) for m in masks]
+    # the structures' own mask goes in as the "image": cropped and resized like the picture
+    guided = [guide_one(s, m, with_mask, tuple(size), margin) for s, m in zip(sources, masks, strict=True)]
+    return np.stack([g[None, ..., 0] > 127 for g in guided])

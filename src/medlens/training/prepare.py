@@ -25,7 +25,7 @@ from medlens.data.splits import check_splits, load_splits, make_splits, save_spl
 from medlens.errors import ConfigError, DatasetError
 from medlens.folders import RunFolder
 from medlens.jsonable import write_json
-from medlens.spec import Guide, GuideMode, ModelSpec, Task, trained_flips
+from medlens.spec import Guide, ModelSpec, Task, trained_flips
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def _guided_cache(
     ``cfg.guide_bundle``; with ``regions``, also the guide's region aligned with each input (the
     attention loss's "where to look")."""
     from medlens.data.io import load_image
-    from medlens.inference.guided import guide_inputs
+    from medlens.inference.guided import guide_inputs, guide_regions
     from medlens.inference.predictor import SegmentationPredictor
 
     if run.index.task != Task.CLASSIFICATION:
@@ -209,8 +209,7 @@ def _guided_cache(
     seg = SegmentationPredictor(cfg.guide_bundle, device=str(device), num_threads=torch.get_num_threads())
     base_channels = run.plan.in_channels
     size = tuple(run.plan.input_size)
-    # the region as the mask channel that the same crop with a mask channel would carry
-    with_mask = GuideMode.BOTH if cfg.guide_mode.crops else GuideMode.CHANNEL
+    labels = region_labels(seg.classes, cfg.cam_region) if regions else []
     chunks, region_chunks, items = [], [], run.index.lookup(ids)
     for start in range(0, len(items), GUIDE_CHUNK):
         images = [
@@ -219,14 +218,22 @@ def _guided_cache(
         masks = [seg.predict(image) for image in images]
         arrays = guide_inputs(images, None, cfg.guide_mode, size, masks=masks, margin=cfg.guide_margin)
         chunks.append(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous())
-        if regions:  # the mask channel of the mode, or of the same crop with one
-            guided = arrays if cfg.guide_mode.extra_channels else guide_inputs(
-                images, None, with_mask, size, masks=masks, margin=cfg.guide_margin
-            )  # fmt: skip
-            region_chunks.append(torch.from_numpy(np.stack([g[None, ..., -1] > 0 for g in guided])).byte())
+        if regions:
+            found = guide_regions(masks, labels, cfg.guide_mode, size, margin=cfg.guide_margin)
+            region_chunks.append(torch.from_numpy(found).byte())
     targets = torch.tensor([run.index.class_index(item) for item in items], dtype=torch.int64)
     logger.info("guided inputs (%s) from %s for %d images", cfg.guide_mode, cfg.guide_bundle, len(items))
     return CachedData(torch.cat(chunks), targets, list(ids), torch.cat(region_chunks) if regions else None)
+
+
+def region_labels(classes: list[str], names: list[str]) -> list[int]:
+    """The guide's label values of the structures ``names`` (``cam_region``); every structure when empty."""
+    if not names:
+        return list(range(1, len(classes)))
+    unknown = sorted(set(names) - set(classes[1:]))
+    if unknown:
+        raise ConfigError(f"cam_region: {unknown} are not structures of the guide bundle ({classes[1:]})")
+    return [classes.index(name) for name in names]
 
 
 def model_spec(cfg: TrainConfig, plan: Plan) -> ModelSpec:
