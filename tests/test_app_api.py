@@ -114,6 +114,13 @@ def test_bad_uploads_get_a_clear_4xx_and_the_server_keeps_serving(client, payloa
     assert client.get("/healthz").status_code == 200
 
 
+def test_a_bad_dicom_upload_is_named_by_its_file_name(client):
+    r = _post(client, dicom_without_pixels(), name="C:\\scans\\scan.dcm")
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith("cannot read scan.dcm: DICOM file has no pixel data"), r.text
+    assert "<upload>" not in r.text and "SECRET-PATIENT" not in r.text
+
+
 def test_pixel_limit_applies_to_headers_and_to_the_reader(tmp_path):
     """PNG headers are checked before decoding; DICOM (no Pillow header) is refused by read_image: 413."""
     with TestClient(_app(tmp_path, max_pixels=1000)) as c:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -176,10 +178,45 @@ def test_predict_errors_are_clear(tmp_path: Path, seg_bundle: Path, capsys: pyte
     assert "exists and is not a folder" in capsys.readouterr().err
     assert (
         cli.main(["predict", str(seg_bundle), str(bad), "--out", str(tmp_path / "o")])
-        == commands.EXIT_NOTHING_DONE
+        == commands.EXIT_UNREADABLE_INPUT
     )
-    out = capsys.readouterr().out
-    assert "0 image(s) predicted in" in out and "1 unreadable (listed there)" in out
+    captured = capsys.readouterr()
+    assert "0 image(s) predicted in" in captured.out and "1 unreadable (listed there)" in captured.out
+    assert f"error: cannot read {bad / 'notes.png'}: unknown file type" in captured.err.splitlines()[-1]
+
+
+def test_predict_on_a_folder_with_bad_files_keeps_the_good_ones_and_exits_non_zero(
+    tmp_path: Path, seg_bundle: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Lose nothing: every readable image is predicted and written; each unreadable one is named with its
+    reason on stderr (as a single bad input is) and in summary.json, and the exit status says so."""
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    Image.new("RGB", (20, 16), (120, 60, 30)).save(folder / "good.png")
+    Image.new("L", (18, 18), 90).save(folder / "sub" / "good2.jpg")
+    (folder / "notes.png").write_text("a text file, not an image")
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="JPEG")
+    (folder / "broken.jpg").write_bytes(buf.getvalue()[: buf.tell() // 2])  # header kept, scan data cut
+    out = tmp_path / "out"
+    assert cli.main(["predict", str(seg_bundle), str(folder), "--out", str(out)]) == (
+        commands.EXIT_UNREADABLE_INPUT
+    )
+    captured = capsys.readouterr()
+    for stem in ("good", "sub__good2"):  # the good ones are all there
+        assert (out / f"{stem}_mask.png").is_file() and (out / f"{stem}.json").is_file()
+    assert "2 image(s) predicted" in captured.out and "2 unreadable" in captured.out
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2, captured.err
+    assert errors[0].startswith(f"error: cannot read {folder / 'broken.jpg'}: corrupt or truncated JPEG data")
+    assert errors[1] == (
+        f"error: cannot read {folder / 'notes.png'}: unknown file type (not PNG, JPEG, TIFF, BMP or DICOM)"
+    )
+    failed = json.loads((out / "summary.json").read_text())["failed"]
+    assert [f["source"] for f in failed] == [str(folder / "broken.jpg"), str(folder / "notes.png")]
+    assert failed[1]["error"] == "unknown file type (not PNG, JPEG, TIFF, BMP or DICOM)"
+    assert not (out / "notes_mask.png").exists() and not (out / "broken_mask.png").exists()
 
 
 def test_failures_name_their_cause_and_leave_nothing_behind(

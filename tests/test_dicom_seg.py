@@ -141,6 +141,22 @@ def test_bad_inputs_name_the_file(tmp_path):
         dicom_seg_bytes(lesion_mask(), tmp_path / "junk.dcm")
 
 
+def test_a_source_given_as_bytes_is_named_by_its_file_name(tmp_path):
+    """Bytes have no path: errors call them by the name given (an upload's file name), "<upload>" without."""
+    no_pixels = pydicom.dcmread(make_source(tmp_path / "s.dcm", rgb=False))
+    del no_pixels.PixelData
+    buf = io.BytesIO()
+    no_pixels.save_as(buf, enforce_file_format=True)
+    with pytest.raises(ImageReadError, match=r"^cannot read scan\.dcm: DICOM file has no pixel data"):
+        dicom_seg_bytes(lesion_mask(), buf.getvalue(), name="scan.dcm")
+    with pytest.raises(ImageReadError, match=r"^cannot read scan\.dcm: not a readable DICOM file"):
+        dicom_seg_bytes(lesion_mask(), b"not a dicom file at all", name="scan.dcm")
+    with pytest.raises(ImageReadError, match=r"^cannot read <upload>: DICOM file has no pixel data"):
+        dicom_seg_bytes(lesion_mask(), buf.getvalue())
+    with pytest.raises(ImageReadError, match=r"^cannot read scan\.dcm: DICOM file has no pixel data"):
+        read_dicom(buf.getvalue(), name="scan.dcm")  # the reader takes the name too
+
+
 def test_deidentification_helpers(tmp_path):
     ds = pydicom.dcmread(make_source(tmp_path / "s.dcm", rgb=False))
     clean = deidentified_copy(ds)

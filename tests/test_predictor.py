@@ -44,6 +44,37 @@ def test_ensure_channels_conversions():
         ensure_channels(np.zeros((2, 2, 3), np.float32), 3)
 
 
+def test_a_transparent_rgba_array_is_flattened_on_white_as_the_pipelines_do(
+    seg_bundle: Path, caplog: pytest.LogCaptureFixture
+):
+    """A predictor called directly flattens transparency with the readers' and the pipelines' function
+    (`flatten_alpha`, on white) instead of dropping the alpha channel, and logs its note (no pixel values)."""
+    from medlens.data.io import flatten_alpha
+    from medlens.pipelines.stages import as_image
+
+    rgba = np.zeros((24, 32, 4), np.uint8)
+    rgba[..., :3] = (200, 30, 60)
+    rgba[..., 3] = 255
+    rgba[:, :8, 3] = 0  # a transparent band: white once flattened, (200, 30, 60) if alpha were dropped
+    rgba[:, 8:12, 3] = 128  # half transparent
+    flat, note = flatten_alpha(rgba)
+    with caplog.at_level("WARNING", logger="medlens.inference.preprocess"):
+        out = ensure_channels(rgba, 3)
+    assert np.array_equal(out, flat) and np.array_equal(out, as_image(rgba).array)
+    assert (out[:, :8] == 255).all() and out[0, 10].tolist() == [227, 142, 157]
+    assert out[0, 20].tolist() == [200, 30, 60]  # opaque pixels unchanged
+    assert [r.getMessage() for r in caplog.records] == [f"RGBA input: {note}"]
+    assert "partly transparent (38% of its pixels)" in note
+    predictor = SegmentationPredictor(seg_bundle)
+    assert np.array_equal(predictor.predict_proba([rgba])[0], predictor.predict_proba([flat])[0])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medlens.inference.preprocess"):
+        opaque = rgba.copy()
+        opaque[..., 3] = 255
+        assert np.array_equal(ensure_channels(opaque, 3), rgba[..., :3])
+    assert not caplog.records  # nothing to say of an opaque image
+
+
 def test_preprocess_matches_the_training_cache_and_normalises():
     spec = ModelSpec(task="segmentation", arch="unet", in_channels=3, num_classes=1, input_size=(16, 24),
                      mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.1])  # fmt: skip

@@ -2,7 +2,9 @@
 
 Thin on purpose: each command (:mod:`medlens.cli.commands`) reads its flags (:mod:`medlens.cli.parsers`) and
 calls one API function. Bad input (``MedlensError``) prints ``error: <message>`` on stderr and exits with
-status 2; ``--verbose`` shows the traceback instead.
+status 2; ``--verbose`` shows the traceback instead. ``predict`` goes on past unreadable images (every
+readable one is predicted and written), then names each on stderr the same way (``error: cannot read
+<file>: <reason>``) and exits with status 1.
 """
 
 from __future__ import annotations

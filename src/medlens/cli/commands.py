@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medlens.errors import MedlensError
+from medlens.errors import ImageReadError, MedlensError
 from medlens.folders import RunFolder
 
 EXIT_BAD_INPUT = 2
-EXIT_NOTHING_DONE = 1  # predict: no input could be read
+EXIT_UNREADABLE_INPUT = 1  # predict: some input could not be read (every readable one was still predicted)
 
 
 def _existing(path: str, what: str) -> Path:
@@ -186,7 +186,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     tta = {True: "on", False: "off"}.get(stats["tta"], "as chosen per model")
     _echo(f"{summary}: {stats['ok']} image(s) predicted in {stats['seconds']} s ({stats['images_per_s']} "
           f"images/s, TTA {tta}), {stats['errors']} unreadable (listed there)")  # fmt: skip
-    return 0 if stats["ok"] else EXIT_NOTHING_DONE
+    for failure in stats["failed"]:  # worded as `main` words a single bad input: "error: cannot read ..."
+        sys.stderr.write(f"error: {ImageReadError(failure['source'], failure['error'])}\n")
+    return EXIT_UNREADABLE_INPUT if stats["failed"] else 0
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:

@@ -31,16 +31,16 @@ logger = logging.getLogger(__name__)
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
-def read_dicom(source: Source, max_pixels: int | None = None) -> ImageRecord:
+def read_dicom(source: Source, max_pixels: int | None = None, *, name: str | None = None) -> ImageRecord:
     """Read a single-frame DICOM image to an :class:`ImageRecord` (array (H, W, 1) or (H, W, 3) uint8).
 
     Grey images: modality LUT / rescale slope+intercept, then the first VOI LUT or window centre/width (else
     the min/max of the rescaled values) maps to 0..255; MONOCHROME1 is inverted so that bright means dense as
     usual. Colour (RGB/YBR) images are converted to RGB. ``record.dicom`` keeps the dataset without pixel
-    data.
+    data. ``name``: what bytes are called in errors (an upload's file name; default ``"<upload>"``).
     """
     limit = max_pixels_limit(max_pixels)
-    with open_source(source) as (fp, name, fmt):
+    with open_source(source, name) as (fp, name, fmt):
         if fmt != "dicom":
             raise ImageReadError(name, f"not a DICOM file (looks like {fmt.upper()})")
         return read_dicom_fp(fp, name, limit)

@@ -3,6 +3,7 @@ that a model sees at inference the pixels it was trained on), 0..1 scaling and t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,11 +12,17 @@ import torch
 from medlens.errors import MedlensError
 from medlens.spec import IMAGE_CHANNELS, ModelSpec
 
+logger = logging.getLogger(__name__)
+
 
 def ensure_channels(image: np.ndarray, channels: int) -> np.ndarray:
     """``(H, W)`` or ``(H, W, C)`` uint8 -> ``(H, W, channels)`` uint8 (ITU-R 601 luma for RGB -> grey,
-    grey repeated for grey -> RGB, alpha dropped). Images with ``channels`` channels pass unchanged."""
-    from medlens.data.io import convert_channels
+    grey repeated for grey -> RGB). Images with ``channels`` channels pass unchanged.
+
+    RGBA is flattened on white by `medlens.data.io.flatten_alpha`, as the readers and the pipelines flatten
+    it, so that a predictor called directly sees the pixels an analysis of the same image sees; its note (how
+    much of the image was transparent, never pixel values) is logged as a warning."""
+    from medlens.data.io import convert_channels, flatten_alpha
 
     image = np.asarray(image)
     if image.ndim == 2:
@@ -25,7 +32,9 @@ def ensure_channels(image: np.ndarray, channels: int) -> np.ndarray:
     if image.shape[2] == channels:
         return image
     if image.shape[2] == 4:
-        image = image[..., :3]
+        image, note = flatten_alpha(image)
+        if note:
+            logger.warning("RGBA input: %s", note)
     if image.shape[2] not in IMAGE_CHANNELS or channels not in IMAGE_CHANNELS:
         raise MedlensError(
             f"cannot convert a {image.shape[2]}-channel image to the {channels} the model expects"

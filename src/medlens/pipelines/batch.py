@@ -21,7 +21,9 @@ pipeline of its modality, `medlens.pipelines.batch_analysis`) writes ``<stem>.js
 the Grad-CAM share inside the region, scalar features) with the file names.
 
 Both write ``summary.csv``: one row per input with ``status`` ok/error; unreadable files are reported there
-with the reason and skipped, never fatal. ``summary.json`` gives the counts, the wall time and the images/s.
+with the reason and skipped, never fatal (every readable one is still predicted and written). ``summary.json``
+gives the counts, the wall time, the images/s and ``failed``: the ``source`` and ``error`` (the reason) of
+each unreadable input, which `medlens predict` names on stderr before it exits non-zero.
 Both modes run the models on batches of ``batch_size`` images (pipelines: `Pipeline.analyze_batch`).
 ``<stem>`` is the file's path relative to the folder given, with ``/`` turned into ``__`` so that files of
 the same name in different sub-folders do not collide.
@@ -120,7 +122,7 @@ def _batches(inputs: list[tuple[Path, str]], batch_size: int, rows: dict[int, di
             for note in record.notes:  # said in its JSON and summary row too
                 logger.warning("%s: %s", path, note)
         except ImageReadError as exc:
-            logger.warning("skipping %s: %s", path, exc.reason)
+            logger.warning("%s; skipped", exc)  # the CLI's wording: "cannot read <file>: <reason>"
             rows[n] = {"id": stem, "source": str(path), "status": "error", "error": exc.reason}
         if len(batch) == batch_size or (n == len(inputs) and batch):
             yield batch
@@ -346,7 +348,7 @@ def predict_paths(
 
     Returns:
         The path of ``out/summary.csv`` (one row per input; unreadable files have ``status`` "error");
-        ``out/summary.json`` holds the counts, seconds and images/s.
+        ``out/summary.json`` holds the counts, seconds and images/s, and the unreadable inputs (``failed``).
     """
     out = Path(out)
     files = collect_inputs(inputs)
@@ -359,11 +361,12 @@ def predict_paths(
     else:
         rows = _run_pipeline(model, files, out, models_dir, runtime, batch_size, precision, tta)
     seconds = time.perf_counter() - t0  # models loaded, images read, predicted and written
-    n_bad = sum(r["status"] != "ok" for r in rows)
+    failed = [{"source": r["source"], "error": r["error"]} for r in rows if r["status"] != "ok"]
+    n_bad = len(failed)
     rate = (len(rows) - n_bad) / seconds if seconds > 0 else None
     stats = {"images": len(rows), "ok": len(rows) - n_bad, "errors": n_bad, "seconds": round(seconds, 3),
              "images_per_s": rate and round(rate, 2), "batch_size": batch_size, "runtime": runtime,
-             "precision": precision, "tta": tta}  # fmt: skip
+             "precision": precision, "tta": tta, "failed": failed}  # fmt: skip
     write_json(out / SUMMARY_JSON, stats)
     logger.info("%d images predicted (%.2f images/s), %d unreadable; results in %s",
                 len(rows) - n_bad, rate or 0.0, n_bad, out)  # fmt: skip

@@ -149,18 +149,19 @@ def scrub_mapping(data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_source(source: str | Path | bytes | pydicom.Dataset) -> pydicom.Dataset:
+def read_source(source: str | Path | bytes | pydicom.Dataset, name: str | None = None) -> pydicom.Dataset:
     """The source image dataset, read with pydicom from a path or bytes (it must hold pixel data) or given.
 
     Raises `ImageReadError` naming the file for a non-DICOM file, missing pixel data or image attributes, or a
-    multi-frame image.
+    multi-frame image: a path by itself; bytes, and a dataset without a file name, by ``name`` (an upload's
+    file name; without one ``"<upload>"`` and ``"<dataset>"``).
     """
     import pydicom
 
     if isinstance(source, pydicom.Dataset):
-        name, ds = str(getattr(source, "filename", None) or "<dataset>"), source
+        name, ds = str(getattr(source, "filename", None) or name or "<dataset>"), source
     else:
-        name = "<upload>" if isinstance(source, bytes) else str(source)
+        name = name if isinstance(source, bytes) else str(source)  # None: ImageReadError's "<upload>"
         fp = io.BytesIO(source) if isinstance(source, bytes) else source
         try:
             ds = pydicom.dcmread(fp)
@@ -203,6 +204,8 @@ def make_dicom_seg(
     series_number: int = 100,
     series_description: str = "medlens segmentation",
     classes: Sequence[str] | None = None,
+    *,
+    name: str | None = None,
 ) -> hd.seg.Segmentation:
     """A BINARY DICOM SEG of ``mask`` over its source image: one segment, or one per class of a label mask.
 
@@ -217,6 +220,7 @@ def make_dicom_seg(
         classes: a multi-class model's class names, background first: segment ``k`` is class ``k``, labelled
             with its name and coded as that structure when the name is one (`ANATOMY_CODES`: left lung,
             heart...), else as ``segment``.
+        name: what errors call a source given as bytes (the upload's file name), see `read_source`.
     Returns:
         the ``highdicom.seg.Segmentation`` (a ``pydicom.Dataset``), new Series/SOP Instance UIDs, same study.
     """
@@ -227,7 +231,7 @@ def make_dicom_seg(
     kinds = segment_types()
     if segment not in kinds:
         raise UnknownNameError("segment type", segment, list(kinds))
-    src = read_source(source)
+    src = read_source(source, name)
     mask = np.asarray(mask)
     shape = (int(src.Rows), int(src.Columns))
     if mask.ndim != 2 or mask.shape != shape:
