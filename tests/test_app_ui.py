@@ -10,9 +10,9 @@ import pytest
 from medlens.app import render
 from medlens.app.security import UPLOAD_NAME_LIMIT, upload_name
 from medlens.app.service import AnalysisService
-from medlens.app.store import HistoryStore
+from medlens.app.store import HistoryStore, make_thumbnail
 from medlens.drawing import PALETTE
-from medlens.pipelines.advice import DEFAULT_NOTICE, out_of_scope_text
+from medlens.pipelines.advice import DEFAULT_NOTICE, out_of_scope_text, scope_finding, scope_summary
 from tests.helpers_app import FakePipeline, bomb_png, corrupt_jpeg, png_bytes, rgb_image
 
 
@@ -219,6 +219,49 @@ def test_a_refused_image_shows_no_class_probabilities_or_features(handlers):
         result={**result, "out_of_scope": False}, **kept,
     )  # fmt: skip
     assert render.probabilities(read) and not render.reading_features(read).empty
+
+
+REASONS = ["the classifier is unsure: top probability 0.55 < 0.6", "the segmenter found no region"]
+
+
+class _Refusing(FakePipeline):
+    """Refused by two checks after its models ran: it keeps the mask, overlay, Grad-CAM, probabilities and
+    uncertainty that the UI must not show (as the pipeline's own refusals do, `analyzer._conclude`)."""
+
+    def analyze(self, image, clahe=False, gradcam=True, tta=None):
+        a = super().analyze(image, clahe, gradcam, tta)
+        a.out_of_scope, a.label, a.scope_reasons, a.scope_reason = True, None, REASONS, scope_summary(REASONS)
+        a.recommendation = out_of_scope_text(a.scope_reason, "Skin lesion")
+        a.findings, a.notice = [scope_finding(reason) for reason in REASONS], DEFAULT_NOTICE
+        return a
+
+
+def test_a_refused_image_shows_its_original_and_every_refusal_only(tmp_path):
+    pytest.importorskip("gradio")
+    from medlens.app.ui_handlers import DETAIL, UiHandlers
+
+    service = AnalysisService({"skin": _Refusing("skin")}, HistoryStore(tmp_path / "home"), max_pixels=10_000)
+    handlers, upload = UiHandlers(service, max_file_size=50_000), tmp_path / "lesion.png"
+    upload.write_bytes(png_bytes(rgb_image(40)))
+    try:
+        out = handlers.analyze(str(upload), "skin", False, True, 0.5)
+        shown = dict(zip([*DETAIL, "id"], out, strict=True))
+        record = service.get(shown["id"])
+        assert all(record["files"][k] for k in ("mask", "overlay", "gradcam"))  # kept for the API
+        assert record["probabilities"] and record["result"]["uncertainty"] == 0.1
+        assert shown["original"] == str(service.file_path(shown["id"], "image"))
+        assert shown["overlay"] is None and shown["key"] == "" and shown["gradcam"] is None
+        assert shown["probs"] is None and shown["probs_box"]["visible"] is False and shown["features"].empty
+        assert shown["uncertainty"] == "" and shown["mask_file"]["value"] is None
+        assert shown["mask_file"]["label"] == render.MASK_LABEL
+        assert all(reason in shown["advice"] for reason in REASONS)
+        assert "Label" not in shown["advice"] and "Where the model looked" not in shown["advice"]
+        assert handlers.overlay(shown["id"], 1.0) is None  # the opacity slider draws no overlay either
+        assert handlers.panel(shown["id"])[:4] == (shown["original"], None, "", None)  # nor compare
+        thumb = render.load_png(service.file_path(shown["id"], "thumb"))  # the history's: the original
+        assert np.array_equal(thumb, make_thumbnail(rgb_image(40)))
+    finally:
+        service.close()
 
 
 def test_compare_refuses_analyses_of_two_pipelines_naming_both(handlers, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import json
 import subprocess
@@ -240,6 +241,35 @@ def test_failures_name_their_cause_and_leave_nothing_behind(
     assert not out.exists()  # no empty results folder after a failure
     assert cli.main(["predict", str(tmp_path / "nope"), str(image), "--out", str(out)]) == 2
     assert not out.exists()
+
+
+def test_predict_marks_a_refused_images_probabilities_as_no_reading_as_the_api_does(
+    tmp_path: Path, seg_bundle: Path, cls_bundle: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from medlens.app.views import analysis_view
+
+    strict = tmp_path / "strict.yaml"  # no probability reaches 1.01 and no region covers more than the image
+    strict.write_text(
+        "name: strict\nsegmenter: {bundle: tiny-seg}\nclassifier: {bundle: tiny-cls}\n"
+        "scope: {min_probability: 1.01, require_region: true, min_region_fraction: 1.0}\n"
+    )
+    image, out = tmp_path / "lesion.png", tmp_path / "out"
+    Image.new("RGB", (32, 32), (180, 120, 100)).save(image)
+    argv = ["predict", str(strict), str(image), "--out", str(out), "--models-dir", str(seg_bundle.parent)]
+    assert cli.main(argv) == 0 and "1 image(s) predicted" in capsys.readouterr().out
+    info = json.loads((out / "lesion.json").read_text())
+    assert info["out_of_scope"] is True and len(info["scope_reasons"]) == 2 and info["label"] is None
+    view = info["classification"]
+    assert view["reading"] is False and view["label"] is None
+    assert set(view["probabilities"]) == {"benign", "malignant"}  # the raw probabilities, kept
+    assert view["probabilities"] == info["probabilities"]
+    record = {"id": "x", "created": "2026-01-01T00:00:00+00:00", "pipeline": "strict", "files": {},
+              "source_format": "png", "label": None, "probabilities": info["probabilities"],
+              "features": info["features"], "result": info}  # fmt: skip
+    assert analysis_view(record)["classification"] == view  # the API's words for the same result
+    with (out / "summary.csv").open(newline="") as fh:
+        row = next(csv.DictReader(fh))
+    assert row["reading"] == "False" and row["out_of_scope"] == "True" and row["label"] == ""
 
 
 def test_benchmark_work_dir_is_created(tmp_path: Path) -> None:

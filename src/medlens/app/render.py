@@ -104,8 +104,9 @@ def short_date(iso: str) -> str:
 
 def refused(record: Mapping[str, Any] | None) -> bool:
     """Whether the record's image was refused (out of scope). The UI gives a refused image no reading: no
-    class, probabilities or features (:func:`probabilities`, :func:`reading_features`), only why it was
-    refused; the API keeps the raw ones for integrators, marked (`medlens.app.views.analysis_view`)."""
+    class, probabilities or features (:func:`probabilities`, :func:`reading_features`), no overlay, Grad-CAM,
+    mask or uncertainty (`medlens.app.ui_handlers.UiHandlers.detail`), its original and why it was refused
+    only; the API keeps the raw ones for integrators, marked (`medlens.app.views.analysis_view`)."""
     return bool(((record or {}).get("result") or {}).get("out_of_scope"))
 
 

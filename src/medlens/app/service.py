@@ -25,7 +25,7 @@ from typing import Any
 
 from medlens.app.pool import PipelinePool, serving_plan
 from medlens.app.security import declared_size
-from medlens.app.store import HistoryStore
+from medlens.app.store import HistoryStore, make_thumbnail
 from medlens.errors import InternalError, MedlensError, UnknownNameError
 from medlens.jsonable import to_jsonable
 from medlens.pipelines.config import DEFAULT_TTA
@@ -258,6 +258,8 @@ class AnalysisService:
                 "mask": analysis.mask_image(),  # valued as result["mask_values"] says
                 "overlay": analysis.overlay,
                 "gradcam": analysis.gradcam,
+                # the history's thumbnail: the overlay's, but a refused image's shows no segmentation
+                "thumb": make_thumbnail(image.array) if analysis.out_of_scope else None,
             },
             source_format=image.source_format,
         )

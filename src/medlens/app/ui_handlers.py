@@ -141,10 +141,12 @@ class UiHandlers:
         return tuple(info.get("class_groups") or ())
 
     def detail(self, record: dict[str, Any] | None, opacity: float = 0.45) -> tuple:
-        """The :data:`DETAIL` values of a record (empty ones for None)."""
+        """The :data:`DETAIL` values of a record (empty ones for None; a refused one's: :meth:`_refusal`)."""
         if record is None:
             empty = gr.update(value=None, label=render.MASK_LABEL)
             return None, None, "", None, gr.update(), None, render.features_frame({}), "", "", empty
+        if render.refused(record):
+            return self._refusal(record)
         path = self.service.file_path
         image_path = path(record["id"], "image")
         probs = render.probabilities(record)
@@ -161,18 +163,29 @@ class UiHandlers:
             gr.update(value=self._mask_download(record["id"]), label=render.mask_label(record["result"])),
         )
 
+    def _refusal(self, record: dict[str, Any]) -> tuple:
+        """The :data:`DETAIL` values of a refused image (:func:`render.refused`): the original and its
+        refusal (every reason, :func:`render.advice_markdown`) only, the class-probability panel hidden. No
+        overlay, colour key, Grad-CAM, probabilities, features, uncertainty or mask: what the record keeps
+        of them is the API's, marked as no reading."""
+        values = list(self.detail(None))
+        values[DETAIL.index("original")] = self._str(self.service.file_path(record["id"], "image"))
+        values[DETAIL.index("probs_box")] = gr.update(visible=False)
+        values[DETAIL.index("advice")] = render.advice_markdown(record)
+        return tuple(values)
+
     def overlay(self, analysis_id: str | None, opacity: float) -> np.ndarray | None:
         """The stored analysis's overlay redrawn at ``opacity`` (no model run): the API's and the CLI's
         drawing, with the measurement lines, at the image's size (the colour key is :func:`render.key_html`,
-        not a strip under it)."""
-        if not analysis_id:
+        not a strip under it). None for a refused image (:meth:`_refusal`)."""
+        record = self.service.get(analysis_id) if analysis_id else None
+        if record is None or render.refused(record):
             return None
         image = render.load_png(self.service.file_path(analysis_id, "image"))
         if image is None:
             return None
         mask_path = self.service.file_path(analysis_id, "mask")
         mask = render.load_png(mask_path) if mask_path else None
-        record = self.service.get(analysis_id) or {}
         result = record.get("result") or {}
         names = result.get("mask_names") or result.get("mask_classes") or ()  # older records: the classes
         return render.blend(image, mask, opacity, names, record.get("features"))

@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from medlens.pipelines.analysis import stored_uncertainty_note
+from medlens.pipelines.analysis import classification_view, stored_uncertainty_note
 from medlens.pipelines.describe import describe_features
-from medlens.pipelines.groups import group_fields
-from medlens.pipelines.names import display_name
 
 
 def _links(record: Mapping[str, Any], base: str) -> dict[str, str | None]:
@@ -36,24 +34,6 @@ def _segmentation(result: Mapping[str, Any], links: Mapping[str, str | None]) ->
     }
 
 
-def _classification(record: Mapping[str, Any]) -> dict[str, Any] | None:
-    if not record.get("probabilities"):
-        return None
-    result = record["result"]
-    names = result.get("class_names") or {}
-    groups = result.get("groups") or []
-    return {
-        "label": record["label"],
-        "label_name": display_name(record["label"], names),
-        "reading": not result.get("out_of_scope", False),
-        "probabilities": record["probabilities"],
-        "class_names": names,
-        "groups": groups,
-        "learnt_from": result.get("learnt_from") or {},
-        **group_fields(groups),
-    }
-
-
 def scope_reasons(result: Mapping[str, Any]) -> list[str]:
     """Every reason the image is out of scope; a record stored before they were listed has its one."""
     if "scope_reasons" in result:
@@ -66,8 +46,8 @@ def analysis_view(record: Mapping[str, Any], base: str = "/api/v1") -> dict[str,
 
     A refused image (``out_of_scope``) gets no reading: no label, no flag, the refusal as its recommendation.
     The classifier's probabilities and the features measured before the refusal are kept for integrators,
-    marked as not a reading (``classification.reading`` false); the UI shows neither
-    (`medlens.app.render.refused`)."""
+    marked as not a reading: ``classification.reading`` false (`classification_view`, which batch prediction's
+    JSON and CSV use too); the UI shows neither (`medlens.app.render.refused`)."""
     result = record["result"]
     links = _links(record, base)
     features = record.get("features") or {}
@@ -86,7 +66,7 @@ def analysis_view(record: Mapping[str, Any], base: str = "/api/v1") -> dict[str,
         "image_url": links["image"],
         "thumbnail_url": links["thumb"],
         "segmentation": _segmentation(result, links),
-        "classification": _classification(record),
+        "classification": classification_view(record.get("label"), record.get("probabilities") or {}, result),
         "features": features,
         "feature_details": describe_features(features),
         "recommendation": result.get("recommendation", ""),

@@ -44,6 +44,31 @@ def stored_uncertainty_note(result: Mapping[str, Any]) -> str | None:
     return result.get("uncertainty_note") or UNCERTAINTY_NOT_MEASURED
 
 
+def classification_view(
+    label: str | None, probabilities: Mapping[str, float], result: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The classification of a result as the REST API (`medlens.app.views.analysis_view`) and batch
+    prediction's JSON and CSV (`Analysis.classification`) give it: label, probabilities, class groups with
+    their ``<group>_probability`` / ``<group>_flagged`` fields, and ``reading``, false for an image refused
+    (``result["out_of_scope"]``): its probabilities are the classifier's raw output, kept for integrators, not
+    a reading. ``result``: a stored result or an `Analysis`'s fields (``class_names``, ``groups``,
+    ``learnt_from``, ``out_of_scope``); None without probabilities (no classifier, or it never ran)."""
+    if not probabilities:
+        return None
+    names = result.get("class_names") or {}
+    groups = result.get("groups") or []
+    return {
+        "label": label,
+        "label_name": display_name(label, names),
+        "reading": not result.get("out_of_scope", False),
+        "probabilities": dict(probabilities),
+        "class_names": names,
+        "groups": groups,
+        "learnt_from": result.get("learnt_from") or {},
+        **group_fields(groups),
+    }
+
+
 @dataclass
 class Analysis:
     """The result of one `Pipeline.analyze` call.
@@ -57,7 +82,8 @@ class Analysis:
     ran (a model trained under no flip runs none, nor does one that never ran). ``label`` is None when out of
     scope: ``scope_reasons`` lists every reason, in the order the checks ran, and ``scope_reason`` is all of
     them in one line (`medlens.pipelines.advice.scope_summary`); the probabilities and features measured
-    before a refusal stay, raw, and are no reading (the web app shows none of them; its API marks them).
+    before a refusal stay, raw, and are no reading (the web app shows none of them; its API and batch
+    prediction mark them: `classification`).
     ``groups``: the classifier's class groups (e.g. "malignant") with their summed probability,
     validation-fitted threshold and flag (see `medlens.pipelines.groups.group_scores`; empty for bundles
     without groups). ``class_names``: full names of the class codes, from the pipeline YAML.
@@ -130,6 +156,12 @@ class Analysis:
         without a mask."""
         return {} if self.mask is None else mask_values(self.mask_names or self.mask_classes)
 
+    @property
+    def classification(self) -> dict[str, Any] | None:
+        """Its `classification_view`, as the REST API gives it (``reading`` false when out of scope); None
+        without probabilities."""
+        return classification_view(self.label, self.probabilities, vars(self))
+
     def mask_image(self) -> np.ndarray | None:
         """The mask as stored and downloaded, ``(H, W)`` uint8 valued as `mask_values` says (None without)."""
         return None if self.mask is None else viewable_mask(self.mask, self.mask_classes)
@@ -162,13 +194,15 @@ class Analysis:
         scalar results (with ``area_fraction_<structure>`` per structure), every reason it is out of scope
         (joined by `FINDINGS_SEPARATOR`), the reading, the findings (``severity: text``, joined the same way),
         the input notes (likewise) and the features that fit a cell as ``feature_<name>`` columns (structured
-        ones stay in the JSON)."""
+        ones stay in the JSON). ``reading`` is `classification`'s: false for a refused image, whose
+        probabilities are no reading; empty without probabilities."""
         scalar = (bool, int, float, str, type(None))
         return {
             "pipeline": self.pipeline,
             "modality": (self.modality or {}).get("label"),
             "label": self.label,
             "label_name": self.label_name,
+            "reading": (self.classification or {}).get("reading"),
             "probability": self.probability,
             **group_fields(self.groups),
             "area_fraction": self.area_fraction,

@@ -15,10 +15,12 @@ Input notes say what reading did to an image (a transparent one laid on white, `
 they are also logged as warnings and joined in the ``input_notes`` column of ``summary.csv``.
 
 Pipeline mode (``model`` = a pipeline name under ``models_dir``, a pipeline YAML, or ``auto``: each image the
-pipeline of its modality, `medlens.pipelines.batch_analysis`) writes ``<stem>.json`` (``Analysis.to_dict()``),
-``<stem>_mask.png``, ``<stem>_overlay.png`` and ``<stem>_gradcam.png``; its ``summary.csv`` rows are
-``Analysis.csv_row()`` (the pipeline that analysed the image, the modality seen, the reading, the findings,
-the Grad-CAM share inside the region, scalar features) with the file names.
+pipeline of its modality, `medlens.pipelines.batch_analysis`) writes ``<stem>.json`` (``Analysis.to_dict()``
+and the REST API's ``classification``), ``<stem>_mask.png``, ``<stem>_overlay.png`` and
+``<stem>_gradcam.png``; its ``summary.csv`` rows are ``Analysis.csv_row()`` (the pipeline that analysed the
+image, the modality seen, the reading, the findings, the Grad-CAM share inside the region, scalar features)
+with the file names. A refused image's probabilities are kept and marked ``reading`` false in both, as the
+API marks them.
 
 Both write ``summary.csv``: one row per input with ``status`` ok/error; unreadable files are reported there
 with the reason and skipped, never fatal (every readable one is still predicted and written). ``summary.json``

@@ -61,7 +61,9 @@ def _batch_sizes(pipeline: Any, batch_size: int) -> None:
 def write_analysis(analysis: Analysis, stem: str, source: Path, out: Path) -> dict[str, Any]:
     """Write ``<stem>.json`` and the mask, overlay and Grad-CAM PNGs of one analysis into ``out``; returns
     its row of the summary (`Analysis.csv_row`: the pipeline that analysed it, the modality seen, the result,
-    the reading and findings; then the files)."""
+    the reading and findings; then the files). The JSON is `Analysis.to_dict` plus its ``classification`` as
+    the REST API gives it (`Analysis.classification`): a refused image's raw probabilities are marked
+    ``reading`` false there, as in the API."""
     files = {}
     for key, png in (
         ("mask", analysis.mask_png()),
@@ -71,5 +73,6 @@ def write_analysis(analysis: Analysis, stem: str, source: Path, out: Path) -> di
         if png is not None:
             (out / f"{stem}_{key}.png").write_bytes(png)
             files[key] = f"{stem}_{key}.png"
-    write_json(out / f"{stem}.json", {**analysis.to_dict(), "source": str(source), "files": files})
+    summary = {**analysis.to_dict(), "classification": analysis.classification}
+    write_json(out / f"{stem}.json", {**summary, "source": str(source), "files": files})
     return {**analysis.csv_row(), **files, "json": f"{stem}.json"}
