@@ -12,11 +12,14 @@ class MedlensError(ValueError):
     """Base class of every error medlens raises for bad user input."""
 
 
+UPLOAD_NAME = "<upload>"  # what bytes without a file name are called in messages
+
+
 class ImageReadError(MedlensError):
     """An image (or mask) could not be read."""
 
     def __init__(self, path: str | Path | None, reason: str) -> None:
-        self.path = str(path) if path is not None else "<upload>"
+        self.path = str(path) if path is not None else UPLOAD_NAME
         self.reason = reason
         super().__init__(f"cannot read {self.path}: {reason}")
 

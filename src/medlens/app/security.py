@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import HTTPException, Request, UploadFile
 
-from medlens.errors import ConfigError
+from medlens.errors import UPLOAD_NAME, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ async def read_upload(upload: UploadFile, limit: int, chunk_size: int = 1024 * 1
             raise HTTPException(status_code=413, detail=too_large_message(limit))
         chunks.append(chunk)
     if size == 0:
-        name = upload_name(upload.filename) or "<upload>"
+        name = upload_name(upload.filename) or UPLOAD_NAME
         raise HTTPException(status_code=422, detail=f"cannot read {name}: empty file")
     return b"".join(chunks)
 

@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
-from medlens.errors import ConfigError, ImageReadError, ImageTooLargeError
+from medlens.errors import UPLOAD_NAME, ConfigError, ImageReadError, ImageTooLargeError
 
 if TYPE_CHECKING:
     import pydicom
@@ -96,7 +96,7 @@ def sniff_format(head: bytes) -> str | None:
 def _source_name(source: Source, name: str | None = None) -> str:
     if isinstance(source, str | Path):
         return str(source)
-    return name or "<upload>"
+    return name or UPLOAD_NAME
 
 
 @contextmanager
