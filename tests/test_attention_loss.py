@@ -130,3 +130,11 @@ def test_regions_move_with_the_augmented_image() -> None:
     assert region is not None and region.shape == (8, 1, 48, 48)
     assert not torch.equal(region, mask)  # it moved ...
     assert torch.equal(region, x[:, -1:])  # ... with the mask channel
+
+
+def test_training_and_export_share_one_feature_wrapper() -> None:
+    """The attention loss reads the feature map through the wrapper the ONNX export uses (one home)."""
+    from medlens.inference import export
+    from medlens.training import learner
+
+    assert learner.WithFeatures is export.WithFeatures

@@ -13,6 +13,7 @@ from torch import nn
 from medlens.config import TrainConfig
 from medlens.data.fingerprint import Plan
 from medlens.errors import ConfigError
+from medlens.inference.export import WithFeatures
 from medlens.spec import ModelSpec, Task
 from medlens.training import distributed
 from medlens.training.distributed import DistInfo
@@ -21,19 +22,6 @@ from medlens.training.optim import amp_dtype, create_optimizer
 from medlens.training.schedule import create_scheduler
 
 logger = logging.getLogger(__name__)
-
-
-class WithFeatures(nn.Module):
-    """A timm classifier that also returns the feature map its head pools, ``(logits, features)``, for the
-    attention loss; one forward, so DDP sees the network it wraps run once."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.net.forward_features(x)
-        return self.net.forward_head(features), features
 
 
 class Learner:
