@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -136,28 +137,35 @@ def test_the_attention_loss_moves_the_evidence_into_the_region() -> None:
     assert free > 0.35 and guided < 0.5 * free, (guided, free)
 
 
-def test_regions_move_with_the_augmented_image() -> None:
-    """The region rides the same geometric draw as the image and its guide mask channel (flip, rotation,
-    scale), without photometric change: after augmentation it still equals the mask channel."""
+@pytest.mark.parametrize("mask_channels", [1, 0])
+def test_regions_move_with_the_augmented_image(mask_channels: int) -> None:
+    """The region rides the same geometric draw as the image (flip, rotation, scale), with a guide mask
+    channel (guide_mode channel / both) or without one (crop, the shipped chest classifier's): images drawn
+    as their own region, photometric change off, still show it where the region is after augmentation."""
     from medlens.data.augment import AugmentConfig, GpuAugmenter
     from medlens.spec import Task
     from medlens.training.datamodule import DataModule
 
-    cfg = AugmentConfig(hflip=0.5, vflip=0.5, rotate_deg=30.0, scale=(0.8, 1.2), brightness=0.3)
+    cfg = AugmentConfig(hflip=0.5, vflip=0.5, rotate_deg=30.0, scale=(0.8, 1.2), p_affine=1.0, shift=0.1,
+                        elastic=0.0, p_color=0.0, blur=0.0)  # fmt: skip
     data = object.__new__(DataModule)  # only the augmentation's parts
-    data.is_seg, data.mask_channels = False, 1
+    data.is_seg, data.mask_channels = False, mask_channels
     data.augmenter = GpuAugmenter(cfg, Task.CLASSIFICATION)
     data.mask_augmenter = GpuAugmenter(cfg, Task.SEGMENTATION)
     torch.manual_seed(0)
     mask = torch.zeros(8, 1, 48, 48)
     for i in range(8):  # a different off-centre blob per image
         mask[i, :, 4 + i : 20 + 2 * i, 6 + 3 * i : 18 + 3 * i] = 1.0
-    image = torch.rand(8, 3, 48, 48)
-    labels = torch.zeros(8, dtype=torch.int64)
-    x, _, region = data.augment(torch.cat([image, mask], dim=1), labels, mask.clone())
-    assert region is not None and region.shape == (8, 1, 48, 48)
-    assert not torch.equal(region, mask)  # it moved ...
-    assert torch.equal(region, x[:, -1:])  # ... with the mask channel
+    x = torch.cat([mask.expand(-1, 3, -1, -1), mask][: 1 + mask_channels], dim=1)
+    x, _, region = data.augment(x, torch.zeros(8, dtype=torch.int64), mask.clone())
+    assert region is not None and region.shape == (8, 1, 48, 48) and x.shape[1] == 3 + mask_channels
+    assert (region != mask).flatten(1).any(1).all()  # every region moved ...
+    seen = x[:, :1] > 0.5  # ... and the image with it (bilinear there, nearest for the region: edges differ)
+    for i in range(8):
+        differ = (seen[i] != region[i].bool()).sum().item()
+        assert differ <= 0.1 * region[i].sum().item(), (i, differ, region[i].sum().item())
+    if mask_channels:
+        assert torch.equal(region, x[:, -1:])  # the mask channel too
 
 
 def test_training_and_export_share_one_feature_wrapper() -> None:
