@@ -271,7 +271,8 @@ def test_attention_loss_run(seg_run: Path, synthetic_cls: Path, tmp_path: Path) 
     rows = read_rows(run)
     shares = [float(row["train_cam_outside"]) for row in rows]
     assert len(shares) == 2 and all(0.0 <= s <= 1.0 for s in shares)
-    for row, share in zip(rows, shares, strict=True):  # the loss is cross-entropy plus the weighted share
+    # the loss is the cross-entropy plus the weighted share, each measured apart by the learner's step
+    for row, share in zip(rows, shares, strict=True):
         assert float(row["train_loss"]) == pytest.approx(float(row["train_ce"]) + 0.3 * share)
     assert yaml.safe_load((run / "config.yaml").read_text())["cam_penalty"] == 0.3
     with pytest.raises(ConfigError, match="guide_bundle"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -22,6 +22,17 @@ from medlens.training.optim import amp_dtype, create_optimizer
 from medlens.training.schedule import create_scheduler
 
 logger = logging.getLogger(__name__)
+
+
+class StepResult(NamedTuple):
+    """What one optimizer step measured, detached: the loss it minimised, the data loss in it (the
+    cross-entropy / segmentation loss, without the attention loss), the logits, and the share of the evidence
+    outside the guide's region (None without the attention loss)."""
+
+    loss: torch.Tensor
+    data_loss: torch.Tensor
+    logits: torch.Tensor
+    outside: torch.Tensor | None
 
 
 class Learner:
@@ -134,12 +145,11 @@ class Learner:
         model = distributed.wrap_model(net, self.dist, self.device)
         self.model = torch.compile(model) if self.cfg.compile else model
 
-    def step(
-        self, x: torch.Tensor, target: torch.Tensor, region: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def step(self, x: torch.Tensor, target: torch.Tensor, region: torch.Tensor | None = None) -> StepResult:
         """Forward, loss, backward, clip, step (optimizer + LR schedule) on a normalised batch
         ``(B, C, H, W)``; with ``cam_penalty``, the attention loss on ``region`` ``(B, 1, H, W)`` joins the
-        loss. Returns the detached loss, logits and share of the evidence outside the region (or None)."""
+        loss. Returns the detached loss, the data loss in it, the logits and the share of the evidence outside
+        the region (None without the attention loss)."""
         outside = None
         with self.autocast():
             out = self.model(x)
@@ -148,10 +158,11 @@ class Learner:
                 raise ConfigError("cam_penalty: the batch carries no regions (a guided classification run?)")
             logits, features = out
             outside = outside_evidence(features, self.net.get_classifier().weight, target, region)
-            loss = self.loss_fn(logits.float(), target) + self.cfg.cam_penalty * outside
+            data_loss = self.loss_fn(logits.float(), target)
+            loss = data_loss + self.cfg.cam_penalty * outside
         else:
             logits = out
-            loss = self.loss_fn(logits.float(), target)
+            loss = data_loss = self.loss_fn(logits.float(), target)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.optim.grad_clip:
@@ -160,7 +171,8 @@ class Learner:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return loss.detach(), logits.detach(), None if outside is None else outside.detach()
+        detached = None if outside is None else outside.detach()
+        return StepResult(loss.detach(), data_loss.detach(), logits.detach(), detached)
 
     @property
     def lr(self) -> float:

@@ -166,16 +166,16 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, float]:
         """One epoch of ``steps_per_epoch`` optimizer steps; returns ``train_loss`` (and ``train_dice``, and
-        ``train_cam_outside`` and ``train_ce`` with the attention loss)."""
+        ``train_cam_outside`` and ``train_ce``, the cross-entropy in the loss, with the attention loss)."""
         self.learner.model.train()
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        totals = torch.zeros(4, dtype=torch.float64, device=self.device)
         bar = tqdm(self.data.sampler.epoch(self.epoch), desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
                    leave=False, dynamic_ncols=True, disable=None if self.dist.is_main else True)  # fmt: skip
         steps = 0
         for steps, idx in enumerate(bar, start=1):
             totals += torch.stack([t.double() for t in self.train_step(idx)])
             if steps % 10 == 1 or steps == self.data.steps_per_epoch:
-                loss_avg, dice_avg, _ = (totals / steps).tolist()
+                loss_avg, dice_avg, _, _ = (totals / steps).tolist()
                 bar.set_postfix(
                     loss=f"{loss_avg:.4f}", **({"dice": f"{dice_avg:.3f}"} if self.data.is_seg else {})
                 )
@@ -183,7 +183,7 @@ class Trainer:
                 self.stop_reason = f"time budget of {self.cfg.max_time_minutes} min reached"
                 break
         bar.close()
-        loss_sum, dice_sum, outside_sum, count = distributed.all_reduce_sum(
+        loss_sum, dice_sum, outside_sum, ce_sum, count = distributed.all_reduce_sum(
             [*totals.tolist(), steps], self.dist, self.device
         )
         stats = {"train_loss": loss_sum / max(count, 1)}
@@ -191,25 +191,27 @@ class Trainer:
             stats["train_dice"] = dice_sum / max(count, 1)
         if self.cfg.cam_penalty > 0:  # train_loss holds the attention loss; train_ce compares with val_loss
             stats["train_cam_outside"] = outside_sum / max(count, 1)
-            stats["train_ce"] = stats["train_loss"] - self.cfg.cam_penalty * stats["train_cam_outside"]
+            stats["train_ce"] = ce_sum / max(count, 1)
         return stats
 
-    def train_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def train_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """A batch (augmented; mixed for classification when asked) and the learner's step on it. Returns
-        detached (loss, batch Dice, share of the evidence outside the guide's region), 0 when not measured."""
+        detached (loss, batch Dice, share of the evidence outside the guide's region, data loss), 0 when not
+        measured."""
         x, y, region = self.data.get_batch(self.data.train, idx, augment=True)
         target, cfg, plan = y, self.cfg, self.data.plan
         if not self.data.is_seg and (cfg.mixup > 0 or cfg.cutmix > 0):
             x, target = batches.mix_batch(x, y, plan.num_classes, cfg.mixup, cfg.cutmix)
-        loss, logits, outside = self.learner.step(x, target, region)
+        step = self.learner.step(x, target, region)
         with torch.no_grad():
             dice = (
-                dice_iou(logits, y, plan.mode, label_sets=self.data.label_sets)[0].mean()
+                dice_iou(step.logits, y, plan.mode, label_sets=self.data.label_sets)[0].mean()
                 if self.data.is_seg
                 else torch.zeros(())
             )
         zero = torch.zeros((), device=self.device)
-        return loss, dice.to(self.device), zero if outside is None else outside.to(self.device)
+        outside = zero if step.outside is None else step.outside.to(self.device)
+        return step.loss, dice.to(self.device), outside, step.data_loss
 
     def on_epoch_end(self, train_stats: dict[str, float], val_stats: dict[str, float]) -> None:
         """Record the epoch, keep the best, save checkpoints, write metrics.csv + curves.png, decide to
