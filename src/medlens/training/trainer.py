@@ -53,10 +53,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TimeBudget:
-    """``max_time_minutes`` of a run (None: no limit), counted from :meth:`restart`."""
+    """``max_time_minutes`` of a run (None: no limit), counted from :meth:`restart`; ``val_every``: the
+    epochs between validations (an epoch's time includes its validation)."""
 
     minutes: float | None
     start: float = field(default_factory=time.monotonic)
+    val_every: int = 1
 
     def restart(self) -> None:
         self.start = time.monotonic()
@@ -72,14 +74,20 @@ class TimeBudget:
         left = 60.0 * self.minutes - (time.monotonic() - self.start)
         return min(planned, epoch + int(max(left, 0.0) // max(self.epoch_seconds(epoch_times), 1e-3)))
 
-    @staticmethod
-    def epoch_seconds(epoch_times: list[float]) -> float:
-        """What an epoch takes, for the plan: the median of the last three (``epoch_times`` in seconds), and
-        the fastest while fewer are in. One epoch slowed by a passing load (an evaluation beside the training)
-        must not halve the run, since the plan is never lengthened again: with two epochs of 488 and 1095 s
-        a run of 24 was once cut to 8."""
-        recent = epoch_times[-3:]
-        return float(np.median(recent)) if len(recent) >= 3 else float(min(recent))
+    def epoch_seconds(self, epoch_times: list[float]) -> float:
+        """What an epoch takes, for the plan (``epoch_times`` in seconds, validation included), judged by
+        validation cycles (``val_every`` epochs, one validation each): the median of the last three cycles'
+        mean epoch; the fastest cycle while fewer are in; the fastest epoch while fewer than three epochs, or
+        no whole cycle, are in. By cycles, since with ``val_every`` of 2 or more some epochs validate and some
+        do not (a median of three epochs may pick one that does not); the median and the fastest, since one
+        epoch slowed by a passing load (an evaluation beside the training) must not halve the run: the plan
+        is never lengthened again (two epochs of 488 and 1095 s once cut a run of 24 to 8)."""
+        n = self.val_every
+        ends = range(len(epoch_times), n - 1, -n)[:3]  # the last three whole cycles, newest first
+        cycles = [float(np.mean(epoch_times[end - n : end])) for end in ends]
+        if len(epoch_times) < 3 or not cycles:
+            return float(min(epoch_times))
+        return float(np.median(cycles)) if len(cycles) == 3 else min(cycles)
 
 
 class Trainer:
@@ -108,7 +116,7 @@ class Trainer:
         self.planned_epochs = self.cfg.epochs  # fewer when the time budget cannot hold them all
         self.history: list[dict[str, float]] = []  # one row per epoch (metrics.csv)
         self.stop_reason: str | None = None
-        self.budget = TimeBudget(self.cfg.max_time_minutes)
+        self.budget = TimeBudget(self.cfg.max_time_minutes, val_every=self.cfg.val_every)
         self.epoch_start = time.monotonic()
 
     # ---------------------------------------------------------------------------------------- the algorithm
@@ -234,8 +242,8 @@ class Trainer:
     def fit_schedule_to_budget(self) -> None:
         """With ``max_time_minutes``, shorten the planned epochs, and the LR schedule with them, to what the
         budget still holds, so that a time-limited run ends its decay instead of being cut off at a high
-        learning rate. An epoch's time is the median of the last three
-        (:meth:`TimeBudget.epochs_that_fit`)."""
+        learning rate. An epoch's time is judged over the last validation cycles
+        (:meth:`TimeBudget.epoch_seconds`)."""
         if self.budget.minutes is None or self.stop_reason is not None or self.epoch >= self.planned_epochs:
             return
         times = [float(r["time_s"]) for r in self.history]
@@ -248,7 +256,7 @@ class Trainer:
             return
         logger.info("time budget of %s min: %d epochs planned instead of %d (about %.0f s each); LR schedule "
                     "shortened to match", self.budget.minutes, planned, self.planned_epochs,
-                    TimeBudget.epoch_seconds(times))  # fmt: skip
+                    self.budget.epoch_seconds(times))  # fmt: skip
         self.planned_epochs = planned
         self.learner.scheduler.set_total_steps(planned * self.data.steps_per_epoch)
 
