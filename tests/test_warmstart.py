@@ -219,3 +219,16 @@ def test_a_recipe_naming_the_bundles_split_file_reuses_its_split(tmp_path: Path)
     assert same_split(str(recipe_split), bundle_split) and same_split(str(bundle_split), bundle_split)
     assert not same_split(str(other), bundle_split)
     assert not same_split(None, bundle_split) and not same_split(str(tmp_path / "none.json"), bundle_split)
+    # the same ids on each side, in another order, sides in another order: the same split
+    shuffled = tmp_path / "s.json"
+    shuffled.write_text(json.dumps({"test": ["d"], "val": ["c"], "train": ["b", "a"]}))
+    assert same_split(str(shuffled), bundle_split)
+    # no "test" side is an empty one
+    bundle_split.write_text(json.dumps({**sides, "test": []}))
+    recipe_split.write_text(json.dumps({"train": ["a", "b"], "val": ["c"]}))
+    assert same_split(str(recipe_split), bundle_split) and not same_split(str(shuffled), bundle_split)
+    # an id moved to another side is another split; a malformed file is none
+    recipe_split.write_text(json.dumps({"train": ["a"], "val": ["b", "c"]}))
+    assert not same_split(str(recipe_split), bundle_split)
+    recipe_split.write_text(json.dumps({"train": ["a"], "val": ["a"]}))
+    assert not same_split(str(recipe_split), bundle_split)
