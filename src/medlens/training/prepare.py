@@ -110,6 +110,7 @@ def resolve_augment(cfg: TrainConfig, plan: Plan) -> AugmentConfig:
 
 def prepare_run(cfg: TrainConfig, folder: RunFolder, resume: bool) -> RunData:
     """Discover, plan and split (or, on resume, read plan.json and split.json back); writes the JSON files."""
+    warn_idle_region(cfg)
     index = discover_all(cfg.data, cfg.num_workers or None)
     if len(index) == 0:
         raise DatasetError(f"{cfg.data.root}: no usable items")
@@ -252,6 +253,13 @@ def check_regions(regions: torch.Tensor, guide: str) -> None:
     if empty:
         logger.warning("cam_penalty: %s found no region in %d of %d training images; they are left out of "
                        "the attention loss", guide, empty, len(regions))  # fmt: skip
+
+
+def warn_idle_region(cfg: TrainConfig) -> None:
+    """A warning when ``cam_region`` is set but ``cam_penalty`` is 0: the region then shapes nothing (e.g. a
+    run ``--from`` a bundle trained with the attention loss and ``--set cam_penalty=0``)."""
+    if cfg.cam_region and cfg.cam_penalty == 0:
+        logger.warning("cam_region %s does nothing: cam_penalty is 0 (no attention loss)", cfg.cam_region)
 
 
 def model_spec(cfg: TrainConfig, plan: Plan) -> ModelSpec:

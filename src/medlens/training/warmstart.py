@@ -94,6 +94,9 @@ def config_from_bundle(
             cfg.data.classes = None
     if freeze_encoder:
         cfg.freeze_epochs = cfg.epochs
+    if not config_path and cfg.cam_penalty > 0 and not _given(overrides, "cam_penalty"):
+        logger.info("--from %s: its recipe's attention loss comes along (cam_penalty=%s); "
+                    "--set cam_penalty=0 turns it off", bundle.path, cfg.cam_penalty)  # fmt: skip
     return cfg
 
 
