@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from medlens.errors import UnknownNameError
 from medlens.inference.guided import crop_box, guide_inputs, guide_one, guide_regions
@@ -165,3 +166,25 @@ def test_region_names_are_checked_against_the_guide() -> None:
     assert region_labels(classes, ["right_lung", "left_lung"]) == [2, 1]
     with pytest.raises(ConfigError, match=r"cam_region.*lungs"):
         region_labels(classes, ["lungs"])
+    # a guide with no structure has no region: refused, not a loss of 0
+    with pytest.raises(ConfigError, match="no structure"):
+        region_labels(["background"], [])
+
+
+def test_empty_regions_are_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """Images whose guide found no region are left out of the attention loss: a warning with their count;
+    all of them: refused (the loss would be 0)."""
+    import logging
+
+    from medlens.errors import ConfigError
+    from medlens.training.prepare import check_regions
+
+    regions = torch.zeros(5, 1, 8, 8, dtype=torch.uint8)
+    regions[:3, :, 2:6, 2:6] = 1
+    with caplog.at_level(logging.WARNING, logger="medlens.training.prepare"):
+        check_regions(regions[:3], "guide")
+        assert not caplog.records
+        check_regions(regions, "guide")
+    assert len(caplog.records) == 1 and "2 of 5" in caplog.records[0].getMessage()
+    with pytest.raises(ConfigError, match=r"no region.*any of 3 images"):
+        check_regions(torch.zeros(3, 1, 8, 8, dtype=torch.uint8), "guide")

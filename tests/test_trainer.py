@@ -271,7 +271,8 @@ def test_attention_loss_run(seg_run: Path, synthetic_cls: Path, tmp_path: Path) 
     rows = read_rows(run)
     shares = [float(row["train_cam_outside"]) for row in rows]
     assert len(shares) == 2 and all(0.0 <= s <= 1.0 for s in shares)
-    for row, share in zip(rows, shares, strict=True):  # the loss is cross-entropy plus the weighted share
+    # the loss is the cross-entropy plus the weighted share, each measured apart by the learner's step
+    for row, share in zip(rows, shares, strict=True):
         assert float(row["train_loss"]) == pytest.approx(float(row["train_ce"]) + 0.3 * share)
     assert yaml.safe_load((run / "config.yaml").read_text())["cam_penalty"] == 0.3
     with pytest.raises(ConfigError, match="guide_bundle"):
@@ -470,8 +471,28 @@ def test_time_budget_shortens_the_schedule() -> None:
     t.fit_schedule_to_budget()
     assert t.planned_epochs == 20 and t.stop_reason is None
     # ... and so is a slow second epoch before three are in (488 and 1095 s once cut a run of 24 to 8)
-    assert TimeBudget.epoch_seconds([488.0, 1095.0]) == 488.0
-    assert TimeBudget.epoch_seconds([488.0, 1095.0, 284.0, 290.0]) == 290.0
+    assert TimeBudget(None).epoch_seconds([488.0, 1095.0]) == 488.0
+    assert TimeBudget(None).epoch_seconds([488.0, 1095.0, 284.0, 290.0]) == 290.0
+
+
+def test_an_epochs_time_covers_its_share_of_validation() -> None:
+    """With val_every=2 every other epoch validates (100 s without, 160 s with): an epoch takes 130 s on
+    average, judged by whole validation cycles; the median of the last three epochs said 100 s."""
+    budget = TimeBudget(None, val_every=2)
+    assert budget.epoch_seconds([100.0, 160.0, 100.0, 160.0, 100.0]) == 130.0  # two cycles in: the fastest
+    assert budget.epoch_seconds([160.0, 100.0, 160.0, 100.0, 160.0]) == 130.0
+    assert budget.epoch_seconds([100.0, 160.0, 100.0, 160.0, 100.0, 160.0]) == 130.0  # three: the median
+    # a cycle slowed by a passing load (an epoch of 400 s) is not the plan's
+    assert budget.epoch_seconds([100.0, 160.0, 100.0, 400.0, 100.0, 160.0]) == 130.0
+    assert budget.epoch_seconds([100.0, 160.0]) == 100.0  # fewer than three epochs: the fastest
+    # val_every=5: no whole cycle in, the fastest epoch; then the fastest cycle
+    assert TimeBudget(None, val_every=5).epoch_seconds([100.0] * 4) == 100.0
+    assert TimeBudget(None, val_every=5).epoch_seconds([100.0] * 4 + [300.0, 100.0]) == 140.0
+    # the trainer's budget counts its config's validations
+    from medlens.training.trainer import Trainer
+
+    trainer = Trainer(load_config(None, ["val_every=2", "device=cpu"]))
+    assert trainer.budget.epoch_seconds([100.0, 160.0, 100.0, 160.0]) == 130.0
 
 
 def test_validator_keeps_the_best_epoch_and_counts_for_early_stopping() -> None:

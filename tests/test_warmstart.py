@@ -206,6 +206,39 @@ def test_the_guide_and_its_margin_come_from_the_bundle_unless_set(cls_start: Pat
     assert config_from_bundle(bundle, None, ["guide_margin=0.05"]).guide_margin == 0.05  # a tighter crop
 
 
+def test_the_attention_loss_comes_along_and_says_so(
+    cls_start: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bundle trained with cam_penalty passes it on (its recipe), with an INFO line saying how to turn it
+    off; turned off, the region it leaves behind draws a warning when the run prepares its data."""
+    import logging
+    import shutil
+
+    import yaml
+
+    from medlens.training.prepare import warn_idle_region
+    from medlens.training.warmstart import config_from_bundle
+
+    bundle = Path(shutil.copytree(cls_start, tmp_path / "b"))
+    config = yaml.safe_load((bundle / "config.yaml").read_text())
+    config.update(guide_bundle="models/some-seg", cam_penalty=0.3, cam_region=["left_lung", "right_lung"])
+    (bundle / "config.yaml").write_text(yaml.safe_dump(config))
+    with caplog.at_level(logging.INFO, logger="medlens.training.warmstart"):
+        cfg = config_from_bundle(bundle, None, [])
+    assert cfg.cam_penalty == 0.3 and cfg.cam_region == ["left_lung", "right_lung"]
+    said = [r.getMessage() for r in caplog.records if "cam_penalty" in r.getMessage()]
+    assert len(said) == 1 and "cam_penalty=0.3" in said[0] and "--set cam_penalty=0" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        off = config_from_bundle(bundle, None, ["cam_penalty=0"])
+        assert off.cam_penalty == 0 and not [r for r in caplog.records if "comes along" in r.getMessage()]
+        warn_idle_region(cfg)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        warn_idle_region(off)
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "cam_region" in warned[0].getMessage()
+
+
 def test_a_recipe_naming_the_bundles_split_file_reuses_its_split(tmp_path: Path) -> None:
     """The lineage says the split was reused when the run's split file has the bundle's sides, wherever it
     lies (a recipe naming runs/chest3-split.json, as the bundle's own run did), not only at its path."""
@@ -219,3 +252,16 @@ def test_a_recipe_naming_the_bundles_split_file_reuses_its_split(tmp_path: Path)
     assert same_split(str(recipe_split), bundle_split) and same_split(str(bundle_split), bundle_split)
     assert not same_split(str(other), bundle_split)
     assert not same_split(None, bundle_split) and not same_split(str(tmp_path / "none.json"), bundle_split)
+    # the same ids on each side, in another order, sides in another order: the same split
+    shuffled = tmp_path / "s.json"
+    shuffled.write_text(json.dumps({"test": ["d"], "val": ["c"], "train": ["b", "a"]}))
+    assert same_split(str(shuffled), bundle_split)
+    # no "test" side is an empty one
+    bundle_split.write_text(json.dumps({**sides, "test": []}))
+    recipe_split.write_text(json.dumps({"train": ["a", "b"], "val": ["c"]}))
+    assert same_split(str(recipe_split), bundle_split) and not same_split(str(shuffled), bundle_split)
+    # an id moved to another side is another split; a malformed file is none
+    recipe_split.write_text(json.dumps({"train": ["a"], "val": ["b", "c"]}))
+    assert not same_split(str(recipe_split), bundle_split)
+    recipe_split.write_text(json.dumps({"train": ["a"], "val": ["a"]}))
+    assert not same_split(str(recipe_split), bundle_split)

@@ -28,13 +28,15 @@ Both explain a classifier's **centred** logit, ``z_k - mean_j z_j`` (:class:`Cen
 softmax reads: a term common to every class changes no probability and so changes no map. For networks trained
 without the attention loss the two maps nearly agree (the shipped chest classifier v3: share inside lungs and
 heart .466 raw, .462 centred, 40 adult films); one trained with it had met the loss's raw-map term by making
-every raw map empty while its centred map lay .89 inside (configs/cpu/README).
+every raw map empty while its centred map lay .89 inside (configs/cpu/README); the loss now reads the centred
+map too (medlens.training.losses ``outside_evidence``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -43,6 +45,8 @@ from torch import nn
 
 from medlens.errors import MedlensError
 from medlens.models.parts import gradcam_target_layer_name
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 #: the last spatial feature layer's name: an alias of the factory's (model, in_channels=None, size=None)
 find_target_layer = gradcam_target_layer_name
@@ -87,11 +91,13 @@ class CentredLogits(nn.Module):
         return logits if logits.shape[1] == 1 else logits - logits.mean(dim=1, keepdim=True)
 
 
-def centred_weights(weights: np.ndarray) -> np.ndarray:
+def centred_weights(weights: ArrayT) -> ArrayT:
     """``(K, C)`` class weights of a linear head less their mean over the classes (the head of
-    :class:`CentredLogits`); one row stays as it is."""
-    weights = np.asarray(weights, np.float32)
-    return weights if weights.shape[0] == 1 else weights - weights.mean(axis=0, keepdims=True)
+    :class:`CentredLogits`); one row stays as it is. A torch tensor stays one, gradients included (the
+    attention loss, medlens.training.losses); anything else becomes a float32 array."""
+    if not isinstance(weights, torch.Tensor):
+        weights = np.asarray(weights, np.float32)
+    return weights if weights.shape[0] == 1 else weights - weights.mean(0, keepdims=True)
 
 
 @contextmanager

@@ -49,7 +49,9 @@ EXPORT_FORMAT = "2"
 
 
 class WithFeatures(nn.Module):
-    """A timm classifier returning ``(logits (B, K), features (B, C, h, w))``: the last feature map too."""
+    """A timm classifier returning ``(logits (B, K), features (B, C, h, w))``: also the last feature map, the
+    one its head pools, from the same forward: the ONNX graph's ``features`` output, and the attention loss's
+    map in training (one forward, so DDP sees the wrapped network run once)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -13,6 +13,7 @@ from torch import nn
 from medlens.config import TrainConfig
 from medlens.data.fingerprint import Plan
 from medlens.errors import ConfigError
+from medlens.inference.export import WithFeatures
 from medlens.spec import ModelSpec, Task
 from medlens.training import distributed
 from medlens.training.distributed import DistInfo
@@ -23,17 +24,15 @@ from medlens.training.schedule import create_scheduler
 logger = logging.getLogger(__name__)
 
 
-class WithFeatures(nn.Module):
-    """A timm classifier that also returns the feature map its head pools, ``(logits, features)``, for the
-    attention loss; one forward, so DDP sees the network it wraps run once."""
+class StepResult(NamedTuple):
+    """What one optimizer step measured, detached: the loss it minimised, the data loss in it (the
+    cross-entropy / segmentation loss, without the attention loss), the logits, and the share of the evidence
+    outside the guide's region (None without the attention loss)."""
 
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.net.forward_features(x)
-        return self.net.forward_head(features), features
+    loss: torch.Tensor
+    data_loss: torch.Tensor
+    logits: torch.Tensor
+    outside: torch.Tensor | None
 
 
 class Learner:
@@ -146,12 +145,11 @@ class Learner:
         model = distributed.wrap_model(net, self.dist, self.device)
         self.model = torch.compile(model) if self.cfg.compile else model
 
-    def step(
-        self, x: torch.Tensor, target: torch.Tensor, region: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def step(self, x: torch.Tensor, target: torch.Tensor, region: torch.Tensor | None = None) -> StepResult:
         """Forward, loss, backward, clip, step (optimizer + LR schedule) on a normalised batch
         ``(B, C, H, W)``; with ``cam_penalty``, the attention loss on ``region`` ``(B, 1, H, W)`` joins the
-        loss. Returns the detached loss, logits and share of the evidence outside the region (or None)."""
+        loss. Returns the detached loss, the data loss in it, the logits and the share of the evidence outside
+        the region (None without the attention loss)."""
         outside = None
         with self.autocast():
             out = self.model(x)
@@ -160,10 +158,11 @@ class Learner:
                 raise ConfigError("cam_penalty: the batch carries no regions (a guided classification run?)")
             logits, features = out
             outside = outside_evidence(features, self.net.get_classifier().weight, target, region)
-            loss = self.loss_fn(logits.float(), target) + self.cfg.cam_penalty * outside
+            data_loss = self.loss_fn(logits.float(), target)
+            loss = data_loss + self.cfg.cam_penalty * outside
         else:
             logits = out
-            loss = self.loss_fn(logits.float(), target)
+            loss = data_loss = self.loss_fn(logits.float(), target)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.optim.grad_clip:
@@ -172,7 +171,8 @@ class Learner:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return loss.detach(), logits.detach(), None if outside is None else outside.detach()
+        detached = None if outside is None else outside.detach()
+        return StepResult(loss.detach(), data_loss.detach(), logits.detach(), detached)
 
     @property
     def lr(self) -> float:

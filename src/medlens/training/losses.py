@@ -25,6 +25,7 @@ from segmentation_models_pytorch import losses as smp_losses
 from torch import nn
 
 from medlens.errors import ConfigError, UnknownNameError
+from medlens.inference.explain import centred_weights
 from medlens.spec import MODES, TASKS, Mode, Task
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ _SEG_KWARGS = {
     "tversky": {"alpha", "beta", "gamma", "ignore_index", "smooth", "log_loss", "pos_weight"},
 }
 _CLS_KWARGS = {"ce": {"label_smoothing"}, "focal": {"gamma", "label_smoothing"}}
+EMPTY_MAP = 1e-6  # a class activation map whose total is no more than this has no share (outside_evidence)
 
 
 def create_loss(
@@ -344,37 +346,44 @@ def outside_evidence(
 
     Written here because no library of the field has it. In the spirit of "right for the right reasons" (Ross
     et al. 2017) and of guided attention (GAIN, Li et al. 2018), but on the class activation map itself,
-    which for such a head is Grad-CAM (medlens.inference.explain) without a second backward pass. Two shares,
-    averaged:
+    which for such a head is Grad-CAM (medlens.inference.explain) without a second backward pass. Both maps
+    are of the **centred** weights ``W_k - mean_j W_j`` (:func:`~medlens.inference.explain.centred_weights`),
+    what softmax reads: a vector added to every class's weights changes no probability and changes no term of
+    the loss. Two shares, averaged:
 
-    - the map Grad-CAM shows, ``ReLU(W_y . A)`` for the true class ``y``;
-    - the evidence the decision uses, ``|(W_k - mean_j W_j) . A|`` over every class ``k``: softmax does not
-      see a shift common to all classes, so the first share alone could be met by moving a common term out of
-      the region while the decision still reads the corners and borders.
+    - the map Grad-CAM shows, ``ReLU((W_y - mean_j W_j) . A)`` for the true class ``y``;
+    - the evidence the decision uses, ``|(W_k - mean_j W_j) . A|`` over every class ``k``: what tells the
+      classes apart, wherever it pushes (the first share sees only where the true class wins).
+
+    A map with nothing in it (total 0) has no share: it is left out of the mean, as is an image whose region
+    is empty (the guide found nothing), instead of counting as 0, all inside. The shipped chest-xray-cls v4
+    was trained with an earlier form whose first share read the raw map ``ReLU(W_y . A)``: a term common to
+    every class, free to softmax, emptied every raw map, an empty map counted as 0, and that share gave
+    nothing (configs/cpu/README.md); its second share, the same as here, did the work.
 
     The total in each share's denominator is a constant to the gradient, so the loss pushes the evidence
     outside down in proportion (an L1 penalty scaled by the image's own total). The price: it also rewards a
-    fade of every activation at once, which cross-entropy resists (it needs its logits), and which silenced a
-    small network trained from scratch at weight 1 (the films of tests/test_attention_loss.py); the exact
-    ratio is scale-invariant but its gradient is weak: on those films, 120 steps of cross-entropy then 120
-    with the loss (Adam, lr .003), it moved the share from .85 to .62 at weight 3 where this form reached .24
-    at weight .3. Images whose region is empty (the guide found nothing) have no "inside" and are left out.
+    fade of every activation at once, which cross-entropy resists (it needs its logits) but not always: at
+    weight 1 it silenced the small network of tests/test_attention_loss.py once in four seeds (at .3, none).
+    The exact ratio is scale-invariant but its gradient is weak: with the earlier form, on that test's films
+    as they were then, it moved the share (by that form's own measure) from .85 to .62 at weight 3 where this
+    form reached .24 at weight .3.
 
     Args:
         features: ``(B, C, h, w)`` feature map. weight: ``(K, C)`` class weights of the linear head.
         target: ``(B,)`` int64 class indices. region: ``(B, 1, H, W)`` float 0/1 at the input's size.
     Returns:
-        Scalar: the mean over the images with a region of the two shares, in 0..1 (0 when none has one).
+        Scalar in 0..1: the mean of the shares over the (image, map) pairs with a region and a map that is
+        not empty (0 when there is none).
     """
     inside = F.adaptive_avg_pool2d(region.float(), features.shape[-2:])  # (B, 1, h, w): share of each cell
-    contrib = torch.einsum("kc,bchw->bkhw", weight.float(), features.float())
+    contrib = torch.einsum("kc,bchw->bkhw", centred_weights(weight.float()), features.float())
     shown = contrib.gather(1, target.view(-1, 1, 1, 1).expand(-1, 1, *contrib.shape[-2:])).relu()
-    used = (contrib - contrib.mean(dim=1, keepdim=True)).abs()
-
-    def share(cam: torch.Tensor) -> torch.Tensor:
-        total = cam.flatten(1).sum(1).detach()
-        return (cam * (1.0 - inside)).flatten(1).sum(1) / total.clamp(min=1e-6)
-
     has_region = region.flatten(1).amax(1) > 0
-    shares = 0.5 * (share(shown) + share(used))
-    return (shares * has_region).sum() / has_region.sum().clamp(min=1)
+    shares, counted = [], []
+    for cam in (shown, contrib.abs()):
+        total = cam.flatten(1).sum(1).detach()
+        shares.append((cam * (1.0 - inside)).flatten(1).sum(1) / total.clamp(min=EMPTY_MAP))
+        counted.append(has_region & (total > EMPTY_MAP))
+    share, count = torch.stack(shares), torch.stack(counted).to(torch.float32)
+    return (share * count).sum() / count.sum().clamp(min=1)

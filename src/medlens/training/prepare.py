@@ -110,6 +110,7 @@ def resolve_augment(cfg: TrainConfig, plan: Plan) -> AugmentConfig:
 
 def prepare_run(cfg: TrainConfig, folder: RunFolder, resume: bool) -> RunData:
     """Discover, plan and split (or, on resume, read plan.json and split.json back); writes the JSON files."""
+    warn_idle_region(cfg)
     index = discover_all(cfg.data, cfg.num_workers or None)
     if len(index) == 0:
         raise DatasetError(f"{cfg.data.root}: no usable items")
@@ -223,17 +224,42 @@ def _guided_cache(
             region_chunks.append(torch.from_numpy(found).byte())
     targets = torch.tensor([run.index.class_index(item) for item in items], dtype=torch.int64)
     logger.info("guided inputs (%s) from %s for %d images", cfg.guide_mode, cfg.guide_bundle, len(items))
-    return CachedData(torch.cat(chunks), targets, list(ids), torch.cat(region_chunks) if regions else None)
+    found_all = torch.cat(region_chunks) if regions else None
+    if found_all is not None:
+        check_regions(found_all, cfg.guide_bundle)
+    return CachedData(torch.cat(chunks), targets, list(ids), found_all)
 
 
 def region_labels(classes: list[str], names: list[str]) -> list[int]:
-    """The guide's label values of the structures ``names`` (``cam_region``); every structure when empty."""
+    """The guide's label values of the structures ``names`` (``cam_region``); every structure when empty.
+    ConfigError when the guide has no structure (every region would be empty, the loss 0)."""
+    if len(classes) < 2:
+        raise ConfigError(f"cam_penalty: the guide has no structure to form a region (classes {classes})")
     if not names:
         return list(range(1, len(classes)))
     unknown = sorted(set(names) - set(classes[1:]))
     if unknown:
         raise ConfigError(f"cam_region: {unknown} are not structures of the guide bundle ({classes[1:]})")
     return [classes.index(name) for name in names]
+
+
+def check_regions(regions: torch.Tensor, guide: str) -> None:
+    """The guide's regions ``(N, 1, H, W)`` of the training images: a warning with the count when some are
+    empty (those images are left out of the attention loss), ConfigError when all are (the loss would be
+    0)."""
+    empty = int((regions.flatten(1).amax(1) == 0).sum())
+    if empty == len(regions):
+        raise ConfigError(f"cam_penalty: {guide} found no region (cam_region) in any of {empty} images")
+    if empty:
+        logger.warning("cam_penalty: %s found no region in %d of %d training images; they are left out of "
+                       "the attention loss", guide, empty, len(regions))  # fmt: skip
+
+
+def warn_idle_region(cfg: TrainConfig) -> None:
+    """A warning when ``cam_region`` is set but ``cam_penalty`` is 0: the region then shapes nothing (e.g. a
+    run ``--from`` a bundle trained with the attention loss and ``--set cam_penalty=0``)."""
+    if cfg.cam_region and cfg.cam_penalty == 0:
+        logger.warning("cam_region %s does nothing: cam_penalty is 0 (no attention loss)", cfg.cam_region)
 
 
 def model_spec(cfg: TrainConfig, plan: Plan) -> ModelSpec:

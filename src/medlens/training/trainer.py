@@ -53,10 +53,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TimeBudget:
-    """``max_time_minutes`` of a run (None: no limit), counted from :meth:`restart`."""
+    """``max_time_minutes`` of a run (None: no limit), counted from :meth:`restart`; ``val_every``: the
+    epochs between validations (an epoch's time includes its validation)."""
 
     minutes: float | None
     start: float = field(default_factory=time.monotonic)
+    val_every: int = 1
 
     def restart(self) -> None:
         self.start = time.monotonic()
@@ -72,14 +74,20 @@ class TimeBudget:
         left = 60.0 * self.minutes - (time.monotonic() - self.start)
         return min(planned, epoch + int(max(left, 0.0) // max(self.epoch_seconds(epoch_times), 1e-3)))
 
-    @staticmethod
-    def epoch_seconds(epoch_times: list[float]) -> float:
-        """What an epoch takes, for the plan: the median of the last three (``epoch_times`` in seconds), and
-        the fastest while fewer are in. One epoch slowed by a passing load (an evaluation beside the training)
-        must not halve the run, since the plan is never lengthened again: with two epochs of 488 and 1095 s
-        a run of 24 was once cut to 8."""
-        recent = epoch_times[-3:]
-        return float(np.median(recent)) if len(recent) >= 3 else float(min(recent))
+    def epoch_seconds(self, epoch_times: list[float]) -> float:
+        """What an epoch takes, for the plan (``epoch_times`` in seconds, validation included), judged by
+        validation cycles (``val_every`` epochs, one validation each): the median of the last three cycles'
+        mean epoch; the fastest cycle while fewer are in; the fastest epoch while fewer than three epochs, or
+        no whole cycle, are in. By cycles, since with ``val_every`` of 2 or more some epochs validate and some
+        do not (a median of three epochs may pick one that does not); the median and the fastest, since one
+        epoch slowed by a passing load (an evaluation beside the training) must not halve the run: the plan
+        is never lengthened again (two epochs of 488 and 1095 s once cut a run of 24 to 8)."""
+        n = self.val_every
+        ends = range(len(epoch_times), n - 1, -n)[:3]  # the last three whole cycles, newest first
+        cycles = [float(np.mean(epoch_times[end - n : end])) for end in ends]
+        if len(epoch_times) < 3 or not cycles:
+            return float(min(epoch_times))
+        return float(np.median(cycles)) if len(cycles) == 3 else min(cycles)
 
 
 class Trainer:
@@ -108,7 +116,7 @@ class Trainer:
         self.planned_epochs = self.cfg.epochs  # fewer when the time budget cannot hold them all
         self.history: list[dict[str, float]] = []  # one row per epoch (metrics.csv)
         self.stop_reason: str | None = None
-        self.budget = TimeBudget(self.cfg.max_time_minutes)
+        self.budget = TimeBudget(self.cfg.max_time_minutes, val_every=self.cfg.val_every)
         self.epoch_start = time.monotonic()
 
     # ---------------------------------------------------------------------------------------- the algorithm
@@ -166,16 +174,16 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, float]:
         """One epoch of ``steps_per_epoch`` optimizer steps; returns ``train_loss`` (and ``train_dice``, and
-        ``train_cam_outside`` and ``train_ce`` with the attention loss)."""
+        ``train_cam_outside`` and ``train_ce``, the cross-entropy in the loss, with the attention loss)."""
         self.learner.model.train()
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        totals = torch.zeros(4, dtype=torch.float64, device=self.device)
         bar = tqdm(self.data.sampler.epoch(self.epoch), desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
                    leave=False, dynamic_ncols=True, disable=None if self.dist.is_main else True)  # fmt: skip
         steps = 0
         for steps, idx in enumerate(bar, start=1):
             totals += torch.stack([t.double() for t in self.train_step(idx)])
             if steps % 10 == 1 or steps == self.data.steps_per_epoch:
-                loss_avg, dice_avg, _ = (totals / steps).tolist()
+                loss_avg, dice_avg, _, _ = (totals / steps).tolist()
                 bar.set_postfix(
                     loss=f"{loss_avg:.4f}", **({"dice": f"{dice_avg:.3f}"} if self.data.is_seg else {})
                 )
@@ -183,7 +191,7 @@ class Trainer:
                 self.stop_reason = f"time budget of {self.cfg.max_time_minutes} min reached"
                 break
         bar.close()
-        loss_sum, dice_sum, outside_sum, count = distributed.all_reduce_sum(
+        loss_sum, dice_sum, outside_sum, ce_sum, count = distributed.all_reduce_sum(
             [*totals.tolist(), steps], self.dist, self.device
         )
         stats = {"train_loss": loss_sum / max(count, 1)}
@@ -191,25 +199,27 @@ class Trainer:
             stats["train_dice"] = dice_sum / max(count, 1)
         if self.cfg.cam_penalty > 0:  # train_loss holds the attention loss; train_ce compares with val_loss
             stats["train_cam_outside"] = outside_sum / max(count, 1)
-            stats["train_ce"] = stats["train_loss"] - self.cfg.cam_penalty * stats["train_cam_outside"]
+            stats["train_ce"] = ce_sum / max(count, 1)
         return stats
 
-    def train_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def train_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """A batch (augmented; mixed for classification when asked) and the learner's step on it. Returns
-        detached (loss, batch Dice, share of the evidence outside the guide's region), 0 when not measured."""
+        detached (loss, batch Dice, share of the evidence outside the guide's region, data loss), 0 when not
+        measured."""
         x, y, region = self.data.get_batch(self.data.train, idx, augment=True)
         target, cfg, plan = y, self.cfg, self.data.plan
         if not self.data.is_seg and (cfg.mixup > 0 or cfg.cutmix > 0):
             x, target = batches.mix_batch(x, y, plan.num_classes, cfg.mixup, cfg.cutmix)
-        loss, logits, outside = self.learner.step(x, target, region)
+        step = self.learner.step(x, target, region)
         with torch.no_grad():
             dice = (
-                dice_iou(logits, y, plan.mode, label_sets=self.data.label_sets)[0].mean()
+                dice_iou(step.logits, y, plan.mode, label_sets=self.data.label_sets)[0].mean()
                 if self.data.is_seg
                 else torch.zeros(())
             )
         zero = torch.zeros((), device=self.device)
-        return loss, dice.to(self.device), zero if outside is None else outside.to(self.device)
+        outside = zero if step.outside is None else step.outside.to(self.device)
+        return step.loss, dice.to(self.device), outside, step.data_loss
 
     def on_epoch_end(self, train_stats: dict[str, float], val_stats: dict[str, float]) -> None:
         """Record the epoch, keep the best, save checkpoints, write metrics.csv + curves.png, decide to
@@ -232,8 +242,8 @@ class Trainer:
     def fit_schedule_to_budget(self) -> None:
         """With ``max_time_minutes``, shorten the planned epochs, and the LR schedule with them, to what the
         budget still holds, so that a time-limited run ends its decay instead of being cut off at a high
-        learning rate. An epoch's time is the median of the last three
-        (:meth:`TimeBudget.epochs_that_fit`)."""
+        learning rate. An epoch's time is judged over the last validation cycles
+        (:meth:`TimeBudget.epoch_seconds`)."""
         if self.budget.minutes is None or self.stop_reason is not None or self.epoch >= self.planned_epochs:
             return
         times = [float(r["time_s"]) for r in self.history]
@@ -246,7 +256,7 @@ class Trainer:
             return
         logger.info("time budget of %s min: %d epochs planned instead of %d (about %.0f s each); LR schedule "
                     "shortened to match", self.budget.minutes, planned, self.planned_epochs,
-                    TimeBudget.epoch_seconds(times))  # fmt: skip
+                    self.budget.epoch_seconds(times))  # fmt: skip
         self.planned_epochs = planned
         self.learner.scheduler.set_total_steps(planned * self.data.steps_per_epoch)
 

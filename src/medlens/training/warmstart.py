@@ -20,7 +20,6 @@ included) with a class-list check is what neither does, hence this module.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,8 @@ from torch import nn
 from medlens.config import TrainConfig, load_config
 from medlens.data.fingerprint import Plan
 from medlens.data.index import DatasetIndex
-from medlens.errors import ConfigError
+from medlens.data.splits import load_splits
+from medlens.errors import ConfigError, DatasetError
 from medlens.folders import BundleFolder, RunFolder
 from medlens.inference.bundle import Bundle, clean_state_dict, sha256_file
 from medlens.jsonable import write_json
@@ -94,6 +94,9 @@ def config_from_bundle(
             cfg.data.classes = None
     if freeze_encoder:
         cfg.freeze_epochs = cfg.epochs
+    if not config_path and cfg.cam_penalty > 0 and not _given(overrides, "cam_penalty"):
+        logger.info("--from %s: its recipe's attention loss comes along (cam_penalty=%s); "
+                    "--set cam_penalty=0 turns it off", bundle.path, cfg.cam_penalty)  # fmt: skip
     return cfg
 
 
@@ -217,11 +220,17 @@ def epochs_behind(bundle: Bundle) -> int:
 
 
 def same_split(split_file: str | None, bundle_split: Path) -> bool:
-    """Whether a run reads the bundle's split: its ``split.json``, or a file with the same sides (a recipe
-    that names the split file the bundle was trained on)."""
+    """Whether a run reads the bundle's split: its ``split.json``, or a file with the same ids on each side
+    (a recipe that names the split file the bundle was trained on), in any order, a missing side counting as
+    an empty one (as :func:`~medlens.data.splits.load_splits` reads them). False when either is missing or
+    malformed."""
     if not split_file or not Path(split_file).is_file() or not bundle_split.is_file():
         return False
-    return json.loads(Path(split_file).read_text()) == json.loads(bundle_split.read_text())
+    try:
+        ours, theirs = load_splits(split_file), load_splits(bundle_split)
+    except DatasetError:
+        return False
+    return {side: set(ids) for side, ids in ours.items()} == {side: set(ids) for side, ids in theirs.items()}
 
 
 def write_lineage(folder: RunFolder, cfg: TrainConfig) -> dict[str, Any]:
