@@ -20,6 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from medlens.cli.commands import EXIT_UNREADABLE_INPUT
 from medlens.errors import ConfigError
 from medlens.pipelines.advice import DEFAULT_NOTICE
 from medlens.pipelines.config import PipelineConfig, load_pipeline_configs
@@ -273,7 +274,7 @@ def test_predict_auto_writes_each_image_by_its_pipeline(models_dir, tmp_path):
     inputs = _inputs(tmp_path / "in")
     out = tmp_path / "out"
     argv = ["predict", "auto", str(inputs), "--out", str(out), "--models-dir", str(models_dir), "--no-tta"]
-    assert cli.main(argv) == 0
+    assert cli.main(argv) == EXIT_UNREADABLE_INPUT  # broken.png: every readable image still written
     with (out / "summary.csv").open() as fh:
         rows = {r["id"]: r for r in csv.DictReader(fh)}
     assert {k: rows[k]["pipeline"] for k in ("dermoscopy", "endoscopy", "chest_xray", "fundus", "other")} == {
