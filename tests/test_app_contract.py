@@ -119,12 +119,14 @@ def test_a_refused_image_keeps_its_raw_probabilities_in_the_api_marked_as_no_rea
 
     record = {"id": "x", "created": "2026-01-01T00:00:00+00:00", "pipeline": "skin", "files": {},
               "source_format": "png", "label": None, "probabilities": {"nv": 0.55, "mel": 0.45},
-              "features": {"mean_intensity": 90.0}, "result": {"out_of_scope": True}}  # fmt: skip
+              "features": {"mean_intensity": 90.0},
+              "result": {"out_of_scope": True, "area_fraction": 0.2}}  # fmt: skip
     view = analysis_view(record)
     assert view["classification"]["reading"] is False and view["classification"]["label"] is None
     assert view["classification"]["probabilities"] == {"nv": 0.55, "mel": 0.45}  # for integrators
-    read = analysis_view({**record, "label": "nv", "result": {"out_of_scope": False}})
-    assert read["classification"]["reading"] is True
+    assert view["segmentation"]["reading"] is False and view["segmentation"]["area_fraction"] == 0.2
+    read = analysis_view({**record, "label": "nv", "result": {"out_of_scope": False, "area_fraction": 0.2}})
+    assert read["classification"]["reading"] is True and read["segmentation"]["reading"] is True
 
 
 def test_a_missing_uncertainty_reads_the_same_in_the_api_and_the_ui():

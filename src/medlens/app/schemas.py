@@ -65,6 +65,11 @@ class Segmentation(BaseModel):
     colour_key: list[ColourKeyEntry] = Field(
         default_factory=list, description="what each colour of the overlay shows, in the order drawn"
     )
+    reading: bool = Field(
+        True,
+        description="false for an image refused (out_of_scope): the mask is the model's raw output, kept for "
+        "integrators, not a reading (the web app shows none of it)",
+    )
 
 
 class GroupScore(BaseModel):
@@ -153,7 +158,8 @@ class AnalysisView(BaseModel):
     )
     notice: str
     uncertainty: float | None = Field(
-        description="flip-TTA disagreement (0 = the views agree); None when not measured"
+        description="flip-TTA disagreement (0 = the views agree); None when not measured; for a refused "
+        "image (out_of_scope) measured, not a reading"
     )
     uncertainty_note: str | None = Field(None, description=_NOT_MEASURED)
     out_of_scope: bool

@@ -31,6 +31,7 @@ def _segmentation(result: Mapping[str, Any], links: Mapping[str, str | None]) ->
         "components": result.get("components") or [],
         "classes": result.get("mask_classes") or [],
         "colour_key": result.get("colour_key") or [],
+        "reading": not result.get("out_of_scope", False),
     }
 
 
